@@ -1,0 +1,79 @@
+"""The `avatar` command: one tyro CLI over the pipeline's typed configs.
+
+    avatar preprocess VIDEO --out DATASET      video -> dataset
+    avatar train DATASET --out RUN             dataset -> avatar (presets: --preset tiny|default|quality)
+    avatar render RUN --audio FILE --out MP4   audio -> lip-synced video
+    avatar view RUN                            live browser viewer
+    avatar eval RUN                            metrics on the validation frames
+    avatar bench [RUN]                         speed and memory table
+    avatar demo                                preprocess + train + render on the shared example data
+
+`--preset NAME` (anywhere on the line) starts from `configs/<command>/NAME.toml`; flags override it.
+Modules are imported only for the command that runs, so `avatar --help` is fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from avatar.config_io import load_preset, presets
+from avatar.errors import UserError
+
+# command -> (config class, runner taking that config), as "module:attribute"
+COMMANDS: dict[str, tuple[str, str]] = {
+    "preprocess": ("preprocess.config:PreprocessConfig", "preprocess.build:run"),
+    "train": ("avatar.train.config:TrainConfig", "avatar.train.trainer:run"),
+    "render": ("avatar.export.config:RenderConfig", "avatar.export.video:run"),
+    "view": ("avatar.viewer.config:ViewerConfig", "avatar.viewer.app:run"),
+    "eval": ("avatar.eval.config:EvalConfig", "avatar.eval.evaluate:run"),
+    "bench": ("avatar.bench:BenchConfig", "avatar.bench:run"),
+    "demo": ("avatar.demo:DemoConfig", "avatar.demo:run"),
+}
+
+
+def _resolve(spec: str):
+    module, attr = spec.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _pop_preset(args: list[str]) -> tuple[str | None, list[str]]:
+    for i, a in enumerate(args):
+        if a == "--preset" and i + 1 < len(args):
+            return args[i + 1], args[:i] + args[i + 2 :]
+        if a.startswith("--preset="):
+            return a.split("=", 1)[1], args[:i] + args[i + 1 :]
+    return None, args
+
+
+def main(argv: list[str] | None = None) -> int:
+    import tyro
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(__doc__)
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"error: unknown command {argv[0]!r}; choose one of {', '.join(COMMANDS)}")
+            return 2
+        return 0
+    command, rest = argv[0], argv[1:]
+    preset, rest = _pop_preset(rest)
+    try:
+        config_cls, runner = (_resolve(s) for s in COMMANDS[command])
+        default = load_preset(command, preset, config_cls) if preset else None
+        if preset is None and presets(command) and "default" in presets(command):
+            default = load_preset(command, "default", config_cls)
+        cfg = tyro.cli(config_cls, args=rest, default=default, prog=f"avatar {command}",
+                       description=(config_cls.__doc__ or "") + (f"\nPresets: {', '.join(presets(command))}" if presets(command) else ""))
+        runner(cfg)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished steps and checkpoints are kept; run the same command again to resume.", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Typed config dataclasses <-> dicts, and named presets from `configs/<command>/<name>.toml`."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+from avatar.errors import UserError
+
+PRESET_DIR = Path(__file__).resolve().parents[1] / "configs"
+T = TypeVar("T")
+
+
+def to_dict(cfg: Any) -> dict:
+    """A config dataclass as plain JSON-able data (paths become strings)."""
+
+    def convert(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: convert(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, Path):
+            return str(v)
+        if isinstance(v, (list, tuple)):
+            return [convert(x) for x in v]
+        return v
+
+    return convert(cfg)
+
+
+def from_dict(cls: type[T], data: dict, base: T | None = None) -> T:
+    """Build `cls` from `data`, starting from `base` (or the defaults); nested dataclasses recurse and
+    keys missing from `data` keep their base value. Unknown keys are an error that names them."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise UserError(f"unknown config keys for {cls.__name__}: {sorted(unknown)}; known: {sorted(names)}")
+    base = base if base is not None else cls()  # type: ignore[call-arg]
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        current = getattr(base, f.name)
+        if f.name not in data:
+            kwargs[f.name] = current
+            continue
+        value, typ = data[f.name], hints[f.name]
+        if dataclasses.is_dataclass(typ) and isinstance(value, dict):
+            value = from_dict(typ, value, current)
+        elif typ is Path or typing.get_origin(typ) is typing.Union and Path in typing.get_args(typ):
+            value = Path(value) if value is not None else None
+        elif isinstance(current, tuple) and isinstance(value, list):
+            value = tuple(value)
+        kwargs[f.name] = value
+    return dataclasses.replace(base, **kwargs)
+
+
+def presets(command: str) -> list[str]:
+    return sorted(p.stem for p in (PRESET_DIR / command).glob("*.toml"))
+
+
+def load_preset(command: str, name: str, cls: type[T]) -> T:
+    path = PRESET_DIR / command / f"{name}.toml"
+    if not path.is_file():
+        raise UserError(f"no preset {name!r} for `avatar {command}`; available: {presets(command) or 'none'}")
+    return from_dict(cls, tomllib.loads(path.read_text()))

@@ -1,0 +1,148 @@
+"""Audio loading, audio features and their alignment to video frames.
+
+Preprocessing (training features) and rendering (new audio) both call this module, so features at
+render time come from exactly the code that made the training features.
+
+Alignment contract:
+- Audio is mono float32 at `SAMPLE_RATE` (16 kHz). Sample s is at time s / 16000.
+- Feature row t (at `rate_hz`, 100 Hz for the built-in extractor) is centred at time t / rate_hz.
+- Video frame i covers [i / fps, (i + 1) / fps); its centre is (i + 0.5) / fps.
+- The window of frame i is `window` feature rows starting at round(centre * rate_hz) - window // 2
+  (clamped at the edges by repeating the first/last row): for window 16 at 100 Hz, -80 ms .. +70 ms.
+- A clip of n samples drives `num_frames_for(n, sr, fps)` = floor(n * fps / sr + 0.5) frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from avatar.errors import UserError
+
+SAMPLE_RATE = 16000
+
+
+def load_audio(path: Path | str, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Decode the first audio stream of any file FFmpeg reads (wav, mp3, flac, m4a, ogg, mp4, ...)
+    to mono float32 [S] at `sample_rate`, whatever its own rate and channel layout."""
+    import av
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file. Give the path of an audio or video file.")
+    try:
+        container = av.open(str(path))
+    except Exception as exc:  # PyAV raises many types for unreadable input
+        raise UserError(f"{path}: cannot be decoded as audio or video ({exc}). Is the file corrupt?") from exc
+    with container:
+        streams = [s for s in container.streams if s.type == "audio"]
+        if not streams:
+            raise UserError(f"{path}: has no audio track. Give a file with sound (or --audio FILE).")
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        chunks: list[np.ndarray] = []
+        try:
+            for frame in container.decode(streams[0]):
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray().reshape(-1))
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray().reshape(-1))
+        except av.error.FFmpegError as exc:
+            if not chunks:
+                raise UserError(f"{path}: the audio stream is corrupt ({exc}).") from exc
+    wave = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
+    if wave.size < sample_rate // 10:
+        raise UserError(f"{path}: the audio track is empty or shorter than 0.1 s.")
+    return wave
+
+
+def save_wav(path: Path | str, wave: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
+    """Write mono float audio as 16-bit PCM WAV, atomically."""
+    import soundfile as sf
+
+    from avatar.contracts.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        sf.write(str(tmp), np.clip(wave, -1, 1), sample_rate, subtype="PCM_16", format="WAV")
+
+
+def num_frames_for(num_samples: int, sample_rate: int, fps: float) -> int:
+    """Frames that `num_samples` of audio drive at `fps` (nearest integer, halves round up)."""
+    return int(np.floor(num_samples * fps / sample_rate + 0.5))
+
+
+def is_silent(wave: np.ndarray, threshold_db: float = -50.0) -> bool:
+    """True when the loudest 100 ms of `wave` stays below `threshold_db` dBFS RMS."""
+    hop = SAMPLE_RATE // 10
+    n = max(1, wave.size // hop)
+    rms = np.sqrt(np.mean(wave[: n * hop].reshape(n, -1) ** 2, axis=1) + 1e-12)
+    return bool(20 * np.log10(rms.max() + 1e-12) < threshold_db)
+
+
+class FeatureExtractor(Protocol):
+    """Turns 16 kHz mono audio into a feature sequence. Implementations: `MelFeatures` (built in);
+    a pretrained speech encoder (HuBERT, wav2vec2, Whisper) can implement it when its weights are local."""
+
+    name: str
+    rate_hz: float  # feature rows per second
+    dim: int  # features per row
+
+    def __call__(self, wave: np.ndarray) -> np.ndarray:  # [S] float32 -> [T, dim] float32
+        ...
+
+
+@dataclass
+class MelFeatures:
+    """80 log-mel bands + log energy + log pitch at 100 Hz (25 ms windows, 10 ms hop), from librosa."""
+
+    n_mels: int = 80
+    name: str = "mel80-energy-pitch"
+    rate_hz: float = 100.0
+
+    @property
+    def dim(self) -> int:
+        return self.n_mels + 2
+
+    def __call__(self, wave: np.ndarray) -> np.ndarray:
+        import librosa
+
+        hop = int(round(SAMPLE_RATE / self.rate_hz))
+        mel = librosa.feature.melspectrogram(
+            y=wave, sr=SAMPLE_RATE, n_fft=512, win_length=400, hop_length=hop, n_mels=self.n_mels,
+            fmin=40, fmax=7600, center=True,
+        )
+        log_mel = np.log(mel + 1e-6)  # [n_mels, T]
+        rms = librosa.feature.rms(y=wave, frame_length=400, hop_length=hop, center=True)[0]
+        log_energy = np.log(rms + 1e-5)
+        f0 = librosa.yin(wave, fmin=60, fmax=400, sr=SAMPLE_RATE, frame_length=1024, hop_length=hop, center=True)
+        voiced = rms > max(1e-4, 0.05 * np.median(rms[rms > 0]) if np.any(rms > 0) else 1e-4)
+        log_f0 = np.where(voiced, np.log(f0), np.log(60.0))
+        T = min(log_mel.shape[1], log_energy.shape[0], log_f0.shape[0])
+        return np.concatenate(
+            [log_mel[:, :T].T, log_energy[:T, None], log_f0[:T, None]], axis=1
+        ).astype(np.float32)
+
+
+def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and std [F] of a clip's features (for clip-level normalisation)."""
+    return features.mean(0).astype(np.float32), (features.std(0) + 1e-4).astype(np.float32)
+
+
+def normalize_features(features: np.ndarray, stats: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """Clip-level mean/variance normalisation, which removes loudness and channel differences between
+    the training clip and new audio. `stats` defaults to the clip's own."""
+    mean, std = stats if stats is not None else feature_stats(features)
+    return ((features - mean) / std).astype(np.float32)
+
+
+def frame_windows(features: np.ndarray, rate_hz: float, fps: float, num_frames: int, window: int = 16,
+                  first_frame: int = 0) -> np.ndarray:
+    """[T, F] features -> [num_frames, window, F], the window of each frame (see the module docstring).
+
+    `first_frame` lets long audio be windowed chunk by chunk with the same result as all at once."""
+    centres = (np.arange(first_frame, first_frame + num_frames) + 0.5) / fps
+    start = np.round(centres * rate_hz).astype(np.int64) - window // 2
+    idx = np.clip(start[:, None] + np.arange(window)[None, :], 0, features.shape[0] - 1)
+    return features[idx]

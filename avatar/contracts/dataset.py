@@ -1,0 +1,217 @@
+"""The dataset format: what `avatar preprocess` writes and everything else reads.
+
+Layout of a dataset directory (format version `FORMAT_VERSION`):
+
+    manifest.json            Manifest below; written last, so a dataset without it is incomplete
+    frames/000000.jpg ...    RGB frames, `resolution` square, JPEG quality 95, one per video frame
+    masks/000000.png ...     uint8 bit masks, bit `MASK_BITS[name]` set where the pixel belongs to `name`
+    background.png           clean background plate (RGB, `resolution` square)
+    audio.wav                16 kHz mono PCM16, the clip's audio from time 0 (frame 0 starts at 0)
+    audio_features.npy       [T, F] float32 raw features (see avatar.contracts.audio), `features.rate_hz` rows/s
+    tracking/*.npy           per-frame arrays, `TRACKING_ARRAYS` below (N = num_frames)
+    preview.mp4, contact_sheet.png   for people to look at
+
+Camera and pose conventions: avatar.contracts.camera.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from avatar.contracts.camera import Intrinsics
+from avatar.errors import UserError
+
+FORMAT_VERSION = 1
+MASK_BITS = {"person": 0, "head": 1, "face": 2, "mouth": 3, "torso": 4}
+
+# name -> (shape with N for frames, meaning). All float32 unless noted.
+TRACKING_ARRAYS = {
+    "landmarks": ("[N, 478, 2]", "mediapipe FaceMesh landmarks in dataset-image pixels (pixel-centre convention)"),
+    "landmarks_mp3d": ("[N, 478, 3]", "raw mediapipe 3D landmarks (x, y in pixels, z in the same pixel scale)"),
+    "valid": ("[N] bool", "a face was detected in this frame (False: interpolated from neighbours)"),
+    "rotation": ("[N, 3, 3]", "smoothed head-to-camera rotation"),
+    "translation": ("[N, 3]", "smoothed head-to-camera translation, metres"),
+    "rotation_raw": ("[N, 3, 3]", "per-frame rotation before smoothing"),
+    "translation_raw": ("[N, 3]", "per-frame translation before smoothing"),
+    "canonical_face": ("[478, 3]", "the person's neutral 3D face in the canonical head frame, metres"),
+    "expression_pca": ("[N, P]", "PCA code of the non-rigid landmark motion"),
+    "expression_basis": ("[P, 478, 3]", "PCA basis: face_i = canonical_face + expression_pca[i] @ basis"),
+    "blendshapes": ("[N, B]", "ARKit-named coefficients 0..1 for this person, names in the manifest"),
+}
+
+
+@dataclass
+class Crop:
+    """The square crop [x0, x0 + size) x [y0, y0 + size) of the source frame, resized to `resolution`.
+    Source pixel (u, v) maps to dataset pixel ((u - x0), (v - y0)) * resolution / size. The crop may
+    extend past the source image; those pixels are filled by edge replication."""
+
+    x0: float
+    y0: float
+    size: float
+    source_width: int
+    source_height: int
+    resolution: int
+
+    def to_dataset(self, uv: np.ndarray) -> np.ndarray:
+        return (np.asarray(uv) - [self.x0, self.y0]) * (self.resolution / self.size)
+
+    def to_source(self, uv: np.ndarray) -> np.ndarray:
+        return np.asarray(uv) * (self.size / self.resolution) + [self.x0, self.y0]
+
+
+@dataclass
+class Split:
+    """Frame index ranges [start, end): training first, validation the last `val_fraction` of the clip."""
+
+    train: tuple[int, int]
+    val: tuple[int, int]
+
+
+@dataclass
+class FeatureInfo:
+    file: str
+    extractor: str
+    rate_hz: float
+    dim: int
+    window: int  # feature rows per video frame window (see avatar.contracts.audio.frame_windows)
+    mean: list[float] = field(default_factory=list)  # clip statistics for normalisation, [dim]
+    std: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Manifest:
+    format_version: int
+    source: dict  # {"path", "sha256", "duration_s", "fps", "width", "height", "has_audio", "audio_path"}
+    fps: float
+    num_frames: int
+    resolution: int
+    crop: Crop
+    intrinsics: Intrinsics
+    split: Split
+    audio: dict  # {"file": "audio.wav", "sample_rate": 16000, "num_samples": int}
+    features: FeatureInfo
+    blendshape_names: list[str]
+    versions: dict  # library versions that made the dataset
+    stats: dict = field(default_factory=dict)  # measured quality figures (reprojection error, jitter, ...)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def from_json(data: dict) -> "Manifest":
+        data = dict(data)
+        data["crop"] = Crop(**data["crop"])
+        data["intrinsics"] = Intrinsics(**data["intrinsics"])
+        data["split"] = Split(**{k: tuple(v) for k, v in data["split"].items()})
+        data["features"] = FeatureInfo(**data["features"])
+        return Manifest(**data)
+
+
+def frame_name(i: int) -> str:
+    return f"{i:06d}"
+
+
+class Dataset:
+    """Read-only access to a dataset directory. Frames and masks are read from disk on demand and
+    tracking arrays are memory-mapped: opening a dataset of any length costs almost no RAM."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+        path = self.root / "manifest.json"
+        if not self.root.is_dir():
+            raise UserError(f"{self.root}: no such dataset directory. Run `avatar preprocess VIDEO --out {self.root}` first.")
+        if not path.is_file():
+            raise UserError(
+                f"{self.root}: not a complete dataset (no manifest.json). Preprocessing did not finish: "
+                f"run `avatar preprocess VIDEO --out {self.root}` again, it resumes."
+            )
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}: corrupt manifest ({exc}). Re-run preprocessing with --force.") from exc
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise UserError(
+                f"{path}: dataset format version {version}, this avatar version reads {FORMAT_VERSION}. "
+                "Re-run `avatar preprocess ... --force` to rebuild it."
+            )
+        self.manifest = Manifest.from_json(data)
+
+    # ----- sizes and cameras
+    @property
+    def num_frames(self) -> int:
+        return self.manifest.num_frames
+
+    @property
+    def fps(self) -> float:
+        return self.manifest.fps
+
+    @property
+    def intrinsics(self) -> Intrinsics:
+        return self.manifest.intrinsics
+
+    def indices(self, split: str) -> np.ndarray:
+        start, end = getattr(self.manifest.split, split)
+        return np.arange(start, end)
+
+    # ----- per-frame images
+    def frame(self, i: int) -> np.ndarray:
+        """[H, W, 3] uint8 RGB."""
+        import cv2
+
+        img = cv2.imread(str(self.root / "frames" / f"{frame_name(i)}.jpg"), cv2.IMREAD_COLOR)
+        if img is None:
+            raise UserError(f"{self.root}/frames/{frame_name(i)}.jpg: missing or unreadable. Re-run preprocessing with --force.")
+        return img[:, :, ::-1].copy()
+
+    def mask_bits(self, i: int) -> np.ndarray:
+        """[H, W] uint8 with the MASK_BITS of frame i."""
+        import cv2
+
+        m = cv2.imread(str(self.root / "masks" / f"{frame_name(i)}.png"), cv2.IMREAD_UNCHANGED)
+        if m is None:
+            raise UserError(f"{self.root}/masks/{frame_name(i)}.png: missing or unreadable. Re-run preprocessing with --force.")
+        return m
+
+    def mask(self, i: int, name: str) -> np.ndarray:
+        """[H, W] bool mask `name` (one of MASK_BITS) of frame i."""
+        return (self.mask_bits(i) >> MASK_BITS[name] & 1).astype(bool)
+
+    @cached_property
+    def background(self) -> np.ndarray:
+        """[H, W, 3] uint8 RGB background plate."""
+        import cv2
+
+        return cv2.imread(str(self.root / "background.png"), cv2.IMREAD_COLOR)[:, :, ::-1].copy()
+
+    # ----- arrays
+    def tracking(self, name: str) -> np.ndarray:
+        """A tracking array (see TRACKING_ARRAYS), memory-mapped."""
+        if name not in TRACKING_ARRAYS:
+            raise KeyError(f"unknown tracking array {name!r}; known: {sorted(TRACKING_ARRAYS)}")
+        return np.load(self.root / "tracking" / f"{name}.npy", mmap_mode="r")
+
+    @cached_property
+    def audio_features(self) -> np.ndarray:
+        """[T, F] raw audio features, memory-mapped."""
+        return np.load(self.root / self.manifest.features.file, mmap_mode="r")
+
+    def feature_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        f = self.manifest.features
+        return np.asarray(f.mean, np.float32), np.asarray(f.std, np.float32)
+
+    def audio_windows(self, indices: np.ndarray | None = None) -> np.ndarray:
+        """[len(indices), window, F] normalised feature windows of the given frames (default: all)."""
+        from avatar.contracts.audio import frame_windows, normalize_features
+
+        f = self.manifest.features
+        feats = normalize_features(np.asarray(self.audio_features), self.feature_stats())
+        windows = frame_windows(feats, f.rate_hz, self.fps, self.num_frames, f.window)
+        return windows if indices is None else windows[np.asarray(indices)]

@@ -1,0 +1,1 @@
+"""Metrics on validation frames and the baselines they are compared with."""

@@ -1,0 +1,1 @@
+"""Audio -> lip-synced mp4, streamed in chunks."""

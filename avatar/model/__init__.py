@@ -1,0 +1,1 @@
+"""The avatar: Gaussian head, hash tri-plane features, audio-driven deformation, mouth and torso."""

@@ -1,0 +1,1 @@
+"""The training runner: stages, losses, checkpoints, resume, logging."""

@@ -1,0 +1,1 @@
+"""The live browser viewer (viser)."""

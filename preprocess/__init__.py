@@ -1,0 +1,1 @@
+"""Video -> dataset: the dataset builder behind `avatar preprocess`."""
