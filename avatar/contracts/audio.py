@@ -9,6 +9,7 @@ Alignment contract:
 - Video frame i covers [i / fps, (i + 1) / fps); its centre is (i + 0.5) / fps.
 - The window of frame i is `window` feature rows starting at round(centre * rate_hz) - window // 2
   (clamped at the edges by repeating the first/last row): for window 16 at 100 Hz, -80 ms .. +70 ms.
+- Temporal context: frame i sees the windows of frames i-K..i+K (`context_windows`, edges repeated).
 - A clip of n samples drives `num_frames_for(n, sr, fps)` = floor(n * fps / sr + 0.5) frames.
 """
 
@@ -146,3 +147,11 @@ def frame_windows(features: np.ndarray, rate_hz: float, fps: float, num_frames: 
     start = np.round(centres * rate_hz).astype(np.int64) - window // 2
     idx = np.clip(start[:, None] + np.arange(window)[None, :], 0, features.shape[0] - 1)
     return features[idx]
+
+
+def context_windows(windows: np.ndarray, context: int) -> np.ndarray:
+    """[N, W, F] per-frame windows -> [N, 2 * context + 1, W, F]: each frame with its `context` neighbours
+    on each side (edge frames repeated), for temporal attention over neighbouring frames."""
+    n = windows.shape[0]
+    idx = np.clip(np.arange(n)[:, None] + np.arange(-context, context + 1)[None, :], 0, n - 1)
+    return windows[idx]

@@ -207,11 +207,12 @@ class Dataset:
         f = self.manifest.features
         return np.asarray(f.mean, np.float32), np.asarray(f.std, np.float32)
 
-    def audio_windows(self, indices: np.ndarray | None = None) -> np.ndarray:
-        """[len(indices), window, F] normalised feature windows of the given frames (default: all)."""
-        from avatar.contracts.audio import frame_windows, normalize_features
+    def audio_windows(self, context: int = 0) -> np.ndarray:
+        """Normalised feature windows of all frames: [N, W, F], or [N, 2 * context + 1, W, F] with the
+        neighbouring frames' windows when context > 0 (see avatar.contracts.audio)."""
+        from avatar.contracts.audio import context_windows, frame_windows, normalize_features
 
         f = self.manifest.features
         feats = normalize_features(np.asarray(self.audio_features), self.feature_stats())
         windows = frame_windows(feats, f.rate_hz, self.fps, self.num_frames, f.window)
-        return windows if indices is None else windows[np.asarray(indices)]
+        return context_windows(windows, context) if context > 0 else windows
