@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Iterator, Protocol
 
 import numpy as np
 
@@ -26,33 +26,63 @@ from avatar.errors import UserError
 SAMPLE_RATE = 16000
 
 
-def load_audio(path: Path | str, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Decode the first audio stream of any file FFmpeg reads (wav, mp3, flac, m4a, ogg, mp4, ...)
-    to mono float32 [S] at `sample_rate`, whatever its own rate and channel layout."""
+def _open_audio(path: Path):
+    """The container and its first audio stream, or a UserError naming what is wrong with the file."""
     import av
 
-    path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file. Give the path of an audio or video file.")
     try:
         container = av.open(str(path))
     except Exception as exc:  # PyAV raises many types for unreadable input
         raise UserError(f"{path}: cannot be decoded as audio or video ({exc}). Is the file corrupt?") from exc
+    streams = [s for s in container.streams if s.type == "audio"]
+    if not streams:
+        container.close()
+        raise UserError(f"{path}: has no audio track. Give a file with sound (or --audio FILE).")
+    return container, streams[0]
+
+
+def audio_channels(path: Path | str) -> int:
+    """Channels of the first audio stream of `path` (UserError when there is none)."""
+    container, stream = _open_audio(Path(path))
     with container:
-        streams = [s for s in container.streams if s.type == "audio"]
-        if not streams:
-            raise UserError(f"{path}: has no audio track. Give a file with sound (or --audio FILE).")
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-        chunks: list[np.ndarray] = []
+        return stream.codec_context.channels
+
+
+def iter_audio(path: Path | str, sample_rate: int = SAMPLE_RATE, layout: str = "mono") -> Iterator[np.ndarray]:
+    """Stream the first audio stream of any file FFmpeg reads (wav, mp3, flac, m4a, ogg, mp4, ...) as float32
+    chunks at `sample_rate`: [n] for layout "mono", [n, C] otherwise. Memory stays bounded for any length;
+    the samples are exactly those `load_audio` returns."""
+    import av
+
+    path = Path(path)
+    container, stream = _open_audio(path)
+    channels = av.AudioLayout(layout).nb_channels
+
+    def samples(frame) -> np.ndarray:  # packed float32 [1, n * C] -> [n] or [n, C]
+        data = frame.to_ndarray().reshape(-1, channels)
+        return data[:, 0] if channels == 1 else data
+
+    with container:
+        resampler = av.AudioResampler(format="flt", layout=layout, rate=sample_rate)
+        decoded_any = False
         try:
-            for frame in container.decode(streams[0]):
+            for frame in container.decode(stream):
                 for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().reshape(-1))
-            for out in resampler.resample(None):
-                chunks.append(out.to_ndarray().reshape(-1))
+                    decoded_any = True
+                    yield samples(out)
         except av.error.FFmpegError as exc:
-            if not chunks:
+            if not decoded_any:
                 raise UserError(f"{path}: the audio stream is corrupt ({exc}).") from exc
+        for out in resampler.resample(None):
+            yield samples(out)
+
+
+def load_audio(path: Path | str, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Decode the first audio stream of any file FFmpeg reads (wav, mp3, flac, m4a, ogg, mp4, ...)
+    to mono float32 [S] at `sample_rate`, whatever its own rate and channel layout."""
+    chunks = list(iter_audio(path, sample_rate))
     wave = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
     if wave.size < sample_rate // 10:
         raise UserError(f"{path}: the audio track is empty or shorter than 0.1 s.")
@@ -106,19 +136,36 @@ class MelFeatures:
     def dim(self) -> int:
         return self.n_mels + 2
 
-    def __call__(self, wave: np.ndarray) -> np.ndarray:
+    @property
+    def hop(self) -> int:
+        return int(round(SAMPLE_RATE / self.rate_hz))
+
+    def frame_rms(self, wave: np.ndarray) -> np.ndarray:
+        """[S] -> [T] RMS of the 25 ms frame around each feature row."""
         import librosa
 
-        hop = int(round(SAMPLE_RATE / self.rate_hz))
+        return librosa.feature.rms(y=wave, frame_length=400, hop_length=self.hop, center=True)[0]
+
+    @staticmethod
+    def voicing_threshold(rms: np.ndarray) -> float:
+        """Frames louder than this share of the clip's median RMS have a pitch."""
+        return max(1e-4, 0.05 * np.median(rms[rms > 0]) if np.any(rms > 0) else 1e-4)
+
+    def __call__(self, wave: np.ndarray, voicing_rms: float | None = None) -> np.ndarray:
+        """`voicing_rms` defaults to `voicing_threshold` of this clip; give the whole clip's value when a
+        long clip is processed in chunks (rows then depend only on samples within 512 of their centre)."""
+        import librosa
+
+        hop = self.hop
         mel = librosa.feature.melspectrogram(
             y=wave, sr=SAMPLE_RATE, n_fft=512, win_length=400, hop_length=hop, n_mels=self.n_mels,
             fmin=40, fmax=7600, center=True,
         )
         log_mel = np.log(mel + 1e-6)  # [n_mels, T]
-        rms = librosa.feature.rms(y=wave, frame_length=400, hop_length=hop, center=True)[0]
+        rms = self.frame_rms(wave)
         log_energy = np.log(rms + 1e-5)
         f0 = librosa.yin(wave, fmin=60, fmax=400, sr=SAMPLE_RATE, frame_length=1024, hop_length=hop, center=True)
-        voiced = rms > max(1e-4, 0.05 * np.median(rms[rms > 0]) if np.any(rms > 0) else 1e-4)
+        voiced = rms > (self.voicing_threshold(rms) if voicing_rms is None else voicing_rms)
         log_f0 = np.where(voiced, np.log(f0), np.log(60.0))
         T = min(log_mel.shape[1], log_energy.shape[0], log_f0.shape[0])
         return np.concatenate(
@@ -138,15 +185,22 @@ def normalize_features(features: np.ndarray, stats: tuple[np.ndarray, np.ndarray
     return ((features - mean) / std).astype(np.float32)
 
 
+def frame_window_rows(rate_hz: float, fps: float, num_frames: int, window: int = 16, first_frame: int = 0,
+                      total_rows: int | None = None) -> np.ndarray:
+    """[num_frames, window] feature-row indices of the windows of frames first_frame.. (see the module
+    docstring), clamped to [0, total_rows) when total_rows is given."""
+    centres = (np.arange(first_frame, first_frame + num_frames) + 0.5) / fps
+    start = np.round(centres * rate_hz).astype(np.int64) - window // 2
+    rows = start[:, None] + np.arange(window)[None, :]
+    return rows if total_rows is None else np.clip(rows, 0, total_rows - 1)
+
+
 def frame_windows(features: np.ndarray, rate_hz: float, fps: float, num_frames: int, window: int = 16,
                   first_frame: int = 0) -> np.ndarray:
     """[T, F] features -> [num_frames, window, F], the window of each frame (see the module docstring).
 
     `first_frame` lets long audio be windowed chunk by chunk with the same result as all at once."""
-    centres = (np.arange(first_frame, first_frame + num_frames) + 0.5) / fps
-    start = np.round(centres * rate_hz).astype(np.int64) - window // 2
-    idx = np.clip(start[:, None] + np.arange(window)[None, :], 0, features.shape[0] - 1)
-    return features[idx]
+    return features[frame_window_rows(rate_hz, fps, num_frames, window, first_frame, features.shape[0])]
 
 
 def context_windows(windows: np.ndarray, context: int) -> np.ndarray:
