@@ -1,0 +1,388 @@
+"""`avatar preprocess`: video -> dataset directory (format: avatar.contracts.dataset), step by step.
+
+Steps, each cached and atomic (preprocess.steps): audio -> crop -> frames -> landmarks -> track ->
+masks -> background -> features -> preview; manifest.json is written last, so a directory without it is
+never mistaken for a finished dataset. Frames stream from disk through every step: memory stays bounded
+by a few frames plus the per-frame tracking arrays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+from avatar.contracts.atomic import atomic_dir, save_npy, write_json
+from avatar.contracts.audio import SAMPLE_RATE, MelFeatures, feature_stats, num_frames_for, save_wav
+from avatar.contracts.camera import Intrinsics
+from avatar.contracts.dataset import (
+    FORMAT_VERSION, MASK_BITS, TRACKING_ARRAYS, Crop, FeatureInfo, Manifest, Split, frame_name,
+)
+from avatar.errors import UserError
+from preprocess.config import PreprocessConfig
+from preprocess.steps import MARKER_DIR, StepRunner, warn
+
+LIBRARIES = ["avatar", "numpy", "opencv-python-headless", "av", "mediapipe", "librosa", "scipy", "soundfile"]
+
+
+def _progress(iterable, name: str, total: int | None):
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=name, total=total, unit="frame", disable=None, leave=False)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def stored_frames(root: Path, num_frames: int, name: str = "", indices: Iterator[int] | None = None) -> Iterator[np.ndarray]:
+    """Stream the dataset's RGB frames back from disk (with a progress bar when `name` is given)."""
+    order = range(num_frames) if indices is None else indices
+    for i in _progress(order, name, num_frames) if name else order:
+        img = cv2.imread(str(root / "frames" / f"{frame_name(i)}.jpg"), cv2.IMREAD_COLOR)
+        yield img[:, :, ::-1]
+
+
+def stored_masks(root: Path, i: int) -> np.ndarray:
+    return cv2.imread(str(root / "masks" / f"{frame_name(i)}.png"), cv2.IMREAD_UNCHANGED)
+
+
+def dataset_intrinsics(cfg: PreprocessConfig, crop: Crop) -> Intrinsics:
+    """The pinhole camera of the dataset image: from --focal-px (source pixels, principal point at the
+    source image centre, carried through the crop) or else the vertical field of view --fov-deg."""
+    if cfg.focal_px is None:
+        return Intrinsics.from_fov(cfg.fov_deg, crop.resolution, crop.resolution)
+    s = crop.resolution / crop.size
+    cx, cy = crop.to_dataset([crop.source_width / 2, crop.source_height / 2])
+    return Intrinsics(cfg.focal_px * s, cfg.focal_px * s, float(cx), float(cy), crop.resolution, crop.resolution)
+
+
+def _check_config(cfg: PreprocessConfig) -> None:
+    if cfg.fps <= 0 or cfg.resolution < 16:
+        raise UserError(f"--fps must be > 0 and --resolution >= 16 (got {cfg.fps}, {cfg.resolution}).")
+    if not 0 <= cfg.val_fraction < 0.5:
+        raise UserError(f"--val-fraction must be in [0, 0.5) (got {cfg.val_fraction}).")
+    if cfg.audio is not None and not Path(cfg.audio).is_file():
+        raise UserError(f"{cfg.audio}: no such file (given with --audio). Give the path of an audio file.")
+
+
+def _check_output_dir(out: Path) -> bool:
+    """True when `out` is new. Refuses to write into a non-empty directory that is not a dataset."""
+    if not out.exists():
+        return True
+    if not out.is_dir():
+        raise UserError(f"{out}: exists and is not a directory. Choose another --out.")
+    if any(out.iterdir()) and not (out / MARKER_DIR).is_dir() and not (out / "manifest.json").is_file():
+        raise UserError(f"{out}: a non-empty directory that is not a dataset. Choose an empty or new --out.")
+    return False
+
+
+class Builder:
+    """The steps of one build. Each `step_*` writes its outputs atomically and returns its measurements."""
+
+    def __init__(self, cfg: PreprocessConfig):
+        from preprocess.video import probe_video
+
+        self.cfg = cfg
+        self.root = Path(cfg.out)
+        self.info = probe_video(cfg.video)
+        if not self.info.has_audio and cfg.audio is None:
+            raise UserError(
+                f"{cfg.video}: has no audio track. Give the speech separately with --audio FILE "
+                "(wav, mp3, m4a, ... recorded with this video)."
+            )
+        if self.info.duration_s == self.info.duration_s and self.info.duration_s < cfg.min_duration_s:
+            raise UserError(self._too_short_message(self.info.duration_s))
+        from preprocess.audio import time_origin
+
+        self.origin_s = time_origin(self.info, cfg.audio)
+        self.source_sha = sha256_of(Path(cfg.video))
+        self.audio_sha = sha256_of(Path(cfg.audio)) if cfg.audio is not None else None
+        self.steps = StepRunner(self.root, cfg.force)
+
+    def _too_short_message(self, seconds: float) -> str:
+        return (f"{self.cfg.video}: only {seconds:.1f} s long; at least {self.cfg.min_duration_s:.0f} s of the person "
+                "talking are needed (a few minutes give a much better avatar). Give a longer video.")
+
+    # ------------------------------------------------------------------ steps
+    def step_audio(self) -> dict:
+        from preprocess.audio import clip_audio
+
+        wave, warnings = clip_audio(self.info, self.cfg.audio, self.origin_s)
+        save_wav(self.root / "audio.wav", wave)
+        return {"num_samples": int(wave.size), "duration_s": wave.size / SAMPLE_RATE, "warnings": warnings}
+
+    def step_crop(self) -> dict:
+        from preprocess.crop import choose_crop, main_faces
+        from preprocess.track import find_faces_for_crop
+        from preprocess.video import frames_at_times
+
+        span = self.info.duration_s if self.info.duration_s == self.info.duration_s else self.cfg.min_duration_s
+        span -= self.origin_s - self.info.start_s
+        n = self.cfg.crop_samples
+        times = [self.origin_s + span * (k + 0.5) / n for k in range(n)]
+        faces = [find_faces_for_crop(rgb) for _, rgb in _progress(frames_at_times(self.cfg.video, times), "crop scan", n)]
+        scanned = len(faces)
+        chosen, crowded = main_faces(faces, str(self.cfg.video))
+        missing = 1 - len(chosen) / max(scanned, 1)
+        if missing > max(self.cfg.max_missing_face, 0.25):
+            raise UserError(
+                f"{self.cfg.video}: no face found in {missing:.0%} of {scanned} frames sampled over the clip. "
+                "Use a video where one person's face is visible throughout, or cut the clip to those parts."
+            )
+        crop = choose_crop(chosen, self.info.width, self.info.height, self.cfg.resolution,
+                           self.cfg.crop_scale, self.cfg.crop_face_y)
+        warnings = []
+        if crowded >= max(2, 0.1 * scanned):
+            warnings.append(
+                f"{self.cfg.video}: a second face appears in {crowded} of {scanned} sampled frames. The main "
+                "speaker (the biggest, most central face) is kept; for a clean avatar use a clip of one person."
+            )
+        return {"crop": crop.__dict__, "scanned_frames": scanned, "frames_with_face": len(chosen),
+                "frames_with_several_faces": crowded, "warnings": warnings}
+
+    def step_frames(self, crop: Crop, max_frames: int) -> dict:
+        from preprocess.crop import apply_crop
+        from preprocess.video import resampled_frames
+
+        params = [cv2.IMWRITE_JPEG_QUALITY, self.cfg.jpeg_quality]
+        count = 0
+        with atomic_dir(self.root / "frames") as tmp:
+            source = resampled_frames(self.cfg.video, self.cfg.fps, self.origin_s, max_frames)
+            for i, rgb in enumerate(_progress(source, "frames", max_frames)):
+                image = apply_crop(rgb, crop)
+                cv2.imwrite(str(tmp / f"{frame_name(i)}.jpg"), image[:, :, ::-1], params)
+                count = i + 1
+            seconds = count / self.cfg.fps
+            if seconds < self.cfg.min_duration_s:
+                raise UserError(self._too_short_message(seconds))
+            stated = self.info.duration_s - (self.origin_s - self.info.start_s)
+            if stated == stated and count < max_frames and seconds < 0.9 * stated - 0.5:
+                raise UserError(
+                    f"{self.cfg.video}: the video stream ends after {seconds:.1f} s although the file says "
+                    f"{stated:.1f} s: it is truncated or corrupt. Re-download or re-encode the file."
+                )
+        return {"frames": count}
+
+    def step_landmarks(self, num_frames: int) -> dict:
+        from preprocess.track import detect_landmarks
+
+        det = detect_landmarks(stored_frames(self.root, num_frames), max_missing_fraction=self.cfg.max_missing_face,
+                               source=str(self.cfg.video), total=num_frames, show_progress=sys.stderr.isatty())
+        np.savez(self._detections_tmp(), landmarks_mp3d=det.landmarks_mp3d, valid=det.valid, num_faces=det.num_faces)
+        self._detections_tmp().rename(self.root / MARKER_DIR / "detections.npz")
+        gaps = det.gap_stats()
+        warnings = []
+        if gaps["missing_frames"]:
+            warnings.append(
+                f"{self.cfg.video}: no face in {gaps['missing_frames']} of {num_frames} frames "
+                f"({gaps['gaps']} gaps, the longest {gaps['longest_gap']} frames); they were interpolated."
+            )
+        several = gaps["frames_with_several_faces"]
+        if several > 0.05 * num_frames:
+            warnings.append(
+                f"{self.cfg.video}: a second face is in the picture in {several} of {num_frames} frames. "
+                "The main speaker is tracked; for a clean avatar use a clip of one person."
+            )
+        return {"frames": num_frames, "face_found_fraction": float(det.valid.mean()), **gaps, "warnings": warnings}
+
+    def _detections_tmp(self) -> Path:
+        return self.root / MARKER_DIR / "detections.tmp.npz"
+
+    def step_track(self, intrinsics: Intrinsics) -> dict:
+        from preprocess.track import LandmarkDetections, LandmarkFaceModel
+
+        with np.load(self.root / MARKER_DIR / "detections.npz") as d:
+            det = LandmarkDetections(d["landmarks_mp3d"], d["valid"], d["num_faces"])
+        result = LandmarkFaceModel().fit(det, intrinsics, self.cfg.fps)
+        missing = set(TRACKING_ARRAYS) - set(result.arrays)
+        if missing:
+            raise RuntimeError(f"the tracker did not return the tracking arrays {sorted(missing)}")
+        with atomic_dir(self.root / "tracking") as tmp:
+            for name in TRACKING_ARRAYS:
+                np.save(tmp / f"{name}.npy", np.asarray(result.arrays[name]))
+        return {"frames": det.num_frames, "blendshape_names": list(result.blendshape_names),
+                "stats": _jsonable(result.stats)}
+
+    def step_masks(self, num_frames: int) -> dict:
+        from preprocess.masks import MaskMaker
+
+        landmarks = np.load(self.root / "tracking" / "landmarks.npy", mmap_mode="r")
+        make_mask = MaskMaker()
+        area = {name: 0.0 for name in MASK_BITS}
+        with atomic_dir(self.root / "masks") as tmp:
+            for i, rgb in enumerate(stored_frames(self.root, num_frames, "masks")):
+                bits = make_mask(rgb, np.asarray(landmarks[i]))
+                cv2.imwrite(str(tmp / f"{frame_name(i)}.png"), bits)
+                for name, bit in MASK_BITS.items():
+                    area[name] += float(np.mean(bits >> bit & 1))
+        return {"frames": num_frames, "mean_area": {k: round(v / num_frames, 4) for k, v in area.items()}}
+
+    def step_background(self, num_frames: int, max_used: int = 400) -> dict:
+        from preprocess.background import BackgroundAccumulator
+
+        used = np.unique(np.linspace(0, num_frames - 1, min(num_frames, max_used)).round().astype(int))
+        acc = BackgroundAccumulator()
+        for i, rgb in zip(used, stored_frames(self.root, len(used), "background", iter(used))):
+            acc.add(rgb, stored_masks(self.root, int(i)))
+        plate = acc.result()
+        from avatar.contracts.atomic import atomic_path
+
+        with atomic_path(self.root / "background.png") as tmp:
+            cv2.imwrite(str(tmp), np.ascontiguousarray(plate[:, :, ::-1]))
+        return {"frames": int(len(used))}
+
+    def step_features(self) -> dict:
+        import soundfile as sf
+
+        wave, _ = sf.read(str(self.root / "audio.wav"), dtype="float32")
+        extractor = MelFeatures()
+        feats = extractor(wave)
+        save_npy(self.root / "audio_features.npy", feats)
+        mean, std = feature_stats(feats)
+        info = FeatureInfo(file="audio_features.npy", extractor=extractor.name, rate_hz=extractor.rate_hz,
+                           dim=extractor.dim, window=self.cfg.feature_window,
+                           mean=[float(x) for x in mean], std=[float(x) for x in std])
+        return {"features": info.__dict__, "rows": int(feats.shape[0])}
+
+    def step_preview(self, num_frames: int, intrinsics: Intrinsics) -> dict:
+        from preprocess.preview import write_contact_sheet, write_preview
+
+        count = min(num_frames, int(round(self.cfg.preview_seconds * self.cfg.fps)))
+        write_preview(self.root, count, self.cfg.fps, intrinsics, self.root / "preview.mp4")
+        write_contact_sheet(self.root, num_frames, intrinsics, self.cfg.contact_sheet_frames, self.root / "contact_sheet.png")
+        return {"frames": count}
+
+    # ------------------------------------------------------------------ the whole build
+    def build(self) -> Manifest:
+        cfg, run = self.cfg, self.steps.run
+        source = {"sha256": self.source_sha, "audio_sha256": self.audio_sha, "origin_s": self.origin_s}
+        audio = run("audio", source, self.step_audio)
+        crop_rec = run("crop", {"resolution": cfg.resolution, "scale": cfg.crop_scale, "face_y": cfg.crop_face_y,
+                                "samples": cfg.crop_samples}, self.step_crop)
+        crop = Crop(**crop_rec["crop"])
+        max_frames = num_frames_for(audio["num_samples"], SAMPLE_RATE, cfg.fps)
+        frames = run("frames", {"fps": cfg.fps, "jpeg": cfg.jpeg_quality, "min_s": cfg.min_duration_s},
+                     lambda: self.step_frames(crop, max_frames))
+        n = frames["frames"]
+        intrinsics = dataset_intrinsics(cfg, crop)
+        lm = run("landmarks", {"max_missing": cfg.max_missing_face}, lambda: self.step_landmarks(n))
+        track = run("track", {"intrinsics": intrinsics.__dict__}, lambda: self.step_track(intrinsics))
+        masks = run("masks", {}, lambda: self.step_masks(n))
+        run("background", {}, lambda: self.step_background(n))
+        feats = run("features", {"window": cfg.feature_window}, self.step_features)
+        run("preview", {"seconds": cfg.preview_seconds, "sheet": cfg.contact_sheet_frames},
+            lambda: self.step_preview(n, intrinsics))
+
+        n_val = int(round(n * cfg.val_fraction))
+        if cfg.val_fraction > 0:
+            n_val = max(1, n_val)
+        manifest = Manifest(
+            format_version=FORMAT_VERSION,
+            source={"path": str(Path(cfg.video).resolve()), "sha256": self.source_sha,
+                    "duration_s": self.info.duration_s, "fps": self.info.fps, "width": self.info.width,
+                    "height": self.info.height, "has_audio": self.info.has_audio,
+                    "audio_path": str(Path(cfg.audio).resolve()) if cfg.audio else None,
+                    "audio_sha256": self.audio_sha, "time_origin_s": self.origin_s},
+            fps=cfg.fps, num_frames=n, resolution=cfg.resolution, crop=crop, intrinsics=intrinsics,
+            split=Split(train=(0, n - n_val), val=(n - n_val, n)),
+            audio={"file": "audio.wav", "sample_rate": SAMPLE_RATE, "num_samples": audio["num_samples"]},
+            features=FeatureInfo(**feats["features"]),
+            blendshape_names=track["blendshape_names"],
+            versions=library_versions(),
+            stats=self._stats(n, audio, lm, track, masks),
+        )
+        write_json(self.root / "manifest.json", manifest.to_json())
+        return manifest
+
+    def _stats(self, n: int, audio: dict, lm: dict, track: dict, masks: dict) -> dict:
+        records = self.steps.records
+        video_s, audio_s = n / self.cfg.fps, audio["num_samples"] / SAMPLE_RATE
+        return {
+            "tracking": track["stats"],
+            "faces": {k: lm[k] for k in ("face_found_fraction", "missing_frames", "gaps", "longest_gap",
+                                          "frames_with_several_faces")},
+            "sync": {"video_s": video_s, "audio_s": audio_s, "audio_minus_video_frames": (audio_s - video_s) * self.cfg.fps,
+                     "time_origin_s": self.origin_s},
+            "jaw_open_energy_correlation": jaw_energy_correlation(self.root, n, self.cfg.fps, track["blendshape_names"]),
+            "mask_mean_area": masks["mean_area"],
+            "steps": {name: {k: r[k] for k in ("seconds", "frames_per_s") if k in r} for name, r in records.items()},
+            "warnings": [w for r in records.values() for w in r.get("warnings", [])],
+        }
+
+
+def jaw_energy_correlation(root: Path, num_frames: int, fps: float, names: list[str]) -> float | None:
+    """Pearson correlation of jawOpen with the audio log energy at each frame's centre: a sanity check that
+    the expression tracking and the soundtrack are about the same speech."""
+    if "jawOpen" not in names:
+        return None
+    jaw = np.load(root / "tracking" / "blendshapes.npy")[:, names.index("jawOpen")]
+    feats = np.load(root / "audio_features.npy", mmap_mode="r")
+    rows = np.clip(np.round((np.arange(num_frames) + 0.5) / fps * 100.0).astype(int), 0, feats.shape[0] - 1)
+    energy = np.asarray(feats[rows, -2])  # the log-energy column of MelFeatures
+    if jaw.std() < 1e-8 or energy.std() < 1e-8:
+        return None
+    return round(float(np.corrcoef(jaw, energy)[0, 1]), 3)
+
+
+def library_versions() -> dict:
+    versions = {"python": platform.python_version()}
+    for lib in LIBRARIES:
+        try:
+            versions[lib] = importlib.metadata.version(lib)
+        except importlib.metadata.PackageNotFoundError:
+            versions[lib] = None
+    return versions
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def run(cfg: PreprocessConfig) -> Manifest:
+    """Build (or resume, or refresh) the dataset `cfg.out` from `cfg.video`."""
+    _check_config(cfg)
+    out = Path(cfg.out)
+    new_dir = _check_output_dir(out)
+    builder = Builder(cfg)  # probes the input: bad input fails here, before anything is written
+    start = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "manifest.json").unlink(missing_ok=True)  # the dataset is incomplete until the last step
+    for stale in out.glob(".*.*"):  # temporaries of a run that was killed
+        if stale.name != MARKER_DIR:
+            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+    (out / MARKER_DIR / "detections.tmp.npz").unlink(missing_ok=True)
+    try:
+        manifest = builder.build()
+    except UserError:
+        if new_dir:  # bad input found mid-way: leave nothing behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    took = time.perf_counter() - start
+    st = manifest.stats
+    print(
+        f"dataset ready: {out} ({manifest.num_frames} frames at {manifest.fps:g} fps, {manifest.resolution} px, "
+        f"face found in {st['faces']['face_found_fraction']:.1%} of frames) in {took:.1f} s",
+        file=sys.stderr,
+    )
+    return manifest

@@ -1,0 +1,52 @@
+"""Settings of `avatar preprocess VIDEO --out DATASET_DIR` (presets: configs/preprocess/*.toml)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Optional
+
+import tyro
+
+
+@dataclass
+class PreprocessConfig:
+    """Build a training dataset from one talking video of one person."""
+
+    video: Annotated[Path, tyro.conf.Positional] = tyro.MISSING  # type: ignore[assignment]
+    """the input video (mp4, mov, mkv, webm, ...; constant or variable frame rate, any resolution)"""
+    out: Path = Path("data/dataset")
+    """the dataset directory to write (a rerun resumes it; see --force)"""
+    fps: float = 25.0
+    """frame rate of the dataset: the video is resampled by timestamps to this rate"""
+    resolution: int = 512
+    """side of the square dataset images in pixels"""
+    audio: Optional[Path] = None
+    """audio file to use instead of the video's own soundtrack (needed when the video has none)"""
+    val_fraction: float = 0.1
+    """the last this share of the frames is the validation split"""
+    fov_deg: float = 20.0
+    """vertical field of view of the dataset image, used when --focal-px is not given (20 deg is a
+    telephoto-like framing: about 1250 px focal at 450 px, close to what talking-head NeRF work assumes)"""
+    focal_px: Optional[float] = None
+    """focal length in pixels of the SOURCE video (e.g. from a calibration); overrides --fov-deg"""
+    crop_scale: float = 2.2
+    """side of the square crop as a multiple of the face height (forehead to chin): head and shoulders"""
+    crop_face_y: float = 0.48
+    """where the face centre sits vertically in the crop (0 top, 1 bottom): below 0.5 keeps the shoulders"""
+    crop_samples: int = 32
+    """frames sampled evenly over the clip to choose the one fixed crop"""
+    min_duration_s: float = 5.0
+    """refuse clips shorter than this"""
+    max_missing_face: float = 0.05
+    """refuse clips where no face is found in more than this share of frames (shorter gaps are interpolated)"""
+    feature_window: int = 16
+    """audio-feature rows per frame window (see avatar.contracts.audio)"""
+    jpeg_quality: int = 95
+    """JPEG quality of the stored frames"""
+    preview_seconds: float = 10.0
+    """length of preview.mp4 (from the start of the clip)"""
+    contact_sheet_frames: int = 12
+    """frames on contact_sheet.png (evenly spaced over the clip)"""
+    force: bool = False
+    """redo every step even when its cached result is up to date"""

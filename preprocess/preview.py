@@ -1,0 +1,116 @@
+"""What a person looks at to judge a dataset: preview.mp4 (the first seconds with landmarks, pose axes and
+masks drawn over the frames, with the soundtrack, so lip sync can be checked) and contact_sheet.png (frames
+spread over the whole clip with the same overlays, plus the background plate)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from avatar.contracts.atomic import atomic_path
+from avatar.contracts.camera import Intrinsics, project
+from avatar.contracts.dataset import MASK_BITS, frame_name
+
+# mask name -> RGB tint; drawn in this order so the smaller regions stay visible on top
+MASK_COLOURS = {"torso": (60, 120, 255), "head": (255, 200, 0), "face": (0, 220, 90), "mouth": (255, 40, 40)}
+AXIS_LENGTH_M = 0.08  # drawn length of the head-frame axes
+
+
+class Overlay:
+    """Draws the tracking of frame i of a dataset directory over its image."""
+
+    def __init__(self, root: Path, intrinsics: Intrinsics):
+        self.root = root
+        self.K = intrinsics.K
+        load = lambda name: np.load(root / "tracking" / f"{name}.npy", mmap_mode="r")  # noqa: E731
+        self.landmarks, self.rotation, self.translation, self.valid = (
+            load("landmarks"), load("rotation"), load("translation"), load("valid"))
+
+    def frame(self, i: int) -> np.ndarray:
+        return cv2.imread(str(self.root / "frames" / f"{frame_name(i)}.jpg"), cv2.IMREAD_COLOR)[:, :, ::-1]
+
+    def draw(self, i: int) -> np.ndarray:
+        """[H, W, 3] uint8 RGB: frame i with mask tints, landmarks (red where interpolated) and pose axes."""
+        rgb = self.frame(i).astype(np.float32)
+        bits = cv2.imread(str(self.root / "masks" / f"{frame_name(i)}.png"), cv2.IMREAD_UNCHANGED)
+        person = (bits >> MASK_BITS["person"] & 1).astype(bool)
+        rgb[~person] *= 0.45  # darken what is not the person
+        for name, colour in MASK_COLOURS.items():
+            m = (bits >> MASK_BITS[name] & 1).astype(bool)
+            rgb[m] = 0.75 * rgb[m] + 0.25 * np.asarray(colour, np.float32)
+        out = np.ascontiguousarray(rgb.clip(0, 255).astype(np.uint8))
+        scale = out.shape[0] / 512
+        dot = (0, 255, 255) if self.valid[i] else (255, 0, 0)
+        for u, v in np.asarray(self.landmarks[i]):
+            cv2.circle(out, (int(u), int(v)), max(1, int(round(scale))), dot, -1, cv2.LINE_AA)
+        self._axes(out, np.asarray(self.rotation[i]), np.asarray(self.translation[i]), scale)
+        return out
+
+    def _axes(self, img: np.ndarray, R: np.ndarray, t: np.ndarray, scale: float) -> None:
+        points = np.vstack([np.zeros(3), np.eye(3) * AXIS_LENGTH_M])  # origin, x, y, z in the head frame
+        if (R @ points.T + t[:, None])[2].min() <= 1e-3:
+            return  # behind the camera: nothing sensible to draw
+        uv = project(points, R, t, self.K)
+        o = tuple(int(x) for x in uv[0])
+        for k, colour in enumerate([(255, 0, 0), (0, 255, 0), (0, 128, 255)]):
+            cv2.line(img, o, tuple(int(x) for x in uv[k + 1]), colour, max(2, int(3 * scale)), cv2.LINE_AA)
+
+
+def write_preview(root: Path, num_frames: int, fps: float, intrinsics: Intrinsics, path: Path) -> None:
+    """The first `num_frames` frames with overlays as H.264, muxed with the dataset's audio.wav (AAC)."""
+    import av
+    import soundfile as sf
+    from fractions import Fraction
+
+    overlay = Overlay(root, intrinsics)
+    wave, sr = sf.read(str(root / "audio.wav"), dtype="float32")
+    wave = wave[: int(round(num_frames / fps * sr))]
+    with atomic_path(path) as tmp:
+        with av.open(str(tmp), "w") as container:
+            video = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+            size = overlay.frame(0).shape[0]
+            video.width = video.height = size + size % 2
+            video.pix_fmt = "yuv420p"
+            video.options = {"crf": "23", "preset": "veryfast"}
+            audio = container.add_stream("aac", rate=sr)
+            audio.layout = "mono"
+            for i in range(num_frames):
+                img = overlay.draw(i)
+                if size % 2:
+                    img = cv2.copyMakeBorder(img, 0, 1, 0, 1, cv2.BORDER_REPLICATE)
+                for packet in video.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                    container.mux(packet)
+            for packet in video.encode(None):
+                container.mux(packet)
+            chunk = 1024  # the AAC frame size
+            for start in range(0, wave.size, chunk):
+                piece = wave[start : start + chunk]
+                frame = av.AudioFrame.from_ndarray(piece[None, :], format="flt", layout="mono")
+                frame.sample_rate = sr
+                frame.pts = start
+                for packet in audio.encode(frame):
+                    container.mux(packet)
+            for packet in audio.encode(None):
+                container.mux(packet)
+
+
+def write_contact_sheet(root: Path, num_frames: int, intrinsics: Intrinsics, count: int, path: Path,
+                        tile: int = 256, columns: int = 4) -> None:
+    """`count` frames evenly spread over the clip with overlays, then the background plate, on a grid."""
+    overlay = Overlay(root, intrinsics)
+    indices = np.unique(np.linspace(0, num_frames - 1, count).round().astype(int))
+    tiles = [(overlay.draw(int(i)), f"frame {int(i)}") for i in indices]
+    plate = cv2.imread(str(root / "background.png"), cv2.IMREAD_COLOR)[:, :, ::-1]
+    tiles.append((plate, "background plate"))
+    rows = -(-len(tiles) // columns)
+    sheet = np.full((rows * tile, columns * tile, 3), 32, np.uint8)
+    for k, (img, label) in enumerate(tiles):
+        small = cv2.resize(np.ascontiguousarray(img), (tile, tile), interpolation=cv2.INTER_AREA)
+        cv2.putText(small, label, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
+        cv2.putText(small, label, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+        r, c = divmod(k, columns)
+        sheet[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile] = small
+    with atomic_path(path) as tmp:
+        cv2.imwrite(str(tmp), sheet[:, :, ::-1])
