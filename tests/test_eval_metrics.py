@@ -12,6 +12,15 @@ from avatar.eval.landmarks import LANDMARK_SCALE, FaceLandmarker, mouth_indices
 from avatar.eval.metrics import (SequenceScorer, landmark_distance, mouth_opening, pearson, psnr, square_box, ssim)
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """On the shared 2-core machine one thread is several times faster than two fighting other jobs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _images(seed: int = 0, b: int = 2, h: int = 48, w: int = 40) -> torch.Tensor:
     return torch.rand(b, 3, h, w, generator=torch.Generator().manual_seed(seed))
 

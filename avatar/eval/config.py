@@ -1,0 +1,39 @@
+"""Settings of `avatar eval RUN`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+import tyro
+
+
+@dataclass
+class EvalConfig:
+    """Score a trained avatar on its dataset's validation frames, driven by their own audio (PSNR, SSIM, LPIPS,
+    mouth-landmark distance, mouth-opening correlation), next to two baselines, and write a side-by-side video."""
+
+    run: Annotated[Path, tyro.conf.Positional] = tyro.MISSING  # type: ignore[assignment]
+    """the run directory written by `avatar train`"""
+    split: Literal["val", "train"] = "val"
+    """frames to score: `val` (the last 10 % of the clip, never trained on: the published protocol) or `train`"""
+    out: Path | None = None
+    """where metrics.json and side_by_side.mp4 go; default RUN/eval"""
+    resolution: int | None = None
+    """square size at which images are compared; default the avatar's render resolution. Landmarks are always
+    detected at 512 x 512 (images are resized to it), so LMD is in pixels at 512 scale whatever this is"""
+    max_frames: int | None = None
+    """score only the first N frames of the split (for quick checks)"""
+    batch_size: int = 8
+    """frames rendered at once"""
+    lpips_net: Literal["alex", "vgg"] = "alex"
+    """LPIPS backbone"""
+    baselines: bool = True
+    """also score the static head and the nearest-audio training frame with the same code"""
+    video: bool = True
+    """write the side-by-side video (ground truth | avatar) with the clip's audio"""
+    video_size: int = 512
+    """height and width of each panel of the video"""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto: cuda when available"""

@@ -1,0 +1,190 @@
+"""`avatar eval RUN`: the avatar and two baselines on the validation frames, scored by the same code.
+
+The validation frames (the last 10 % of the clip) are driven by their own audio, tracked head pose and
+tracked blinks, and compared with the ground-truth frames. Writes RUN/eval/metrics.json and
+RUN/eval/side_by_side.mp4 (ground truth | avatar, with the clip's audio).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from avatar.contracts.atomic import write_json
+from avatar.contracts.dataset import Dataset
+from avatar.errors import UserError
+from avatar.eval.config import EvalConfig
+from avatar.eval.frames import render_frames, resize_mask, resize_rgb, to_chw
+from avatar.eval.landmarks import LANDMARK_SCALE, FaceLandmarker
+from avatar.eval.metrics import SequenceScorer, square_box
+
+# metric -> True when higher is better; margins are signed so that positive means "the avatar is better"
+HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False, "psnr_head": True, "ssim_head": True,
+                    "lpips_head": False, "lmd": False, "lmd_centred": False, "mouth_corr": True}
+LIP_SYNC_METRICS = ("lmd", "mouth_corr")  # the avatar must beat both baselines on these
+
+FrameSource = Callable[[np.ndarray, object], np.ndarray]  # (frame indices [B], conditions) -> [B, S, S, 3] uint8
+
+
+def frame_conditions(dataset: Dataset, indices: np.ndarray, audio: np.ndarray, device: torch.device):
+    """The tracked conditions of dataset frames `indices` [B]: their audio windows (rows of `audio`
+    [N, C, W, F]), head pose and eye blinks."""
+    from avatar.model.talking_head import FrameConditions
+
+    names = dataset.manifest.blendshape_names
+    missing = [n for n in ("eyeBlinkLeft", "eyeBlinkRight") if n not in names]
+    if missing:
+        raise UserError(f"{dataset.root}/manifest.json: blendshape_names lacks {missing}. Rebuild the dataset "
+                        "with `avatar preprocess ... --force`.")
+    blink_cols = [names.index("eyeBlinkLeft"), names.index("eyeBlinkRight")]
+
+    def tensor(array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array, np.float32)).to(device)
+
+    return FrameConditions(
+        audio=tensor(audio[indices]),
+        rotation=tensor(dataset.tracking("rotation")[indices]),
+        translation=tensor(dataset.tracking("translation")[indices]),
+        blink=tensor(dataset.tracking("blendshapes")[indices][:, blink_cols]),
+    )
+
+
+def _margins(methods: dict[str, dict]) -> dict[str, dict[str, float | None]]:
+    """Per baseline, avatar minus baseline (or baseline minus avatar for lower-is-better metrics)."""
+    avatar = methods["avatar"]
+    out = {}
+    for name, base in methods.items():
+        if name == "avatar":
+            continue
+        out[name] = {}
+        for key, higher in HIGHER_IS_BETTER.items():
+            a, b = avatar.get(key), base.get(key)
+            ok = a is not None and b is not None and math.isfinite(a) and math.isfinite(b)
+            out[name][key] = ((a - b) if higher else (b - a)) if ok else None
+    return out
+
+
+def _json_safe(value):
+    """inf / nan are not JSON: written as null (PSNR is inf only for pixel-identical images)."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def evaluate(head, dataset: Dataset, indices: np.ndarray, cfg: EvalConfig, video_path: Path | None,
+             device: torch.device) -> dict:
+    """Render and score every method on `indices`; stream the side-by-side video. Returns metrics.json's dict."""
+    from avatar.eval.baselines import NearestAudioBaseline, static_head_frames
+    from avatar.train.lpips import LPIPS
+
+    size = cfg.resolution or head.resolution
+    feature_window = dataset.manifest.features.window
+    if feature_window != head.feature_window:
+        raise UserError(f"{cfg.run}: the avatar expects audio windows of {head.feature_window} rows, the dataset "
+                        f"{dataset.root} has {feature_window}. Evaluate the avatar on the dataset it was trained on.")
+    audio = dataset.audio_windows(context=head.audio_context)  # [N, C, W, F], the clip's own statistics
+    sources: dict[str, FrameSource] = {"avatar": lambda idx, cond: render_frames(head, cond, size)}
+    if cfg.baselines:
+        nearest = NearestAudioBaseline(dataset, indices, size)
+        sources["static_head"] = lambda idx, cond: static_head_frames(head, cond, size)
+        sources["nearest_audio"] = lambda idx, cond: nearest(idx)
+
+    head_masks = torch.from_numpy(np.stack([resize_mask(dataset.mask(i, "head"), size) for i in indices]))
+    box = square_box(head_masks)
+    lpips = LPIPS(cfg.lpips_net).to(device)
+    seconds = dict.fromkeys(sources, 0.0)
+    wave = _clip_audio(dataset, indices) if video_path is not None else None
+    with FaceLandmarker() as landmarker:
+        scorers = {name: SequenceScorer(lpips, landmarker, box) for name in sources}
+        with _maybe_video(video_path, dataset.fps, wave) as video:
+            for start in range(0, len(indices), cfg.batch_size):
+                idx = indices[start : start + cfg.batch_size]
+                gt_full = [dataset.frame(i) for i in idx]  # [H, W, 3] uint8 at the dataset's resolution
+                gt_landmarks = [landmarker(f) for f in gt_full]
+                gt = to_chw(np.stack([resize_rgb(f, size) for f in gt_full]), device)
+                mask = head_masks[start : start + len(idx), None].to(device)
+                cond = frame_conditions(dataset, idx, audio, device)
+                for name, source in sources.items():
+                    t0 = time.perf_counter()
+                    frames = source(idx, cond)  # [B, size, size, 3] uint8
+                    seconds[name] += time.perf_counter() - t0
+                    scorers[name].add(to_chw(frames, device), gt, mask, gt_landmarks)
+                    if name == "avatar" and video is not None:
+                        for truth, pred in zip(gt_full, frames):
+                            video.write(np.concatenate([resize_rgb(truth, cfg.video_size),
+                                                        resize_rgb(pred, cfg.video_size)], axis=1))
+                print(f"[eval] {min(start + cfg.batch_size, len(indices))}/{len(indices)} frames", flush=True)
+    methods = {name: {**scorer.summary(), "seconds_per_frame": seconds[name] / len(indices)}
+               for name, scorer in scorers.items()}
+    result = {
+        "run": str(cfg.run), "dataset": str(dataset.root), "split": cfg.split,
+        "frames": [int(indices[0]), int(indices[-1]) + 1], "resolution": size, "landmark_scale": LANDMARK_SCALE,
+        "head_box": list(box), "lpips_net": cfg.lpips_net, "methods": methods,
+    }
+    if len(methods) > 1:
+        margins = _margins(methods)
+        result["margins"] = margins  # positive: the avatar is better by this much
+        result["avatar_beats_baselines"] = {
+            key: all(m[key] is not None and m[key] > 0 for m in margins.values()) for key in LIP_SYNC_METRICS}
+    return result
+
+
+def _clip_audio(dataset: Dataset, indices: np.ndarray) -> np.ndarray:
+    """[S] mono float32 audio of frames indices[0] .. indices[-1], from the start of the first."""
+    from avatar.contracts.audio import SAMPLE_RATE, load_audio
+
+    wave = load_audio(dataset.root / dataset.manifest.audio["file"])
+    a = int(round(indices[0] / dataset.fps * SAMPLE_RATE))
+    b = int(round((indices[-1] + 1) / dataset.fps * SAMPLE_RATE))
+    return wave[a:b]
+
+
+def _maybe_video(path: Path | None, fps: float, wave: np.ndarray | None):
+    import contextlib
+
+    from avatar.export.mux import Mp4Writer
+
+    return Mp4Writer(path, fps, audio=wave) if path is not None else contextlib.nullcontext()
+
+
+def format_table(result: dict) -> str:
+    """The methods as rows, the main metrics as columns."""
+    cols = ["psnr", "ssim", "lpips", "psnr_head", "ssim_head", "lpips_head", "lmd", "lmd_centred", "mouth_corr",
+            "face_detected"]
+    lines = [f"{'method':<14}" + "".join(f"{c:>12}" for c in cols)]
+    for name, m in result["methods"].items():
+        cells = "".join(f"{m[c]:>12.4f}" if isinstance(m.get(c), float) else f"{str(m.get(c)):>12}" for c in cols)
+        lines.append(f"{name:<14}" + cells)
+    return "\n".join(lines)
+
+
+def run(cfg: EvalConfig) -> dict:
+    from avatar.model.talking_head import TalkingHead
+
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if cfg.device == "auto" else cfg.device))
+    head = TalkingHead.load(cfg.run, device=str(device))
+    dataset = Dataset(head.dataset_root)
+    indices = dataset.indices(cfg.split)[: cfg.max_frames]
+    if len(indices) < 3:
+        raise UserError(f"{dataset.root}: the {cfg.split} split has {len(indices)} frames; at least 3 are needed "
+                        "for the mouth-opening correlation. Use a longer clip or --split train.")
+    out = cfg.out or Path(cfg.run) / "eval"
+    video_path = out / "side_by_side.mp4" if cfg.video else None
+    result = evaluate(head, dataset, indices, cfg, video_path, device)
+    if video_path is not None:
+        result["video"] = str(video_path)
+    write_json(out / "metrics.json", _json_safe(result))
+    print(format_table(result))
+    if "margins" in result:
+        for base, m in result["margins"].items():
+            print(f"avatar vs {base}: LMD better by {m['lmd']}, mouth-opening correlation better by {m['mouth_corr']}")
+    print(f"wrote {out / 'metrics.json'}" + (f" and {video_path}" if video_path else ""))
+    return result
