@@ -7,6 +7,7 @@ RUN/eval/side_by_side.mp4 (ground truth | avatar, with the clip's audio).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from avatar.contracts.atomic import write_json
+from avatar.contracts.atomic import atomic_path, write_json
 from avatar.contracts.dataset import Dataset
 from avatar.errors import UserError
 from avatar.eval.config import EvalConfig
@@ -100,10 +101,9 @@ def evaluate(head, dataset: Dataset, indices: np.ndarray, cfg: EvalConfig, video
     box = square_box(head_masks)
     lpips = LPIPS(cfg.lpips_net).to(device)
     seconds = dict.fromkeys(sources, 0.0)
-    wave = _clip_audio(dataset, indices) if video_path is not None else None
     with FaceLandmarker() as landmarker:
         scorers = {name: SequenceScorer(lpips, landmarker, box) for name in sources}
-        with _maybe_video(video_path, dataset.fps, wave) as video:
+        with _side_by_side(video_path, dataset, indices, cfg.video_size) as write_video:
             for start in range(0, len(indices), cfg.batch_size):
                 idx = indices[start : start + cfg.batch_size]
                 gt_full = [dataset.frame(i) for i in idx]  # [H, W, 3] uint8 at the dataset's resolution
@@ -116,10 +116,10 @@ def evaluate(head, dataset: Dataset, indices: np.ndarray, cfg: EvalConfig, video
                     frames = source(idx, cond)  # [B, size, size, 3] uint8
                     seconds[name] += time.perf_counter() - t0
                     scorers[name].add(to_chw(frames, device), gt, mask, gt_landmarks)
-                    if name == "avatar" and video is not None:
-                        for truth, pred in zip(gt_full, frames):
-                            video.write(np.concatenate([resize_rgb(truth, cfg.video_size),
-                                                        resize_rgb(pred, cfg.video_size)], axis=1))
+                    if name == "avatar" and write_video is not None:
+                        write_video(np.stack([np.concatenate([resize_rgb(truth, cfg.video_size),
+                                                              resize_rgb(pred, cfg.video_size)], axis=1)
+                                              for truth, pred in zip(gt_full, frames)]))
                 print(f"[eval] {min(start + cfg.batch_size, len(indices))}/{len(indices)} frames", flush=True)
     methods = {name: {**scorer.summary(), "seconds_per_frame": seconds[name] / len(indices)}
                for name, scorer in scorers.items()}
@@ -136,22 +136,41 @@ def evaluate(head, dataset: Dataset, indices: np.ndarray, cfg: EvalConfig, video
     return result
 
 
-def _clip_audio(dataset: Dataset, indices: np.ndarray) -> np.ndarray:
+def _clip_audio(dataset: Dataset, indices: np.ndarray, sample_rate: int) -> np.ndarray:
     """[S] mono float32 audio of frames indices[0] .. indices[-1], from the start of the first."""
-    from avatar.contracts.audio import SAMPLE_RATE, load_audio
+    from avatar.contracts.audio import load_audio
 
-    wave = load_audio(dataset.root / dataset.manifest.audio["file"])
-    a = int(round(indices[0] / dataset.fps * SAMPLE_RATE))
-    b = int(round((indices[-1] + 1) / dataset.fps * SAMPLE_RATE))
+    wave = load_audio(dataset.root / dataset.manifest.audio["file"], sample_rate)
+    a = int(round(indices[0] / dataset.fps * sample_rate))
+    b = int(round((indices[-1] + 1) / dataset.fps * sample_rate))
     return wave[a:b]
 
 
-def _maybe_video(path: Path | None, fps: float, wave: np.ndarray | None):
-    import contextlib
+@contextlib.contextmanager
+def _side_by_side(path: Path | None, dataset: Dataset, indices: np.ndarray, panel: int):
+    """Yields write([B, panel, 2 * panel, 3] uint8) that appends frames and the sound up to their end,
+    or None when no video is wanted. The file appears only when complete."""
+    if path is None:
+        yield None
+        return
+    from avatar.export.mux import AUDIO_RATE, VideoWriter
 
-    from avatar.export.mux import Mp4Writer
+    if panel % 2:
+        raise UserError(f"--video-size {panel}: must be even (H.264 needs even frame sizes).")
+    wave = _clip_audio(dataset, indices, AUDIO_RATE)
+    with atomic_path(path) as tmp:
+        writer = VideoWriter(tmp, 2 * panel, panel, dataset.fps, audio_channels=1)
+        try:
+            def write(frames: np.ndarray) -> None:
+                writer.write_frames(frames)
+                end = writer.samples_until(writer.frames_written)
+                writer.write_audio(wave[writer.samples_written : end, None])
 
-    return Mp4Writer(path, fps, audio=wave) if path is not None else contextlib.nullcontext()
+            yield write
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
 
 
 def format_table(result: dict) -> str:
