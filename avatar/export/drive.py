@@ -1,0 +1,215 @@
+"""The signals that drive a trained avatar on new audio: head pose, eye blinks and audio-feature windows.
+
+`avatar render` and the live viewer both use these, so a video and the viewer move the head the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Literal
+
+import numpy as np
+
+from avatar.contracts.audio import MelFeatures
+from avatar.contracts.dataset import Dataset, FeatureInfo
+from avatar.errors import UserError
+from avatar.export.streaming import AudioScan, clip_feature_stats, scan_audio, window_chunks
+
+if TYPE_CHECKING:
+    from avatar.model.talking_head import TalkingHead
+
+PoseMode = Literal["track", "still", "smooth"]
+SMOOTH_SIGMA_S = 1.0  # "smooth" pose: Gaussian over the training track, in seconds
+BLINK_NAMES = ("eyeBlinkLeft", "eyeBlinkRight")
+
+
+# ----- head pose
+
+
+def training_frames(dataset: Dataset, num_frames: int, mode: PoseMode, fps: float | None = None,
+                    first_frame: int = 0) -> np.ndarray:
+    """[num_frames] training-split frame numbers whose pose (and, for --paste-back, picture) output frames
+    first_frame.. show. "track"/"smooth" run through the training frames forward, then backward, and so on
+    (no jump at the turn); output time maps to training time when `fps` differs from the dataset's."""
+    train = dataset.indices("train")
+    if mode == "still":
+        return np.full(num_frames, train[typical_pose_index(dataset)], np.int64)
+    frames = np.arange(first_frame, first_frame + num_frames)
+    if fps is not None and fps != dataset.fps:
+        frames = np.floor((frames + 0.5) * dataset.fps / fps).astype(np.int64)
+    n = len(train)
+    if n == 1:
+        return np.full(num_frames, train[0], np.int64)
+    phase = frames % (2 * (n - 1))
+    return train[np.where(phase < n, phase, 2 * (n - 1) - phase)]
+
+
+def typical_pose_index(dataset: Dataset) -> int:
+    """Position in the training split of the pose nearest the median pose (each of the 6 pose parameters
+    measured in its own standard deviations): a natural, frontal-ish still pose."""
+    from scipy.spatial.transform import Rotation
+
+    train = dataset.indices("train")
+    params = np.concatenate([
+        Rotation.from_matrix(np.asarray(dataset.tracking("rotation")[train], np.float64)).as_rotvec(),
+        np.asarray(dataset.tracking("translation")[train], np.float64),
+    ], axis=1)  # [n, 6]
+    z = (params - np.median(params, 0)) / (params.std(0) + 1e-9)
+    return int(np.argmin((z**2).sum(1)))
+
+
+def _smoothed_track(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Training-split rotations [n, 3, 3] and translations [n, 3], Gaussian-smoothed over time. The ends are
+    mirrored, which is exactly how the back-and-forth loop continues them, so the loop stays smooth."""
+    from scipy.ndimage import gaussian_filter1d
+    from scipy.spatial.transform import Rotation
+
+    train = dataset.indices("train")
+    sigma = SMOOTH_SIGMA_S * dataset.fps
+    quats = Rotation.from_matrix(np.asarray(dataset.tracking("rotation")[train], np.float64)).as_quat()
+    quats *= np.sign(quats @ quats[0])[:, None]  # one hemisphere, so averaging neighbours is meaningful
+    quats = gaussian_filter1d(quats, sigma, axis=0, mode="mirror")
+    rotation = Rotation.from_quat(quats / np.linalg.norm(quats, axis=1, keepdims=True)).as_matrix()
+    translation = gaussian_filter1d(np.asarray(dataset.tracking("translation")[train], np.float64), sigma,
+                                    axis=0, mode="mirror")
+    return rotation, translation
+
+
+def pose_schedule(dataset: Dataset, num_frames: int, mode: PoseMode, fps: float | None = None,
+                  first_frame: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Head-to-camera rotations [num_frames, 3, 3] and translations [num_frames, 3] (float32) of output frames
+    first_frame.. : the training poses looped back and forth ("track"), one typical pose ("still"), or the
+    loop of a smoothed track ("smooth")."""
+    if mode not in ("track", "still", "smooth"):
+        raise UserError(f"--pose {mode!r}: choose track, still or smooth.")
+    frames = training_frames(dataset, num_frames, mode, fps, first_frame)
+    if mode == "smooth":
+        rotation, translation = _smoothed_track(dataset)
+        at = frames - dataset.indices("train")[0]
+        return rotation[at].astype(np.float32), translation[at].astype(np.float32)
+    return (np.asarray(dataset.tracking("rotation")[frames], np.float32),
+            np.asarray(dataset.tracking("translation")[frames], np.float32))
+
+
+# ----- eye blinks
+
+
+def _blink_track(dataset: Dataset) -> np.ndarray:
+    names = dataset.manifest.blendshape_names
+    missing = [n for n in BLINK_NAMES if n not in names]
+    if missing:
+        raise UserError(f"{dataset.root}: the dataset has no {missing} blendshapes. Re-run `avatar preprocess --force`.")
+    shapes = dataset.tracking("blendshapes")
+    return np.stack([np.asarray(shapes[:, names.index(n)], np.float32) for n in BLINK_NAMES], 1)  # [N, 2]
+
+
+def detect_blinks(track: np.ndarray) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+    """From a tracked [N, 2] eye-closure curve: the open-eye level [2], each blink's shape above it
+    ([L, 2] each) and the frames where blinks start. A blink is where both eyes together close more than
+    half-way from the open level to the clip's near-maximum closure."""
+    both = track.mean(1)
+    open_level = np.median(track, 0)
+    base, top = float(np.median(both)), float(np.percentile(both, 99.5))
+    if top - base < 0.15:  # no clear blink in the clip
+        return open_level, [], np.zeros(0, np.int64)
+    closed = both > base + 0.5 * (top - base)
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], closed.astype(np.int8), [0]])))
+    shapes, starts = [], []
+    settled = base + 0.1 * (top - base)
+    for start, end in zip(edges[::2], edges[1::2]):
+        while start > 0 and both[start - 1] > settled and both[start - 1] < both[start]:
+            start -= 1
+        while end < len(both) and both[end] > settled and both[end] < both[end - 1]:
+            end += 1
+        shapes.append(np.maximum(track[start:end] - open_level, 0.0))
+        starts.append(start)
+    return open_level, shapes, np.asarray(starts, np.int64)
+
+
+def blink_schedule(dataset: Dataset, num_frames: int, fps: float, value: float | None, seed: int = 0) -> np.ndarray:
+    """[num_frames, 2] eyeBlinkLeft/Right in 0..1. `value`: held constant. None: the person's own blinks
+    (their shapes, as tracked) placed at intervals drawn from the person's own blink intervals (or, with
+    fewer than three blinks, from a Poisson process at their rate)."""
+    if value is not None:
+        if not 0.0 <= value <= 1.0:
+            raise UserError(f"--blink {value}: give an eye closure between 0 (open) and 1 (closed).")
+        return np.full((num_frames, 2), value, np.float32)
+    track = _blink_track(dataset)
+    open_level, shapes, starts = detect_blinks(track)
+    out = np.tile(open_level.astype(np.float32), (num_frames, 1))
+    if not shapes:
+        return out
+    rng = np.random.default_rng(seed)
+    intervals_s = np.diff(starts) / dataset.fps
+    mean_interval_s = len(track) / dataset.fps / len(shapes)
+
+    def next_interval() -> float:
+        if len(intervals_s) >= 2:
+            return float(rng.choice(intervals_s) * rng.uniform(0.8, 1.2))
+        return float(max(1.0, rng.exponential(mean_interval_s)))
+
+    t = rng.uniform(0.3, 1.0) * mean_interval_s
+    while (start := int(round(t * fps))) < num_frames:
+        shape = shapes[rng.integers(len(shapes))]  # [L, 2] at the dataset's fps
+        length = max(1, int(round(len(shape) * fps / dataset.fps)))
+        src = np.linspace(0, len(shape) - 1, length)
+        resampled = np.stack([np.interp(src, np.arange(len(shape)), shape[:, c]) for c in range(2)], 1)
+        end = min(num_frames, start + length)
+        out[start:end] += resampled[: end - start]
+        t += max(next_interval(), length / fps)
+    return np.clip(out, 0.0, 1.0)
+
+
+# ----- audio
+
+
+def feature_extractor(info: FeatureInfo) -> MelFeatures:
+    """The extractor that made a dataset's features, so new audio is featurised by the same code."""
+    extractor = MelFeatures()
+    if info.extractor != extractor.name or info.rate_hz != extractor.rate_hz or info.dim != extractor.dim:
+        raise UserError(
+            f"the run was trained on {info.extractor!r} audio features ({info.dim} at {info.rate_hz} Hz); "
+            f"`avatar render` computes {extractor.name!r}. Render with the avatar version that trained it."
+        )
+    return extractor
+
+
+def silence_window(dataset: Dataset, window: int, context: int) -> np.ndarray:
+    """[2 * context + 1, window, F] normalised windows around the training video's quietest moment. Silent
+    audio drives every frame with it: the face then rests as it did in the person's own pause (a still,
+    closed mouth), instead of reacting to background noise blown up by normalisation."""
+    from avatar.contracts.audio import context_windows, frame_window_rows, normalize_features
+
+    info, n = dataset.manifest.features, dataset.num_frames
+    raw = dataset.audio_features  # [T, F] memory-mapped
+    rows = frame_window_rows(info.rate_hz, dataset.fps, n, window, 0, raw.shape[0])  # [N, W]
+    energy = np.asarray(raw[:, MelFeatures().n_mels], np.float32)[rows].mean(1)  # log energy per frame window
+    spread = np.clip(np.arange(n)[:, None] + np.arange(-context, context + 1)[None, :], 0, n - 1)
+    train = dataset.indices("train")
+    quietest = int(train[np.argmin(energy[spread[train]].mean(1))])
+    frames = np.clip(np.arange(quietest - context, quietest + context + 1), 0, n - 1)
+    windows = normalize_features(np.asarray(raw[rows[frames]], np.float32), dataset.feature_stats())
+    return context_windows(windows, context)[context]
+
+
+def driving_windows(scan: AudioScan, dataset: Dataset, fps: float, window: int, context: int,
+                    chunk_frames: int) -> Iterator[np.ndarray]:
+    """Chunks of [b, 2 * context + 1, window, F] windows for the scan's frames at `fps`: the clip's own
+    normalised features, or for silent audio the training video's quietest moment (`silence_window`)."""
+    num_frames = scan.num_frames(fps)
+    if scan.silent:
+        rest = silence_window(dataset, window, context)
+        return (np.broadcast_to(rest, (min(chunk_frames, num_frames - first),) + rest.shape)
+                for first in range(0, num_frames, chunk_frames))
+    extractor = feature_extractor(dataset.manifest.features)
+    return window_chunks(scan, extractor, clip_feature_stats(scan, extractor), fps, window, context, chunk_frames)
+
+
+def audio_windows(path: Path | str, head: "TalkingHead", fps: float | None = None,
+                  chunk_frames: int = 200) -> Iterator[np.ndarray]:
+    """Chunks of [b, C, W, F] normalised feature windows (C = 2 * head.audio_context + 1) of the frames that
+    `path` drives at `fps` (default head.fps), with the clip's own normalisation statistics; memory stays
+    bounded for any length of audio. UserError for missing, undecodable, or empty audio."""
+    dataset = Dataset(head.dataset_root)
+    scan = scan_audio(path, feature_extractor(dataset.manifest.features))
+    return driving_windows(scan, dataset, fps or head.fps, head.feature_window, head.audio_context, chunk_frames)

@@ -1,0 +1,233 @@
+"""`avatar render`: new audio -> a lip-synced mp4 of the avatar, streamed chunk by chunk.
+
+    audio file ─scan, stats─▶ feature windows (chunks) ─▶ TalkingHead.render (batches) ─▶ H.264 ┐
+         └──────────────── decoded again at 48 kHz, cut to each batch's end ──────────▶ AAC ───┴▶ mp4
+
+Sync: the video has `num_frames_for(audio samples, 16 kHz, fps)` frames (the audio duration times fps,
+halves rounded up) and the sound is cut or padded to exactly that many frames' duration. Memory does not
+grow with the audio's length: every stage holds at most one chunk. The file appears only when complete.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+import numpy as np
+
+from avatar.contracts.atomic import atomic_path
+from avatar.contracts.audio import audio_channels, iter_audio
+from avatar.contracts.dataset import Dataset
+from avatar.errors import UserError
+from avatar.export.config import RenderConfig
+from avatar.export.drive import blink_schedule, driving_windows, feature_extractor, pose_schedule, training_frames
+from avatar.export.mux import AUDIO_RATE, VideoWriter
+from avatar.export.streaming import SampleReader, scan_audio
+
+if TYPE_CHECKING:
+    from avatar.model.talking_head import TalkingHead
+
+CONTAINERS = (".mp4", ".mov", ".mkv")
+COLOURS = {"black": (0, 0, 0), "white": (255, 255, 255), "grey": (128, 128, 128), "gray": (128, 128, 128),
+           "green": (0, 177, 64), "blue": (0, 71, 187)}
+
+
+class StageTimer:
+    """Wall time per pipeline stage, for the frames-per-second table printed at the end."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+
+    def timed(self, stage: str, items: Iterator) -> Iterator:
+        """`items`, with the time spent producing each one counted to `stage`."""
+        while True:
+            with self(stage):
+                item = next(items, None)
+            if item is None:
+                return
+            yield item
+
+    def report(self, frames: int, audio_s: float, total_s: float) -> str:
+        lines = [f"{frames} frames ({audio_s:.2f} s of audio) in {total_s:.1f} s, "
+                 f"{audio_s / total_s:.2f}x real time", f"  {'stage':<16}{'seconds':>9}{'frames/s':>10}"]
+        for stage, seconds in self.seconds.items():
+            lines.append(f"  {stage:<16}{seconds:>9.2f}{frames / max(seconds, 1e-9):>10.1f}")
+        lines.append(f"  {'total':<16}{total_s:>9.2f}{frames / max(total_s, 1e-9):>10.1f}")
+        return "\n".join(lines)
+
+
+def check_output(out: Path) -> Path:
+    """Refuse, before any work, an output the run could not write: wrong container, a directory, or a place
+    where no file can be created."""
+    out = Path(out)
+    if out.suffix.lower() not in CONTAINERS:
+        raise UserError(f"{out}: write the video as {', '.join(CONTAINERS)} (H.264 + AAC).")
+    if out.is_dir():
+        raise UserError(f"{out}: is a directory. Give a file name such as {out / 'talking.mp4'}.")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.stem}.probe."):
+            pass
+    except OSError as exc:
+        raise UserError(f"{out}: cannot write there ({exc.strerror or exc}). Choose a writable --out path.") from exc
+    return out
+
+
+def background_image(spec: str, resolution: int) -> np.ndarray | None:
+    """[resolution, resolution, 3] float32 0..1 from --background, or None for the training plate."""
+    import cv2
+
+    spec = spec.strip()
+    if spec.lower() == "plate":
+        return None
+    rgb = None
+    if spec.lower() in COLOURS:
+        rgb = COLOURS[spec.lower()]
+    elif spec.startswith("#") and len(spec) == 7:
+        try:
+            rgb = tuple(int(spec[i: i + 2], 16) for i in (1, 3, 5))
+        except ValueError:
+            rgb = None
+    elif spec.count(",") == 2:
+        try:
+            rgb = tuple(int(v) for v in spec.split(","))
+        except ValueError:
+            rgb = None
+    if rgb is not None:
+        if not all(0 <= v <= 255 for v in rgb):
+            raise UserError(f"--background {spec}: colour components go from 0 to 255.")
+        return np.broadcast_to(np.asarray(rgb, np.float32) / 255, (resolution, resolution, 3)).copy()
+    image = cv2.imread(spec, cv2.IMREAD_COLOR) if Path(spec).is_file() else None
+    if image is None:
+        raise UserError(f"--background {spec}: not 'plate', a colour (white, #20a040, 32,160,64) or a readable image file.")
+    h, w = image.shape[:2]
+    side = min(h, w)  # centre square, then the render size
+    square = image[(h - side) // 2: (h - side) // 2 + side, (w - side) // 2: (w - side) // 2 + side, ::-1]
+    interp = cv2.INTER_AREA if side > resolution else cv2.INTER_CUBIC
+    return cv2.resize(np.ascontiguousarray(square), (resolution, resolution), interpolation=interp).astype(np.float32) / 255
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA GPU is available here. Use --device cpu.")
+    return name
+
+
+def run(cfg: RenderConfig) -> Path:
+    """`avatar render RUN --audio FILE --out OUT.mp4`."""
+    from avatar.model.talking_head import TalkingHead
+
+    check_output(cfg.out)
+    head = TalkingHead.load(cfg.run, device=resolve_device(cfg.device))
+    head.spec.backend = cfg.backend
+    return render_video(cfg, head)
+
+
+def render_video(cfg: RenderConfig, head: "TalkingHead") -> Path:
+    """Render `cfg.audio` spoken by a loaded avatar into `cfg.out`; returns the path written."""
+    import cv2
+    import torch
+
+    from avatar.model.talking_head import FrameConditions
+
+    start = time.perf_counter()
+    out = check_output(cfg.out)
+    dataset = Dataset(head.dataset_root)
+    timer = StageTimer()
+    with timer("audio features"):
+        scan = scan_audio(cfg.audio, feature_extractor(dataset.manifest.features))
+        channels = audio_channels(cfg.audio)
+    fps = float(cfg.fps or head.fps)
+    if fps <= 0:
+        raise UserError(f"--fps {cfg.fps}: give a positive frame rate.")
+    num_frames = scan.num_frames(fps)
+    if num_frames == 0:
+        raise UserError(f"{cfg.audio}: {scan.duration_s:.3f} s of audio is shorter than half a frame at {fps:g} fps.")
+    if scan.silent:
+        print(f"{cfg.audio}: the audio is silent; the avatar keeps a still, closed mouth.", file=sys.stderr)
+    resolution = int(cfg.resolution or head.resolution)
+    if resolution < 16 or resolution % 2:
+        raise UserError(f"--resolution {resolution}: give an even number of pixels, at least 16.")
+    device = next(head.parameters()).device
+    plate = background_image(cfg.background, head.resolution)
+    background = torch.from_numpy(plate).to(device) if plate is not None else None
+    blinks = blink_schedule(dataset, num_frames, fps, cfg.blink, cfg.seed)
+    windows = timer.timed("audio features", driving_windows(
+        scan, dataset, fps, head.feature_window, head.audio_context, cfg.chunk_frames))
+    sound = SampleReader(iter_audio(cfg.audio, AUDIO_RATE, "mono" if channels == 1 else "stereo"),
+                         1 if channels == 1 else 2)
+    source = None
+    if cfg.paste_back:
+        from avatar.export.paste_back import SourceFrames, feather_weights, output_size, paste
+
+        source = SourceFrames(dataset)
+        width, height = output_size(source.width, source.height)
+        weights = feather_weights(int(round(dataset.manifest.crop.size)))
+    else:
+        width = height = resolution
+    progress = _progress(num_frames)
+    try:
+        with atomic_path(out) as tmp:
+            writer = VideoWriter(tmp, width, height, fps, channels, cfg.crf, cfg.encoder_speed, cfg.audio_kbps)
+            try:
+                first = 0
+                for chunk in windows:  # [b, C, W, F]
+                    for lo in range(0, len(chunk), cfg.batch_frames):
+                        frames = range(first + lo, first + min(len(chunk), lo + cfg.batch_frames))
+                        rotation, translation = pose_schedule(dataset, len(frames), cfg.pose, fps, frames.start)
+                        cond = FrameConditions(
+                            audio=torch.from_numpy(np.ascontiguousarray(chunk[lo: lo + len(frames)])).to(device),
+                            rotation=torch.from_numpy(rotation).to(device),
+                            translation=torch.from_numpy(translation).to(device),
+                            blink=torch.from_numpy(blinks[frames.start: frames.stop]).to(device),
+                        )
+                        with timer("render"):
+                            rgb = head.render(cond, background=background)["rgb"]
+                            rgb = (rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()  # [B, H, W, 3]
+                        if resolution != rgb.shape[1] and not cfg.paste_back:
+                            with timer("resize"):
+                                interp = cv2.INTER_AREA if rgb.shape[1] > resolution else cv2.INTER_CUBIC
+                                rgb = np.stack([cv2.resize(im, (resolution, resolution), interpolation=interp) for im in rgb])
+                        if source is not None:
+                            with timer("paste-back"):
+                                shown = training_frames(dataset, len(frames), cfg.pose, fps, frames.start)
+                                rgb = np.stack([paste(im, source[j], dataset, weights) for im, j in zip(rgb, shown)])
+                        with timer("encode"):
+                            writer.write_frames(rgb)
+                            writer.write_audio(sound.read(writer.samples_until(frames.stop) - writer.samples_written))
+                        progress.update(len(frames))
+                    first += len(chunk)
+                with timer("encode"):
+                    writer.close()
+            except BaseException:
+                writer.abort()
+                raise
+    finally:
+        progress.close()
+        if source is not None:
+            source.close()
+    print(timer.report(num_frames, scan.duration_s, time.perf_counter() - start))
+    print(f"wrote {out} ({num_frames} frames at {fps:g} fps, {width}x{height}, H.264 + AAC)")
+    return out
+
+
+def _progress(total: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="frame", desc="render", disable=not sys.stderr.isatty(), file=sys.stderr)
