@@ -3,18 +3,15 @@ oracle avatar whose answers are known (it shows each frame's own ground truth)."
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from avatar.contracts.audio import MelFeatures, feature_stats, load_audio, save_wav
-from avatar.contracts.camera import Intrinsics
-from avatar.contracts.dataset import (FORMAT_VERSION, MASK_BITS, Crop, Dataset, FeatureInfo, Manifest, Split,
-                                      frame_name)
+from avatar.contracts.dataset import Dataset
 from avatar.eval.baselines import NearestAudioBaseline, nearest_windows
+from eval_fixtures import FPS, SIZE, eval_dataset  # noqa: F401 - a fixture
 
 
 @pytest.fixture(autouse=True)
@@ -25,53 +22,10 @@ def _one_torch_thread():
     yield
     torch.set_num_threads(threads)
 
-SIZE = 128
-FPS = 30.0
-NUM_FRAMES = 90  # 3 s of the Macron address: 81 training frames, 9 validation frames
 
-
-@pytest.fixture(scope="module")
-def dataset(shared_data, tmp_path_factory) -> Dataset:
-    """A minimal dataset in the contract's format, from the first 3 s of a real video: real frames, real audio
-    features, a fixed elliptical head mask and a still pose (only what the evaluation reads)."""
-    import av
-    import cv2
-
-    root = tmp_path_factory.mktemp("eval_dataset")
-    video = shared_data / "dfrf_macron_address_50s.mp4"
-    (root / "frames").mkdir()
-    (root / "masks").mkdir()
-    yy, xx = np.mgrid[:SIZE, :SIZE]
-    head = ((xx - 64) / 30) ** 2 + ((yy - 56) / 40) ** 2 <= 1
-    with av.open(str(video)) as container:
-        for i, frame in enumerate(container.decode(video=0)):
-            if i == NUM_FRAMES:
-                break
-            rgb = cv2.resize(frame.to_ndarray(format="rgb24"), (SIZE, SIZE), interpolation=cv2.INTER_AREA)
-            cv2.imwrite(str(root / "frames" / f"{frame_name(i)}.jpg"), rgb[:, :, ::-1])
-            cv2.imwrite(str(root / "masks" / f"{frame_name(i)}.png"), (head << MASK_BITS["head"]).astype(np.uint8))
-    wave = load_audio(video)[: int(NUM_FRAMES / FPS * 16000)]
-    save_wav(root / "audio.wav", wave)
-    extractor = MelFeatures()
-    feats = extractor(wave)
-    np.save(root / "audio_features.npy", feats)
-    mean, std = feature_stats(feats)
-    (root / "tracking").mkdir()
-    np.save(root / "tracking" / "rotation.npy", np.tile(np.eye(3, dtype=np.float32), (NUM_FRAMES, 1, 1)))
-    np.save(root / "tracking" / "translation.npy", np.tile(np.float32([0, 0, 1.2]), (NUM_FRAMES, 1)))
-    np.save(root / "tracking" / "blendshapes.npy", np.zeros((NUM_FRAMES, 2), np.float32))
-    n_val = NUM_FRAMES // 10
-    manifest = Manifest(
-        format_version=FORMAT_VERSION, source={"path": str(video)}, fps=FPS, num_frames=NUM_FRAMES, resolution=SIZE,
-        crop=Crop(0, 0, 512, 512, 512, SIZE), intrinsics=Intrinsics.from_fov(20, SIZE, SIZE),
-        split=Split((0, NUM_FRAMES - n_val), (NUM_FRAMES - n_val, NUM_FRAMES)),
-        audio={"file": "audio.wav", "sample_rate": 16000, "num_samples": len(wave)},
-        features=FeatureInfo("audio_features.npy", extractor.name, extractor.rate_hz, extractor.dim, 16,
-                             mean.tolist(), std.tolist()),
-        blendshape_names=["eyeBlinkLeft", "eyeBlinkRight"], versions={},
-    )
-    (root / "manifest.json").write_text(json.dumps(manifest.to_json()))
-    return Dataset(root)
+@pytest.fixture
+def dataset(eval_dataset) -> Dataset:
+    return eval_dataset
 
 
 class OracleHead:

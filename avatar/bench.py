@@ -1,0 +1,174 @@
+"""`avatar bench [RUN]`: one speed and memory table for the whole pipeline.
+
+Rows come from two places:
+- component benchmarks, `benchmarks/bench_*.py` (render, hash, export, preprocess, ... each owned by its
+  component): every such module has `run(quick: bool) -> list[dict]`, one dict per row, with at least "name";
+- a trained RUN, when given: end-to-end render speed (audio encoder + deformation + rasterization +
+  compositing) at each resolution, peak memory, and the training speed the run recorded.
+Works on CPU (torch backends) and on a GPU; the device is in the table.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal, Optional
+
+import numpy as np
+import torch
+import tyro
+
+from avatar.errors import UserError
+
+BENCHMARK_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@dataclass
+class BenchConfig:
+    """Print a table of speed and memory: the component benchmarks, and a trained avatar when RUN is given."""
+
+    run: Annotated[Optional[Path], tyro.conf.Positional] = None
+    """a run directory written by `avatar train` (optional)"""
+    quick: bool = False
+    """fewer repetitions everywhere (a smoke test, not a measurement)"""
+    resolutions: tuple[int, ...] = (256, 512)
+    """square render sizes timed for the RUN"""
+    frames: int = 30
+    """frames timed per resolution (after `warmup`); quick: 3"""
+    warmup: int = 3
+    """untimed frames first (CUDA kernels compile and caches fill); quick: 1"""
+    components: bool = True
+    """run the component benchmarks in benchmarks/bench_*.py"""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto: cuda when available"""
+    out: Optional[Path] = None
+    """also write the rows as JSON here"""
+
+
+def component_rows(directory: Path, quick: bool) -> list[dict]:
+    """Rows of every `bench_*.py` in `directory` (a module that fails gives one row with its error)."""
+    rows: list[dict] = []
+    for path in sorted(directory.glob("bench_*.py")):
+        spec = importlib.util.spec_from_file_location(f"benchmarks.{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)
+            result = module.run(quick)
+        except Exception as exc:  # one broken benchmark must not hide the others
+            rows.append({"name": path.stem, "error": f"{type(exc).__name__}: {exc}"})
+            continue
+        rows += [{"benchmark": path.stem, **row} for row in (result or [])]
+    return rows
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory allocated by torch, or the process's peak resident memory on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def render_rows(head, frames: int, warmup: int, resolutions: tuple[int, ...], device: torch.device) -> list[dict]:
+    """End-to-end render speed of `head` (TalkingHead) at its training camera and at each square size,
+    one frame at a time (batch 1), driven by the dataset's own conditions."""
+    from avatar.contracts.dataset import Dataset
+    from avatar.eval.evaluate import frame_conditions
+    from avatar.render.rasterize import Camera
+
+    dataset = Dataset(head.dataset_root)
+    audio = dataset.audio_windows(context=head.audio_context)
+    indices = np.resize(dataset.indices("val"), warmup + frames)
+    conds = [frame_conditions(dataset, indices[i : i + 1], audio, device) for i in range(len(indices))]
+    rows = []
+    for size in (None, *resolutions):
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+
+        def render(cond):
+            if size is None:  # the training camera, with the torso layer and the plate
+                return head.render(cond)
+            K = torch.as_tensor(head.intrinsics.scaled(size, size).K, dtype=torch.float32, device=device)
+            w2c = torch.eye(4, device=device)
+            w2c[:3, :3], w2c[:3, 3] = cond.rotation[0], cond.translation[0]
+            # the torso layer and the plate exist only at the training resolution: head over black here
+            return head.render(cond, background=torch.zeros(size, size, 3, device=device),
+                               camera=Camera(w2c, K, size, size), show_torso=False)
+
+        for cond in conds[:warmup]:
+            render(cond)
+        _sync(device)
+        start = time.perf_counter()
+        for cond in conds[warmup:]:
+            render(cond)
+        _sync(device)
+        seconds = (time.perf_counter() - start) / frames
+        label = f"{head.resolution} (training camera, torso)" if size is None else f"{size} (head only)"
+        rows.append({"name": f"render {label}", "ms_per_frame": 1000 * seconds, "fps": 1 / seconds,
+                     "peak_memory_mb": _peak_memory_mb(device)})
+    return rows
+
+
+def training_rows(run_dir: Path) -> list[dict]:
+    """Training speed as the run recorded it (steps from config.json, seconds from run.json)."""
+    run_info = json.loads((run_dir / "run.json").read_text())
+    config = json.loads((run_dir / "config.json").read_text())
+    rows = []
+    for stage, seconds in run_info.get("stage_seconds", {}).items():
+        steps = config.get(f"{stage}_steps")
+        row = {"name": f"train stage {stage}", "seconds": seconds}
+        if stage != "audio" and steps:  # the audio stage's steps are per ensemble member and may stop early
+            row.update(steps=steps, it_per_s=steps / seconds if seconds else None)
+        rows.append(row)
+    total = sum(run_info.get("stage_seconds", {}).values())
+    rows.append({"name": "train total", "seconds": total, "minutes": total / 60,
+                 "peak_memory_mb": run_info.get("peak_memory_mb")})
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """Rows of differing keys as one aligned text table (a blank where a row has no value)."""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+
+    def cell(v) -> str:
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+        return "" if v is None else str(v)
+
+    table = [[cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in table)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in table]
+    return "\n".join(lines)
+
+
+def run(cfg: BenchConfig) -> list[dict]:
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if cfg.device == "auto" else cfg.device))
+    frames, warmup = (3, 1) if cfg.quick else (cfg.frames, cfg.warmup)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    rows: list[dict] = [{"name": "device", "value": name}]
+    if cfg.components:
+        rows += component_rows(BENCHMARK_DIR, cfg.quick)
+    if cfg.run is not None:
+        from avatar.model.talking_head import TalkingHead
+
+        if not (cfg.run / "run.json").is_file():
+            raise UserError(f"{cfg.run}: not a run directory (no run.json). Give a directory made by `avatar train`.")
+        head = TalkingHead.load(cfg.run, device=str(device))
+        rows += render_rows(head, frames, warmup, cfg.resolutions, device)
+        rows += training_rows(cfg.run)
+    print(format_table(rows))
+    if cfg.out is not None:
+        from avatar.contracts.atomic import write_json
+
+        write_json(cfg.out, rows)
+    return rows

@@ -1,0 +1,75 @@
+"""`avatar bench`: the table, the component benchmark protocol, and the run rows (with a stand-in avatar)."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from avatar.bench import BenchConfig, component_rows, format_table, render_rows, run, training_rows
+from avatar.contracts.camera import Intrinsics
+from eval_fixtures import eval_dataset  # noqa: F401 - a fixture
+
+
+def test_format_table_aligns_rows_with_different_columns():
+    text = format_table([{"name": "a", "fps": 123.456}, {"name": "longer name", "ms": 2.0, "fps": None}])
+    lines = text.splitlines()
+    assert lines[0].split() == ["name", "fps", "ms"]
+    assert lines[1].split() == ["a", "123"] and lines[2].split() == ["longer", "name", "2"]
+    assert lines[1].index("123") == lines[0].index("fps")  # columns line up
+
+
+def test_component_benchmarks_are_collected_and_a_failure_is_a_row(tmp_path, capsys):
+    (tmp_path / "bench_good.py").write_text(
+        "def run(quick):\n    return [{'name': 'thing', 'ms': 1.5 if quick else 3.0}]\n")
+    (tmp_path / "bench_broken.py").write_text("def run(quick):\n    raise RuntimeError('no GPU')\n")
+    (tmp_path / "helper.py").write_text("raise AssertionError('not a benchmark: never imported')\n")
+    rows = component_rows(tmp_path, quick=True)
+    assert rows == [{"name": "bench_broken", "error": "RuntimeError: no GPU"},
+                    {"benchmark": "bench_good", "name": "thing", "ms": 1.5}]
+
+
+def test_training_rows_from_the_run_record(tmp_path):
+    (tmp_path / "run.json").write_text(json.dumps({"stage_seconds": {"audio": 30.0, "canonical": 100.0, "deform": 50.0}}))
+    (tmp_path / "config.json").write_text(json.dumps({"audio_steps": 600, "canonical_steps": 400, "deform_steps": 100}))
+    rows = {r["name"]: r for r in training_rows(tmp_path)}
+    assert rows["train stage canonical"]["it_per_s"] == pytest.approx(4.0)
+    assert rows["train stage deform"]["it_per_s"] == pytest.approx(2.0)
+    assert "it_per_s" not in rows["train stage audio"]
+    assert rows["train total"]["minutes"] == pytest.approx(3.0)
+
+
+class BlankHead:
+    """Stands in for a TalkingHead: renders black frames of the requested camera's size."""
+
+    resolution, audio_context = 32, 1
+
+    def __init__(self, dataset_root):
+        self.dataset_root = dataset_root
+        self.intrinsics = Intrinsics.from_fov(20, 32, 32)
+        self.sizes = []
+
+    def render(self, cond, background=None, deform=True, camera=None, show_torso=True):
+        size = camera.width if camera is not None else self.resolution
+        assert camera is None or (camera.K[0, 2].item() == size / 2 and background.shape == (size, size, 3))
+        self.sizes.append(size)
+        return {"rgb": torch.zeros(len(cond.audio), size, size, 3)}
+
+
+def test_render_rows_time_every_resolution(eval_dataset):
+    dataset = eval_dataset
+    pytest.importorskip("avatar.model.talking_head")  # FrameConditions
+    head = BlankHead(dataset.root)
+    rows = render_rows(head, frames=2, warmup=1, resolutions=(64, 96), device=torch.device("cpu"))
+    assert [r["name"] for r in rows] == ["render 32 (training camera, torso)", "render 64 (head only)",
+                                         "render 96 (head only)"]
+    assert head.sizes == [32] * 3 + [64] * 3 + [96] * 3
+    assert all(r["fps"] > 0 and r["peak_memory_mb"] > 0 for r in rows)
+
+
+def test_bench_without_a_run_prints_the_table(capsys):
+    rows = run(BenchConfig(quick=True))
+    assert rows[0]["name"] == "device"
+    assert "device" in capsys.readouterr().out
