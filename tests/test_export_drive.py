@@ -1,0 +1,121 @@
+"""Driving signals: chunked audio features equal the all-at-once ones; pose loops without jumps; blinks
+follow the person's own statistics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from avatar.contracts.audio import (MelFeatures, context_windows, feature_stats, frame_windows, iter_audio,
+                                    load_audio, normalize_features)
+from avatar.contracts.dataset import Dataset
+from avatar.export import streaming
+from avatar.export.drive import (blink_schedule, detect_blinks, pose_schedule, silence_window, training_frames,
+                                 typical_pose_index)
+from export_fixtures import FPS, make_dataset, speech_like, write_wav
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Dataset:
+    return Dataset(make_dataset(tmp_path_factory.mktemp("drive") / "dataset", num_frames=150))
+
+
+def test_chunked_features_equal_all_at_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(streaming, "ROWS_PER_CHUNK", 97)  # many chunks, not aligned to anything
+    path = write_wav(tmp_path / "a.wav", speech_like(4.03, 44100, channels=2), 44100)
+    extractor = MelFeatures()
+    whole = extractor(load_audio(path))
+    scan = streaming.scan_audio(path, extractor)
+    assert scan.num_samples == len(load_audio(path)) and not scan.silent
+    rows = np.concatenate(list(streaming.feature_rows(scan, extractor)))
+    assert rows.shape == whole.shape
+    np.testing.assert_allclose(rows, whole, atol=1e-4)
+    stats = streaming.clip_feature_stats(scan, extractor)
+    for mine, reference in zip(stats, feature_stats(whole)):
+        np.testing.assert_allclose(mine, reference, rtol=1e-4, atol=1e-5)
+    fps, context = 30.0, 3
+    reference = context_windows(frame_windows(normalize_features(whole), 100.0, fps, scan.num_frames(fps), 16), context)
+    chunks = list(streaming.window_chunks(scan, extractor, stats, fps, 16, context, chunk_frames=7))
+    assert [len(c) for c in chunks[:-1]] == [7] * (len(chunks) - 1)
+    np.testing.assert_allclose(np.concatenate(chunks), reference, atol=1e-3)
+
+
+def test_sample_reader_reads_exact_lengths_and_pads_the_end():
+    chunks = iter([np.arange(5, dtype=np.float32), np.arange(5, 8, dtype=np.float32)])
+    reader = streaming.SampleReader(chunks)
+    assert reader.read(3).tolist() == [0, 1, 2]
+    assert reader.read(4).tolist() == [3, 4, 5, 6]
+    assert reader.read(3).tolist() == [7, 0, 0] and reader.exhausted
+    stereo = streaming.SampleReader(iter([np.ones((4, 2), np.float32)]), channels=2)
+    assert stereo.read(6).shape == (6, 2) and stereo.read(0).shape == (0, 2)
+
+
+def test_iter_audio_streams_the_samples_load_audio_returns(tmp_path):
+    path = write_wav(tmp_path / "a.wav", speech_like(2.5, 48000, channels=2), 48000)
+    np.testing.assert_array_equal(np.concatenate(list(iter_audio(path))), load_audio(path))
+    stereo = np.concatenate(list(iter_audio(path, 48000, "stereo")))
+    assert stereo.shape == (120000, 2)
+
+
+def test_track_pose_loops_back_and_forth_without_a_jump(dataset):
+    train = dataset.indices("train")
+    frames = training_frames(dataset, 3 * len(train), "track")
+    assert frames[0] == train[0] and frames[len(train) - 1] == train[-1] and frames[len(train)] == train[-2]
+    assert np.abs(np.diff(frames)).max() == 1
+    rotation, translation = pose_schedule(dataset, 3 * len(train), "track")
+    step = np.abs(np.diff(np.asarray(dataset.tracking("translation"))[train], axis=0)).max()
+    assert np.abs(np.diff(translation, axis=0)).max() <= step + 1e-7
+    assert rotation.shape == (3 * len(train), 3, 3) and translation.dtype == np.float32
+    # chunks of the schedule equal the whole schedule
+    part = pose_schedule(dataset, 40, "track", first_frame=200)[1]
+    np.testing.assert_array_equal(part, translation[200:240])
+
+
+def test_still_and_smooth_poses(dataset):
+    rotation, translation = pose_schedule(dataset, 30, "still")
+    assert np.all(translation == translation[0]) and np.all(rotation == rotation[0])
+    assert training_frames(dataset, 1, "still")[0] == dataset.indices("train")[typical_pose_index(dataset)]
+    n = 400
+    track = pose_schedule(dataset, n, "track")[1]
+    smooth = pose_schedule(dataset, n, "smooth")[1]
+    jerk = lambda x: np.abs(np.diff(x, 2, axis=0)).mean()  # noqa: E731
+    assert jerk(smooth) < 0.5 * jerk(track)
+    assert np.abs(np.diff(smooth, axis=0)).max() < np.abs(np.diff(track, axis=0)).max()
+    rot = pose_schedule(dataset, n, "smooth")[0]
+    np.testing.assert_allclose(rot @ rot.transpose(0, 2, 1), np.broadcast_to(np.eye(3), rot.shape), atol=1e-5)
+
+
+def test_pose_follows_time_when_the_output_fps_differs(dataset):
+    frames = training_frames(dataset, 50, "track", fps=2 * FPS)
+    assert frames[:6].tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def test_blinks_from_the_persons_statistics(dataset):
+    track = np.stack([np.asarray(dataset.tracking("blendshapes"))[:, k] for k in (0, 1)], 1)
+    open_level, shapes, starts = detect_blinks(track)
+    assert len(shapes) == 3 and starts.tolist() == [20, 55, 80]
+    fps, seconds = 30.0, 60.0
+    blinks = blink_schedule(dataset, int(seconds * fps), fps, None, seed=1)
+    assert blinks.shape == (int(seconds * fps), 2) and blinks.min() >= 0 and blinks.max() <= 1
+    closed = blinks.mean(1) > 0.5
+    count = int(np.sum(np.diff(closed.astype(int)) == 1))
+    rate = 3 / (dataset.num_frames / dataset.fps)  # blinks per second in the training clip
+    assert 0.5 * rate * seconds <= count <= 2 * rate * seconds
+    assert np.median(blinks[:, 0]) == pytest.approx(open_level[0], abs=1e-6)
+    np.testing.assert_array_equal(blinks, blink_schedule(dataset, int(seconds * fps), fps, None, seed=1))
+    assert np.all(blink_schedule(dataset, 10, fps, 0.25) == 0.25)
+
+
+def test_silence_window_is_the_training_clips_quietest_moment(dataset):
+    window = silence_window(dataset, 16, 2)
+    assert window.shape == (5, 16, MelFeatures().dim)
+    energy = window[:, :, MelFeatures().n_mels]
+    everything = normalize_features(np.asarray(dataset.audio_features), dataset.feature_stats())[:, MelFeatures().n_mels]
+    assert energy.mean() < np.percentile(everything, 20)
+
+
+def test_scan_detects_silence(tmp_path):
+    path: Path = write_wav(tmp_path / "s.wav", speech_like(1.5, 16000, silent=True), 16000)
+    assert streaming.scan_audio(path, MelFeatures()).silent
