@@ -86,6 +86,8 @@ def test_eval_end_to_end_with_an_oracle_avatar(dataset, tmp_path):
     assert set(result["margins"]) == {"static_head", "nearest_audio"}
     assert result["margins"]["static_head"]["lmd"] == pytest.approx(static["lmd"], abs=1e-3)
     assert result["avatar_beats_baselines"]["lmd"]
+    reference = result["methods"]["ground_truth"]  # the truth at the evaluation size: as good as the oracle here
+    assert reference["lmd"] == pytest.approx(0, abs=1e-3) and "ground_truth" not in result["margins"]
     with av.open(str(video)) as container:
         v, a = container.streams.video[0], container.streams.audio[0]
         assert (v.width, v.height) == (256, 128) and v.frames == len(indices)

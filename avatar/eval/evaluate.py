@@ -28,8 +28,12 @@ from avatar.eval.metrics import SequenceScorer, square_box
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False, "psnr_head": True, "ssim_head": True,
                     "lpips_head": False, "lmd": False, "lmd_centred": False, "mouth_corr": True}
 LIP_SYNC_METRICS = ("lmd", "mouth_corr")  # the avatar must beat both baselines on these
+# the ground truth itself at the evaluation resolution, scored like a method: the best score reachable at this
+# resolution (its LMD is the landmark detector's noise floor once images are this small). Not a baseline.
+REFERENCE = "ground_truth"
 
-FrameSource = Callable[[np.ndarray, object], np.ndarray]  # (frame indices [B], conditions) -> [B, S, S, 3] uint8
+# (frame indices [B], conditions, ground truth [B, S, S, 3] uint8) -> [B, S, S, 3] uint8
+FrameSource = Callable[[np.ndarray, object, np.ndarray], np.ndarray]
 
 
 def frame_conditions(dataset: Dataset, indices: np.ndarray, audio: np.ndarray, device: torch.device):
@@ -60,7 +64,7 @@ def _margins(methods: dict[str, dict]) -> dict[str, dict[str, float | None]]:
     avatar = methods["avatar"]
     out = {}
     for name, base in methods.items():
-        if name == "avatar":
+        if name in ("avatar", REFERENCE):
             continue
         out[name] = {}
         for key, higher in HIGHER_IS_BETTER.items():
@@ -91,11 +95,12 @@ def evaluate(head, dataset: Dataset, indices: np.ndarray, cfg: EvalConfig, video
         raise UserError(f"{cfg.run}: the avatar expects audio windows of {head.feature_window} rows, the dataset "
                         f"{dataset.root} has {feature_window}. Evaluate the avatar on the dataset it was trained on.")
     audio = dataset.audio_windows(context=head.audio_context)  # [N, C, W, F], the clip's own statistics
-    sources: dict[str, FrameSource] = {"avatar": lambda idx, cond: render_frames(head, cond, size)}
+    sources: dict[str, FrameSource] = {"avatar": lambda idx, cond, truth: render_frames(head, cond, size)}
     if cfg.baselines:
         nearest = NearestAudioBaseline(dataset, indices, size)
-        sources["static_head"] = lambda idx, cond: static_head_frames(head, cond, size)
-        sources["nearest_audio"] = lambda idx, cond: nearest(idx)
+        sources["static_head"] = lambda idx, cond, truth: static_head_frames(head, cond, size)
+        sources["nearest_audio"] = lambda idx, cond, truth: nearest(idx)
+    sources[REFERENCE] = lambda idx, cond, truth: truth
 
     head_masks = torch.from_numpy(np.stack([resize_mask(dataset.mask(i, "head"), size) for i in indices]))
     box = square_box(head_masks)
@@ -108,12 +113,13 @@ def evaluate(head, dataset: Dataset, indices: np.ndarray, cfg: EvalConfig, video
                 idx = indices[start : start + cfg.batch_size]
                 gt_full = [dataset.frame(i) for i in idx]  # [H, W, 3] uint8 at the dataset's resolution
                 gt_landmarks = [landmarker(f) for f in gt_full]
-                gt = to_chw(np.stack([resize_rgb(f, size) for f in gt_full]), device)
+                truth = np.stack([resize_rgb(f, size) for f in gt_full])
+                gt = to_chw(truth, device)
                 mask = head_masks[start : start + len(idx), None].to(device)
                 cond = frame_conditions(dataset, idx, audio, device)
                 for name, source in sources.items():
                     t0 = time.perf_counter()
-                    frames = source(idx, cond)  # [B, size, size, 3] uint8
+                    frames = source(idx, cond, truth)  # [B, size, size, 3] uint8
                     seconds[name] += time.perf_counter() - t0
                     scorers[name].add(to_chw(frames, device), gt, mask, gt_landmarks)
                     if name == "avatar" and write_video is not None:
@@ -128,7 +134,7 @@ def evaluate(head, dataset: Dataset, indices: np.ndarray, cfg: EvalConfig, video
         "frames": [int(indices[0]), int(indices[-1]) + 1], "resolution": size, "landmark_scale": LANDMARK_SCALE,
         "head_box": list(box), "lpips_net": cfg.lpips_net, "methods": methods,
     }
-    if len(methods) > 1:
+    if cfg.baselines:
         margins = _margins(methods)
         result["margins"] = margins  # positive: the avatar is better by this much
         result["avatar_beats_baselines"] = {
