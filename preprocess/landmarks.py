@@ -1,0 +1,130 @@
+"""Face landmarks from mediapipe FaceMesh (478 points with irises), per frame of a clip.
+
+mediapipe returns x, y normalised by the image size and z in the same scale as x. We convert to
+dataset pixels once, here, so the rest of the tracker works in one unit: x, y in pixels (OpenCV
+pixel-centre convention, see avatar.contracts.camera), z in the same pixel scale, larger = farther.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Iterable
+
+import numpy as np
+
+from avatar.errors import UserError
+
+NUM_LANDMARKS = 478
+
+
+@dataclass
+class LandmarkDetections:
+    landmarks_mp3d: np.ndarray  # [N, 478, 3] float32 pixels; frames without a face are interpolated
+    valid: np.ndarray  # [N] bool, False where no face was found (the landmarks there are interpolated)
+    num_faces: np.ndarray  # [N] int, faces seen in the frame (> 1: someone else is in the picture)
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.valid)
+
+    def gap_stats(self) -> dict:
+        """Counts of frames without a face and of the runs they form, for reports and warnings."""
+        missing = ~self.valid
+        starts = np.flatnonzero(missing & ~np.r_[False, missing[:-1]])
+        ends = np.flatnonzero(missing & ~np.r_[missing[1:], False])
+        return {
+            "missing_frames": int(missing.sum()),
+            "gaps": int(len(starts)),
+            "longest_gap": int((ends - starts + 1).max()) if len(starts) else 0,
+            "frames_with_several_faces": int((self.num_faces > 1).sum()),
+        }
+
+
+def _to_pixels(face_landmarks, width: int, height: int) -> np.ndarray:
+    """mediapipe NormalizedLandmarkList -> [478, 3] pixels."""
+    xyz = np.array([(p.x, p.y, p.z) for p in face_landmarks.landmark], np.float32)
+    return xyz * np.array([width, height, width], np.float32)
+
+
+def _face_size(points: np.ndarray) -> float:
+    return float(np.prod(points[:, :2].max(0) - points[:, :2].min(0)))
+
+
+def _pick_main_face(faces: list[np.ndarray], previous: np.ndarray | None) -> np.ndarray:
+    """The speaker: the face nearest the previous frame's (so two similar faces never swap), else the biggest."""
+    if previous is not None:
+        centre = previous[:, :2].mean(0)
+        return min(faces, key=lambda f: float(np.linalg.norm(f[:, :2].mean(0) - centre)))
+    return max(faces, key=_face_size)
+
+
+def interpolate_gaps(landmarks: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Fill frames without a face by linear interpolation in time (edges hold the nearest detection)."""
+    if valid.all():
+        return landmarks
+    frames = np.arange(len(valid))
+    flat = landmarks.reshape(len(valid), -1)
+    filled = np.empty_like(flat)
+    for c in range(flat.shape[1]):
+        filled[:, c] = np.interp(frames, frames[valid], flat[valid, c])
+    return filled.reshape(landmarks.shape)
+
+
+def detect_landmarks(frames: Iterable[np.ndarray], *, max_missing_fraction: float = 0.1,
+                     source: str = "video", show_progress: bool = True,
+                     total: int | None = None) -> LandmarkDetections:
+    """Track 478 landmarks through RGB uint8 [H, W, 3] frames (streamed, any count).
+
+    FaceMesh runs in tracking mode (its detector only runs when the track is lost), with room for two
+    faces so a second person is noticed; the main speaker is kept. Short gaps are interpolated; more
+    than `max_missing_fraction` of frames without a face is a UserError naming `source`.
+    """
+    from tqdm import tqdm
+
+    import mediapipe as mp
+
+    points: list[np.ndarray | None] = []
+    num_faces: list[int] = []
+    previous = None
+    with mp.solutions.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=2, refine_landmarks=True,
+                                         min_detection_confidence=0.5, min_tracking_confidence=0.5) as mesh:
+        for frame in tqdm(frames, desc="landmarks", unit="frame", total=total, disable=not show_progress):
+            height, width = frame.shape[:2]
+            result = mesh.process(np.ascontiguousarray(frame))
+            faces = [_to_pixels(f, width, height) for f in (result.multi_face_landmarks or [])]
+            num_faces.append(len(faces))
+            if faces:
+                previous = _pick_main_face(faces, previous)
+                points.append(previous)
+            else:
+                points.append(None)
+    valid = np.array([p is not None for p in points], bool)
+    if len(valid) == 0:
+        raise UserError(f"{source}: has no frames to track.")
+    missing = 1 - valid.mean()
+    if not valid.any() or missing > max_missing_fraction:
+        raise UserError(
+            f"{source}: no face found in {missing:.0%} of the frames (at most {max_missing_fraction:.0%} allowed). "
+            "Use a video where one person's face is visible throughout, or cut the clip to those parts."
+        )
+    landmarks = np.zeros((len(valid), NUM_LANDMARKS, 3), np.float32)
+    landmarks[valid] = np.stack([p for p in points if p is not None])
+    return LandmarkDetections(interpolate_gaps(landmarks, valid), valid, np.array(num_faces, np.int32))
+
+
+@lru_cache(maxsize=1)
+def _static_mesh():
+    import mediapipe as mp
+
+    return mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=4, refine_landmarks=True,
+                                           min_detection_confidence=0.5)
+
+
+def find_faces_for_crop(frame_rgb: np.ndarray) -> list[np.ndarray]:
+    """All faces in one RGB frame of any resolution: [478, 2] landmark sets in that frame's pixels,
+    biggest first. Static-image mode, for choosing the crop before tracking starts."""
+    height, width = frame_rgb.shape[:2]
+    result = _static_mesh().process(np.ascontiguousarray(frame_rgb))
+    faces = [_to_pixels(f, width, height)[:, :2] for f in (result.multi_face_landmarks or [])]
+    return sorted(faces, key=_face_size, reverse=True)
