@@ -9,6 +9,7 @@ demo: setup
 	.venv/bin/avatar demo
 
 test: setup
+	bash scripts/setup_browser.sh
 	.venv/bin/python -m pytest
 
 bench: setup

@@ -1,0 +1,315 @@
+"""`avatar view RUN`: the avatar live in the browser (viser), driven by audio, seen from any viewpoint.
+
+The viser world frame is the training camera's frame (OpenCV axes): the browser's camera starts exactly
+at the training camera, so the first picture is what `avatar render` makes, and orbiting moves away from it.
+A render thread draws the current audio frame for every connected browser; the sound plays in the page
+through an HTML <audio> element started at the timeline position on Play (the click on Play is the user
+gesture browsers require before they play sound).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from avatar.contracts.dataset import Dataset
+from avatar.errors import UserError
+from avatar.render.rasterize import Camera
+from avatar.viewer.config import ViewerConfig
+from avatar.viewer.playback import Playback
+
+
+@dataclass
+class Layers:
+    """What the picture shows (the viewer's toggles)."""
+
+    deform: bool = True  # audio-driven deformation; off: the static canonical head
+    background: bool = True  # the training background plate; off: flat grey
+    torso: bool = True  # the pose-driven torso layer
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def training_fov_y(head) -> float:
+    """Vertical field of view (radians) of the training camera."""
+    return float(2 * np.arctan(0.5 * head.intrinsics.height / head.intrinsics.fy))
+
+
+def view_camera(head, rotation: np.ndarray, translation: np.ndarray, cam_to_world: np.ndarray, fov_y: float,
+                width: int, height: int) -> Camera:
+    """The browser camera (cam_to_world [4, 4] in the training camera's frame) as a Camera whose world is the
+    canonical head frame, as TalkingHead.render expects; at the training camera it equals the training view."""
+    head_to_world = np.eye(4)
+    head_to_world[:3, :3], head_to_world[:3, 3] = rotation, translation
+    world_to_cam = np.linalg.inv(cam_to_world) @ head_to_world
+    f = 0.5 * height / np.tan(0.5 * fov_y)
+    scale = height / head.intrinsics.height  # keep the training principal-point offset
+    cx = 0.5 * width + (head.intrinsics.cx - 0.5 * head.intrinsics.width) * scale
+    cy = 0.5 * height + (head.intrinsics.cy - 0.5 * head.intrinsics.height) * scale
+    K = np.array([[f, 0, cx], [0, f, cy], [0, 0, 1]])
+    device = head.K.device
+    return Camera(torch.as_tensor(world_to_cam, dtype=torch.float32, device=device),
+                  torch.as_tensor(K, dtype=torch.float32, device=device), width, height)
+
+
+def backdrop(head, cond, layers: Layers, width: int, height: int) -> torch.Tensor:
+    """[height, width, 3] what lies behind the head: plate and/or torso of the training camera, scaled to the
+    picture height and centred (edges extended sideways), or flat grey."""
+    res = head.resolution
+    square = head.plate if layers.background else torch.full((res, res, 3), 0.5, device=head.K.device)
+    if layers.torso:
+        torso_rgb, torso_alpha = head.torso(cond.rotation, cond.translation)
+        square = torso_rgb[0] * torso_alpha[0] + square * (1 - torso_alpha[0])
+    image = F.interpolate(square.permute(2, 0, 1)[None], size=(height, height), mode="bilinear", align_corners=False)
+    pad = width - height
+    if pad > 0:
+        image = F.pad(image, (pad // 2, pad - pad // 2, 0, 0), mode="replicate")
+    elif pad < 0:
+        image = image[..., -pad // 2: -pad // 2 + width]
+    return image[0].permute(1, 2, 0)
+
+
+@torch.no_grad()
+def render_view(head, cond, layers: Layers, cam_to_world: np.ndarray, fov_y: float, width: int, height: int) -> np.ndarray:
+    """One frame as the browser sees it: [height, width, 3] uint8."""
+    camera = view_camera(head, cond.rotation[0].cpu().numpy(), cond.translation[0].cpu().numpy(), cam_to_world,
+                         fov_y, width, height)
+    out = head.render(cond, background=backdrop(head, cond, layers, width, height), deform=layers.deform,
+                      camera=camera, show_torso=False)
+    return (out["rgb"][0].clamp(0, 1) * 255).round().byte().cpu().numpy()
+
+
+def wav_data_uri(path: Path) -> str:
+    """The clip's 16 kHz mono audio as a WAV data URI for the page's <audio> element."""
+    import soundfile as sf
+
+    from avatar.contracts.audio import SAMPLE_RATE, load_audio
+
+    buf = io.BytesIO()
+    sf.write(buf, load_audio(path), SAMPLE_RATE, subtype="PCM_16", format="WAV")
+    return "data:audio/wav;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+class ViewerApp:
+    """The GUI, the playback clock and the render loop of one viewer."""
+
+    def __init__(self, cfg: ViewerConfig, head, dataset: Dataset):
+        import viser
+
+        self.cfg, self.head, self.dataset = cfg, head, dataset
+        self.playback = Playback(head, dataset, cfg.audio)
+        self.layers = Layers()
+        self.height = cfg.resolution or head.resolution
+        self.fps_shown = 0.0
+        self._centres = None  # point-cloud handle while "Gaussian centres" is on
+        self._dirty = threading.Event()
+        self._stop = threading.Event()
+        port = cfg.port or free_port(cfg.host)
+        self.server = viser.ViserServer(host=cfg.host, port=port, verbose=False)
+        self.url = f"http://{cfg.host}:{self.server.get_port()}"
+        self._build_gui()
+        self.server.on_client_connect(self._on_connect)
+        self._thread = threading.Thread(target=self._render_loop, daemon=True)
+
+    # ----- GUI
+    def _build_gui(self) -> None:
+        gui, pb = self.server.gui, self.playback
+        with gui.add_folder("Playback"):
+            self.play_button = gui.add_button("Play")
+            self.timeline = gui.add_slider("Time (s)", 0.0, max(pb.duration_s - 1 / pb.fps, 1 / pb.fps), 1 / pb.fps, 0.0)
+            self.upload = gui.add_upload_button("Load audio...", mime_type="audio/*,video/*")
+            self.audio_html = gui.add_html("")
+            self.status = gui.add_markdown("")
+        with gui.add_folder("Avatar"):
+            self.deform_box = gui.add_checkbox("Deformation", True)
+            self.auto_blink = gui.add_checkbox("Own blinks", True)
+            self.blink_slider = gui.add_slider("Eye closure", 0.0, 1.0, 0.05, 0.0)
+            self.pose_dropdown = gui.add_dropdown("Head pose", ("track", "smooth", "still"), "track")
+            self.background_box = gui.add_checkbox("Background", True)
+            self.torso_box = gui.add_checkbox("Torso", True)
+            self.centres_box = gui.add_checkbox("Gaussian centres", False)
+            self.resolution_slider = gui.add_slider("Resolution", 64, 1024, 32, self.height)
+        self.reset_button = gui.add_button("Reset camera")
+        self.fps_text = gui.add_markdown("Render: -")
+
+        self.play_button.on_click(lambda event: self.toggle_play())
+        self.reset_button.on_click(lambda event: self.reset_camera(event.client))
+        self.upload.on_upload(self._on_upload)
+
+        @self.timeline.on_update
+        def _(event) -> None:
+            if event.client is not None:  # a person dragged it (the render loop also moves it)
+                self.playback.seek(int(round(self.timeline.value * self.playback.fps)))
+                self._update_audio_element()
+                self._dirty.set()
+
+        for control in (self.deform_box, self.auto_blink, self.blink_slider, self.pose_dropdown, self.background_box,
+                        self.torso_box, self.resolution_slider, self.centres_box):
+            control.on_update(lambda event: self._controls_changed())
+        self._controls_changed()
+
+    def _controls_changed(self) -> None:
+        self.layers = Layers(self.deform_box.value, self.background_box.value, self.torso_box.value)
+        self.height = int(self.resolution_slider.value)
+        self._update_centres()
+        self._dirty.set()
+
+    def _update_centres(self) -> None:
+        """The canonical Gaussian centres placed by the current frame's pose, as a point cloud."""
+        if self._centres is not None:
+            self._centres.remove()
+            self._centres = None
+        if self.centres_box.value:
+            rotation, translation = self.playback.pose(self.playback.frame(), self.pose_dropdown.value)
+            means = self.head.head.means.detach().cpu().numpy() @ rotation.T + translation
+            self._centres = self.server.scene.add_point_cloud("/centres", means.astype(np.float32),
+                                                             colors=(255, 80, 40), point_size=0.002)
+
+    def toggle_play(self) -> None:
+        if self.playback.playing:
+            self.playback.pause()
+        else:
+            self.playback.play()
+        self.play_button.label = "Pause" if self.playback.playing else "Play"
+        self._update_audio_element()
+        self._dirty.set()
+
+    def _update_audio_element(self) -> None:
+        """Sound in the page: an <audio> element that starts at the timeline position while playing."""
+        if not self.playback.playing:
+            self.audio_html.content = ""
+            return
+        start = self.playback.frame() / self.playback.fps
+        self.audio_html.content = f'<audio autoplay src="{self._audio_uri}#t={start:.3f}"></audio>'
+
+    def _on_upload(self, event) -> None:
+        import tempfile
+
+        upload = self.upload.value
+        suffix = Path(upload.name).suffix or ".wav"
+        with tempfile.NamedTemporaryFile(suffix=suffix, delete=False) as f:
+            f.write(upload.content)
+        try:
+            playback = Playback(self.head, self.dataset, Path(f.name))
+        except UserError as exc:
+            self.status.content = f"**Cannot use {upload.name}:** {exc}"
+            return
+        self.playback = playback
+        self._audio_uri = wav_data_uri(playback.audio_path)
+        self.timeline.max = max(playback.duration_s - 1 / playback.fps, 1 / playback.fps)
+        self.timeline.value = 0.0
+        self.status.content = f"Audio: {upload.name} ({playback.duration_s:.1f} s)"
+        self.play_button.label = "Play"
+        self._update_audio_element()
+        self._dirty.set()
+
+    # ----- camera
+    def reset_camera(self, client) -> None:
+        """Put a browser's camera back at the training camera."""
+        clients = [client] if client is not None else list(self.server.get_clients().values())
+        for c in clients:
+            with c.atomic():
+                c.camera.fov = training_fov_y(self.head)
+                c.camera.wxyz = (1.0, 0.0, 0.0, 0.0)
+                c.camera.position = (0.0, 0.0, 0.0)
+            self._dirty.set()
+
+    def _on_connect(self, client) -> None:
+        client.camera.up_direction = (0.0, -1.0, 0.0)
+        distance = float(np.median(np.asarray(self.dataset.tracking("translation"))[:, 2]))
+        client.camera.look_at = (0.0, 0.0, distance)
+        self.reset_camera(client)
+        client.camera.on_update(lambda camera: self._dirty.set())
+
+    # ----- rendering
+    def blink(self) -> float | None:
+        return None if self.auto_blink.value else float(self.blink_slider.value)
+
+    def render_client(self, client) -> np.ndarray:
+        frame = self.playback.frame()
+        cond = self.playback.conditions(frame, self.pose_dropdown.value, self.blink())
+        cam = client.camera
+        cam_to_world = np.eye(4)
+        cam_to_world[:3, :3] = _quat_to_matrix(np.asarray(cam.wxyz, np.float64))
+        cam_to_world[:3, 3] = cam.position
+        height = self.height
+        width = max(16, int(round(height * cam.aspect)))
+        return render_view(self.head, cond, self.layers, cam_to_world, cam.fov, width, height)
+
+    def _render_loop(self) -> None:
+        while not self._stop.is_set():
+            if not (self.playback.playing or self._dirty.is_set()):
+                self._dirty.wait(0.05)
+                continue
+            self._dirty.clear()
+            clients = list(self.server.get_clients().values())
+            start = time.perf_counter()
+            for client in clients:
+                try:
+                    image = self.render_client(client)
+                except Exception as exc:  # a client that disconnects mid-frame, say: keep serving the others
+                    self.status.content = f"render error: {exc}"
+                    continue
+                client.scene.set_background_image(image, format="jpeg", jpeg_quality=90)
+            if clients:
+                seconds = time.perf_counter() - start
+                self.fps_shown = 0.8 * self.fps_shown + 0.2 * (len(clients) / max(seconds, 1e-6)) if self.fps_shown else len(clients) / max(seconds, 1e-6)
+                self.fps_text.content = (f"Render: **{self.fps_shown:.1f} FPS** at height {self.height}, "
+                                         f"{self.head.spec.backend} backend on {self.head.K.device.type}")
+                if self.playback.playing:
+                    self.timeline.value = round(self.playback.frame() / self.playback.fps, 4)
+                    if self.centres_box.value:
+                        self._update_centres()
+
+    def start(self) -> None:
+        self._audio_uri = wav_data_uri(self.playback.audio_path)
+        self.status.content = f"Audio: {self.playback.audio_path.name} ({self.playback.duration_s:.1f} s)"
+        self._thread.start()
+        if self.cfg.autoplay:
+            self.toggle_play()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._dirty.set()
+        self._thread.join(timeout=5)
+        self.server.stop()
+
+
+def _quat_to_matrix(wxyz: np.ndarray) -> np.ndarray:
+    w, x, y, z = wxyz / np.linalg.norm(wxyz)
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+    ])
+
+
+def run(cfg: ViewerConfig) -> None:
+    from avatar.export.video import resolve_device
+    from avatar.model.talking_head import TalkingHead
+
+    head = TalkingHead.load(cfg.run, resolve_device(cfg.device))
+    head.spec.backend = cfg.backend
+    app = ViewerApp(cfg, head, Dataset(head.dataset_root))
+    app.start()
+    print(f"avatar viewer: open {app.url} in a browser (Ctrl-C to stop)", flush=True)
+    try:
+        while True:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("stopping the viewer", flush=True)
+    finally:
+        app.stop()

@@ -1,0 +1,31 @@
+"""Settings of `avatar view RUN`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal, Optional
+
+import tyro
+
+
+@dataclass
+class ViewerConfig:
+    """Play a trained avatar live in the browser, driven by audio, from any viewpoint."""
+
+    run: Annotated[Path, tyro.conf.Positional] = tyro.MISSING  # type: ignore[assignment]
+    """the run directory written by `avatar train`"""
+    audio: Optional[Path] = None
+    """speech to play (any audio or video file); default: the training video's own audio"""
+    host: str = "127.0.0.1"
+    """interface to listen on (127.0.0.1: this machine only)"""
+    port: int = 0
+    """port; 0 picks a free one"""
+    resolution: Optional[int] = None
+    """rendered image height in pixels; default: the run's training resolution"""
+    device: str = "auto"
+    """torch device: 'auto' (cuda when available), 'cpu', 'cuda'"""
+    backend: Literal["auto", "cuda", "torch"] = "auto"
+    """rasterizer: gsplat CUDA kernels, the pure-torch reference, or the best available"""
+    autoplay: bool = False
+    """start playing as soon as the viewer is up"""
