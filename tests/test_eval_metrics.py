@@ -167,3 +167,20 @@ def test_sequence_scorer_perfect_prediction(real_frame):
     assert s["lpips_head"] == pytest.approx(0.0, abs=1e-6)
     assert s["lmd"] == pytest.approx(0.0, abs=1e-4)
     assert math.isnan(s["mouth_corr"])  # a constant mouth has no correlation
+
+
+def test_head_region_metrics_ignore_changes_outside_the_head():
+    gt = _images(3, b=1, h=96, w=96)
+    pred = gt.clone()
+    pred[..., :, 80:] = 0.0  # damage a band right of the head only
+    mask = torch.zeros(1, 1, 96, 96, dtype=torch.bool)
+    mask[..., 20:70, 20:70] = True
+    from avatar.train.lpips import LPIPS
+
+    with FaceLandmarker() as detect:
+        scorer = SequenceScorer(LPIPS("alex"), detect, square_box(mask[:, 0]))
+        scorer.add(pred, gt, mask, [None])
+    s = scorer.summary()
+    assert math.isinf(s["psnr_head"]) and s["ssim_head"] == pytest.approx(1.0, abs=1e-5)
+    assert s["lpips_head"] == pytest.approx(0.0, abs=1e-6) and s["lpips"] > 0.01
+    assert s["psnr"] < 20 and s["lip_frames"] == 0 and s["lmd"] is None
