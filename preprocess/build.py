@@ -20,7 +20,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from avatar.contracts.atomic import atomic_dir, save_npy, write_json
+from avatar.contracts.atomic import atomic_dir, atomic_path, save_npy, write_json
 from avatar.contracts.audio import SAMPLE_RATE, MelFeatures, feature_stats, num_frames_for, save_wav
 from avatar.contracts.camera import Intrinsics
 from avatar.contracts.dataset import (
@@ -112,6 +112,10 @@ class Builder:
         self.audio_sha = sha256_of(Path(cfg.audio)) if cfg.audio is not None else None
         self.steps = StepRunner(self.root, cfg.force)
 
+    def _stated_duration(self) -> float:
+        """Seconds from the time origin to the end of the video, as the container states it (NaN: unknown)."""
+        return self.info.duration_s - (self.origin_s - self.info.start_s)
+
     def _too_short_message(self, seconds: float) -> str:
         return (f"{self.cfg.video}: only {seconds:.1f} s long; at least {self.cfg.min_duration_s:.0f} s of the person "
                 "talking are needed (a few minutes give a much better avatar). Give a longer video.")
@@ -121,6 +125,12 @@ class Builder:
         from preprocess.audio import clip_audio
 
         wave, warnings = clip_audio(self.info, self.cfg.audio, self.origin_s)
+        stated = self._stated_duration()
+        if self.cfg.audio is None and stated == stated and wave.size / SAMPLE_RATE < 0.9 * stated - 0.5:
+            raise UserError(
+                f"{self.cfg.video}: the audio track ends after {wave.size / SAMPLE_RATE:.1f} s although the file "
+                f"says {stated:.1f} s: the file is truncated or corrupt. Re-download or re-encode it."
+            )
         save_wav(self.root / "audio.wav", wave)
         return {"num_samples": int(wave.size), "duration_s": wave.size / SAMPLE_RATE, "warnings": warnings}
 
@@ -129,8 +139,8 @@ class Builder:
         from preprocess.track import find_faces_for_crop
         from preprocess.video import frames_at_times
 
-        span = self.info.duration_s if self.info.duration_s == self.info.duration_s else self.cfg.min_duration_s
-        span -= self.origin_s - self.info.start_s
+        span = self._stated_duration()
+        span = span if span == span else self.cfg.min_duration_s
         n = self.cfg.crop_samples
         times = [self.origin_s + span * (k + 0.5) / n for k in range(n)]
         faces = [find_faces_for_crop(rgb) for _, rgb in _progress(frames_at_times(self.cfg.video, times), "crop scan", n)]
@@ -166,14 +176,14 @@ class Builder:
                 cv2.imwrite(str(tmp / f"{frame_name(i)}.jpg"), image[:, :, ::-1], params)
                 count = i + 1
             seconds = count / self.cfg.fps
-            if seconds < self.cfg.min_duration_s:
-                raise UserError(self._too_short_message(seconds))
-            stated = self.info.duration_s - (self.origin_s - self.info.start_s)
+            stated = self._stated_duration()
             if stated == stated and count < max_frames and seconds < 0.9 * stated - 0.5:
                 raise UserError(
                     f"{self.cfg.video}: the video stream ends after {seconds:.1f} s although the file says "
                     f"{stated:.1f} s: it is truncated or corrupt. Re-download or re-encode the file."
                 )
+            if seconds < self.cfg.min_duration_s:
+                raise UserError(self._too_short_message(seconds))
         return {"frames": count}
 
     def step_landmarks(self, num_frames: int) -> dict:
@@ -228,21 +238,19 @@ class Builder:
                 cv2.imwrite(str(tmp / f"{frame_name(i)}.png"), bits)
                 for name, bit in MASK_BITS.items():
                     area[name] += float(np.mean(bits >> bit & 1))
+        make_mask.close()
         return {"frames": num_frames, "mean_area": {k: round(v / num_frames, 4) for k, v in area.items()}}
 
-    def step_background(self, num_frames: int, max_used: int = 400) -> dict:
+    def step_background(self, num_frames: int) -> dict:
         from preprocess.background import BackgroundAccumulator
 
-        used = np.unique(np.linspace(0, num_frames - 1, min(num_frames, max_used)).round().astype(int))
-        acc = BackgroundAccumulator()
-        for i, rgb in zip(used, stored_frames(self.root, len(used), "background", iter(used))):
-            acc.add(rgb, stored_masks(self.root, int(i)))
+        acc = BackgroundAccumulator(self.cfg.resolution, self.cfg.resolution)
+        for i, rgb in enumerate(stored_frames(self.root, num_frames, "background")):
+            acc.add(rgb, stored_masks(self.root, i))
         plate = acc.result()
-        from avatar.contracts.atomic import atomic_path
-
         with atomic_path(self.root / "background.png") as tmp:
             cv2.imwrite(str(tmp), np.ascontiguousarray(plate[:, :, ::-1]))
-        return {"frames": int(len(used))}
+        return {"frames": num_frames}
 
     def step_features(self) -> dict:
         import soundfile as sf
@@ -318,7 +326,8 @@ class Builder:
                      "time_origin_s": self.origin_s},
             "jaw_open_energy_correlation": jaw_energy_correlation(self.root, n, self.cfg.fps, track["blendshape_names"]),
             "mask_mean_area": masks["mean_area"],
-            "steps": {name: {k: r[k] for k in ("seconds", "frames_per_s") if k in r} for name, r in records.items()},
+            "steps": {name: {k: r[k] for k in ("seconds", "cpu_seconds", "frames_per_s") if k in r}
+                      for name, r in records.items()},
             "warnings": [w for r in records.values() for w in r.get("warnings", [])],
         }
 

@@ -46,7 +46,7 @@ class PreprocessConfig:
     """JPEG quality of the stored frames"""
     preview_seconds: float = 10.0
     """length of preview.mp4 (from the start of the clip)"""
-    contact_sheet_frames: int = 12
+    contact_sheet_frames: int = 15
     """frames on contact_sheet.png (evenly spaced over the clip)"""
     force: bool = False
     """redo every step even when its cached result is up to date"""

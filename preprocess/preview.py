@@ -18,6 +18,23 @@ MASK_COLOURS = {"torso": (60, 120, 255), "head": (255, 200, 0), "face": (0, 220,
 AXIS_LENGTH_M = 0.08  # drawn length of the head-frame axes
 
 
+def _tint_tables() -> tuple[np.ndarray, np.ndarray]:
+    """Per mask-bit combination (5 bits): the gain [32] and offset [32, 3] that tint a pixel, so drawing a
+    frame's masks is one lookup: darken what is not the person, blend each region's colour in."""
+    gain, offset = np.ones(32, np.float32), np.zeros((32, 3), np.float32)
+    for combo in range(32):
+        if not combo >> MASK_BITS["person"] & 1:
+            gain[combo] *= 0.45
+        for name, colour in MASK_COLOURS.items():
+            if combo >> MASK_BITS[name] & 1:
+                gain[combo] *= 0.75
+                offset[combo] = 0.75 * offset[combo] + 0.25 * np.asarray(colour, np.float32)
+    return gain, np.round(offset).astype(np.uint8)
+
+
+_TINT_GAIN, _TINT_OFFSET = _tint_tables()
+
+
 class Overlay:
     """Draws the tracking of frame i of a dataset directory over its image."""
 
@@ -33,19 +50,20 @@ class Overlay:
 
     def draw(self, i: int) -> np.ndarray:
         """[H, W, 3] uint8 RGB: frame i with mask tints, landmarks (red where interpolated) and pose axes."""
-        rgb = self.frame(i).astype(np.float32)
         bits = cv2.imread(str(self.root / "masks" / f"{frame_name(i)}.png"), cv2.IMREAD_UNCHANGED)
-        person = (bits >> MASK_BITS["person"] & 1).astype(bool)
-        rgb[~person] *= 0.45  # darken what is not the person
-        for name, colour in MASK_COLOURS.items():
-            m = (bits >> MASK_BITS[name] & 1).astype(bool)
-            rgb[m] = 0.75 * rgb[m] + 0.25 * np.asarray(colour, np.float32)
-        out = np.ascontiguousarray(rgb.clip(0, 255).astype(np.uint8))
-        scale = out.shape[0] / 512
-        dot = (0, 255, 255) if self.valid[i] else (255, 0, 0)
-        for u, v in np.asarray(self.landmarks[i]):
-            cv2.circle(out, (int(u), int(v)), max(1, int(round(scale))), dot, -1, cv2.LINE_AA)
-        self._axes(out, np.asarray(self.rotation[i]), np.asarray(self.translation[i]), scale)
+        bits = bits & 31
+        gain = cv2.merge([_TINT_GAIN.take(bits)] * 3)  # [H, W, 3] float32
+        out = cv2.add(cv2.multiply(np.ascontiguousarray(self.frame(i)), gain, dtype=cv2.CV_8U),
+                      _TINT_OFFSET.take(bits, axis=0))
+        h, w = out.shape[:2]
+        dot = int(max(1, round(h / 256)))  # dots of 2 x 2 pixels at 512
+        uv = np.asarray(self.landmarks[i]).astype(np.int64)
+        colour = (0, 255, 255) if self.valid[i] else (255, 0, 0)
+        for du in range(dot):
+            for dv in range(dot):
+                u, v = np.clip(uv[:, 0] + du, 0, w - 1), np.clip(uv[:, 1] + dv, 0, h - 1)
+                out[v, u] = colour
+        self._axes(out, np.asarray(self.rotation[i]), np.asarray(self.translation[i]), h / 512)
         return out
 
     def _axes(self, img: np.ndarray, R: np.ndarray, t: np.ndarray, scale: float) -> None:

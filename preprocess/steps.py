@@ -59,13 +59,14 @@ class StepRunner:
             print(f"[{name}] up to date, skipped", file=sys.stderr)
         else:
             path.unlink(missing_ok=True)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             record = fn()
             record["seconds"] = round(time.perf_counter() - start, 3)
+            record["cpu_seconds"] = round(time.process_time() - cpu_start, 3)  # the machine may be shared
             if record.get("frames"):
                 record["frames_per_s"] = round(record["frames"] / max(record["seconds"], 1e-6), 1)
             write_json(path, {"fingerprint": fingerprint, "record": record})
-            print(f"[{name}] done in {record['seconds']:.1f} s", file=sys.stderr)
+            print(f"[{name}] done in {record['seconds']:.1f} s (CPU {record['cpu_seconds']:.1f} s)", file=sys.stderr)
         for message in record.get("warnings", []):
             warn(message)
         self.fingerprint = fingerprint
