@@ -45,6 +45,8 @@ class BenchConfig:
     """run the component benchmarks in benchmarks/bench_*.py"""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto: cuda when available"""
+    threads: Optional[int] = None
+    """CPU threads torch may use; default torch's own choice"""
     out: Optional[Path] = None
     """also write the rows as JSON here"""
 
@@ -153,6 +155,8 @@ def format_table(rows: list[dict]) -> str:
 def run(cfg: BenchConfig) -> list[dict]:
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     frames, warmup = (3, 1) if cfg.quick else (cfg.frames, cfg.warmup)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     rows: list[dict] = [{"name": "device", "value": name}]

@@ -92,3 +92,12 @@ def test_eval_end_to_end_with_an_oracle_avatar(dataset, tmp_path):
         v, a = container.streams.video[0], container.streams.audio[0]
         assert (v.width, v.height) == (256, 128) and v.frames == len(indices)
         assert float(a.duration * a.time_base) == pytest.approx(len(indices) / FPS, abs=0.1)
+
+
+def test_eval_cli_explains_a_missing_run(tmp_path, capsys):
+    pytest.importorskip("avatar.model.talking_head")
+    from avatar.cli import main
+
+    assert main(["eval", str(tmp_path / "nothing_here")]) == 2
+    err = capsys.readouterr().err
+    assert "nothing_here" in err and "avatar train" in err

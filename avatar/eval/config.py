@@ -37,3 +37,5 @@ class EvalConfig:
     """height and width of each panel of the video"""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto: cuda when available"""
+    threads: int = 2
+    """CPU threads torch may use (on a busy machine 1 can be faster)"""

@@ -195,6 +195,7 @@ def run(cfg: EvalConfig) -> dict:
 
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
+    torch.set_num_threads(cfg.threads)
     head = TalkingHead.load(cfg.run, device=str(device))
     dataset = Dataset(head.dataset_root)
     indices = dataset.indices(cfg.split)[: cfg.max_frames]
