@@ -1,0 +1,333 @@
+"""Audio -> expression: the part of the avatar that decides lip sync.
+
+A person's video gives under a minute of speech, far too little to learn audio -> pixels directly. So the
+avatar first learns audio -> the tracked facial expression (a few numbers per frame that say how the lower
+face is deformed), and the Gaussians follow that geometry. This module holds:
+
+- `expression_targets`: the low-dimensional target. The lower face (landmarks below the nose) is what speech
+  moves; its displacement under the tracked expression PCA code is compressed by PCA to a few components,
+  scaled by one common factor so that the loss stays proportional to landmark motion in metres.
+  `expression_to_code` maps a prediction back to the dataset's full expression PCA code.
+- `AudioEncoder`: per frame, a small 1D convolution over the audio-feature window; then self-attention over the
+  2K+1 neighbouring frames (about +-250 ms in all), so lips anticipate and follow the sound.
+- `train_audio_encoder`: a fit that works with ~45 s of speech in about a minute on CPU: heavy regularisation,
+  sub-frame time-shift augmentation, early stopping on a held-out slice of the TRAINING frames, and a few
+  members trained on different held-out slices whose predictions are averaged.
+
+Silence: an all-zero input (a silent clip after clip-level normalisation) is trained to give the person's
+closed-mouth expression (`info["rest"]`), and is constant over time, so the mouth is closed and still.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from avatar.contracts.dataset import Dataset
+
+# mediapipe FaceMesh landmark ids: inner lips (upper, lower), face width (cheek to cheek), nose tip.
+INNER_LIP_UPPER, INNER_LIP_LOWER = 13, 14
+FACE_LEFT, FACE_RIGHT = 234, 454
+NOSE_TIP = 1
+
+
+@dataclass
+class AudioEncoderConfig:
+    """Sizes and training settings of the audio -> expression encoder."""
+
+    context: int = 4  # K: neighbouring frames on each side that the temporal attention sees
+    channels: int = 32  # width of the per-frame convolution over the feature window
+    embed_dim: int = 64  # size of the per-frame audio embedding (the condition token of the deformation)
+    heads: int = 4  # attention heads of the temporal self-attention
+    layers: int = 1  # temporal self-attention layers
+    dropout: float = 0.2  # dropout in the window encoder and the attention
+    members: int = 3  # encoders trained on different held-out slices, predictions averaged (1 = no ensemble)
+    lr: float = 2e-3  # AdamW learning rate (cosine decay)
+    weight_decay: float = 0.05  # AdamW weight decay
+    batch_size: int = 64  # frames per step
+    feature_noise: float = 0.15  # std of Gaussian noise added to the normalised features while training
+    freq_mask: int = 12  # SpecAugment: up to this many adjacent feature bins zeroed per sample while training
+    time_shift: int = 2  # sub-frame augmentation: audio shifted by up to this many feature rows (10 ms each)
+    silence_fraction: float = 0.05  # share of each batch replaced by all-zero audio with the closed-mouth target
+    holdout_fraction: float = 0.12  # share of the training frames held out for early stopping, per member
+    eval_every: int = 50  # steps between early-stopping checks
+    patience: int = 6  # checks without improvement before a member stops
+    max_components: int = 12  # at most this many lower-face PCA components as targets
+    explained_variance: float = 0.98  # ... or fewer when they already explain this share of the lower-face motion
+
+
+# ----------------------------------------------------------------------------------------------- targets
+def lower_face_ids(canonical_face: np.ndarray) -> np.ndarray:
+    """Landmarks below the nose tip in the canonical face (y points down): lips, jaw, chin, lower cheeks."""
+    return np.flatnonzero(canonical_face[:, 1] > canonical_face[NOSE_TIP, 1])
+
+
+def expression_targets(dataset: Dataset) -> tuple[np.ndarray, dict]:
+    """[N, E] normalised audio-predictable targets of every frame, and `info` to undo them.
+
+    The targets are the top PCA components (fitted on the training frames) of the lower-face landmark
+    displacement, divided by the std of the first component. `info` holds numpy arrays:
+    "mean" [D] and "components" [E, D] of that PCA (D = 3 * lower-face landmarks), "scale" (a float),
+    "to_code" [E, P] and "code_mean" [P] (the least-squares map back to the full expression code),
+    "rest" [E] (the closed-mouth target used for silence), "lower_face" [M] landmark ids."""
+    code = np.asarray(dataset.tracking("expression_pca"), np.float64)  # [N, P]
+    basis = np.asarray(dataset.tracking("expression_basis"), np.float64)  # [P, 478, 3]
+    canonical = np.asarray(dataset.tracking("canonical_face"), np.float64)
+    train = dataset.indices("train")
+    ids = lower_face_ids(canonical)
+    motion = code @ basis[:, ids].reshape(basis.shape[0], -1)  # [N, D] lower-face displacement
+    mean = motion[train].mean(0)
+    _, sing, vt = np.linalg.svd(motion[train] - mean, full_matrices=False)
+    share = np.cumsum(sing**2) / max(np.sum(sing**2), 1e-20)
+    num = int(min(np.searchsorted(share, AudioEncoderConfig.explained_variance) + 1, AudioEncoderConfig.max_components))
+    components = vt[:num]  # [E, D]
+    scale = float(sing[0] / np.sqrt(len(train))) or 1.0
+    targets = (motion - mean) @ components.T / scale  # [N, E]
+
+    code_mean = code[train].mean(0)
+    to_code, *_ = np.linalg.lstsq(targets[train], code[train] - code_mean, rcond=None)  # [E, P]
+    opening = lip_opening(code, dataset)
+    closed = train[opening[train] <= np.quantile(opening[train], 0.1)]
+    info = {
+        "mean": mean.astype(np.float32), "components": components.astype(np.float32), "scale": scale,
+        "to_code": to_code.astype(np.float32), "code_mean": code_mean.astype(np.float32),
+        "rest": targets[closed].mean(0).astype(np.float32), "lower_face": ids,
+    }
+    return targets.astype(np.float32), info
+
+
+def expression_to_code(expression: Tensor, info: dict) -> Tensor:
+    """[..., E] predicted (normalised) targets -> [..., P] expression PCA code of the dataset; differentiable.
+    The landmarks follow as canonical_face + code @ expression_basis."""
+    to_code = torch.as_tensor(info["to_code"], dtype=expression.dtype, device=expression.device)
+    code_mean = torch.as_tensor(info["code_mean"], dtype=expression.dtype, device=expression.device)
+    return code_mean + expression @ to_code
+
+
+def lip_opening(code: np.ndarray, dataset: Dataset) -> np.ndarray:
+    """[N, P] expression codes -> [N] inner-lip opening (landmark 13 to 14) over the face width, measured
+    on the reconstructed canonical-frame landmarks."""
+    basis = np.asarray(dataset.tracking("expression_basis"), np.float64)
+    canonical = np.asarray(dataset.tracking("canonical_face"), np.float64)
+    ids = [INNER_LIP_UPPER, INNER_LIP_LOWER, FACE_LEFT, FACE_RIGHT]
+    pts = canonical[ids] + np.einsum("np,pkc->nkc", np.asarray(code, np.float64), basis[:, ids])  # [N, 4, 3]
+    return np.linalg.norm(pts[:, 0] - pts[:, 1], axis=-1) / np.linalg.norm(pts[:, 2] - pts[:, 3], axis=-1)
+
+
+# ------------------------------------------------------------------------------------------------- model
+class WindowEncoder(nn.Module):
+    """[B, W, F] one frame's feature window -> [B, embed_dim]: per-row projection of the features, then 1D
+    convolutions over time that halve it twice."""
+
+    def __init__(self, feature_dim: int, window: int, channels: int, embed_dim: int, dropout: float):
+        super().__init__()
+        self.convs = nn.Sequential(  # a pointwise projection first: the full-width convolutions are costly on CPU
+            nn.Conv1d(feature_dim, channels, 1), nn.GELU(), nn.Dropout(dropout),
+            nn.Conv1d(channels, channels, 3, stride=2, padding=1), nn.GELU(),
+            nn.Conv1d(channels, channels, 3, stride=2, padding=1), nn.GELU(),
+        )
+        reduced = (window + 3) // 4
+        self.out = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels * reduced, embed_dim))
+
+    def forward(self, windows: Tensor) -> Tensor:
+        return self.out(self.convs(windows.transpose(1, 2)))
+
+
+class _Member(nn.Module):
+    """One encoder: window encoder per frame, temporal self-attention, the centre frame's token."""
+
+    def __init__(self, cfg: AudioEncoderConfig, feature_dim: int, window: int, expression_dim: int):
+        super().__init__()
+        frames = 2 * cfg.context + 1
+        self.window_encoder = WindowEncoder(feature_dim, window, cfg.channels, cfg.embed_dim, cfg.dropout)
+        self.position = nn.Parameter(torch.zeros(frames, cfg.embed_dim))
+        layer = nn.TransformerEncoderLayer(cfg.embed_dim, cfg.heads, 2 * cfg.embed_dim, cfg.dropout,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.temporal = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(cfg.embed_dim)
+        self.head = nn.Linear(cfg.embed_dim, expression_dim)
+
+    def forward(self, audio: Tensor) -> tuple[Tensor, Tensor]:
+        b, c, w, f = audio.shape
+        tokens = self.window_encoder(audio.reshape(b * c, w, f)).reshape(b, c, -1) + self.position
+        centre = self.norm(self.temporal(tokens)[:, c // 2])  # [B, embed_dim]
+        return centre, self.head(centre)
+
+
+class AudioEncoder(nn.Module):
+    """[B, 2K+1, W, F] normalised audio windows of a frame and its neighbours -> (embedding [B, embed_dim],
+    expression [B, E]). With several members (an ensemble trained on different held-out slices) the
+    expression is their mean and the embedding their concatenation."""
+
+    def __init__(self, cfg: AudioEncoderConfig, feature_dim: int, window: int, expression_dim: int):
+        super().__init__()
+        self.cfg = cfg
+        self.context = cfg.context
+        self.embed_dim = cfg.embed_dim * cfg.members
+        self.members = nn.ModuleList(_Member(cfg, feature_dim, window, expression_dim) for _ in range(cfg.members))
+
+    def forward(self, audio: Tensor) -> tuple[Tensor, Tensor]:
+        outputs = [m(audio) for m in self.members]
+        embedding = torch.cat([e for e, _ in outputs], dim=-1)
+        expression = torch.stack([x for _, x in outputs]).mean(0)
+        return embedding, expression
+
+
+# ---------------------------------------------------------------------------------------------- training
+def _shifted_windows(dataset: Dataset, max_shift: int) -> np.ndarray:
+    """[2S+1, N, W, F] normalised windows of every frame with the audio moved by -S..S feature rows."""
+    from avatar.contracts.audio import frame_windows, normalize_features
+
+    f = dataset.manifest.features
+    feats = normalize_features(np.asarray(dataset.audio_features), dataset.feature_stats())
+    rows = np.arange(feats.shape[0])
+    return np.stack([
+        frame_windows(feats[np.clip(rows + s, 0, len(rows) - 1)], f.rate_hz, dataset.fps, dataset.num_frames, f.window)
+        for s in range(-max_shift, max_shift + 1)
+    ])
+
+
+def _context_index(frames: Tensor, context: int, limit: int) -> Tensor:
+    """[B] frame ids -> [B, 2K+1] ids of their neighbours, edges repeated (as avatar.contracts.audio does)."""
+    return (frames[:, None] + torch.arange(-context, context + 1)).clamp(0, limit - 1)
+
+
+def _augment(audio: Tensor, cfg: AudioEncoderConfig, gen: torch.Generator) -> Tensor:
+    """Feature noise and one SpecAugment-style band of zeroed feature bins per sample."""
+    b, _, _, f = audio.shape
+    audio = audio + cfg.feature_noise * torch.randn(audio.shape, generator=gen)
+    if cfg.freq_mask > 0:
+        width = torch.randint(0, cfg.freq_mask + 1, (b, 1), generator=gen)
+        start = (torch.rand(b, 1, generator=gen) * (f - width)).long()
+        bins = torch.arange(f)[None]
+        keep = ~((bins >= start) & (bins < start + width))  # [B, F]
+        audio = audio * keep[:, None, None, :]
+    return audio
+
+
+def _fit_member(member: _Member, windows: Tensor, rows_per_frame: float, targets: Tensor, weights: Tensor,
+                rest: Tensor, fit_ids: np.ndarray, held_ids: np.ndarray, steps: int, cfg: AudioEncoderConfig,
+                gen: torch.Generator, log: Callable | None, tag: str) -> dict:
+    """Train one member on `fit_ids`, keep the state with the lowest loss on `held_ids`."""
+    shifts, n = windows.shape[0], windows.shape[1]
+    max_shift = shifts // 2
+    opt = torch.optim.AdamW(member.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(steps, 1), pct_start=0.1)
+    fit_t = torch.as_tensor(fit_ids)
+    held_t = torch.as_tensor(held_ids)
+    held_audio = windows[max_shift][_context_index(held_t, cfg.context, n)]
+    best = (float("inf"), copy.deepcopy(member.state_dict()), 0)
+    bad = 0
+    for step in range(1, steps + 1):
+        member.train()
+        frames = fit_t[torch.randint(len(fit_t), (cfg.batch_size,), generator=gen)]
+        shift = torch.randint(-max_shift, max_shift + 1, (cfg.batch_size,), generator=gen)
+        ctx = _context_index(frames, cfg.context, n)
+        audio = windows[(shift + max_shift)[:, None], ctx]  # [B, C, W, F]
+        # The target at the shifted time: linear interpolation between neighbouring frames.
+        frac = shift.float() / rows_per_frame
+        nxt = (frames + torch.sign(shift)).clamp(0, n - 1)
+        a = frac.abs()[:, None]
+        target = (1 - a) * targets[frames] + a * targets[nxt]
+        audio = _augment(audio, cfg, gen)
+        silent = torch.rand(cfg.batch_size, generator=gen) < cfg.silence_fraction
+        audio[silent] = 0.0
+        target[silent] = rest
+        _, pred = member(audio)
+        loss = ((pred - target) ** 2 * weights).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % cfg.eval_every == 0 or step == steps:
+            member.eval()
+            with torch.no_grad():
+                held = float(((member(held_audio)[1] - targets[held_t]) ** 2 * weights).mean())
+            if log is not None:
+                log(f"audio encoder {tag} step {step}: train {loss.item():.4f} held-out {held:.4f}")
+            if held < best[0]:
+                best, bad = (held, copy.deepcopy(member.state_dict()), step), 0
+            else:
+                bad += 1
+                if bad >= cfg.patience:
+                    break
+    member.load_state_dict(best[1])
+    member.eval()
+    return {"held_out_loss": best[0], "best_step": best[2], "steps_run": step}
+
+
+def target_weights(info: dict) -> np.ndarray:
+    """[E] loss weight per target: 1 everywhere, plus the component's share of the inner-lip opening, so
+    the components that open the mouth count up to 3x (what lip-sync metrics and viewers notice)."""
+    ids = list(info["lower_face"])
+    upper, lower = ids.index(INNER_LIP_UPPER), ids.index(INNER_LIP_LOWER)
+    comp = info["components"].reshape(len(info["components"]), -1, 3)  # [E, M, 3]
+    gap = np.abs(comp[:, lower, 1] - comp[:, upper, 1])  # vertical opening each unit component produces
+    return (1.0 + 2.0 * gap / max(gap.max(), 1e-12)).astype(np.float32)
+
+
+def train_audio_encoder(dataset: Dataset, cfg: AudioEncoderConfig, steps: int, seed: int,
+                        log: Callable[[str], None] | None = None) -> tuple[AudioEncoder, dict]:
+    """Fit an encoder to `expression_targets(dataset)` on the training frames only.
+
+    Each of the `cfg.members` members holds out a different contiguous slice of the training frames for
+    early stopping (at most `steps` steps each). Returns the encoder (eval mode) and metrics: the held-out
+    loss, and on the validation frames the MSE of the targets and the correlation over time of the
+    predicted inner-lip opening with the tracked one ("val_lip_corr")."""
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    targets_np, info = expression_targets(dataset)
+    windows = torch.from_numpy(_shifted_windows(dataset, cfg.time_shift))  # [S, N, W, F]
+    targets = torch.from_numpy(targets_np)
+    weights = torch.from_numpy(target_weights(info))
+    rest = torch.from_numpy(info["rest"])
+    rows_per_frame = dataset.manifest.features.rate_hz / dataset.fps  # feature rows between video frames
+    train = dataset.indices("train")
+    encoder = AudioEncoder(cfg, windows.shape[-1], windows.shape[-2], targets.shape[1])
+    held_len = max(1, int(round(len(train) * cfg.holdout_fraction)))
+    member_logs = []
+    for k, member in enumerate(encoder.members):
+        # Members hold out slices spread over the clip: the last, the middle, ... of the training frames.
+        end = len(train) - int(round(k * (len(train) - held_len) / max(cfg.members, 1)))
+        held = train[end - held_len:end]
+        margin = cfg.context + 1  # frames whose context windows overlap the held-out slice are not fitted
+        fit = train[(train < held[0] - margin) | (train > held[-1] + margin)]
+        member_logs.append(_fit_member(member, windows, rows_per_frame, targets, weights, rest, fit, held, steps,
+                                       cfg, gen, log, f"{k + 1}/{cfg.members}"))
+    encoder.eval()
+    metrics = {
+        "train_seconds": time.perf_counter() - start,
+        "held_out_loss": float(np.mean([m["held_out_loss"] for m in member_logs])),
+        "best_steps": [m["best_step"] for m in member_logs],
+        **evaluate_encoder(encoder, dataset, info, targets_np),
+    }
+    return encoder, metrics
+
+
+@torch.no_grad()
+def predict_expression(encoder: AudioEncoder, audio_windows: np.ndarray, batch: int = 256) -> np.ndarray:
+    """[N, 2K+1, W, F] windows -> [N, E] predicted targets, in batches."""
+    encoder.eval()
+    return np.concatenate([
+        encoder(torch.from_numpy(np.ascontiguousarray(audio_windows[i:i + batch])))[1].numpy()
+        for i in range(0, len(audio_windows), batch)
+    ])
+
+
+def evaluate_encoder(encoder: AudioEncoder, dataset: Dataset, info: dict, targets: np.ndarray) -> dict:
+    """Validation-frame MSE of the targets and correlation over time of the inner-lip opening."""
+    val = dataset.indices("val")
+    pred = predict_expression(encoder, dataset.audio_windows(context=encoder.context)[val])
+    code_pred = expression_to_code(torch.from_numpy(pred), info).numpy()
+    tracked = lip_opening(np.asarray(dataset.tracking("expression_pca"))[val], dataset)
+    predicted = lip_opening(code_pred, dataset)
+    corr = float(np.corrcoef(tracked, predicted)[0, 1]) if len(val) > 2 and predicted.std() > 0 else float("nan")
+    return {"val_mse": float(np.mean((pred - targets[val]) ** 2)), "val_lip_corr": corr}

@@ -1,0 +1,146 @@
+"""Audio -> expression encoder: shapes, the target round trip, learning a synthetic lip signal, silence."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from avatar.contracts.audio import (
+    SAMPLE_RATE, MelFeatures, context_windows, feature_stats, frame_windows, normalize_features,
+)
+from avatar.contracts.dataset import Dataset
+from avatar.model.audio_encoder import (
+    FACE_LEFT, FACE_RIGHT, INNER_LIP_LOWER, INNER_LIP_UPPER, NOSE_TIP, AudioEncoder, AudioEncoderConfig,
+    expression_targets, expression_to_code, lip_opening, predict_expression, train_audio_encoder,
+)
+
+FPS = 25.0
+SMALL = AudioEncoderConfig(context=2, channels=16, embed_dim=32, heads=2, members=1, batch_size=32, eval_every=40)
+
+
+def synthetic_speech(seconds: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A buzzy 'voice' switched on and off in syllables of 80-300 ms, and its envelope per video frame."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * SAMPLE_RATE)
+    envelope = np.zeros(n, np.float32)
+    t = 0
+    while t < n:
+        length = int(rng.uniform(0.08, 0.3) * SAMPLE_RATE)
+        envelope[t:t + length] = rng.uniform(0.4, 1.0) if rng.random() < 0.6 else 0.0
+        t += length
+    time = np.arange(n) / SAMPLE_RATE
+    voice = sum(np.sin(2 * np.pi * 130 * k * time) / k for k in range(1, 12)) + 0.3 * rng.standard_normal(n)
+    wave = (0.2 * envelope * voice + 1e-4 * rng.standard_normal(n)).astype(np.float32)
+    frames = int(seconds * FPS)
+    centres = ((np.arange(frames) + 0.5) / FPS * SAMPLE_RATE).astype(int)
+    return wave, envelope[centres]
+
+
+def write_dataset(root: Path, wave: np.ndarray, opening: np.ndarray, seed: int = 0) -> Dataset:
+    """A dataset directory with tracking and audio only: expression component 0 opens the mouth by
+    `opening`, component 1 is unrelated motion of the upper face (like brows) that audio cannot predict."""
+    rng = np.random.default_rng(seed)
+    n = len(opening)
+    canonical = rng.uniform(-0.07, 0.07, (478, 3)).astype(np.float32)
+    canonical[NOSE_TIP] = [0, 0, -0.05]
+    canonical[INNER_LIP_UPPER], canonical[INNER_LIP_LOWER] = [0, 0.03, -0.04], [0, 0.031, -0.04]
+    canonical[FACE_LEFT], canonical[FACE_RIGHT] = [-0.075, 0.01, 0], [0.075, 0.01, 0]
+    lower = canonical[:, 1] > 0
+    basis = np.zeros((2, 478, 3), np.float32)
+    basis[0, lower, 1] = 0.3 * (canonical[lower, 1] > 0.031)  # jaw and lower lip move down
+    basis[0, INNER_LIP_LOWER, 1] = 1.0
+    basis[1, ~lower] = rng.standard_normal((int((~lower).sum()), 3)) * 0.1
+    code = np.stack([0.01 * opening, rng.standard_normal(n)], 1).astype(np.float32)
+    (root / "tracking").mkdir(parents=True)
+    arrays = {"expression_pca": code, "expression_basis": basis, "canonical_face": canonical,
+              "blendshapes": opening[:, None].astype(np.float32)}
+    for name, value in arrays.items():
+        np.save(root / "tracking" / f"{name}.npy", value)
+    feats = MelFeatures()(wave)
+    np.save(root / "audio_features.npy", feats)
+    mean, std = feature_stats(feats)
+    train_end = int(round(n * 0.8))
+    manifest = {
+        "format_version": 1, "source": {}, "fps": FPS, "num_frames": n, "resolution": 64,
+        "crop": {"x0": 0, "y0": 0, "size": 64, "source_width": 64, "source_height": 64, "resolution": 64},
+        "intrinsics": {"fx": 64, "fy": 64, "cx": 32, "cy": 32, "width": 64, "height": 64},
+        "split": {"train": [0, train_end], "val": [train_end, n]},
+        "audio": {"file": "audio.wav", "sample_rate": SAMPLE_RATE, "num_samples": int(wave.size)},
+        "features": {"file": "audio_features.npy", "extractor": "mel80-energy-pitch", "rate_hz": 100.0,
+                     "dim": int(feats.shape[1]), "window": 16, "mean": mean.tolist(), "std": std.tolist()},
+        "blendshape_names": ["jawOpen"], "versions": {},
+    }
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return Dataset(root)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Dataset:
+    wave, opening = synthetic_speech(16.0, seed=1)
+    return write_dataset(tmp_path_factory.mktemp("audio_ds"), wave, opening)
+
+
+def test_encoder_shapes_and_ensemble_embedding():
+    cfg = AudioEncoderConfig(context=3, channels=8, embed_dim=16, heads=2, members=2)
+    enc = AudioEncoder(cfg, feature_dim=82, window=16, expression_dim=5)
+    embedding, expression = enc(torch.randn(4, 7, 16, 82))
+    assert enc.context == 3 and enc.embed_dim == 32
+    assert embedding.shape == (4, 32) and expression.shape == (4, 5)
+    expression.sum().backward()  # differentiable end to end (the trainer may fine-tune it)
+    assert all(p.grad is not None for p in enc.parameters())
+
+
+def test_targets_are_low_dimensional_and_decode_to_the_tracked_mouth(dataset):
+    targets, info = expression_targets(dataset)
+    train = dataset.indices("train")
+    assert targets.shape == (dataset.num_frames, 1)  # only the mouth component is audio-related
+    assert targets[train].std(0)[0] == pytest.approx(1.0, rel=1e-3)
+    code = expression_to_code(torch.from_numpy(targets), info).numpy()
+    tracked = np.asarray(dataset.tracking("expression_pca"))
+    np.testing.assert_allclose(lip_opening(code, dataset), lip_opening(tracked, dataset), atol=1e-5)
+    assert code[:, 1].std() < 0.2 * tracked[:, 1].std()  # the unrelated motion is (almost) not predicted
+    # The rest (silence) target is the closed mouth: below the 20th percentile of the training openings.
+    rest_open = lip_opening(expression_to_code(torch.from_numpy(info["rest"][None]), info).numpy(), dataset)[0]
+    assert rest_open <= np.quantile(lip_opening(tracked[train], dataset), 0.2)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Two torch threads on a loaded 2-core machine spin against each other: one is several times faster."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def silent_windows(context: int) -> np.ndarray:
+    """[N, 2K+1, W, F] windows of a silent wave, through the same feature code as real audio."""
+    feats = normalize_features(MelFeatures()(np.zeros(SAMPLE_RATE, np.float32)))
+    assert np.abs(feats).max() < 0.05  # a silent clip normalises to (almost) all-zero features
+    return context_windows(frame_windows(feats, 100.0, FPS, 25), context)
+
+
+def test_training_learns_the_lip_signal_and_silence_closes_the_mouth(dataset):
+    encoder, metrics = train_audio_encoder(dataset, SMALL, steps=120, seed=0)
+    assert metrics["val_lip_corr"] > 0.7, metrics
+    _, info = expression_targets(dataset)
+    tracked_open = lip_opening(np.asarray(dataset.tracking("expression_pca")), dataset)
+    for windows in (silent_windows(SMALL.context), np.zeros((10, 2 * SMALL.context + 1, 16, 82), np.float32)):
+        expression = torch.from_numpy(predict_expression(encoder, windows))
+        silent_open = lip_opening(expression_to_code(expression, info).numpy(), dataset)
+        assert np.ptp(silent_open) < 1e-6  # still
+        closed, wide = tracked_open.min(), np.quantile(tracked_open, 0.95)
+        assert silent_open[0] < closed + 0.1 * (wide - closed)  # closed
+
+
+def test_training_is_reproducible_with_a_seed(dataset):
+    cfg = AudioEncoderConfig(context=1, channels=8, embed_dim=16, heads=2, members=2, batch_size=16, eval_every=4)
+    a, ma = train_audio_encoder(dataset, cfg, steps=8, seed=3)
+    b, mb = train_audio_encoder(dataset, cfg, steps=8, seed=3)
+    assert ma["val_mse"] == mb["val_mse"]
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)
