@@ -1,0 +1,98 @@
+"""`avatar demo`: the whole story on the shared example data, on a CPU, in one command.
+
+preprocess a shared talking video -> train the `tiny` preset -> render a shared speech clip the avatar
+never heard into an mp4 with sound. Each step keeps its result in --work, so a rerun reuses finished
+steps (an interrupted training resumes from its last checkpoint).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from avatar.errors import UserError
+
+SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+
+
+@dataclass
+class DemoConfig:
+    """Preprocess a shared video, train a `tiny` avatar on it, and make it say a speech clip it never heard."""
+
+    video: Path = SHARED_DATA / "mimictalk_german_anchor_20s.mp4"
+    """the talking video to learn the person from"""
+    audio: Path = SHARED_DATA / "sadtalker_hdtf_radio31_8s.wav"
+    """the new speech to say (e.g. ../shared/data/musetalk_eng_speech_60s.wav for a minute)"""
+    work: Path = Path("out/demo")
+    """where the dataset, the run and the video go (kept, so a rerun reuses finished steps)"""
+    preset: str = "tiny"
+    """training preset (configs/train/NAME.toml)"""
+    dataset_resolution: int = 256
+    """side of the dataset images; the tiny preset trains at 128, so 256 is plenty and quick to write"""
+    pose: str = "track"
+    """head motion of the video: track, still or smooth (see `avatar render --help`)"""
+
+
+def _check_inputs(cfg: DemoConfig) -> None:
+    for path, what in ((cfg.video, "video"), (cfg.audio, "speech clip")):
+        if not Path(path).is_file():
+            raise UserError(
+                f"{Path(path).resolve()}: the demo's example {what} is missing. The demo expects the shared example "
+                f"data at {SHARED_DATA.resolve()} (a folder `shared/data` beside the repository); give your own "
+                "files with --video and --audio."
+            )
+
+
+def _step(name: str, timings: dict[str, float]):
+    """Print a step heading; returns a function that records the step's time."""
+    print(f"\n== {name}", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    return lambda: timings.__setitem__(name, time.perf_counter() - start)
+
+
+def run(cfg: DemoConfig) -> Path:
+    from avatar.config_io import load_preset
+    from avatar.export.config import RenderConfig
+    from avatar.export.video import run as render
+    from avatar.train.config import TrainConfig
+    from avatar.train.trainer import run as train
+    from preprocess.build import run as preprocess
+    from preprocess.config import PreprocessConfig
+
+    _check_inputs(cfg)
+    work = Path(cfg.work)
+    dataset, run_dir, video = work / "dataset", work / "run", work / f"{Path(cfg.audio).stem}.mp4"
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+
+    done = _step(f"1/3 preprocess {cfg.video} -> {dataset} (finished steps are reused)", timings)
+    preprocess(PreprocessConfig(video=Path(cfg.video), out=dataset, resolution=cfg.dataset_resolution))
+    done()
+
+    avatar = run_dir / "avatar.pt"
+    done = _step(f"2/3 train the `{cfg.preset}` preset -> {run_dir}", timings)
+    if avatar.is_file():
+        print(f"{avatar} exists: training is finished, reusing it.", file=sys.stderr)
+    else:
+        resume = (run_dir / "checkpoints" / "latest.pt").is_file()
+        train_cfg = dataclasses.replace(load_preset("train", cfg.preset, TrainConfig), dataset=dataset, out=run_dir,
+                                        preset=cfg.preset, resume=resume)
+        train(train_cfg)
+    done()
+
+    done = _step(f"3/3 render {cfg.audio} -> {video}", timings)
+    inputs = max(avatar.stat().st_mtime, Path(cfg.audio).stat().st_mtime)
+    if video.is_file() and video.stat().st_mtime > inputs:
+        print(f"{video} is newer than the avatar and the audio: reusing it.", file=sys.stderr)
+    else:
+        render(RenderConfig(run=run_dir, audio=Path(cfg.audio), out=video, pose=cfg.pose))  # type: ignore[arg-type]
+    done()
+
+    total = time.perf_counter() - start
+    print("\n" + ", ".join(f"{name.split(' ')[1]} {seconds / 60:.1f} min" for name, seconds in timings.items())
+          + f"; total {total / 60:.1f} min")
+    print(f"Your avatar saying {Path(cfg.audio).name}: {video.resolve()}")
+    return video

@@ -1,0 +1,99 @@
+"""`avatar render` speed and memory: frames per second of each stage, and peak resident memory for 1 and 30
+minutes of audio (long audio is made by looping a shared speech clip).
+
+Needs a trained run: $AVATAR_BENCH_RUN, or out/demo/run from `avatar demo`. Each measurement runs
+`avatar render` in a child process, whose peak RSS the kernel reports when it exits. The memory rows render
+at 1 frame per second: what could grow with the audio's length (decoding, features, the sound track,
+schedules) is all there, while rendering 30 minutes at 25 fps on a CPU would take hours.
+
+    python benchmarks/bench_export.py [--quick]
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SPEECH = REPO / ".." / "shared" / "data" / "musetalk_eng_speech_60s.wav"
+
+
+def trained_run() -> Path | None:
+    for candidate in (os.environ.get("AVATAR_BENCH_RUN"), REPO / "out" / "demo" / "run"):
+        if candidate and (Path(candidate) / "avatar.pt").is_file():
+            return Path(candidate)
+    return None
+
+
+def looped_speech(path: Path, seconds: float) -> Path:
+    """`seconds` of the shared speech clip looped, written block by block (16-bit PCM WAV)."""
+    import soundfile as sf
+
+    clip, rate = sf.read(str(SPEECH), dtype="float32")
+    total = int(seconds * rate)
+    with sf.SoundFile(str(path), "w", rate, channels=1 if clip.ndim == 1 else clip.shape[1], subtype="PCM_16") as out:
+        written = 0
+        while written < total:
+            block = clip[: total - written]
+            out.write(block)
+            written += len(block)
+    return path
+
+
+def measure(command: list[str]) -> tuple[float, float, str]:
+    """(peak RSS in MiB, wall seconds, stdout) of a child process."""
+    with tempfile.TemporaryFile("w+") as log:
+        start = time.perf_counter()
+        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - start
+        log.seek(0)
+        output = log.read()
+    if child.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{output[-2000:]}")
+    return usage.ru_maxrss / 1024, wall, output
+
+
+def stage_rates(output: str) -> dict[str, float]:
+    """frames/s per stage from the table `avatar render` prints."""
+    rates = {}
+    for line in output.splitlines():
+        match = re.match(r"\s+([a-z -]+?)\s+([\d.]+)\s+([\d.]+)$", line)
+        if match:
+            rates[match.group(1).strip().replace(" ", "_") + "_fps"] = float(match.group(3))
+    return rates
+
+
+def run(quick: bool) -> list[dict]:
+    run_dir = trained_run()
+    if run_dir is None:
+        return [{"name": "export", "skipped": "no trained run: run `avatar demo` or set AVATAR_BENCH_RUN=RUN"}]
+    if not SPEECH.is_file():
+        return [{"name": "export", "skipped": f"{SPEECH} missing (the shared example data)"}]
+    # (audio seconds, output fps or None for the run's own)
+    cases = [(10, None), (10, 1.0), (120, 1.0)] if quick else [(60, None), (60, 1.0), (1800, 1.0)]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-export-") as tmp:
+        for seconds, fps in cases:
+            audio = looped_speech(Path(tmp) / f"speech_{seconds}s.wav", seconds)
+            command = [sys.executable, "-m", "avatar.cli", "render", str(run_dir), "--audio", str(audio),
+                       "--out", str(Path(tmp) / "out.mp4"), "--device", "cpu"]
+            if fps is not None:
+                command += ["--fps", str(fps)]
+            peak_mb, wall, output = measure(command)
+            rows.append({"name": f"render {seconds / 60:g} min of audio at {fps or 'native'} fps",
+                         "peak_rss_mb": round(peak_mb, 1), "wall_s": round(wall, 1), **stage_rates(output)})
+    return rows
+
+
+if __name__ == "__main__":
+    for row in run("--quick" in sys.argv):
+        print(row)

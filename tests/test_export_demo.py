@@ -1,0 +1,53 @@
+"""`avatar demo`: a clear message without the example data, and a rerun that reuses finished steps (the
+three pipeline steps are replaced by recorders here; the real demo is measured by hand, see README)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import avatar.demo as demo
+from avatar.errors import UserError
+from export_fixtures import speech_like, write_wav
+
+
+def test_missing_example_data_is_explained(tmp_path):
+    cfg = demo.DemoConfig(video=tmp_path / "nowhere.mp4", audio=tmp_path / "nowhere.wav", work=tmp_path / "demo")
+    with pytest.raises(UserError, match="shared/data"):
+        demo.run(cfg)
+    assert not (tmp_path / "demo").exists()
+
+
+def test_rerun_reuses_finished_steps(tmp_path, monkeypatch):
+    import avatar.export.video
+    import avatar.train.trainer
+    import preprocess.build
+
+    calls: list[str] = []
+
+    def fake_train(cfg):
+        calls.append(f"train resume={cfg.resume}")
+        (Path(cfg.out)).mkdir(parents=True)
+        (Path(cfg.out) / "avatar.pt").write_bytes(b"weights")
+
+    def fake_render(cfg):
+        calls.append("render")
+        Path(cfg.out).write_bytes(b"video")
+
+    import avatar.config_io
+    from avatar.train.config import TrainConfig
+
+    monkeypatch.setattr(avatar.config_io, "load_preset", lambda command, name, cls: TrainConfig())
+    monkeypatch.setattr(preprocess.build, "run", lambda cfg: calls.append("preprocess"))
+    monkeypatch.setattr(avatar.train.trainer, "run", fake_train)
+    monkeypatch.setattr(avatar.export.video, "run", fake_render)
+    video = tmp_path / "video.mp4"
+    video.write_bytes(b"stand-in")
+    audio = write_wav(tmp_path / "speech.wav", speech_like(0.5, 16000), 16000)
+    cfg = demo.DemoConfig(video=video, audio=audio, work=tmp_path / "demo")
+    result = demo.run(cfg)
+    assert calls == ["preprocess", "train resume=False", "render"] and result.is_file()
+    calls.clear()
+    demo.run(cfg)
+    assert calls == ["preprocess"]  # preprocessing checks its own cache; training and the video are reused
