@@ -16,7 +16,8 @@ BLENDSHAPE_NAMES = (
     "browOuterUpLeft", "browOuterUpRight", "browDownLeft", "browDownRight",
 )
 
-NOSE_BRIDGE, NOSE_BASE, CHIN = 168, 2, 152
+NOSE_BASE = 2
+LIP_OUTER_UP, LIP_OUTER_DOWN = 0, 17  # top of the upper lip, bottom of the lower lip (it rides on the jaw)
 LIP_INNER_UP, LIP_INNER_DOWN = 13, 14
 MOUTH_RIGHT, MOUTH_LEFT = 61, 291
 EYE_RIGHT = {"outer": 33, "inner": 133, "up": 159, "down": 145}
@@ -48,7 +49,9 @@ def blendshape_coefficients(shapes: np.ndarray) -> np.ndarray:
     """[N, 478, 3] faces in the head frame (metres; x toward the person's left, y down) -> [N, B]
     coefficients in the order of BLENDSHAPE_NAMES."""
     x, y = shapes[..., 0], shapes[..., 1]
-    jaw = _normalise(_dist(shapes, CHIN, NOSE_BRIDGE), rest_pct=5)
+    # The jaw drop, seen through the lower lip: mediapipe's chin points follow the jaw poorly (they slide along
+    # the face outline), while the outer lip distance tracks the opening the audio cares about.
+    jaw = _normalise(_dist(shapes, LIP_OUTER_UP, LIP_OUTER_DOWN), rest_pct=5)
     lips_open = _normalise(_dist(shapes, LIP_INNER_UP, LIP_INNER_DOWN), rest_pct=5)
     narrow = _normalise(-_dist(shapes, MOUTH_RIGHT, MOUTH_LEFT), rest_pct=50)
     # mouth corners relative to the nose base: outward (away from the midline) and upward

@@ -22,7 +22,7 @@ from avatar.contracts.camera import Intrinsics, project
 from avatar.errors import UserError
 from preprocess.blendshapes import BLENDSHAPE_NAMES, blendshape_coefficients
 from preprocess.landmarks import LandmarkDetections
-from preprocess.smoothing import lag_frames, rotation_signal, second_difference_energy, smooth_pose
+from preprocess.smoothing import jitter_ratios, lag_frames, rotation_signal, second_difference_energy, smooth_pose_adaptive
 from preprocess.tracker_interface import TrackResult
 
 EYE_CORNER_DISTANCE_M = 0.09  # typical adult outer canthal width (landmarks 33 and 263): sets the metric scale
@@ -220,9 +220,12 @@ def reprojection_error(shapes: np.ndarray, R: np.ndarray, t: np.ndarray, K: np.n
 class LandmarkFaceModel:
     """Implements preprocess.tracker_interface.FaceTracker with the person's own landmark face model."""
 
-    def __init__(self, num_expression_components: int = 32, smoothing_window_s: float = 0.3):
+    def __init__(self, num_expression_components: int = 64, jitter_reduction: float = 3.5,
+                 min_smoothing_window_s: float = 0.2, max_smoothing_window_s: float = 0.6):
         self.num_expression_components = num_expression_components  # PCA code size P
-        self.smoothing_window_s = smoothing_window_s  # Savitzky-Golay window of the pose smoothing, seconds
+        self.jitter_reduction = jitter_reduction  # pose smoothing target: raw / smoothed second-difference jitter
+        self.min_smoothing_window_s = min_smoothing_window_s  # Savitzky-Golay windows tried, shortest first
+        self.max_smoothing_window_s = max_smoothing_window_s
 
     def fit(self, det: LandmarkDetections, intrinsics: Intrinsics, fps: float) -> TrackResult:
         # Many small matrix products: BLAS threads only contend with each other (and with the other
@@ -246,7 +249,8 @@ class LandmarkFaceModel:
         _, R0, t0 = umeyama(np.broadcast_to(canonical[stable], points_cam[:, stable].shape), points_cam[:, stable],
                             weights, with_scale=False)
         R_raw, t_raw = fit_rigid_pose(canonical[stable], uv[:, stable], K, R0, t0)
-        R, t = smooth_pose(R_raw, t_raw, fps, self.smoothing_window_s)
+        R, t, window = smooth_pose_adaptive(R_raw, t_raw, fps, self.jitter_reduction, self.min_smoothing_window_s,
+                                            self.max_smoothing_window_s)
 
         basis = expression_basis(aligned, canonical, self.num_expression_components)
         codes = fit_expression(canonical, basis, uv, K, R, t)
@@ -257,16 +261,18 @@ class LandmarkFaceModel:
         err_model = reprojection_error(shapes, R, t, K, uv)
         err_rigid_raw = reprojection_error(canonical[None], R_raw, t_raw, K, uv)
         rot_raw, rot_smooth = rotation_signal(R_raw), rotation_signal(R)
+        jitter_rot, jitter_trans = jitter_ratios(R_raw, t_raw, R, t)
         stats = {
             "reprojection_error_px": float(err_model.mean()),
             "reprojection_error_px_at_512": float(err_model.mean() * scale_512),
             "reprojection_error_p95_px_at_512": float(np.percentile(err_model, 95) * scale_512),
             "rigid_only_reprojection_error_px_at_512": float(err_rigid_raw.mean() * scale_512),
-            "jitter_ratio_rotation": second_difference_energy(rot_raw) / max(second_difference_energy(rot_smooth), 1e-12),
-            "jitter_ratio_translation": second_difference_energy(t_raw) / max(second_difference_energy(t), 1e-12),
+            "jitter_ratio_rotation": jitter_rot,
+            "jitter_ratio_translation": jitter_trans,
             "jitter_ratio_landmarks": _projected_jitter(canonical[stable], R_raw, t_raw, K)
             / max(_projected_jitter(canonical[stable], R, t, K), 1e-12),
             "smoothing_lag_frames": lag_frames(np.c_[rot_raw, t_raw], np.c_[rot_smooth, t]),
+            "smoothing_window_frames": window,
             "expression_components": len(basis),
             "stable_landmarks": len(stable),
             **det.gap_stats(),

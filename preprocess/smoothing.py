@@ -2,7 +2,8 @@
 
 A causal filter (One-Euro, exponential) always trails the motion; the whole clip is known here, so a
 symmetric Savitzky-Golay filter (a local quadratic fit) removes jitter with exactly zero lag and keeps
-the peaks of real head motion better than a moving average. Rotations are filtered as rotation vectors
+the peaks of real head motion better than a moving average. Its window is the shortest that reaches a
+target jitter reduction (`smooth_pose_adaptive`). Rotations are filtered as rotation vectors
 relative to the clip's mean rotation, where they are small and nearly linear.
 """
 
@@ -13,23 +14,14 @@ from scipy.signal import savgol_filter
 from scipy.spatial.transform import Rotation
 
 
-def _window(fps: float, seconds: float) -> int:
-    """An odd window of about `seconds`, at least 5 frames (the quadratic fit needs room)."""
-    n = max(5, int(round(seconds * fps)))
-    return n if n % 2 else n + 1
-
-
 def mean_rotation(rotations: np.ndarray) -> np.ndarray:
     """[N, 3, 3] -> [3, 3] the chordal L2 mean rotation."""
     return Rotation.from_matrix(rotations).mean().as_matrix()
 
 
-def smooth_pose(rotations: np.ndarray, translations: np.ndarray, fps: float,
-                window_s: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
-    """[N, 3, 3], [N, 3] -> the same, smoothed in time with no lag (see module docstring)."""
-    n = len(rotations)
-    window = _window(fps, window_s)
-    if n < window:
+def smooth_pose(rotations: np.ndarray, translations: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """[N, 3, 3], [N, 3] -> the same, smoothed in time with no lag over an odd `window` of frames."""
+    if len(rotations) < window:
         return rotations.copy(), translations.copy()
     mean = mean_rotation(rotations)
     rel = Rotation.from_matrix(np.einsum("ij,njk->nik", mean.T, rotations)).as_rotvec()  # [N, 3]
@@ -37,6 +29,30 @@ def smooth_pose(rotations: np.ndarray, translations: np.ndarray, fps: float,
     smoothed_rot = np.einsum("ij,njk->nik", mean, Rotation.from_rotvec(rel).as_matrix())
     smoothed_t = savgol_filter(translations, window, polyorder=2, axis=0, mode="interp")
     return smoothed_rot.astype(rotations.dtype), smoothed_t.astype(translations.dtype)
+
+
+def jitter_ratios(rotations: np.ndarray, translations: np.ndarray, smoothed_rotations: np.ndarray,
+                  smoothed_translations: np.ndarray) -> tuple[float, float]:
+    """(rotation, translation) second-difference jitter of the raw pose over that of the smoothed pose."""
+    rot = second_difference_energy(rotation_signal(rotations)) / max(
+        second_difference_energy(rotation_signal(smoothed_rotations)), 1e-12)
+    trans = second_difference_energy(translations) / max(second_difference_energy(smoothed_translations), 1e-12)
+    return rot, trans
+
+
+def smooth_pose_adaptive(rotations: np.ndarray, translations: np.ndarray, fps: float, jitter_reduction: float,
+                         min_window_s: float, max_window_s: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """The least smoothing that divides the pose jitter by `jitter_reduction`: how much of the raw pose's
+    frame-to-frame change is noise differs between videos (face size, detector noise, how much the head
+    moves, fps), so a fixed window over- or under-smooths some of them. Windows from `min_window_s` to
+    `max_window_s` are tried in order. Returns the smoothed rotations, translations and the window (frames)."""
+    first = max(5, int(round(min_window_s * fps)) | 1)
+    last = max(first, int(round(max_window_s * fps)) | 1)
+    for window in range(first, last + 1, 2):
+        smoothed = smooth_pose(rotations, translations, window)
+        if min(jitter_ratios(rotations, translations, *smoothed)) >= jitter_reduction:
+            break
+    return *smoothed, window
 
 
 def second_difference_energy(signal: np.ndarray) -> float:
