@@ -147,11 +147,6 @@ class HashTriplane(nn.Module):
                             "bbox_max must exceed bbox_min on every axis.")
         self.register_buffer("bbox_min", bbox_min_t)
         self.register_buffer("bbox_max", bbox_max_t)
-        # geometry as buffers so that it moves with the module; never in the state dict (derived from cfg)
-        self.register_buffer("scales", torch.tensor(self.layout.scales, dtype=torch.float32), persistent=False)
-        for name, values in (("resolutions", self.layout.resolutions), ("table_sizes", self.layout.table_sizes),
-                             ("offsets", self.layout.offsets)):
-            self.register_buffer(name, torch.tensor(values, dtype=torch.int64), persistent=False)
         self.tables = nn.Parameter(  # [3, E, F]: one tcnn-compatible table per plane
             torch.empty(3, self.layout.entries_per_plane, cfg.features_per_level).uniform_(-1e-4, 1e-4))
         self.out_dim = 3 * cfg.num_levels * cfg.features_per_level
@@ -175,8 +170,7 @@ class HashTriplane(nn.Module):
         if backend == "cuda":
             from avatar.model._cuda_loader import hash_triplane_encode
 
-            return hash_triplane_encode(coords, self.tables, self.scales, self.resolutions, self.table_sizes,
-                                        self.offsets)
+            return hash_triplane_encode(coords, self.tables, self.layout)
         return encode_planes_torch(coords, self.tables, self.layout)
 
     def backend_for(self, points: Tensor) -> str:
@@ -196,11 +190,14 @@ class HashTriplane(nn.Module):
         if impl == "tcnn":
             raise UserError("hash tri-plane: implementation='tcnn' but tinycudann is not importable. Build "
                             "tiny-cuda-nn's torch bindings on this GPU machine, or use implementation='cuda' / 'auto'.")
+        unsupported = kernel_limits_error(self.cfg)
         if impl == "cuda":
+            if unsupported:
+                raise UserError(f"hash tri-plane: implementation='cuda': {unsupported}. Use implementation='torch'.")
             return "cuda"
         from avatar.model._cuda_loader import cuda_extension_error
 
-        error = cuda_extension_error()
+        error = unsupported or cuda_extension_error()
         if error is None:
             return "cuda"
         if not self._warned_fallback:
@@ -229,6 +226,15 @@ class HashTriplane(nn.Module):
             encoder.params = self.tables[plane].reshape(-1)
             outputs.append(encoder(coords[:, list(axes)].contiguous()).float())
         return torch.cat(outputs, dim=1)
+
+
+def kernel_limits_error(cfg: HashTriplaneConfig) -> str | None:
+    """Why our CUDA kernel cannot run this config (its sizes are compile-time constants), or None."""
+    if cfg.features_per_level not in (1, 2, 4, 8):
+        return f"the kernel supports features_per_level 1, 2, 4 or 8, not {cfg.features_per_level}"
+    if cfg.num_levels > 32:
+        return f"the kernel supports at most 32 levels, not {cfg.num_levels}"
+    return None
 
 
 def tcnn_available() -> bool:
