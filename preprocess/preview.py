@@ -126,8 +126,9 @@ def write_contact_sheet(root: Path, num_frames: int, intrinsics: Intrinsics, cou
     sheet = np.full((rows * tile, columns * tile, 3), 32, np.uint8)
     for k, (img, label) in enumerate(tiles):
         small = cv2.resize(np.ascontiguousarray(img), (tile, tile), interpolation=cv2.INTER_AREA)
-        cv2.putText(small, label, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(small, label, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+        (w, h), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
+        cv2.rectangle(small, (0, 0), (w + 10, h + 10), (0, 0, 0), -1)
+        cv2.putText(small, label, (5, h + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
         r, c = divmod(k, columns)
         sheet[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile] = small
     with atomic_path(path) as tmp:

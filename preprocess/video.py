@@ -125,25 +125,36 @@ def resampled_frames(path: Path | str, fps: float, start_s: float, max_frames: i
             i += 1
 
 
-def frames_at_times(path: Path | str, times_s: list[float]) -> Iterator[tuple[float, np.ndarray]]:
-    """Yield (time, [H, W, 3] RGB) for the frame on screen at each of the sorted `times_s`, seeking between
-    them so that a sparse scan of a long video does not decode all of it."""
+def frames_at_times(path: Path | str, times_s: list[float], seek_gap_s: float = 5.0) -> Iterator[tuple[float, np.ndarray]]:
+    """Yield (time, [H, W, 3] RGB) for the frame on screen at each of the sorted `times_s`. Decoding runs
+    forward; it seeks only across gaps longer than `seek_gap_s`, because a seek restarts decoding at a key
+    frame (often seconds earlier), which costs more than decoding a short gap."""
     path = Path(path)
     with _open(path) as container:
         stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
         tb = float(stream.time_base)
+        frames = _decoded(path, container)
+        shown = None  # (time, frame): the last decoded frame at or before the current target
+        ahead = None  # (time, frame): a decoded frame past the current target, for the next targets
         for target in times_s:
-            try:
-                container.seek(int(target / tb), stream=stream, backward=True, any_frame=False)
-            except Exception:  # noqa: BLE001 - unseekable input: decode from where we are
-                pass
-            previous = None
-            for frame in _decoded(path, container):
+            position = (ahead or shown or (float("-inf"),))[0]
+            if target - position > seek_gap_s:
+                try:
+                    container.seek(int(target / tb), stream=stream, backward=True, any_frame=False)
+                    frames, shown, ahead = _decoded(path, container), None, None
+                except Exception:  # noqa: BLE001 - unseekable input: keep decoding forward
+                    pass
+            if ahead is not None and ahead[0] <= target:
+                shown, ahead = ahead, None
+            while ahead is None:
+                frame = next(frames, None)
+                if frame is None:
+                    break
                 t = _frame_time(frame, target)
-                if t > target and previous is not None:
-                    break
-                previous = frame
-                if t >= target:
-                    break
-            if previous is not None:
-                yield target, previous.to_ndarray(format="rgb24")
+                if t <= target or shown is None:
+                    shown = (t, frame)
+                else:
+                    ahead = (t, frame)
+            if shown is not None:
+                yield target, shown[1].to_ndarray(format="rgb24")

@@ -60,12 +60,13 @@ def test_resampling_30_to_25_fps(shared_data, clip_dir):
 
 def test_seeking_scan_matches_sequential_decode(vfr_clip):
     times, source = _decode_all(vfr_clip)
-    targets = [0.5, 2.02, 4.9]
-    got = list(frames_at_times(vfr_clip, targets))
-    assert [t for t, _ in got] == targets
-    for target, frame in got:
-        shown = max(j for j, t in enumerate(times) if t <= target)
-        assert np.array_equal(frame, source[shown])
+    targets = [0.5, 0.53, 2.02, 4.9]
+    for seek_gap_s in (5.0, 0.1):  # decoding forward, and seeking between every target
+        got = list(frames_at_times(vfr_clip, targets, seek_gap_s=seek_gap_s))
+        assert [t for t, _ in got] == targets
+        for target, frame in got:
+            shown = max(j for j, t in enumerate(times) if t <= target)
+            assert np.array_equal(frame, source[shown]), (seek_gap_s, target)
 
 
 def test_probe_reports_bad_files(tmp_path, shared_data):
