@@ -30,6 +30,7 @@ from avatar.errors import UserError
 
 MARGIN_ROWS = 4  # 4 hops of 10 ms = 640 samples >= the 512-sample half window of the pitch tracker
 ROWS_PER_CHUNK = 3000  # 30 s of feature rows per extractor call
+MAX_CHUNK_S = 30.0  # a chunk of frames covers at most this much audio, whatever the frame rate
 
 
 class SampleReader:
@@ -168,6 +169,7 @@ def window_chunks(scan: AudioScan, extractor: MelFeatures, stats: tuple[np.ndarr
     `chunk_frames`, equal to context_windows(frame_windows(normalize_features(all rows), ...), context)."""
     num_frames = scan.num_frames(fps)
     total_rows = 1 + scan.num_samples // extractor.hop
+    chunk_frames = max(1, min(chunk_frames, int(fps * MAX_CHUNK_S)))  # rows held span ~ a chunk's duration
     blocks = feature_rows(scan, extractor)
     held = np.zeros((0, extractor.dim), np.float32)  # normalised rows [held_start, held_start + len)
     held_start = 0
