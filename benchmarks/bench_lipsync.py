@@ -1,0 +1,124 @@
+"""Lip-sync proxy of the audio encoder: how well the predicted expression opens the mouth on the validation
+frames (the last 10 % of each clip, audio never trained on), against the ridge baseline of issue 4.
+
+For each dataset directory (default: /tmp/ds_macron, /tmp/ds_german, /tmp/ds_obama, those that exist):
+- ridge: ridge regression from the +-80 ms normalised log-mel window of a frame to its inner-lip opening
+  (tracked landmarks 13-14 over the face width), fitted on the training frames; the penalty is picked on the
+  last 10 % of the training frames;
+- encoder: `train_audio_encoder`, its prediction turned into an expression code, the landmarks rebuilt
+  (canonical + code @ basis) and the same opening measured there.
+Numbers are correlations over time on the validation frames, against the opening of the tracked 2D landmarks
+("vs 2D") and of the tracked expression code ("vs code"). Train time is wall clock and process CPU seconds.
+
+    python benchmarks/bench_lipsync.py [DATASET ...] [--steps 600] [--seeds 0] [--set key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from avatar.contracts.dataset import Dataset
+from avatar.model.audio_encoder import (
+    FACE_LEFT, FACE_RIGHT, INNER_LIP_LOWER, INNER_LIP_UPPER, AudioEncoderConfig, expression_targets,
+    expression_to_code, lip_opening, predict_expression, train_audio_encoder,
+)
+
+DEFAULT_DATASETS = [Path("/tmp/ds_macron"), Path("/tmp/ds_german"), Path("/tmp/ds_obama")]
+RIDGE_PENALTIES = [1.0, 10.0, 100.0, 1e3, 1e4]
+
+
+def tracked_opening_2d(dataset: Dataset) -> np.ndarray:
+    """[N] inner-lip opening of the tracked image landmarks over the face width (what `avatar eval` measures)."""
+    lm = np.asarray(dataset.tracking("landmarks"), np.float64)
+    return np.linalg.norm(lm[:, INNER_LIP_UPPER] - lm[:, INNER_LIP_LOWER], axis=1) / np.linalg.norm(
+        lm[:, FACE_LEFT] - lm[:, FACE_RIGHT], axis=1)
+
+
+def corr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else float("nan")
+
+
+def ridge_baseline(dataset: Dataset, opening: np.ndarray) -> np.ndarray:
+    """[N] ridge prediction of `opening` from each frame's log-mel window (the energy and pitch rows left out)."""
+    n_mels = dataset.manifest.features.dim - 2
+    x = dataset.audio_windows()[:, :, :n_mels].reshape(dataset.num_frames, -1).astype(np.float64)
+    train = dataset.indices("train")
+
+    def fit(rows: np.ndarray, penalty: float) -> np.ndarray:
+        mean_x, mean_y = x[rows].mean(0), opening[rows].mean()
+        xc = x[rows] - mean_x
+        w = np.linalg.solve(xc.T @ xc + penalty * np.eye(x.shape[1]), xc.T @ (opening[rows] - mean_y))
+        return (x - mean_x) @ w + mean_y
+
+    split = int(round(len(train) * 0.9))
+    penalty = max(RIDGE_PENALTIES, key=lambda p: corr(fit(train[:split], p)[train[split:]], opening[train[split:]]))
+    return fit(train, penalty)
+
+
+def evaluate(root: Path, cfg: AudioEncoderConfig, steps: int, seeds: list[int]) -> dict:
+    dataset = Dataset(root)
+    val = dataset.indices("val")
+    open_2d = tracked_opening_2d(dataset)
+    open_code = lip_opening(np.asarray(dataset.tracking("expression_pca")), dataset)
+    ridge = ridge_baseline(dataset, open_2d)
+    _, info = expression_targets(dataset)
+    windows = dataset.audio_windows(context=cfg.context)[val]
+    row = {"dataset": root.name, "val_frames": len(val), "ridge_vs_2d": corr(ridge[val], open_2d[val]),
+           "code_vs_2d": corr(open_code[val], open_2d[val])}
+    results = []
+    for seed in seeds:
+        wall, cpu = time.perf_counter(), time.process_time()
+        encoder, metrics = train_audio_encoder(dataset, cfg, steps, seed)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        pred = expression_to_code(torch.from_numpy(predict_expression(encoder, windows)), info).numpy()
+        opening = lip_opening(pred, dataset)
+        results.append({"enc_vs_2d": corr(opening, open_2d[val]), "enc_vs_code": corr(opening, open_code[val]),
+                         "train_wall_s": wall, "train_cpu_s": cpu, "best_steps": metrics["best_steps"]})
+    for key in ("enc_vs_2d", "enc_vs_code", "train_wall_s", "train_cpu_s"):
+        row[key] = float(np.mean([r[key] for r in results]))
+    row["enc_vs_2d_per_seed"] = [round(r["enc_vs_2d"], 3) for r in results]
+    row["best_steps"] = [r["best_steps"] for r in results]
+    return row
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """key=value strings -> AudioEncoderConfig field values of the field's own type."""
+    types = {f.name: type(getattr(AudioEncoderConfig(), f.name)) for f in dataclasses.fields(AudioEncoderConfig)}
+    out = {}
+    for pair in pairs:
+        key, value = pair.split("=", 1)
+        out[key] = types[key](value)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("datasets", nargs="*", type=Path, default=DEFAULT_DATASETS)
+    parser.add_argument("--steps", type=int, default=600, help="training steps per ensemble member (at most)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one training per seed, numbers averaged")
+    parser.add_argument("--set", nargs="*", default=[], help="AudioEncoderConfig overrides, key=value")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    cfg = dataclasses.replace(AudioEncoderConfig(), **parse_overrides(args.set))
+    print(f"config: {dataclasses.asdict(cfg)}; steps {args.steps}; seeds {args.seeds}")
+    header = f"{'dataset':<12} {'val':>4} {'ridge':>6} {'encoder':>8} {'enc/code':>8} {'code/2D':>8} {'wall s':>7} {'cpu s':>6}  per seed"
+    print(header)
+    for root in args.datasets:
+        if not (root / "manifest.json").is_file():
+            print(f"{root.name:<12} (no dataset at {root})")
+            continue
+        r = evaluate(root, cfg, args.steps, args.seeds)
+        print(f"{r['dataset']:<12} {r['val_frames']:>4} {r['ridge_vs_2d']:>6.3f} {r['enc_vs_2d']:>8.3f} "
+              f"{r['enc_vs_code']:>8.3f} {r['code_vs_2d']:>8.3f} {r['train_wall_s']:>7.1f} {r['train_cpu_s']:>6.1f}  "
+              f"{r['enc_vs_2d_per_seed']} best steps {r['best_steps']}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
