@@ -30,7 +30,8 @@ class RenderConfig:
     fps: Optional[float] = None
     """output frame rate; default: the training video's"""
     resolution: Optional[int] = None
-    """side of the rendered square in pixels; default: the run's training resolution"""
+    """side of the output square in pixels; default: the run's training resolution (the avatar renders at that
+    resolution, since its torso layer and plate are images of that size, and frames are resized)"""
     crf: int = 18
     """H.264 quality: 0 lossless .. 51 worst; 18 looks transparent, 23 is x264's default"""
     encoder_speed: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"] = "veryfast"
