@@ -104,8 +104,8 @@ def make_dataset(root: Path, num_frames: int = 100) -> Path:
 
 class EnergyMouthHead(torch.nn.Module):
     """Test double of `TalkingHead` (same attributes and render signature): a grey face on the background
-    whose dark mouth opens with the log energy of the frame's own audio window and whose eyes close with
-    the blink value. It lets the export tests read sync and blinks off the output video."""
+    whose dark mouth opens with the log energy of the frame's own audio window (closed for all-zero audio)
+    and whose eyes close with the blink value. It lets the export tests read sync and blinks off the output video."""
 
     fps, resolution, feature_window, audio_context = FPS, RES, 16, 2
     MOUTH = (slice(40, 52), slice(24, 40))  # rows, columns that the mouth can cover
@@ -126,7 +126,8 @@ class EnergyMouthHead(torch.nn.Module):
             raise RuntimeError("the test double fails here on purpose")
         b, k = cond.audio.shape[0], self.audio_context
         energy = cond.audio[:, k, 4:12, MelFeatures().n_mels].mean(1)  # [B] centre frame, central rows
-        opening = torch.sigmoid(2.0 * energy)  # 0..1
+        rest = cond.audio.flatten(1).abs().amax(1) == 0  # all-zero audio: the closed mouth, as TalkingHead learns
+        opening = torch.where(rest, 0.0, torch.sigmoid(2.0 * energy))  # 0..1
         plate = torch.zeros(RES, RES, 3)
         plate[..., 1] = 200 / 255
         rgb = (plate if background is None else background).expand(b, RES, RES, 3).clone()

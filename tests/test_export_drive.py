@@ -12,8 +12,7 @@ from avatar.contracts.audio import (MelFeatures, context_windows, feature_stats,
                                     load_audio, normalize_features)
 from avatar.contracts.dataset import Dataset
 from avatar.export import streaming
-from avatar.export.drive import (blink_schedule, detect_blinks, pose_schedule, silence_window, training_frames,
-                                 typical_pose_index)
+from avatar.export.drive import blink_schedule, detect_blinks, pose_schedule, training_frames, typical_pose_index
 from export_fixtures import FPS, make_dataset, speech_like, write_wav
 
 
@@ -106,14 +105,6 @@ def test_blinks_from_the_persons_statistics(dataset):
     assert np.median(blinks[:, 0]) == pytest.approx(open_level[0], abs=1e-6)
     np.testing.assert_array_equal(blinks, blink_schedule(dataset, int(seconds * fps), fps, None, seed=1))
     assert np.all(blink_schedule(dataset, 10, fps, 0.25) == 0.25)
-
-
-def test_silence_window_is_the_training_clips_quietest_moment(dataset):
-    window = silence_window(dataset, 16, 2)
-    assert window.shape == (5, 16, MelFeatures().dim)
-    energy = window[:, :, MelFeatures().n_mels]
-    everything = normalize_features(np.asarray(dataset.audio_features), dataset.feature_stats())[:, MelFeatures().n_mels]
-    assert energy.mean() < np.percentile(everything, 20)
 
 
 def test_scan_detects_silence(tmp_path):

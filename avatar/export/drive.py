@@ -174,31 +174,15 @@ def feature_extractor(info: FeatureInfo) -> MelFeatures:
     return extractor
 
 
-def silence_window(dataset: Dataset, window: int, context: int) -> np.ndarray:
-    """[2 * context + 1, window, F] normalised windows around the training video's quietest moment. Silent
-    audio drives every frame with it: the face then rests as it did in the person's own pause (a still,
-    closed mouth), instead of reacting to background noise blown up by normalisation."""
-    from avatar.contracts.audio import context_windows, frame_window_rows, normalize_features
-
-    info, n = dataset.manifest.features, dataset.num_frames
-    raw = dataset.audio_features  # [T, F] memory-mapped
-    rows = frame_window_rows(info.rate_hz, dataset.fps, n, window, 0, raw.shape[0])  # [N, W]
-    energy = np.asarray(raw[:, MelFeatures().n_mels], np.float32)[rows].mean(1)  # log energy per frame window
-    spread = np.clip(np.arange(n)[:, None] + np.arange(-context, context + 1)[None, :], 0, n - 1)
-    train = dataset.indices("train")
-    quietest = int(train[np.argmin(energy[spread[train]].mean(1))])
-    frames = np.clip(np.arange(quietest - context, quietest + context + 1), 0, n - 1)
-    windows = normalize_features(np.asarray(raw[rows[frames]], np.float32), dataset.feature_stats())
-    return context_windows(windows, context)[context]
-
-
 def driving_windows(scan: AudioScan, dataset: Dataset, fps: float, window: int, context: int,
                     chunk_frames: int) -> Iterator[np.ndarray]:
     """Chunks of [b, 2 * context + 1, window, F] windows for the scan's frames at `fps`: the clip's own
-    normalised features, or for silent audio the training video's quietest moment (`silence_window`)."""
+    normalised features; for a silent clip all zeros, the input the audio encoder is trained to answer with
+    the person's closed mouth (a digitally silent clip normalises to exactly that; near-silence, whose
+    noise normalisation would blow up to speech level, is given it too)."""
     num_frames = scan.num_frames(fps)
     if scan.silent:
-        rest = silence_window(dataset, window, context)
+        rest = np.zeros((2 * context + 1, window, dataset.manifest.features.dim), np.float32)
         return (np.broadcast_to(rest, (min(chunk_frames, num_frames - first),) + rest.shape)
                 for first in range(0, num_frames, chunk_frames))
     extractor = feature_extractor(dataset.manifest.features)
