@@ -238,7 +238,7 @@ class LandmarkFaceModel:
     def _fit(self, det: LandmarkDetections, intrinsics: Intrinsics, fps: float) -> TrackResult:
         mp3d = det.landmarks_mp3d.astype(np.float64)
         if len(mp3d) < 2:
-            raise UserError("video: too few frames to build a face model (need at least 2).")
+            raise UserError("the clip: too few frames to build a face model (need at least 2). Use a longer video.")
         K = intrinsics.K
         uv = mp3d[..., :2]
         points_cam = lift_to_camera(mp3d, intrinsics)
@@ -267,6 +267,9 @@ class LandmarkFaceModel:
             "reprojection_error_px_at_512": float(err_model.mean() * scale_512),
             "reprojection_error_p95_px_at_512": float(np.percentile(err_model, 95) * scale_512),
             "rigid_only_reprojection_error_px_at_512": float(err_rigid_raw.mean() * scale_512),
+            # the same with the smoothed pose: how much real motion the smoothing took out, for the code to absorb
+            "rigid_smoothed_reprojection_error_px_at_512": float(
+                reprojection_error(canonical[None], R, t, K, uv).mean() * scale_512),
             "jitter_ratio_rotation": jitter_rot,
             "jitter_ratio_translation": jitter_trans,
             "jitter_ratio_landmarks": _projected_jitter(canonical[stable], R_raw, t_raw, K)

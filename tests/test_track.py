@@ -27,7 +27,8 @@ def synthetic_face(seed: int = 0) -> np.ndarray:
     named = {33: (-0.045, -0.02, -0.04), 133: (-0.015, -0.02, -0.045), 263: (0.045, -0.02, -0.04),
              362: (0.015, -0.02, -0.045), 10: (0, -0.09, -0.04), 152: (0, 0.1, -0.045), 168: (0, -0.025, -0.06),
              2: (0, 0.025, -0.07), 13: (0, 0.045, -0.06), 14: (0, 0.05, -0.06), 61: (-0.025, 0.05, -0.05),
-             291: (0.025, 0.05, -0.05)}
+             291: (0.025, 0.05, -0.05), 159: (-0.03, -0.027, -0.045), 145: (-0.03, -0.013, -0.045),
+             386: (0.03, -0.027, -0.045), 374: (0.03, -0.013, -0.045)}
     for i, p in named.items():
         face[i] = p
     for right, left in MIRROR_PAIRS:
@@ -148,3 +149,20 @@ def test_find_faces_for_crop_any_resolution_and_two_faces(shared_data):
     assert len(faces_pair) == 2 and faces_pair[0][:, 0].mean() < 512
     det = detect_landmarks(iter([pair] * 3), show_progress=False)
     assert (det.num_faces == 2).all() and det.landmarks_mp3d[:, :, 0].mean() < 512
+
+
+def test_blinks_are_named_by_the_persons_own_side():
+    """The person's left eye (mediapipe 386/374, image right in a frontal view) closing gives eyeBlinkLeft."""
+    face = synthetic_face()
+    n = 100
+    R_true, t_true = head_motion(n)
+    faces = np.repeat(face[None], n, 0)
+    blink = np.zeros(n)
+    blink[[20, 21, 22, 60, 61, 62]] = 1.0
+    faces[:, 386, 1] += 0.006 * blink  # upper lid down
+    faces[:, 374, 1] -= 0.006 * blink  # lower lid up: the aperture shrinks from 14 to 2 mm
+    result = LandmarkFaceModel().fit(synthetic_detections(faces, R_true, t_true, INTRINSICS.K), INTRINSICS, 25.0)
+    b = result.arrays["blendshapes"]
+    left, right = b[:, BLENDSHAPE_NAMES.index("eyeBlinkLeft")], b[:, BLENDSHAPE_NAMES.index("eyeBlinkRight")]
+    assert left[blink > 0].min() > 0.9 and left[blink == 0].max() < 0.1
+    assert right.max() < 0.1
