@@ -1,7 +1,7 @@
 """`avatar preprocess`: video -> dataset directory (format: avatar.contracts.dataset), step by step.
 
 Steps, each cached and atomic (preprocess.steps): audio -> crop -> frames -> landmarks -> track ->
-masks -> background -> features -> preview; manifest.json is written last, so a directory without it is
+masks (and the background plate) -> features -> preview; manifest.json is written last, so a directory without it is
 never mistaken for a finished dataset. Frames stream from disk through every step: memory stays bounded
 by a few frames plus the per-frame tracking arrays.
 """
@@ -14,6 +14,8 @@ import platform
 import shutil
 import sys
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
@@ -47,16 +49,44 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def stored_frames(root: Path, num_frames: int, name: str = "", indices: Iterator[int] | None = None) -> Iterator[np.ndarray]:
-    """Stream the dataset's RGB frames back from disk (with a progress bar when `name` is given)."""
-    order = range(num_frames) if indices is None else indices
-    for i in _progress(order, name, num_frames) if name else order:
-        img = cv2.imread(str(root / "frames" / f"{frame_name(i)}.jpg"), cv2.IMREAD_COLOR)
-        yield img[:, :, ::-1]
+def _read_rgb(path: Path) -> np.ndarray:
+    return cv2.imread(str(path), cv2.IMREAD_COLOR)[:, :, ::-1]
 
 
-def stored_masks(root: Path, i: int) -> np.ndarray:
-    return cv2.imread(str(root / "masks" / f"{frame_name(i)}.png"), cv2.IMREAD_UNCHANGED)
+def stored_frames(root: Path, num_frames: int, name: str = "", read_ahead: int = 4) -> Iterator[np.ndarray]:
+    """Stream the dataset's RGB frames back from disk (with a progress bar when `name` is given). A helper
+    thread decodes the next few JPEGs while the caller works on the current frame."""
+    paths = [root / "frames" / f"{frame_name(i)}.jpg" for i in range(num_frames)]
+    with ThreadPoolExecutor(1) as pool:
+        pending: deque = deque(pool.submit(_read_rgb, p) for p in paths[:read_ahead])
+        for i in _progress(range(num_frames), name, num_frames) if name else range(num_frames):
+            if i + read_ahead < num_frames:
+                pending.append(pool.submit(_read_rgb, paths[i + read_ahead]))
+            yield pending.popleft().result()
+
+
+class BackgroundWriter:
+    """Writes images on helper threads (OpenCV encodes without holding the GIL), at most `limit` pending."""
+
+    def __init__(self, threads: int = 2, limit: int = 8):
+        self.pool = ThreadPoolExecutor(threads)
+        self.pending: deque = deque()
+        self.limit = limit
+
+    def write(self, path: Path, image: np.ndarray, params: list[int] | None = None) -> None:
+        self.pending.append(self.pool.submit(cv2.imwrite, str(path), image, params or []))
+        while len(self.pending) > self.limit:
+            self.pending.popleft().result()
+
+    def __enter__(self) -> "BackgroundWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            while self.pending:
+                self.pending.popleft().result()  # re-raises a failed write
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def dataset_intrinsics(cfg: PreprocessConfig, crop: Crop) -> Intrinsics:
@@ -170,11 +200,12 @@ class Builder:
         params = [cv2.IMWRITE_JPEG_QUALITY, self.cfg.jpeg_quality]
         count = 0
         with atomic_dir(self.root / "frames") as tmp:
-            source = resampled_frames(self.cfg.video, self.cfg.fps, self.origin_s, max_frames)
-            for i, rgb in enumerate(_progress(source, "frames", max_frames)):
-                image = apply_crop(rgb, crop)
-                cv2.imwrite(str(tmp / f"{frame_name(i)}.jpg"), image[:, :, ::-1], params)
-                count = i + 1
+            with BackgroundWriter() as writer:
+                source = resampled_frames(self.cfg.video, self.cfg.fps, self.origin_s, max_frames)
+                for i, rgb in enumerate(_progress(source, "frames", max_frames)):
+                    image = np.ascontiguousarray(apply_crop(rgb, crop)[:, :, ::-1])
+                    writer.write(tmp / f"{frame_name(i)}.jpg", image, params)
+                    count = i + 1
             seconds = count / self.cfg.fps
             stated = self._stated_duration()
             if stated == stated and count < max_frames and seconds < 0.9 * stated - 0.5:
@@ -227,30 +258,27 @@ class Builder:
                 "stats": _jsonable(result.stats)}
 
     def step_masks(self, num_frames: int) -> dict:
+        """Masks of every frame and, in the same pass over the frames, the background plate."""
+        from preprocess.background import BackgroundAccumulator
         from preprocess.masks import MaskMaker
 
         landmarks = np.load(self.root / "tracking" / "landmarks.npy", mmap_mode="r")
         make_mask = MaskMaker()
-        area = {name: 0.0 for name in MASK_BITS}
-        with atomic_dir(self.root / "masks") as tmp:
+        plate = BackgroundAccumulator(self.cfg.resolution, self.cfg.resolution)
+        pixels_per_value = np.zeros(256, np.int64)  # histogram of the mask bytes over all frames
+        with atomic_dir(self.root / "masks") as tmp, BackgroundWriter(threads=1) as writer:
             for i, rgb in enumerate(stored_frames(self.root, num_frames, "masks")):
                 bits = make_mask(rgb, np.asarray(landmarks[i]))
-                cv2.imwrite(str(tmp / f"{frame_name(i)}.png"), bits)
-                for name, bit in MASK_BITS.items():
-                    area[name] += float(np.mean(bits >> bit & 1))
-        make_mask.close()
-        return {"frames": num_frames, "mean_area": {k: round(v / num_frames, 4) for k, v in area.items()}}
-
-    def step_background(self, num_frames: int) -> dict:
-        from preprocess.background import BackgroundAccumulator
-
-        acc = BackgroundAccumulator(self.cfg.resolution, self.cfg.resolution)
-        for i, rgb in enumerate(stored_frames(self.root, num_frames, "background")):
-            acc.add(rgb, stored_masks(self.root, i))
-        plate = acc.result()
-        with atomic_path(self.root / "background.png") as tmp:
-            cv2.imwrite(str(tmp), np.ascontiguousarray(plate[:, :, ::-1]))
-        return {"frames": num_frames}
+                writer.write(tmp / f"{frame_name(i)}.png", bits)
+                plate.add(rgb, bits)
+                pixels_per_value += np.bincount(bits.ravel(), minlength=256)
+            make_mask.close()
+            with atomic_path(self.root / "background.png") as png:
+                cv2.imwrite(str(png), np.ascontiguousarray(plate.result()[:, :, ::-1]))
+        values, total = np.arange(256), pixels_per_value.sum()
+        area = {name: round(float(pixels_per_value[(values >> bit & 1) == 1].sum() / total), 4)
+                for name, bit in MASK_BITS.items()}
+        return {"frames": num_frames, "mean_area": area}
 
     def step_features(self) -> dict:
         import soundfile as sf
@@ -289,7 +317,6 @@ class Builder:
         lm = run("landmarks", {"max_missing": cfg.max_missing_face}, lambda: self.step_landmarks(n))
         track = run("track", {"intrinsics": intrinsics.__dict__}, lambda: self.step_track(intrinsics))
         masks = run("masks", {}, lambda: self.step_masks(n))
-        run("background", {}, lambda: self.step_background(n))
         feats = run("features", {"window": cfg.feature_window}, self.step_features)
         run("preview", {"seconds": cfg.preview_seconds, "sheet": cfg.contact_sheet_frames},
             lambda: self.step_preview(n, intrinsics))
@@ -326,7 +353,7 @@ class Builder:
                      "time_origin_s": self.origin_s},
             "jaw_open_energy_correlation": jaw_energy_correlation(self.root, n, self.cfg.fps, track["blendshape_names"]),
             "mask_mean_area": masks["mean_area"],
-            "steps": {name: {k: r[k] for k in ("seconds", "cpu_seconds", "frames_per_s") if k in r}
+            "steps": {name: {k: r[k] for k in ("seconds", "cpu_seconds", "frames_per_s", "frames_per_cpu_s") if k in r}
                       for name, r in records.items()},
             "warnings": [w for r in records.values() for w in r.get("warnings", [])],
         }

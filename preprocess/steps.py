@@ -65,6 +65,7 @@ class StepRunner:
             record["cpu_seconds"] = round(time.process_time() - cpu_start, 3)  # the machine may be shared
             if record.get("frames"):
                 record["frames_per_s"] = round(record["frames"] / max(record["seconds"], 1e-6), 1)
+                record["frames_per_cpu_s"] = round(record["frames"] / max(record["cpu_seconds"], 1e-6), 1)
             write_json(path, {"fingerprint": fingerprint, "record": record})
             print(f"[{name}] done in {record['seconds']:.1f} s (CPU {record['cpu_seconds']:.1f} s)", file=sys.stderr)
         for message in record.get("warnings", []):

@@ -63,7 +63,7 @@ def test_manifest_describes_the_dataset(dataset, sync_clip):
     assert m.features.dim == 82 and len(m.features.mean) == len(m.features.std) == 82
     assert {"numpy", "av", "mediapipe", "librosa", "python"} <= set(m.versions)
     steps = m.stats["steps"]
-    assert set(steps) == {"audio", "crop", "frames", "landmarks", "track", "masks", "background", "features", "preview"}
+    assert set(steps) == {"audio", "crop", "frames", "landmarks", "track", "masks", "features", "preview"}
     assert steps["landmarks"]["frames_per_s"] > 0
     assert m.stats["tracking"]["reprojection_error_px_at_512"] < 1.0
     json.dumps(m.to_json())  # plain JSON all the way down
