@@ -305,21 +305,22 @@ class Builder:
     def build(self) -> Manifest:
         cfg, run = self.cfg, self.steps.run
         source = {"sha256": self.source_sha, "audio_sha256": self.audio_sha, "origin_s": self.origin_s}
-        audio = run("audio", source, self.step_audio)
+        audio = run("audio", source, self.step_audio, ("audio.wav",))
         crop_rec = run("crop", {"resolution": cfg.resolution, "scale": cfg.crop_scale, "face_y": cfg.crop_face_y,
                                 "samples": cfg.crop_samples}, self.step_crop)
         crop = Crop(**crop_rec["crop"])
         max_frames = num_frames_for(audio["num_samples"], SAMPLE_RATE, cfg.fps)
         frames = run("frames", {"fps": cfg.fps, "jpeg": cfg.jpeg_quality, "min_s": cfg.min_duration_s},
-                     lambda: self.step_frames(crop, max_frames))
+                     lambda: self.step_frames(crop, max_frames), ("frames",))
         n = frames["frames"]
         intrinsics = dataset_intrinsics(cfg, crop)
-        lm = run("landmarks", {"max_missing": cfg.max_missing_face}, lambda: self.step_landmarks(n))
-        track = run("track", {"intrinsics": intrinsics.__dict__}, lambda: self.step_track(intrinsics))
-        masks = run("masks", {}, lambda: self.step_masks(n))
-        feats = run("features", {"window": cfg.feature_window}, self.step_features)
+        lm = run("landmarks", {"max_missing": cfg.max_missing_face}, lambda: self.step_landmarks(n),
+                 (f"{MARKER_DIR}/detections.npz",))
+        track = run("track", {"intrinsics": intrinsics.__dict__}, lambda: self.step_track(intrinsics), ("tracking",))
+        masks = run("masks", {}, lambda: self.step_masks(n), ("masks", "background.png"))
+        feats = run("features", {"window": cfg.feature_window}, self.step_features, ("audio_features.npy",))
         run("preview", {"seconds": cfg.preview_seconds, "sheet": cfg.contact_sheet_frames},
-            lambda: self.step_preview(n, intrinsics))
+            lambda: self.step_preview(n, intrinsics), ("preview.mp4", "contact_sheet.png"))
 
         n_val = int(round(n * cfg.val_fraction))
         if cfg.val_fraction > 0:

@@ -13,7 +13,7 @@ import tyro
 class PreprocessConfig:
     """Build a training dataset from one talking video of one person."""
 
-    video: Annotated[Path, tyro.conf.Positional] = tyro.MISSING  # type: ignore[assignment]
+    video: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="VIDEO")] = tyro.MISSING  # type: ignore[assignment]
     """the input video (mp4, mov, mkv, webm, ...; constant or variable frame rate, any resolution)"""
     out: Path = Path("data/dataset")
     """the dataset directory to write (a rerun resumes it; see --force)"""
@@ -24,16 +24,18 @@ class PreprocessConfig:
     audio: Optional[Path] = None
     """audio file to use instead of the video's own soundtrack (needed when the video has none)"""
     val_fraction: float = 0.1
-    """the last this share of the frames is the validation split"""
+    """share of the frames, at the end of the clip, held out as the validation split"""
     fov_deg: float = 20.0
-    """vertical field of view of the dataset image, used when --focal-px is not given (20 deg is a
-    telephoto-like framing: about 1250 px focal at 450 px, close to what talking-head NeRF work assumes)"""
+    """vertical field of view of the dataset image, used when --focal-px is not given (20 deg: a
+    telephoto-like 1450 px focal at 512 px, close to the 1200 px at 450 px of AD-NeRF/ER-NeRF datasets)"""
     focal_px: Optional[float] = None
     """focal length in pixels of the SOURCE video (e.g. from a calibration); overrides --fov-deg"""
     crop_scale: float = 2.2
-    """side of the square crop as a multiple of the face height (forehead to chin): head and shoulders"""
+    """side of the square crop as a multiple of the face height (forehead to chin): 2.2 frames the head and
+    shoulders with the face about 45 % of the image height, as in the usual talking-head datasets"""
     crop_face_y: float = 0.48
-    """where the face centre sits vertically in the crop (0 top, 1 bottom): below 0.5 keeps the shoulders"""
+    """where the face centre sits vertically in the crop (0 top, 1 bottom); the hair is above the measured
+    face, so the middle leaves room for both the hair and the shoulders"""
     crop_samples: int = 32
     """frames sampled evenly over the clip to choose the one fixed crop"""
     min_duration_s: float = 5.0

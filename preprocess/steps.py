@@ -40,21 +40,21 @@ class StepRunner:
         text = json.dumps({"step": name, "inputs": inputs, "after": self.fingerprint}, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-    def is_done(self, name: str, inputs: dict) -> bool:
+    def is_done(self, name: str, inputs: dict, outputs: tuple[str, ...] = ()) -> bool:
         path = self.marker(name)
-        if self.force or not path.is_file():
+        if self.force or not path.is_file() or not all((self.root / o).exists() for o in outputs):
             return False
         try:
             return json.loads(path.read_text()).get("fingerprint") == self._fingerprint(name, inputs)
         except json.JSONDecodeError:
             return False
 
-    def run(self, name: str, inputs: dict, fn: Callable[[], dict[str, Any]]) -> dict:
-        """Run `fn` (which returns its measurements, JSON-able) unless its marker matches `inputs`.
-        Returns the measurements, fresh or from the marker."""
+    def run(self, name: str, inputs: dict, fn: Callable[[], dict[str, Any]], outputs: tuple[str, ...] = ()) -> dict:
+        """Run `fn` (which returns its measurements, JSON-able) unless its marker matches `inputs` and its
+        `outputs` (paths relative to the root) are all there. Returns the measurements, fresh or cached."""
         fingerprint = self._fingerprint(name, inputs)
         path = self.marker(name)
-        if self.is_done(name, inputs):
+        if self.is_done(name, inputs, outputs):
             record = json.loads(path.read_text())["record"]
             print(f"[{name}] up to date, skipped", file=sys.stderr)
         else:

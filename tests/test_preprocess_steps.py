@@ -55,3 +55,18 @@ def test_interrupted_step_leaves_no_marker_and_resumes(tmp_path):
     assert (tmp_path / ".steps" / "a.json").is_file() and not (tmp_path / ".steps" / "b.json").exists()
     _pipeline(tmp_path, calls)
     assert calls == ["a", "b", "b", "c"]
+
+
+def test_missing_output_redoes_the_step(tmp_path):
+    runner = StepRunner(tmp_path, force=False)
+    calls: list[str] = []
+
+    def write():
+        calls.append("write")
+        (tmp_path / "out.txt").write_text("x")
+        return {}
+
+    runner.run("w", {}, write, ("out.txt",))
+    (tmp_path / "out.txt").unlink()  # someone deleted the step's output
+    StepRunner(tmp_path, force=False).run("w", {}, write, ("out.txt",))
+    assert calls == ["write", "write"] and (tmp_path / "out.txt").is_file()
