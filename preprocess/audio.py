@@ -18,13 +18,18 @@ def time_origin(info: VideoInfo, audio_override: Path | None) -> float:
     return max(info.start_s, info.audio_start_s)
 
 
-def clip_audio(info: VideoInfo, audio_override: Path | None, origin_s: float) -> tuple[np.ndarray, list[str]]:
-    """[S] float32 mono audio from `origin_s` on, and warnings. An override file starts at the video's start."""
+def require_audio(info: VideoInfo, audio_override: Path | None) -> None:
+    """A dataset needs speech: the video's own track or an --audio file."""
     if audio_override is None and not info.has_audio:
         raise UserError(
             f"{info.path}: has no audio track. Give the speech separately with --audio FILE "
             "(wav, mp3, m4a, ... recorded with this video)."
         )
+
+
+def clip_audio(info: VideoInfo, audio_override: Path | None, origin_s: float) -> tuple[np.ndarray, list[str]]:
+    """[S] float32 mono audio from `origin_s` on, and warnings. An override file starts at the video's start."""
+    require_audio(info, audio_override)
     source = audio_override if audio_override is not None else info.path
     wave = load_audio(source)
     audio_start = info.start_s if audio_override is not None else info.audio_start_s

@@ -1,8 +1,8 @@
 """`avatar preprocess`: video -> dataset directory (format: avatar.contracts.dataset), step by step.
 
-Steps, each cached and atomic (preprocess.steps): audio -> crop -> frames -> landmarks -> track ->
-masks (and the background plate) -> features -> preview; manifest.json is written last, so a directory without it is
-never mistaken for a finished dataset. Frames stream from disk through every step: memory stays bounded
+Steps, each cached and atomic (preprocess.steps): audio -> crop -> frames -> landmarks -> track -> masks
+(and the background plate) -> features -> preview; manifest.json is written last, so a directory without it
+is never mistaken for a finished dataset. Frames stream from disk through every step: memory stays bounded
 by a few frames plus the per-frame tracking arrays.
 """
 
@@ -14,10 +14,7 @@ import platform
 import shutil
 import sys
 import time
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
 
 import cv2
 import numpy as np
@@ -29,16 +26,12 @@ from avatar.contracts.dataset import (
     FORMAT_VERSION, MASK_BITS, TRACKING_ARRAYS, Crop, FeatureInfo, Manifest, Split, frame_name,
 )
 from avatar.errors import UserError
+from preprocess.audio import require_audio, time_origin
 from preprocess.config import PreprocessConfig
-from preprocess.steps import MARKER_DIR, StepRunner, warn
+from preprocess.frame_io import ThreadedImageWriter, progress, stored_frames
+from preprocess.steps import MARKER_DIR, StepRunner
 
 LIBRARIES = ["avatar", "numpy", "opencv-python-headless", "av", "mediapipe", "librosa", "scipy", "soundfile"]
-
-
-def _progress(iterable, name: str, total: int | None):
-    from tqdm import tqdm
-
-    return tqdm(iterable, desc=name, total=total, unit="frame", disable=None, leave=False)
 
 
 def sha256_of(path: Path) -> str:
@@ -47,46 +40,6 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _read_rgb(path: Path) -> np.ndarray:
-    return cv2.imread(str(path), cv2.IMREAD_COLOR)[:, :, ::-1]
-
-
-def stored_frames(root: Path, num_frames: int, name: str = "", read_ahead: int = 4) -> Iterator[np.ndarray]:
-    """Stream the dataset's RGB frames back from disk (with a progress bar when `name` is given). A helper
-    thread decodes the next few JPEGs while the caller works on the current frame."""
-    paths = [root / "frames" / f"{frame_name(i)}.jpg" for i in range(num_frames)]
-    with ThreadPoolExecutor(1) as pool:
-        pending: deque = deque(pool.submit(_read_rgb, p) for p in paths[:read_ahead])
-        for i in _progress(range(num_frames), name, num_frames) if name else range(num_frames):
-            if i + read_ahead < num_frames:
-                pending.append(pool.submit(_read_rgb, paths[i + read_ahead]))
-            yield pending.popleft().result()
-
-
-class BackgroundWriter:
-    """Writes images on helper threads (OpenCV encodes without holding the GIL), at most `limit` pending."""
-
-    def __init__(self, threads: int = 2, limit: int = 8):
-        self.pool = ThreadPoolExecutor(threads)
-        self.pending: deque = deque()
-        self.limit = limit
-
-    def write(self, path: Path, image: np.ndarray, params: list[int] | None = None) -> None:
-        self.pending.append(self.pool.submit(cv2.imwrite, str(path), image, params or []))
-        while len(self.pending) > self.limit:
-            self.pending.popleft().result()
-
-    def __enter__(self) -> "BackgroundWriter":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        try:
-            while self.pending:
-                self.pending.popleft().result()  # re-raises a failed write
-        finally:
-            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def dataset_intrinsics(cfg: PreprocessConfig, crop: Crop) -> Intrinsics:
@@ -128,15 +81,9 @@ class Builder:
         self.cfg = cfg
         self.root = Path(cfg.out)
         self.info = probe_video(cfg.video)
-        if not self.info.has_audio and cfg.audio is None:
-            raise UserError(
-                f"{cfg.video}: has no audio track. Give the speech separately with --audio FILE "
-                "(wav, mp3, m4a, ... recorded with this video)."
-            )
+        require_audio(self.info, cfg.audio)
         if self.info.duration_s == self.info.duration_s and self.info.duration_s < cfg.min_duration_s:
             raise UserError(self._too_short_message(self.info.duration_s))
-        from preprocess.audio import time_origin
-
         self.origin_s = time_origin(self.info, cfg.audio)
         self.source_sha = sha256_of(Path(cfg.video))
         self.audio_sha = sha256_of(Path(cfg.audio)) if cfg.audio is not None else None
@@ -173,7 +120,8 @@ class Builder:
         span = span if span == span else self.cfg.min_duration_s
         n = self.cfg.crop_samples
         times = [self.origin_s + span * (k + 0.5) / n for k in range(n)]
-        faces = [find_faces_for_crop(rgb) for _, rgb in _progress(frames_at_times(self.cfg.video, times), "crop scan", n)]
+        scan = progress(frames_at_times(self.cfg.video, times), "crop scan", n)
+        faces = [find_faces_for_crop(rgb) for _, rgb in scan]
         scanned = len(faces)
         chosen, crowded = main_faces(faces, str(self.cfg.video))
         missing = 1 - len(chosen) / max(scanned, 1)
@@ -200,9 +148,9 @@ class Builder:
         params = [cv2.IMWRITE_JPEG_QUALITY, self.cfg.jpeg_quality]
         count = 0
         with atomic_dir(self.root / "frames") as tmp:
-            with BackgroundWriter() as writer:
+            with ThreadedImageWriter() as writer:
                 source = resampled_frames(self.cfg.video, self.cfg.fps, self.origin_s, max_frames)
-                for i, rgb in enumerate(_progress(source, "frames", max_frames)):
+                for i, rgb in enumerate(progress(source, "frames", max_frames)):
                     image = np.ascontiguousarray(apply_crop(rgb, crop)[:, :, ::-1])
                     writer.write(tmp / f"{frame_name(i)}.jpg", image, params)
                     count = i + 1
@@ -266,7 +214,7 @@ class Builder:
         make_mask = MaskMaker()
         plate = BackgroundAccumulator(self.cfg.resolution, self.cfg.resolution)
         pixels_per_value = np.zeros(256, np.int64)  # histogram of the mask bytes over all frames
-        with atomic_dir(self.root / "masks") as tmp, BackgroundWriter(threads=1) as writer:
+        with atomic_dir(self.root / "masks") as tmp, ThreadedImageWriter(threads=1) as writer:
             for i, rgb in enumerate(stored_frames(self.root, num_frames, "masks")):
                 bits = make_mask(rgb, np.asarray(landmarks[i]))
                 writer.write(tmp / f"{frame_name(i)}.png", bits)
@@ -298,7 +246,8 @@ class Builder:
 
         count = min(num_frames, int(round(self.cfg.preview_seconds * self.cfg.fps)))
         write_preview(self.root, count, self.cfg.fps, intrinsics, self.root / "preview.mp4")
-        write_contact_sheet(self.root, num_frames, intrinsics, self.cfg.contact_sheet_frames, self.root / "contact_sheet.png")
+        write_contact_sheet(self.root, num_frames, intrinsics, self.cfg.contact_sheet_frames,
+                            self.root / "contact_sheet.png")
         return {"frames": count}
 
     # ------------------------------------------------------------------ the whole build
@@ -350,9 +299,10 @@ class Builder:
             "tracking": track["stats"],
             "faces": {k: lm[k] for k in ("face_found_fraction", "missing_frames", "gaps", "longest_gap",
                                           "frames_with_several_faces")},
-            "sync": {"video_s": video_s, "audio_s": audio_s, "audio_minus_video_frames": (audio_s - video_s) * self.cfg.fps,
-                     "time_origin_s": self.origin_s},
-            "jaw_open_energy_correlation": jaw_energy_correlation(self.root, n, self.cfg.fps, track["blendshape_names"]),
+            "sync": {"video_s": video_s, "audio_s": audio_s, "time_origin_s": self.origin_s,
+                     "audio_minus_video_frames": (audio_s - video_s) * self.cfg.fps},
+            "jaw_open_energy_correlation": jaw_energy_correlation(self.root, n, self.cfg.fps,
+                                                                  track["blendshape_names"]),
             "mask_mean_area": masks["mean_area"],
             "steps": {name: {k: r[k] for k in ("seconds", "cpu_seconds", "frames_per_s", "frames_per_cpu_s") if k in r}
                       for name, r in records.items()},

@@ -13,7 +13,7 @@ import tyro
 class PreprocessConfig:
     """Build a training dataset from one talking video of one person."""
 
-    video: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="VIDEO")] = tyro.MISSING  # type: ignore[assignment]
+    video: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="VIDEO")] = tyro.MISSING  # type: ignore
     """the input video (mp4, mov, mkv, webm, ...; constant or variable frame rate, any resolution)"""
     out: Path = Path("data/dataset")
     """the dataset directory to write (a rerun resumes it; see --force)"""

@@ -84,7 +84,8 @@ def _decoded(path: Path, container) -> Iterator:
         ) from exc
 
 
-def resampled_frames(path: Path | str, fps: float, start_s: float, max_frames: int | None = None) -> Iterator[np.ndarray]:
+def resampled_frames(path: Path | str, fps: float, start_s: float,
+                     max_frames: int | None = None) -> Iterator[np.ndarray]:
     """Yield [H, W, 3] uint8 RGB frames of the source at fixed `fps`, output frame i being the source frame
     shown at start_s + (i + 0.5) / fps. Stops at the end of the stream (the last source frame lasts one
     source-frame interval) or after `max_frames`."""
@@ -125,7 +126,8 @@ def resampled_frames(path: Path | str, fps: float, start_s: float, max_frames: i
             i += 1
 
 
-def frames_at_times(path: Path | str, times_s: list[float], seek_gap_s: float = 5.0) -> Iterator[tuple[float, np.ndarray]]:
+def frames_at_times(path: Path | str, times_s: list[float],
+                    seek_gap_s: float = 5.0) -> Iterator[tuple[float, np.ndarray]]:
     """Yield (time, [H, W, 3] RGB) for the frame on screen at each of the sorted `times_s`. Decoding runs
     forward; it seeks only across gaps longer than `seek_gap_s`, because a seek restarts decoding at a key
     frame (often seconds earlier), which costs more than decoding a short gap."""

@@ -206,3 +206,16 @@ def test_cli_prints_the_error_without_traceback(tmp_path, capsys):
     assert main(["preprocess", str(tmp_path / "nope.mp4"), "--out", str(tmp_path / "ds")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "nope.mp4: no such file" in err and "Traceback" not in err
+
+
+def test_intrinsics_default_fov_and_given_focal_follow_the_crop():
+    from avatar.contracts.dataset import Crop
+    from preprocess.build import dataset_intrinsics
+
+    crop = Crop(x0=600.0, y0=100.0, size=800.0, source_width=1920, source_height=1080, resolution=512)
+    default = dataset_intrinsics(PreprocessConfig(video=Path("v.mp4"), fov_deg=20.0), crop)
+    assert default.fy == pytest.approx(256 / np.tan(np.deg2rad(10))) and (default.cx, default.cy) == (256, 256)
+    given = dataset_intrinsics(PreprocessConfig(video=Path("v.mp4"), focal_px=1600.0), crop)
+    assert given.fx == pytest.approx(1600 * 512 / 800)
+    # the source image centre (960, 540) lands where the crop maps it
+    assert (given.cx, given.cy) == pytest.approx(((960 - 600) * 0.64, (540 - 100) * 0.64))
