@@ -301,8 +301,7 @@ class Builder:
                                           "frames_with_several_faces")},
             "sync": {"video_s": video_s, "audio_s": audio_s, "time_origin_s": self.origin_s,
                      "audio_minus_video_frames": (audio_s - video_s) * self.cfg.fps},
-            "jaw_open_energy_correlation": jaw_energy_correlation(self.root, n, self.cfg.fps,
-                                                                  track["blendshape_names"]),
+            **speech_motion(self.root, n, self.cfg.fps, track["blendshape_names"]),
             "mask_mean_area": masks["mean_area"],
             "steps": {name: {k: r[k] for k in ("seconds", "cpu_seconds", "frames_per_s", "frames_per_cpu_s") if k in r}
                       for name, r in records.items()},
@@ -310,18 +309,29 @@ class Builder:
         }
 
 
-def jaw_energy_correlation(root: Path, num_frames: int, fps: float, names: list[str]) -> float | None:
-    """Pearson correlation of jawOpen with the audio log energy at each frame's centre: a sanity check that
-    the expression tracking and the soundtrack are about the same speech."""
-    if "jawOpen" not in names:
-        return None
-    jaw = np.load(root / "tracking" / "blendshapes.npy")[:, names.index("jawOpen")]
+def _lagged_corr(a: np.ndarray, b: np.ndarray, lag: int) -> float:
+    """Pearson correlation of a[i] with b[i + lag]."""
+    a, b = (a[: len(a) - lag], b[lag:]) if lag >= 0 else (a[-lag:], b[: len(b) + lag])
+    return float(np.corrcoef(a, b)[0, 1]) if a.std() > 1e-8 and b.std() > 1e-8 else float("nan")
+
+
+def speech_motion(root: Path, num_frames: int, fps: float, names: list[str], max_lag: int = 8) -> dict:
+    """How the mouth moves with the sound's energy (log energy at each frame's centre): the correlation of
+    jawOpen with it, and the lag at which the inner-lip gap correlates best. The mouth opens slightly before
+    the sound, so the best lag is normally 0..2 frames; a much larger one hints that the source is out of sync."""
     feats = np.load(root / "audio_features.npy", mmap_mode="r")
     rows = np.clip(np.round((np.arange(num_frames) + 0.5) / fps * 100.0).astype(int), 0, feats.shape[0] - 1)
-    energy = np.asarray(feats[rows, -2])  # the log-energy column of MelFeatures
-    if jaw.std() < 1e-8 or energy.std() < 1e-8:
-        return None
-    return round(float(np.corrcoef(jaw, energy)[0, 1]), 3)
+    energy = np.asarray(feats[rows, -2], np.float64)  # the log-energy column of MelFeatures
+    landmarks = np.load(root / "tracking" / "landmarks.npy", mmap_mode="r")
+    lip_gap = np.linalg.norm(np.asarray(landmarks[:, 13]) - np.asarray(landmarks[:, 14]), axis=-1)  # inner lips
+    by_lag = {lag: _lagged_corr(lip_gap, energy, lag) for lag in range(-max_lag, max_lag + 1)}
+    best = max(by_lag, key=lambda k: -np.inf if np.isnan(by_lag[k]) else by_lag[k])
+    jaw = None
+    if "jawOpen" in names:
+        jaw = _lagged_corr(np.load(root / "tracking" / "blendshapes.npy")[:, names.index("jawOpen")], energy, 0)
+    return {"jaw_open_energy_correlation": None if jaw is None or np.isnan(jaw) else round(jaw, 3),
+            "lip_gap_energy_correlation": round(by_lag[0], 3),
+            "lip_gap_energy_best_lag_frames": int(best), "lip_gap_energy_best_correlation": round(by_lag[best], 3)}
 
 
 def library_versions() -> dict:

@@ -66,6 +66,7 @@ def test_manifest_describes_the_dataset(dataset, sync_clip):
     assert set(steps) == {"audio", "crop", "frames", "landmarks", "track", "masks", "features", "preview"}
     assert steps["landmarks"]["frames_per_s"] > 0
     assert m.stats["tracking"]["reprojection_error_px_at_512"] < 1.0
+    assert -8 <= m.stats["lip_gap_energy_best_lag_frames"] <= 8 and "jaw_open_energy_correlation" in m.stats
     json.dumps(m.to_json())  # plain JSON all the way down
 
 
