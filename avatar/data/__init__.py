@@ -1,0 +1,1 @@
+"""Training data: frames streamed from a dataset directory at the training resolution, in batches."""

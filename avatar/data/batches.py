@@ -1,0 +1,93 @@
+"""Batches of training frames: images, masks, tracked pose/expression/blink and audio windows as tensors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from avatar.contracts.dataset import Dataset
+from avatar.data.frames import MASK_NAMES, FrameStore
+
+BLINK_NAMES = ("eyeBlinkLeft", "eyeBlinkRight")
+
+
+@dataclass
+class FrameBatch:
+    indices: Tensor  # [B] dataset frame ids
+    rgb: Tensor  # [B, H, W, 3] 0..1
+    masks: Tensor  # [B, H, W, len(MASK_NAMES)] soft 0..1
+    rotation: Tensor  # [B, 3, 3]
+    translation: Tensor  # [B, 3]
+    blink: Tensor  # [B, 2]
+    expression: Tensor  # [B, E] tracked expression targets (normalised, see audio_encoder.expression_targets)
+    code: Tensor  # [B, P] tracked expression PCA code of the dataset
+    audio: Tensor  # [B, 2K+1, W, F] normalised audio windows of the frame and its neighbours
+
+    def mask(self, name: str) -> Tensor:
+        """[B, H, W, 1] soft mask `name` (one of avatar.contracts.dataset.MASK_BITS)."""
+        c = MASK_NAMES.index(name)
+        return self.masks[..., c:c + 1]
+
+
+def blink_values(dataset: Dataset) -> np.ndarray:
+    """[N, 2] tracked eye blinks (zeros when the dataset has no blink blendshapes)."""
+    names = dataset.manifest.blendshape_names
+    if not all(n in names for n in BLINK_NAMES):
+        return np.zeros((dataset.num_frames, 2), np.float32)
+    shapes = dataset.tracking("blendshapes")
+    return np.stack([np.asarray(shapes[:, names.index(n)], np.float32) for n in BLINK_NAMES], 1)
+
+
+class TrainingData:
+    """Everything per frame that training reads; images come through the bounded FrameStore, the small
+    per-frame arrays (pose, expression, audio windows: a few MB) are held in memory."""
+
+    def __init__(self, dataset: Dataset, resolution: int, context: int, expression: np.ndarray, cache_mb: float = 512):
+        self.dataset = dataset
+        self.store = FrameStore(dataset, resolution, cache_mb)
+        self.context = context
+        self.rotation = torch.from_numpy(np.asarray(dataset.tracking("rotation"), np.float32))
+        self.translation = torch.from_numpy(np.asarray(dataset.tracking("translation"), np.float32))
+        self.blink = torch.from_numpy(blink_values(dataset))
+        self.expression = torch.from_numpy(np.asarray(expression, np.float32))
+        self.code = torch.from_numpy(np.asarray(dataset.tracking("expression_pca"), np.float32))
+        self.windows = torch.from_numpy(dataset.audio_windows(context=0))  # [N, W, F]
+
+    def batch(self, indices) -> FrameBatch:
+        idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        items = [self.store.get(int(i)) for i in idx]
+        rgb = torch.from_numpy(np.stack([im for im, _ in items])).float() / 255
+        masks = torch.from_numpy(np.stack([m for _, m in items])).float() / 255
+        ctx = (idx[:, None] + torch.arange(-self.context, self.context + 1)).clamp(0, self.dataset.num_frames - 1)
+        return FrameBatch(idx, rgb, masks, self.rotation[idx], self.translation[idx], self.blink[idx],
+                          self.expression[idx], self.code[idx], self.windows[ctx])
+
+
+class FrameSampler:
+    """Shuffled passes over `indices` from a seeded generator; its state is part of a checkpoint, so a
+    resumed run draws exactly the batches an uninterrupted run would."""
+
+    def __init__(self, indices: np.ndarray, batch_size: int, seed: int):
+        self.indices = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        self.batch_size = batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.order = torch.zeros(0, dtype=torch.long)
+        self.position = 0
+
+    def next(self) -> Tensor:
+        if self.position + self.batch_size > len(self.order):
+            self.order = self.indices[torch.randperm(len(self.indices), generator=self.generator)]
+            self.position = 0
+        out = self.order[self.position:self.position + self.batch_size]
+        self.position += self.batch_size
+        return out
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "order": self.order, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.order, self.position = state["order"], state["position"]

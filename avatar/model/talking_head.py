@@ -1,0 +1,245 @@
+"""The trained avatar: audio + blink + head pose -> image. Everything a renderer needs is in `RUN/avatar.pt`.
+
+Per frame: the audio encoder predicts the expression; the landmark prior moves every Gaussian with the
+landmarks it is skinned to (the big, geometric lip motion); the spatial-audio attention adds residual
+offsets; head and mouth-interior Gaussians are rasterized together in the pose's camera over the torso
+layer, which is itself over the background plate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from avatar.config_io import from_dict, to_dict
+from avatar.contracts.camera import Intrinsics
+from avatar.errors import UserError
+from avatar.model.audio_encoder import AudioEncoder, AudioEncoderConfig
+from avatar.model.deform import DeformConfig, Offsets, SpatialAudioAttention, pose_features
+from avatar.model.gaussians import GaussianSet, HeadConfig, skinned_displacement
+from avatar.model.hash_triplane import HashTriplane, HashTriplaneConfig
+from avatar.model.mouth import MouthConfig
+from avatar.model.torso import TorsoConfig, TorsoLayer
+from avatar.render.rasterize import Camera, Gaussians, rasterize
+
+AVATAR_FORMAT_VERSION = 1
+Mode = Literal["static", "prior", "full"]  # canonical head only | + landmark prior | + attention offsets
+
+
+@dataclass
+class FrameConditions:
+    """A batch of B frames to render."""
+
+    audio: Tensor  # [B, C, W, F] normalised audio windows of each frame and its neighbours (C = 2 * audio_context + 1)
+    rotation: Tensor  # [B, 3, 3] head-to-camera rotation
+    translation: Tensor  # [B, 3]
+    blink: Tensor  # [B, 2] eyeBlinkLeft, eyeBlinkRight in 0..1
+
+
+@dataclass
+class HeadSpec:
+    """What it takes to rebuild the modules before loading their weights (saved in avatar.pt)."""
+
+    fps: float
+    resolution: int
+    intrinsics: dict  # Intrinsics at `resolution`
+    dataset_root: str
+    feature_dim: int
+    feature_window: int
+    expression_dim: int  # E, the audio encoder's targets
+    code_dim: int  # P, the dataset's expression PCA code
+    bbox_min: list[float]
+    bbox_max: list[float]
+    head: HeadConfig = field(default_factory=HeadConfig)
+    mouth: MouthConfig = field(default_factory=MouthConfig)
+    deform: DeformConfig = field(default_factory=DeformConfig)
+    torso: TorsoConfig = field(default_factory=TorsoConfig)
+    triplane: HashTriplaneConfig = field(default_factory=HashTriplaneConfig)
+    audio: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
+    backend: Literal["auto", "cuda", "torch"] = "auto"
+
+
+def _empty_set(sh_degree: int, neighbours: int) -> GaussianSet:
+    """A zero-sized set: loading a state dict resizes it (see GaussianSet._load_from_state_dict)."""
+    return GaussianSet(torch.zeros(0, 3), sh_degree, torch.zeros(0, neighbours, dtype=torch.long), torch.zeros(0, neighbours))
+
+
+class TalkingHead(nn.Module):
+    """Gaussian head + mouth interior + torso layer + audio encoder + spatial-audio attention."""
+
+    def __init__(self, spec: HeadSpec):
+        super().__init__()
+        self.spec = spec
+        self.fps = spec.fps
+        self.resolution = spec.resolution
+        self.intrinsics = Intrinsics(**spec.intrinsics)
+        self.feature_window = spec.feature_window
+        self.audio_context = spec.audio.context
+        self.dataset_root = Path(spec.dataset_root)
+        sh = spec.head.sh_degree
+        self.head = _empty_set(sh, spec.head.skin_neighbours)
+        self.mouth = _empty_set(sh, 2 * spec.mouth.neighbours)
+        self.triplane = HashTriplane(spec.triplane, spec.bbox_min, spec.bbox_max)
+        self.audio_encoder = AudioEncoder(spec.audio, spec.feature_dim, spec.feature_window, spec.expression_dim)
+        args = (spec.deform, self.triplane.out_dim, self.audio_encoder.embed_dim, spec.expression_dim)
+        self.head_deform = SpatialAudioAttention(*args)
+        self.mouth_deform = SpatialAudioAttention(*args)
+        K = torch.as_tensor(self.intrinsics.K, dtype=torch.float32)
+        self.torso = TorsoLayer(spec.torso, spec.resolution, torch.eye(3), torch.zeros(3), K)
+        self.register_buffer("K", K)
+        self.register_buffer("canonical_face", torch.zeros(478, 3))
+        self.register_buffer("expression_basis", torch.zeros(spec.code_dim, 478, 3))
+        self.register_buffer("to_code", torch.zeros(spec.expression_dim, spec.code_dim))  # see audio_encoder.expression_to_code
+        self.register_buffer("code_mean", torch.zeros(spec.code_dim))
+        self.register_buffer("plate", torch.zeros(spec.resolution, spec.resolution, 3))
+        self._feature_cache: tuple[Tensor, Tensor] | None = None
+
+    # ------------------------------------------------------------------ conditions
+    def expression_code(self, expression: Tensor) -> Tensor:
+        """[B, E] normalised expression (predicted or tracked targets) -> [B, P] dataset expression code."""
+        return self.code_mean + expression @ self.to_code
+
+    def landmark_offsets(self, code: Tensor) -> Tensor:
+        """[B, P] expression code -> [B, 478, 3] landmark displacement in the canonical frame."""
+        return torch.einsum("bp,pkc->bkc", code, self.expression_basis)
+
+    def gaussian_features(self) -> tuple[Tensor, Tensor]:
+        """Tri-plane features of the canonical head [N, F] and mouth [M, F]. They do not depend on the frame,
+        so outside training they are computed once and cached."""
+        if not self.training and self._feature_cache is not None:
+            return self._feature_cache
+        both = self.triplane(torch.cat([self.head.means, self.mouth.means]))
+        features = (both[: len(self.head)], both[len(self.head):])
+        self._feature_cache = None if self.training else tuple(f.detach() for f in features)
+        return features
+
+    def train(self, mode: bool = True) -> "TalkingHead":
+        self._feature_cache = None
+        return super().train(mode)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._feature_cache = None
+        super()._load_from_state_dict(*args, **kwargs)
+
+    # ------------------------------------------------------------------ rendering
+    def forward(self, embedding: Tensor, expression: Tensor, blink: Tensor, rotation: Tensor, translation: Tensor,
+                background: Tensor, mode: Mode = "full", show_torso: bool = True,
+                camera: Camera | None = None, code: Tensor | None = None) -> dict[str, Tensor]:
+        """Differentiable render of B frames.
+
+        embedding [B, A] audio embedding; expression [B, E] normalised expression (audio-predicted, or the
+        tracked targets while training); blink [B, 2]; rotation [B, 3, 3], translation [B, 3] head pose;
+        background [H, W, 3] or [B, H, W, 3]; code [B, P] overrides the expression code the landmark prior
+        uses (the canonical fit passes the tracked one). Returns "rgb" [B, H, W, 3], "alpha" [B, H, W, 1] (head and
+        torso coverage) and "head_alpha" [B, H, W, 1]."""
+        b = rotation.shape[0]
+        background = background.expand(b, -1, -1, -1) if background.dim() == 3 else background
+        if show_torso:
+            torso_rgb, torso_alpha = self.torso(rotation, translation)
+            background = torso_rgb * torso_alpha + background * (1 - torso_alpha)
+        offsets = [None, None]
+        displacement = [torch.zeros(b, len(s), 3) for s in (self.head, self.mouth)]
+        if mode != "static":
+            lm = self.landmark_offsets(self.expression_code(expression) if code is None else code)
+            displacement = [skinned_displacement(lm, s.skin_index, s.skin_weight) for s in (self.head, self.mouth)]
+        if mode == "full":
+            head_features, mouth_features = self.gaussian_features()
+            pose = pose_features(rotation, translation, self.torso.reference_translation)
+            tokens = self.head_deform.tokens(embedding, expression, blink, pose)
+            offsets = [self.head_deform(head_features, tokens)[0],
+                       self.mouth_deform(mouth_features, self.mouth_deform.tokens(embedding, expression, blink, pose))[0]]
+        rgbs, alphas = [], []
+        for i in range(b):
+            gaussians = _concat([_frame_gaussians(s, displacement[k][i], offsets[k], i)
+                                 for k, s in enumerate((self.head, self.mouth))], self.head.sh_degree)
+            cam = camera if camera is not None else Camera(_world_to_cam(rotation[i], translation[i]), self.K,
+                                                           self.resolution, self.resolution)
+            out = rasterize(gaussians, cam, background[i], backend=self.spec.backend)
+            rgbs.append(out.rgb)
+            alphas.append(out.alpha)
+        rgb, head_alpha = torch.stack(rgbs), torch.stack(alphas)
+        alpha = head_alpha + (1 - head_alpha) * torso_alpha if show_torso else head_alpha
+        return {"rgb": rgb, "alpha": alpha, "head_alpha": head_alpha}
+
+    @torch.no_grad()
+    def render(self, cond: FrameConditions, background: Tensor | None = None, deform: bool = True,
+               camera: Camera | None = None, show_torso: bool = True) -> dict[str, Tensor]:
+        """Audio-driven frames: "rgb" [B, H, W, 3] 0..1, "alpha" [B, H, W, 1]. background None: the plate.
+        deform False renders the static canonical head (the baseline). A `camera` other than the training
+        one sees the head from there (its world frame is the canonical head frame); the torso layer and the
+        plate stay those of the training camera."""
+        self.eval()
+        embedding, expression = self.audio_encoder(cond.audio)
+        out = self.forward(embedding, expression, cond.blink, cond.rotation, cond.translation,
+                           self.plate if background is None else background, "full" if deform else "static",
+                           show_torso, camera)
+        return {"rgb": out["rgb"].clamp(0, 1), "alpha": out["alpha"]}
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: Path | str) -> None:
+        from avatar.contracts.atomic import atomic_path
+
+        with atomic_path(path) as tmp:
+            torch.save({"format_version": AVATAR_FORMAT_VERSION, "spec": to_dict(self.spec), "state_dict": self.state_dict()}, tmp)
+
+    @classmethod
+    def from_file(cls, path: Path | str, device: str = "cpu") -> "TalkingHead":
+        path = Path(path)
+        try:
+            data = torch.load(path, map_location=device, weights_only=False)
+        except Exception as exc:  # torch raises many types for truncated or foreign files
+            raise UserError(f"{path}: not a readable avatar file ({exc}). Train again with `avatar train`.") from exc
+        version = data.get("format_version") if isinstance(data, dict) else None
+        if version != AVATAR_FORMAT_VERSION:
+            raise UserError(f"{path}: avatar format version {version}, this version reads {AVATAR_FORMAT_VERSION}. "
+                            "Retrain the avatar with this version of `avatar train`.")
+        head = cls(from_dict(HeadSpec, data["spec"], _spec_template(data["spec"])))
+        head.load_state_dict(data["state_dict"])
+        return head.to(device).eval()
+
+    @classmethod
+    def load(cls, run_dir: Path | str, device: str = "cpu") -> "TalkingHead":
+        """The final avatar of a run directory (`RUN/avatar.pt`)."""
+        run_dir = Path(run_dir)
+        path = run_dir / "avatar.pt"
+        if not run_dir.is_dir():
+            raise UserError(f"{run_dir}: no such run directory. Train one with `avatar train DATASET --out {run_dir}`.")
+        if not path.is_file():
+            raise UserError(f"{path}: missing; training has not finished. Run the same `avatar train ... --out "
+                            f"{run_dir}` command again to resume it.")
+        return cls.from_file(path, device)
+
+
+def _spec_template(data: dict) -> HeadSpec:
+    """A HeadSpec with the saved required fields (from_dict fills the rest, nested configs included)."""
+    required = [f.name for f in dataclasses.fields(HeadSpec) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    return HeadSpec(**{name: data[name] for name in required})
+
+
+def _world_to_cam(rotation: Tensor, translation: Tensor) -> Tensor:
+    m = torch.eye(4, dtype=rotation.dtype, device=rotation.device)
+    m[:3, :3] = rotation
+    m[:3, 3] = translation
+    return m
+
+
+def _frame_gaussians(s: GaussianSet, displacement: Tensor, offsets: Offsets | None, i: int) -> Gaussians:
+    """Frame i of a set: canonical parameters + landmark displacement [N, 3] + attention offsets."""
+    means, quats, log_scales, logits, sh = s.means + displacement, s.quats, s.log_scales, s.opacity_logits, s.sh
+    if offsets is not None:
+        means = means + offsets.means[i]
+        quats = quats + offsets.quats[i]
+        log_scales = log_scales + offsets.log_scales[i]
+        logits = logits + offsets.opacity_logits[i]
+        sh = torch.cat([sh[:, :1] + offsets.colours[i][:, None], sh[:, 1:]], 1)
+    return Gaussians(means, quats, log_scales.exp(), torch.sigmoid(logits), sh, s.sh_degree)
+
+
+def _concat(parts: list[Gaussians], sh_degree: int) -> Gaussians:
+    return Gaussians(*(torch.cat([getattr(p, name) for p in parts]) for name in ("means", "quats", "scales", "opacities", "colors")),
+                     sh_degree=sh_degree)

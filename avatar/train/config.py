@@ -1,0 +1,95 @@
+"""Settings of `avatar train DATASET --out RUN` (presets: configs/train/{tiny,default,quality}.toml)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal
+
+import tyro
+
+from avatar.model.audio_encoder import AudioEncoderConfig
+from avatar.model.deform import DeformConfig
+from avatar.model.densify import DensifyConfig
+from avatar.model.gaussians import HeadConfig
+from avatar.model.hash_triplane import HashTriplaneConfig
+from avatar.model.mouth import MouthConfig
+from avatar.model.torso import TorsoConfig
+
+
+@dataclass
+class TrainConfig:
+    """Train a talking-head avatar from a dataset made by `avatar preprocess`."""
+
+    dataset: Annotated[Path, tyro.conf.Positional] = tyro.MISSING  # type: ignore[assignment]
+    """the dataset directory written by `avatar preprocess`"""
+    out: Path = Path("runs/avatar")
+    """the run directory (checkpoints, tensorboard logs, the final avatar.pt)"""
+    preset: str = "default"
+    """the preset these settings started from (recorded in run.json; pick one with --preset NAME)"""
+    seed: int = 0
+    """seed of every random choice (initialisation, batches, conditioning), so runs repeat exactly"""
+    resume: bool = False
+    """continue an interrupted run in --out exactly where its last checkpoint stopped"""
+    resolution: int = 128
+    """training and rendering resolution in pixels (square); frames are resized from the dataset's"""
+    batch_size: int = 2
+    """frames per step"""
+    audio_steps: int = 600
+    """steps of the audio -> expression encoder fit (per ensemble member; it may stop earlier)"""
+    canonical_steps: int = 400
+    """steps of the canonical head fit (tracked expressions drive the landmark prior, no network)"""
+    deform_steps: int = 600
+    """steps of the audio-driven deformation stage"""
+    lr_means: float = 2e-4
+    """Adam learning rate of the Gaussian centres, metres"""
+    lr_scales: float = 1e-2
+    """... of the log scales"""
+    lr_quats: float = 2e-3
+    """... of the rotations"""
+    lr_opacity: float = 5e-2
+    """... of the opacity logits"""
+    lr_colours: float = 1e-2
+    """... of the colour (SH) coefficients"""
+    lr_network: float = 2e-3
+    """... of the attention networks and the hash tri-plane"""
+    lr_torso: float = 1e-2
+    """... of the torso layer's image; its pose warp learns at lr_network"""
+    gaussian_lr_factor: float = 0.3
+    """the Gaussians' learning rates are scaled by this in the deformation stage (they are nearly fitted)"""
+    ssim_weight: float = 0.2
+    """loss = (1 - w) * L1 + w * (1 - SSIM) + ..."""
+    lpips_weight: float = 0.05
+    """weight of LPIPS (AlexNet) once enabled"""
+    lpips_start: int = 400
+    """deformation-stage step from which LPIPS is added (it is slow on CPU; perceptual detail comes last)"""
+    mouth_weight: float = 4.0
+    """extra L1 weight on the mouth-region pixels (the mouth is small but is what lip sync is judged on)"""
+    alpha_weight: float = 0.1
+    """L1 between the rendered coverage and the mask (head in the canonical stage, person afterwards)"""
+    teacher_prob: float = 0.5
+    """deformation stage: chance a frame is conditioned on its TRACKED expression rather than the audio-predicted
+    one (the renderer learns appearance from true motion; inference uses audio)"""
+    log_every: int = 10
+    """steps between tensorboard scalars"""
+    image_every: int = 100
+    """steps between tensorboard image grids (prediction | ground truth | error)"""
+    checkpoint_every: int = 100
+    """steps between checkpoints (also written at the end of each stage and on Ctrl-C)"""
+    val_frames: int = 8
+    """validation frames (evenly spaced over the validation split) measured at the end of each stage"""
+    cache_mb: float = 512
+    """memory for resized frames; the video is streamed from disk beyond this"""
+    threads: int = 2
+    """CPU threads torch may use"""
+    backend: Literal["auto", "cuda", "torch"] = "auto"
+    """rasterizer backend: CUDA kernels on a GPU, the torch reference elsewhere"""
+    min_train_frames: int = 50
+    """refuse datasets with fewer training frames (about 2 s): too little to learn from"""
+    head: HeadConfig = field(default_factory=HeadConfig)
+    mouth: MouthConfig = field(default_factory=MouthConfig)
+    densify: DensifyConfig = field(default_factory=DensifyConfig)
+    deform: DeformConfig = field(default_factory=DeformConfig)
+    torso: TorsoConfig = field(default_factory=TorsoConfig)
+    triplane: HashTriplaneConfig = field(default_factory=HashTriplaneConfig)
+    audio: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
