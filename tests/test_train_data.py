@@ -1,0 +1,38 @@
+"""Training data: frames at the training resolution through a bounded cache, batches, a resumable sampler."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from avatar.data.batches import FrameSampler, TrainingData
+from avatar.data.frames import MASK_NAMES, FrameStore
+from avatar.model.audio_encoder import expression_targets
+from tests.train_fixtures import tiny_dataset  # noqa: F401 - the fixture
+
+
+def test_frame_cache_stays_within_its_budget(tiny_dataset):
+    store = FrameStore(tiny_dataset, 64, cache_mb=0.1)  # room for 6 frames of 64x64 (rgb + masks)
+    for i in range(20):
+        rgb, masks = store.get(i)
+        assert rgb.shape == (64, 64, 3) and masks.shape == (64, 64, len(MASK_NAMES))
+        assert store.cached_bytes <= 0.1 * 2**20
+    assert np.array_equal(store.get(19)[0], store._read(19)[0])
+
+
+def test_batches_and_resumable_sampler(tiny_dataset):
+    targets, _ = expression_targets(tiny_dataset)
+    data = TrainingData(tiny_dataset, 32, context=2, expression=targets)
+    batch = data.batch([0, 5, 7])
+    assert batch.rgb.shape == (3, 32, 32, 3) and batch.audio.shape[:2] == (3, 5)
+    assert batch.mask("head").shape == (3, 32, 32, 1) and 0 < float(batch.mask("head").mean()) < 1
+    assert batch.rotation.shape == (3, 3, 3) and batch.expression.shape == (3, targets.shape[1])
+
+    sampler = FrameSampler(np.arange(10), batch_size=3, seed=1)
+    first = [sampler.next() for _ in range(2)]
+    state = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in sampler.state_dict().items()}
+    rest = [sampler.next() for _ in range(5)]
+    again = FrameSampler(np.arange(10), batch_size=3, seed=1)
+    again.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip(rest, [again.next() for _ in range(5)]))
+    assert len(torch.cat(first).unique()) == 6  # no repeats within a pass
