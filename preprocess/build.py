@@ -62,14 +62,15 @@ def _check_config(cfg: PreprocessConfig) -> None:
 
 
 def _check_output_dir(out: Path) -> bool:
-    """True when `out` is new. Refuses to write into a non-empty directory that is not a dataset."""
+    """True when `out` is new or empty. Refuses to write into a non-empty directory that is not a dataset."""
     if not out.exists():
         return True
     if not out.is_dir():
         raise UserError(f"{out}: exists and is not a directory. Choose another --out.")
-    if any(out.iterdir()) and not (out / MARKER_DIR).is_dir() and not (out / "manifest.json").is_file():
+    empty = not any(out.iterdir())
+    if not empty and not (out / MARKER_DIR).is_dir() and not (out / "manifest.json").is_file():
         raise UserError(f"{out}: a non-empty directory that is not a dataset. Choose an empty or new --out.")
-    return False
+    return empty
 
 
 class Builder:
@@ -107,6 +108,16 @@ class Builder:
             raise UserError(
                 f"{self.cfg.video}: the audio track ends after {wave.size / SAMPLE_RATE:.1f} s although the file "
                 f"says {stated:.1f} s: the file is truncated or corrupt. Re-download or re-encode it."
+            )
+        if self.cfg.audio is not None and wave.size / SAMPLE_RATE < self.cfg.min_duration_s:
+            raise UserError(
+                f"{self.cfg.audio}: only {wave.size / SAMPLE_RATE:.1f} s of audio; at least "
+                f"{self.cfg.min_duration_s:.0f} s are needed. Give the whole speech recorded with the video."
+            )
+        if self.cfg.audio is not None and stated == stated and abs(wave.size / SAMPLE_RATE - stated) > 1.0:
+            warnings.append(
+                f"{self.cfg.audio}: {wave.size / SAMPLE_RATE:.1f} s of audio for {stated:.1f} s of video; the dataset "
+                "keeps the part both cover. Is it the sound recorded with this video?"
             )
         save_wav(self.root / "audio.wav", wave)
         return {"num_samples": int(wave.size), "duration_s": wave.size / SAMPLE_RATE, "warnings": warnings}
@@ -360,7 +371,8 @@ def run(cfg: PreprocessConfig) -> Manifest:
     """Build (or resume, or refresh) the dataset `cfg.out` from `cfg.video`."""
     _check_config(cfg)
     out = Path(cfg.out)
-    new_dir = _check_output_dir(out)
+    fresh = _check_output_dir(out)
+    existed = out.exists()
     builder = Builder(cfg)  # probes the input: bad input fails here, before anything is written
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -372,8 +384,10 @@ def run(cfg: PreprocessConfig) -> Manifest:
     try:
         manifest = builder.build()
     except UserError:
-        if new_dir:  # bad input found mid-way: leave nothing behind
+        if fresh:  # bad input found mid-way: leave nothing behind
             shutil.rmtree(out, ignore_errors=True)
+            if existed:
+                out.mkdir()
         raise
     took = time.perf_counter() - start
     st = manifest.stats

@@ -199,6 +199,20 @@ def test_bad_input_is_a_clear_error_and_leaves_nothing(kind, shared_data, clip_d
     with pytest.raises(UserError, match=expect):
         run(_config(video, out))
     assert not out.exists()
+    if kind == "no_face":  # failing after the audio step, in an empty directory the user made: it stays empty
+        out.mkdir()
+        with pytest.raises(UserError, match=expect):
+            run(_config(video, out))
+        assert out.is_dir() and not any(out.iterdir())
+
+
+def test_audio_file_too_short(shared_data, clip_dir, tmp_path):
+    clip = cut_clip(shared_data / GERMAN, clip_dir / "german_6s_noaudio.mp4", 0.0, 6.0, ["-an"])
+    short = tmp_path / "short.wav"
+    sf.write(str(short), np.zeros(3 * 16000, np.float32), 16000)
+    with pytest.raises(UserError, match="short.wav: only 3.0 s of audio"):
+        run(_config(clip, tmp_path / "ds", audio=short))
+    assert not (tmp_path / "ds").exists()
 
 
 def test_cli_prints_the_error_without_traceback(tmp_path, capsys):
