@@ -12,6 +12,7 @@ import numpy as np
 from avatar.contracts.atomic import atomic_path
 from avatar.contracts.camera import Intrinsics, project
 from avatar.contracts.dataset import MASK_BITS, frame_name
+from preprocess.frame_io import progress
 
 # mask name -> RGB tint; drawn in this order so the smaller regions stay visible on top
 MASK_COLOURS = {"torso": (60, 120, 255), "head": (255, 200, 0), "face": (0, 220, 90), "mouth": (255, 40, 40)}
@@ -94,7 +95,7 @@ def write_preview(root: Path, num_frames: int, fps: float, intrinsics: Intrinsic
             video.options = {"crf": "23", "preset": "veryfast"}
             audio = container.add_stream("aac", rate=sr)
             audio.layout = "mono"
-            for i in range(num_frames):
+            for i in progress(range(num_frames), "preview", num_frames):
                 img = overlay.draw(i)
                 if size % 2:
                     img = cv2.copyMakeBorder(img, 0, 1, 0, 1, cv2.BORDER_REPLICATE)
