@@ -44,8 +44,11 @@ def smooth_pose_adaptive(rotations: np.ndarray, translations: np.ndarray, fps: f
                          min_window_s: float, max_window_s: float) -> tuple[np.ndarray, np.ndarray, int]:
     """The least smoothing that divides the pose jitter by `jitter_reduction`: how much of the raw pose's
     frame-to-frame change is noise differs between videos (face size, detector noise, how much the head
-    moves, fps), so a fixed window over- or under-smooths some of them. Windows from `min_window_s` to
-    `max_window_s` are tried in order. Returns the smoothed rotations, translations and the window (frames)."""
+    moves, fps), so a fixed window over- or under-smooths some of them. Real head motion has second
+    differences too, so a clip with much fast motion needs a longer window to reach the target; the cap
+    `max_window_s` bounds how much real motion may go (what goes, the expression code fitted after
+    smoothing takes up). Windows are tried shortest first. Returns the smoothed rotations, translations
+    and the window (frames)."""
     first = max(5, int(round(min_window_s * fps)) | 1)
     last = max(first, int(round(max_window_s * fps)) | 1)
     for window in range(first, last + 1, 2):

@@ -167,3 +167,21 @@ def test_blinks_are_named_by_the_persons_own_side():
     left, right = b[:, BLENDSHAPE_NAMES.index("eyeBlinkLeft")], b[:, BLENDSHAPE_NAMES.index("eyeBlinkRight")]
     assert left[blink > 0].min() > 0.9 and left[blink == 0].max() < 0.1
     assert right.max() < 0.1
+
+
+def test_lag_measure_sees_a_delay_and_the_adaptive_window_is_the_shortest_that_reaches_the_target():
+    from preprocess.smoothing import jitter_ratios, lag_frames, smooth_pose, smooth_pose_adaptive
+
+    s = np.arange(300) / 25.0
+    motion = np.stack([np.sin(1.1 * s), np.sin(0.6 * s + 1), np.sin(1.7 * s + 2)], -1)  # [N, 3]
+    assert lag_frames(motion, motion) == 0
+    delayed = np.r_[motion[:2], motion[:-2]]  # a causal filter's output trails its input
+    assert lag_frames(motion, delayed) == 2
+    rng = np.random.default_rng(0)
+    R = Rotation.from_rotvec(0.1 * motion + rng.normal(0, 0.002, motion.shape)).as_matrix()
+    t = np.c_[0.01 * motion[:, :2], 1 + 0.01 * motion[:, 2]] + rng.normal(0, 0.0002, motion.shape)
+    R_s, t_s, window = smooth_pose_adaptive(R, t, 25.0, 3.5, 0.2, 0.6)
+    assert 5 <= window <= 15 and window % 2 == 1
+    assert min(jitter_ratios(R, t, R_s, t_s)) >= 3.5
+    if window > 5:
+        assert min(jitter_ratios(R, t, *smooth_pose(R, t, window - 2))) < 3.5
