@@ -28,6 +28,14 @@ class VideoInfo:
     audio_start_s: float  # presentation time of the first audio sample (0 when there is no audio)
 
 
+def upright_rgb(frame) -> np.ndarray:
+    """[H, W, 3] uint8 RGB as a player shows it: phone videos store the picture sideways with a display
+    rotation (counter-clockwise degrees) in the container."""
+    rgb = frame.to_ndarray(format="rgb24")
+    turns = int(round((getattr(frame, "rotation", 0) or 0) / 90)) % 4
+    return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
+
+
 def _open(path: Path):
     import av
 
@@ -61,6 +69,11 @@ def probe_video(path: Path | str) -> VideoInfo:
         else:
             duration_s = float("nan")
         fps = float(video.average_rate) if video.average_rate else float("nan")
+        first = next(_decoded(path, container), None)
+        if first is None:
+            raise UserError(f"{path}: the video stream has no frames. The file is corrupt or empty.")
+        if int(round((getattr(first, "rotation", 0) or 0) / 90)) % 2:
+            width, height = height, width  # shown rotated by a quarter turn
         audio = container.streams.audio[0] if container.streams.audio else None
         audio_start_s = 0.0
         if audio is not None and audio.start_time is not None and audio.time_base:
@@ -110,7 +123,7 @@ def resampled_frames(path: Path | str, fps: float, start_s: float,
                 if shown is None:  # output times before the first frame show the first frame
                     shown = (t, frame)
                 if shown_rgb is None:
-                    shown_rgb = shown[1].to_ndarray(format="rgb24")
+                    shown_rgb = upright_rgb(shown[1])
                 yield shown_rgb
                 i += 1
             if i >= limit:
@@ -121,7 +134,7 @@ def resampled_frames(path: Path | str, fps: float, start_s: float,
         end_s = shown[0] + min(last_dt, 2 * nominal_dt)
         while i < limit and start_s + (i + 0.5) / fps < end_s:
             if shown_rgb is None:
-                shown_rgb = shown[1].to_ndarray(format="rgb24")
+                shown_rgb = upright_rgb(shown[1])
             yield shown_rgb
             i += 1
 
@@ -159,4 +172,4 @@ def frames_at_times(path: Path | str, times_s: list[float],
                 else:
                     ahead = (t, frame)
             if shown is not None:
-                yield target, shown[1].to_ndarray(format="rgb24")
+                yield target, upright_rgb(shown[1])

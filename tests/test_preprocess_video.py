@@ -118,3 +118,18 @@ def test_apply_crop_maps_source_pixels_where_the_crop_says():
     centre = np.array([xs.mean() + 0.5, ys.mean() + 0.5])
     assert np.allclose(centre, crop.to_dataset([505, 105]), atol=0.6)
     assert np.array_equal(crop.to_source(crop.to_dataset([505.0, 105.0])), [505.0, 105.0])
+
+
+def test_phone_rotation_is_applied_like_a_player(vfr_clip, clip_dir):
+    import imageio_ffmpeg
+    import subprocess
+
+    rotated = clip_dir / "rotated.mp4"  # same stream, with a 90-degree display rotation in the container
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-display_rotation", "90",
+                    "-i", str(vfr_clip), "-c", "copy", str(rotated)], check=True)
+    info = probe_video(rotated)
+    assert (info.width, info.height) == (360, 640)
+    _, source = _decode_all(vfr_clip)
+    first = next(resampled_frames(rotated, 25.0, 0.0))
+    assert np.array_equal(first, np.rot90(source[0]))  # counter-clockwise, as ffmpeg's autorotate shows it
+    assert next(frames_at_times(rotated, [1.0]))[1].shape == (640, 360, 3)
