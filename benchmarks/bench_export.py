@@ -81,8 +81,10 @@ def run(quick: bool) -> list[dict]:
     if not SPEECH.is_file():
         return [{"name": "export", "skipped": f"{SPEECH} missing (the shared example data)"}]
     # (audio seconds, output fps or None for the run's own): one speed row, then the memory rows
-    cases = [(4, 5.0), (60, MEMORY_FPS), (300, MEMORY_FPS)] if quick else [(20, None), (60, MEMORY_FPS), (300, MEMORY_FPS),
-                                                                             (1800, MEMORY_FPS)]
+    if quick:
+        cases = [(4, 5.0), (60, MEMORY_FPS), (300, MEMORY_FPS)]
+    else:
+        cases = [(20, None), (60, MEMORY_FPS), (300, MEMORY_FPS), (1800, MEMORY_FPS)]
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-export-") as tmp:
         for seconds, fps in cases:
