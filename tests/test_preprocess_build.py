@@ -140,7 +140,7 @@ def test_resume_after_an_interrupted_step(dataset, tmp_path, monkeypatch):
 
 
 def test_variable_frame_rate_landscape_clip_with_separate_silent_audio(shared_data, clip_dir, tmp_path, capsys):
-    clip = cut_clip(shared_data / GERMAN, clip_dir / "vfr_640x360_noaudio.mp4", 2.0, 6.0,
+    clip = cut_clip(shared_data / GERMAN, clip_dir / "vfr_640x360_noaudio.mp4", 2.0, 3.0,
                     ["-an", "-vf", "select='not(eq(mod(n\\,3)\\,2))',scale=360:360,pad=640:360:200:0",
                      "-fps_mode", "vfr"])
     with pytest.raises(UserError, match="has no audio track.*--audio"):
@@ -148,9 +148,9 @@ def test_variable_frame_rate_landscape_clip_with_separate_silent_audio(shared_da
     assert not (tmp_path / "no_audio").exists()
 
     silence = tmp_path / "silence.wav"
-    sf.write(str(silence), np.zeros(6 * 16000, np.float32), 16000)
-    manifest = run(_config(clip, tmp_path / "vfr", audio=silence))
-    assert manifest.num_frames == 149 and manifest.source["width"] == 640 and manifest.source["height"] == 360
+    sf.write(str(silence), np.zeros(3 * 16000, np.float32), 16000)
+    manifest = run(_config(clip, tmp_path / "vfr", audio=silence, min_duration_s=2.0))
+    assert manifest.num_frames == 74 and manifest.source["width"] == 640 and manifest.source["height"] == 360
     crop = manifest.crop
     assert crop.size <= 360 and 0 <= crop.x0 and crop.x0 + crop.size <= 640 and crop.y0 == 0
     assert 200 - 40 <= crop.x0 <= 200 + 40  # centred on the face in the letterboxed middle
@@ -175,6 +175,7 @@ def test_bad_input_is_a_clear_error_and_leaves_nothing(kind, shared_data, clip_d
     import subprocess
 
     src = shared_data / GERMAN
+    short_clips: dict = {}
     if kind == "missing":
         video, expect = tmp_path / "nothing_here.mp4", "nothing_here.mp4: no such file"
     elif kind == "text":
@@ -191,13 +192,14 @@ def test_bad_input_is_a_clear_error_and_leaves_nothing(kind, shared_data, clip_d
         subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "lavfi", "-i",
                         "testsrc=size=256x256:rate=25:duration=6", "-f", "lavfi", "-i", "sine=f=300:duration=6",
                         "-shortest", str(video)], check=True)
-    else:  # the face is hidden for a sixth of the clip: too much to interpolate
-        video, expect = (cut_clip(src, clip_dir / "face_hidden.mp4", 0.0, 6.0,
-                                  ["-vf", "drawbox=x=110:y=70:w=300:h=380:color=black:t=fill:enable='between(t,2,3)'"]),
-                         r"face_hidden.mp4: no face found in 1\d% of the frames")
+    else:  # the face is hidden for a fifth of a short clip: too much to interpolate
+        video, expect = (cut_clip(src, clip_dir / "face_hidden.mp4", 0.0, 3.0,
+                                  ["-vf", "drawbox=x=110:y=70:w=300:h=380:color=black:t=fill:enable='between(t,1,1.6)'"]),
+                         r"face_hidden.mp4: no face found in 2\d% of the frames")
+        short_clips["min_duration_s"] = 2.0
     out = tmp_path / "dataset"
     with pytest.raises(UserError, match=expect):
-        run(_config(video, out))
+        run(_config(video, out, **short_clips))
     assert not out.exists()
     if kind == "no_face":  # failing after the audio step, in an empty directory the user made: it stays empty
         out.mkdir()
