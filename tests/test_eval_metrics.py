@@ -184,3 +184,16 @@ def test_head_region_metrics_ignore_changes_outside_the_head():
     assert math.isinf(s["psnr_head"]) and s["ssim_head"] == pytest.approx(1.0, abs=1e-5)
     assert s["lpips_head"] == pytest.approx(0.0, abs=1e-6) and s["lpips"] > 0.01
     assert s["psnr"] < 20 and s["lip_frames"] == 0 and s["lmd"] is None
+
+
+def test_lpips_of_tiny_images_works():
+    from avatar.train.lpips import LPIPS
+
+    gt = _images(4, b=1, h=32, w=32)
+    mask = torch.zeros(1, 1, 32, 32, dtype=torch.bool)
+    mask[..., 8:20, 10:22] = True
+    with FaceLandmarker() as detect:
+        scorer = SequenceScorer(LPIPS("alex"), detect, square_box(mask[:, 0]))
+        scorer.add(gt.flip(-1), gt, mask, [None])
+    s = scorer.summary()
+    assert s["lpips"] > 0 and s["lpips_head"] > 0

@@ -183,9 +183,9 @@ def format_table(result: dict) -> str:
     """The methods as rows, the main metrics as columns."""
     cols = ["psnr", "ssim", "lpips", "psnr_head", "ssim_head", "lpips_head", "lmd", "lmd_centred", "mouth_corr",
             "face_detected"]
-    lines = [f"{'method':<14}" + "".join(f"{c:>12}" for c in cols)]
+    lines = [f"{'method':<14}" + "".join(f"{c:>14}" for c in cols)]
     for name, m in result["methods"].items():
-        cells = "".join(f"{m[c]:>12.4f}" if isinstance(m.get(c), float) else f"{str(m.get(c)):>12}" for c in cols)
+        cells = "".join(f"{m[c]:>14.4f}" if isinstance(m.get(c), float) else f"{str(m.get(c)):>14}" for c in cols)
         lines.append(f"{name:<14}" + cells)
     return "\n".join(lines)
 

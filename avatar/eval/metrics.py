@@ -111,6 +111,19 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
 
 # ----------------------------------------------------------------------------- one method over a sequence
 
+LPIPS_MIN_SIZE = 64  # AlexNet's pooling needs about this many pixels; smaller images are enlarged first
+
+
+def _lpips_size(images: Tensor) -> Tensor:
+    """Enlarge (bilinear) images whose shorter side is below LPIPS_MIN_SIZE; others pass unchanged."""
+    h, w = images.shape[-2:]
+    if min(h, w) >= LPIPS_MIN_SIZE:
+        return images
+    scale = LPIPS_MIN_SIZE / min(h, w)
+    return F.interpolate(images, size=(math.ceil(h * scale), math.ceil(w * scale)), mode="bilinear",
+                         align_corners=False)
+
+
 
 class SequenceScorer:
     """Collects per-frame metrics of one method over a sequence of frames, then summarises them.
@@ -134,9 +147,10 @@ class SequenceScorer:
         values = {"psnr": psnr(pred, gt), "ssim": ssim(pred, gt),
                   "psnr_head": psnr(pred, gt, head_mask), "ssim_head": ssim(pred, gt, head_mask)}
         if self.lpips is not None:
-            values["lpips"] = self.lpips(pred, gt)
+            values["lpips"] = self.lpips(_lpips_size(pred), _lpips_size(gt))
             y0, y1, x0, x1 = self.head_box or (0, pred.shape[2], 0, pred.shape[3])
-            values["lpips_head"] = self.lpips(pred[:, :, y0:y1, x0:x1], gt[:, :, y0:y1, x0:x1])
+            crop = (slice(None), slice(None), slice(y0, y1), slice(x0, x1))
+            values["lpips_head"] = self.lpips(_lpips_size(pred[crop]), _lpips_size(gt[crop]))
         for key, v in values.items():
             self.frames[key] += v.float().cpu().tolist()
         images = (pred.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
