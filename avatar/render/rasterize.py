@@ -1,0 +1,132 @@
+"""One rasterizer interface over two backends with the same maths: gsplat's CUDA kernels and a pure-torch
+reference that runs anywhere (the CPU machines train and test with it).
+
+Both backends return premultiplied colour (Gaussians over black), accumulated alpha and alpha-weighted depth;
+this module blends the background and normalises depth once, so the two cannot drift apart there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from avatar.errors import UserError
+
+Backend = Literal["auto", "cuda", "torch"]
+
+
+@dataclass
+class Gaussians:
+    """Torch tensors on one device."""
+
+    means: Tensor  # [N, 3] in the camera's world frame (the canonical head frame for the head)
+    quats: Tensor  # [N, 4] wxyz, need not be normalised
+    scales: Tensor  # [N, 3] linear (not log)
+    opacities: Tensor  # [N] in 0..1
+    colors: Tensor  # [N, 3] RGB 0..1, or [N, K, 3] SH coefficients with K = (sh_degree + 1) ** 2
+    sh_degree: int | None = None  # None: colors are RGB
+
+    def __len__(self) -> int:
+        return self.means.shape[0]
+
+
+@dataclass
+class Camera:
+    """A pinhole camera in the project's OpenCV convention (avatar/contracts/camera.py)."""
+
+    world_to_cam: Tensor  # [4, 4]
+    K: Tensor  # [3, 3] pixels
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class RasterSettings:
+    """Conventions shared by both backends (gsplat 1.5.3's defaults)."""
+
+    near: float = 0.01  # Gaussians whose centre has camera z below this are dropped
+    far: float = 1e10  # ... and above this
+    eps2d: float = 0.3  # added to the projected 2D covariance's diagonal: no Gaussian is thinner than ~a pixel
+    antialiased: bool = False  # scale opacity by sqrt(det(cov2d) / det(cov2d + eps2d I)) (gsplat "antialiased")
+    alpha_threshold: float = 1.0 / 255.0  # a Gaussian contributes to a pixel only with alpha >= this (fixed in CUDA)
+    tile_size: int = 16  # gsplat's screen tiles (CUDA backend)
+    # torch backend tuning; results do not depend on these (beyond a Gaussian's box its alpha is below threshold)
+    torch_tile_size: int = 8  # smaller tiles waste less work on Gaussians that miss most of a tile
+    torch_depth_block: int = 32  # Gaussians per tile composited per step; saturated tiles stop early
+    chunk_elements: int = 1 << 22  # tile pixels x Gaussians evaluated at once (bounds the step's memory)
+
+
+@dataclass
+class RenderOutput:
+    rgb: Tensor  # [H, W, 3] composited over the background
+    alpha: Tensor  # [H, W, 1]
+    depth: Tensor  # [H, W, 1] expected depth (alpha-weighted, z in camera), 0 where empty
+    # gsplat-compatible extras for densification (gsplat.strategy.DefaultStrategy reads them):
+    # "means2d" [1, N, 2] (its .grad is the screen-space gradient), "radii" [1, N, 2] int, "width", "height",
+    # "n_cameras".
+    info: dict = field(default_factory=dict)
+
+
+def resolve_backend(backend: Backend, device: torch.device) -> Literal["cuda", "torch"]:
+    """"auto" picks gsplat's CUDA kernels for CUDA tensors, else the torch reference."""
+    if backend == "torch":
+        return "torch"
+    cuda_ready = torch.cuda.is_available() and device.type == "cuda"
+    if backend == "cuda":
+        if not cuda_ready:
+            raise UserError(
+                f"renderer: backend 'cuda' needs a CUDA GPU and CUDA tensors (CUDA available: "
+                f"{torch.cuda.is_available()}, tensors on {device}). Use backend 'auto' or 'torch' on this machine."
+            )
+        return "cuda"
+    if backend == "auto":
+        return "cuda" if cuda_ready else "torch"
+    raise ValueError(f"unknown renderer backend {backend!r}; choose auto, cuda or torch")
+
+
+def rasterize(
+    gaussians: Gaussians,
+    camera: Camera,
+    background: Tensor | None = None,  # [H, W, 3] or [3]; None = black
+    backend: Backend = "auto",
+    settings: RasterSettings | None = None,
+) -> RenderOutput:
+    """Render Gaussians front to back into RGB, alpha and expected depth; differentiable in every parameter."""
+    settings = settings or RasterSettings()
+    _check_inputs(gaussians, camera)
+    if resolve_backend(backend, gaussians.means.device) == "cuda":
+        from avatar.render.gsplat_backend import render_premultiplied
+    else:
+        from avatar.render.torch_backend import render_premultiplied
+    # colour_sum [H, W, 3], alpha [H, W, 1], depth_sum [H, W, 1]
+    colour_sum, alpha, depth_sum, info = render_premultiplied(gaussians, camera, settings)
+    rgb = colour_sum if background is None else colour_sum + (1.0 - alpha) * _background(background, camera)
+    depth = depth_sum / alpha.clamp(min=1e-10)
+    return RenderOutput(rgb=rgb, alpha=alpha, depth=depth, info=info)
+
+
+def _background(background: Tensor, camera: Camera) -> Tensor:
+    if background.shape == (3,):
+        return background.view(1, 1, 3)
+    if background.shape == (camera.height, camera.width, 3):
+        return background
+    raise ValueError(f"background must be [3] or [{camera.height}, {camera.width}, 3], got {list(background.shape)}")
+
+
+def _check_inputs(g: Gaussians, camera: Camera) -> None:
+    n = g.means.shape[0]
+    expected = {"means": (n, 3), "quats": (n, 4), "scales": (n, 3), "opacities": (n,)}
+    for name, shape in expected.items():
+        if tuple(getattr(g, name).shape) != shape:
+            raise ValueError(f"Gaussians.{name} must be {list(shape)}, got {list(getattr(g, name).shape)}")
+    if g.sh_degree is None:
+        if tuple(g.colors.shape) != (n, 3):
+            raise ValueError(f"RGB Gaussians.colors must be [{n}, 3], got {list(g.colors.shape)}")
+    elif tuple(g.colors.shape) != (n, (g.sh_degree + 1) ** 2, 3) or not 0 <= g.sh_degree <= 3:
+        raise ValueError(f"SH Gaussians.colors must be [{n}, (sh_degree + 1) ** 2, 3] with sh_degree in 0..3, "
+                         f"got {list(g.colors.shape)} with sh_degree={g.sh_degree}")
+    if tuple(camera.world_to_cam.shape) != (4, 4) or tuple(camera.K.shape) != (3, 3):
+        raise ValueError("Camera.world_to_cam must be [4, 4] and Camera.K [3, 3]")

@@ -1,0 +1,199 @@
+"""Pure-torch Gaussian rasterizer: the CPU reference, with gsplat 1.5.3's maths.
+
+Projection uses gsplat's own torch specification (`gsplat.cuda._torch_impl`, private, hence the exact pin)
+plus what its CUDA kernel adds on top (opacity-aware bounding boxes, culling of faint Gaussians). Compositing is
+ours: Gaussians are binned into screen tiles through their bounding boxes, and each tile evaluates only its own
+Gaussians, in depth order, for all its pixels at once; tiles of similar load are batched into memory-bounded
+chunks. Outside a Gaussian's box its alpha is below the threshold anyway, so the tiling changes no pixel.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from gsplat.cuda._torch_impl import _persp_proj, _quat_scale_to_covar_preci, _spherical_harmonics, _world_to_cam
+from torch import Tensor
+
+from avatar.render.rasterize import Camera, Gaussians, RasterSettings
+
+ALPHA_MAX = 0.999  # gsplat clamps every Gaussian's alpha so a pixel is never fully opaque after one
+LOG_TRANSMITTANCE_MIN = math.log(1e-4)  # a pixel stops before the Gaussian that would take it this low
+EXTENT_SIGMAS = 3.33  # bounding-box half size in standard deviations (opacity may shrink it)
+
+
+@dataclass
+class Projected:
+    """Gaussians in screen space; only `visible` ones are rendered."""
+
+    means2d: Tensor  # [N, 2] pixels
+    conics: Tensor  # [N, 3] inverse 2D covariance (a, b, c): power = a dx^2 / 2 + b dx dy + c dy^2 / 2
+    depths: Tensor  # [N] camera z
+    opacities: Tensor  # [N] times the antialiasing compensation when enabled
+    radii: Tensor  # [N, 2] int, half sizes of the bounding boxes in pixels; 0 where not visible
+    visible: Tensor  # [N] bool
+
+
+def project(g: Gaussians, camera: Camera, s: RasterSettings) -> Projected:
+    """EWA-project 3D Gaussians to pixels (pinhole), add the 2D low-pass eps2d and bound each one's footprint."""
+    viewmat, K = camera.world_to_cam.to(g.means)[None], camera.K.to(g.means)[None]  # [1, 4, 4], [1, 3, 3]
+    covars, _ = _quat_scale_to_covar_preci(g.quats, g.scales, compute_preci=False)  # [N, 3, 3]
+    means_cam, covars_cam = _world_to_cam(g.means, covars, viewmat)  # [1, N, 3], [1, N, 3, 3]
+    means2d, cov2d = _persp_proj(means_cam, covars_cam, K, camera.width, camera.height)
+    means2d, cov2d, depths = means2d[0], cov2d[0], means_cam[0, :, 2]  # [N, 2], [N, 2, 2], [N]
+
+    det_orig = cov2d[:, 0, 0] * cov2d[:, 1, 1] - cov2d[:, 0, 1] * cov2d[:, 1, 0]
+    cov2d = cov2d + s.eps2d * torch.eye(2, dtype=cov2d.dtype, device=cov2d.device)
+    det = cov2d[:, 0, 0] * cov2d[:, 1, 1] - cov2d[:, 0, 1] * cov2d[:, 1, 0]
+    visible = (det > 0) & (depths >= s.near) & (depths <= s.far)
+    safe_det = torch.where(visible, det, torch.ones_like(det))
+    conics = torch.stack(
+        [cov2d[:, 1, 1] / safe_det, -0.5 * (cov2d[:, 0, 1] + cov2d[:, 1, 0]) / safe_det, cov2d[:, 0, 0] / safe_det],
+        dim=-1,
+    )
+    opacities = g.opacities
+    if s.antialiased:
+        opacities = opacities * torch.sqrt(torch.clamp(det_orig / safe_det, min=0.0))
+
+    with torch.no_grad():
+        # The opacity-aware box of gsplat's CUDA projection: beyond it alpha < alpha_threshold.
+        visible = visible & (opacities >= s.alpha_threshold)
+        ratio = (opacities / s.alpha_threshold).clamp(min=1.0)
+        extent = torch.sqrt(2.0 * torch.log(ratio)).clamp(max=EXTENT_SIGMAS)  # [N]
+        diag = torch.stack([cov2d[:, 0, 0], cov2d[:, 1, 1]], dim=-1).clamp(min=0.0)
+        radii = torch.ceil(extent[:, None] * torch.sqrt(diag))  # [N, 2]
+        size = torch.tensor([camera.width, camera.height], dtype=radii.dtype, device=radii.device)
+        on_screen = ((means2d + radii > 0) & (means2d - radii < size)).all(dim=-1)
+        visible = visible & on_screen & (radii > 0).all(dim=-1)
+        radii = torch.where(visible[:, None], radii, torch.zeros_like(radii)).int()
+    return Projected(means2d, conics, depths, opacities, radii, visible)
+
+
+def gaussian_colors(g: Gaussians, camera: Camera, visible: Tensor) -> Tensor:
+    """[N, 3] colours; SH is evaluated for the view direction from the camera centre (as gsplat does)."""
+    if g.sh_degree is None:
+        return g.colors
+    cam_centre = torch.linalg.inv(camera.world_to_cam.to(g.means))[:3, 3]
+    colors = torch.zeros(g.colors.shape[0], 3, dtype=g.colors.dtype, device=g.colors.device)
+    ids = visible.nonzero()[:, 0]
+    sh = _spherical_harmonics(g.sh_degree, g.means[ids] - cam_centre, g.colors[ids])  # [V, 3]
+    return colors.index_put((ids,), torch.clamp_min(sh + 0.5, 0.0))
+
+
+@dataclass
+class TileBins:
+    """Gaussian ids per tile, each tile's list sorted front to back, all lists concatenated."""
+
+    gaussian_ids: Tensor  # [M] int64
+    offsets: Tensor  # [T] start of each tile's list
+    counts: Tensor  # [T]
+
+
+@torch.no_grad()
+def bin_into_tiles(p: Projected, tile_size: int, tiles_x: int, tiles_y: int) -> TileBins:
+    """Every (tile, Gaussian) pair whose tile meets the Gaussian's box, sorted by tile then depth."""
+    ids = p.visible.nonzero()[:, 0]  # [V]
+    centre = p.means2d[ids].detach() / tile_size
+    half = p.radii[ids].to(centre.dtype) / tile_size
+    limit = torch.tensor([tiles_x, tiles_y], device=ids.device)
+    lo = torch.minimum(torch.floor(centre - half).long().clamp(min=0), limit)  # [V, 2] inclusive
+    hi = torch.minimum(torch.ceil(centre + half).long().clamp(min=0), limit)  # [V, 2] exclusive
+    span = hi - lo
+    per_gaussian = span[:, 0] * span[:, 1]  # [V]
+
+    owner = torch.repeat_interleave(torch.arange(len(ids), device=ids.device), per_gaussian)  # [M]
+    first = torch.cumsum(per_gaussian, 0) - per_gaussian
+    local = torch.arange(len(owner), device=ids.device) - first[owner]
+    tile_x = lo[owner, 0] + local % span[owner, 0]
+    tile_y = lo[owner, 1] + local // span[owner, 0]
+    tile = tile_y * tiles_x + tile_x  # [M]
+
+    depth_rank = torch.empty_like(ids)
+    depth_rank[torch.sort(p.depths[ids].detach(), stable=True).indices] = torch.arange(len(ids), device=ids.device)
+    order = torch.sort(tile * max(len(ids), 1) + depth_rank[owner]).indices
+    counts = torch.bincount(tile, minlength=tiles_x * tiles_y)
+    return TileBins(ids[owner[order]], torch.cumsum(counts, 0) - counts, counts)
+
+
+def composite_block(
+    pixels: Tensor,  # [T, P, 2] pixel centres
+    alive: Tensor,  # [T, P] bool, pixels still collecting Gaussians
+    log_t: Tensor,  # [T, P] log transmittance so far
+    means2d: Tensor,  # [T, K, 2] the next K Gaussians of each tile, front to back
+    conics: Tensor,  # [T, K, 3]
+    opacities: Tensor,  # [T, K]; 0 in padding slots
+    features: Tensor,  # [T, K, C] colour and depth
+    alpha_threshold: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Composite K more Gaussians behind what the pixels hold: [T, P, C] weighted feature sum, [T, P] log
+    transmittance added, [T, P] pixels still alive afterwards."""
+    dx = means2d[:, None, :, 0] - pixels[:, :, None, 0]  # [T, P, K]
+    dy = means2d[:, None, :, 1] - pixels[:, :, None, 1]
+    a, b, c = conics[:, None, :, 0], conics[:, None, :, 1], conics[:, None, :, 2]
+    power = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
+    alpha = torch.clamp(opacities[:, None, :] * torch.exp(-power), max=ALPHA_MAX)
+    alpha = torch.where((power >= 0) & (alpha >= alpha_threshold), alpha, torch.zeros_like(alpha))
+    log_survive = torch.log1p(-alpha)  # log(1 - alpha)
+    log_t_after = log_t[..., None] + torch.cumsum(log_survive, dim=-1)  # after each Gaussian
+    # gsplat stops a pixel before the Gaussian that would take it to the minimum: the kept set is a prefix.
+    kept = alive[..., None] & (log_t_after > LOG_TRANSMITTANCE_MIN)
+    weights = torch.where(kept, alpha * torch.exp(log_t_after - log_survive), torch.zeros_like(alpha))
+    feature_sum = torch.einsum("tpk,tkc->tpc", weights, features)
+    log_t_added = torch.where(kept, log_survive, torch.zeros_like(log_survive)).sum(dim=-1)
+    return feature_sum, log_t_added, alive & (log_t_after[..., -1] > LOG_TRANSMITTANCE_MIN)
+
+
+def render_premultiplied(g: Gaussians, camera: Camera, s: RasterSettings) -> tuple[Tensor, Tensor, Tensor, dict]:
+    """[H, W, 3] colour over black, [H, W, 1] alpha, [H, W, 1] alpha-weighted depth, densification info.
+
+    Tiles advance through their depth-sorted lists in blocks of `torch_depth_block` Gaussians, and a tile
+    leaves once all its pixels are saturated: behind an opaque surface is where most of the work would go."""
+    W, H, ts = camera.width, camera.height, s.torch_tile_size
+    tiles_x, tiles_y = math.ceil(W / ts), math.ceil(H / ts)
+    p = project(g, camera, s)
+    features = torch.cat([gaussian_colors(g, camera, p.visible), p.depths[:, None]], dim=-1)  # [N, 4]
+    bins = bin_into_tiles(p, ts, tiles_x, tiles_y)
+    means2d_batched = p.means2d[None]  # [1, N, 2]: what densification reads .grad from, so render through it
+    means2d = means2d_batched[0]
+
+    dtype, device = p.means2d.dtype, p.means2d.device
+    order = torch.sort(bins.counts, descending=True, stable=True).indices
+    tiles = order[: int((bins.counts > 0).sum())]  # [Tn] non-empty tiles, heaviest first
+    counts, offsets = bins.counts[tiles], bins.offsets[tiles]
+    local = torch.arange(ts * ts, device=device)
+    pixels = torch.stack([(tiles % tiles_x)[:, None] * ts + local % ts,
+                          (tiles // tiles_x)[:, None] * ts + local // ts], dim=-1)  # [Tn, P, 2]
+    alive = (pixels[..., 0] < W) & (pixels[..., 1] < H)  # [Tn, P]
+    pixels = pixels.to(dtype) + 0.5
+    acc = torch.zeros(len(tiles), ts * ts, features.shape[1], dtype=dtype, device=device)
+    log_t = torch.zeros(len(tiles), ts * ts, dtype=dtype, device=device)
+
+    active = torch.arange(len(tiles), device=device)  # heaviest first, so lists run out from the back
+    start = 0
+    while len(active):
+        width = min(s.torch_depth_block, int(counts[active[0]]) - start)
+        slot = torch.arange(start, start + width, device=device)
+        for sub in torch.split(active, max(1, s.chunk_elements // (ts * ts * width))):
+            in_list = slot[None, :] < counts[sub, None]  # [T, K]
+            gid = bins.gaussian_ids[(offsets[sub, None] + slot[None, :]).clamp(max=len(bins.gaussian_ids) - 1)]
+            opacities = torch.where(in_list, p.opacities[gid], torch.zeros((), dtype=dtype, device=device))
+            feature_sum, log_t_added, alive_after = composite_block(
+                pixels[sub], alive[sub], log_t[sub], means2d[gid], p.conics[gid], opacities, features[gid],
+                s.alpha_threshold)
+            acc = acc.index_add(0, sub, feature_sum)
+            log_t = log_t.index_add(0, sub, log_t_added)
+            alive[sub] = alive_after
+        start += width
+        active = active[(counts[active] > start) & alive[active].any(dim=1)]
+
+    tile_image = torch.cat([acc, 1.0 - torch.exp(log_t)[..., None]], dim=-1)  # [Tn, P, C + 1]
+    # Zero times the inputs keeps an empty frame in the autograd graph, as gsplat's outputs always are.
+    canvas = torch.zeros(tiles_x * tiles_y, ts * ts, tile_image.shape[-1], dtype=dtype, device=device)
+    if not len(tiles):
+        canvas = canvas + 0.0 * (features.sum() + means2d.sum() + p.conics.sum() + p.opacities.sum())
+    canvas = canvas.index_copy(0, tiles, tile_image)
+    image = canvas.view(tiles_y, tiles_x, ts, ts, -1).permute(0, 2, 1, 3, 4).reshape(tiles_y * ts, tiles_x * ts, -1)
+    image = image[:H, :W]
+    info = {"means2d": means2d_batched, "radii": p.radii[None], "width": W, "height": H, "n_cameras": 1}
+    return image[..., :3], image[..., 4:5], image[..., 3:4], info
