@@ -61,9 +61,9 @@ def component_rows(directory: Path, quick: bool) -> list[dict]:
             spec.loader.exec_module(module)
             result = module.run(quick)
         except Exception as exc:  # one broken benchmark must not hide the others
-            rows.append({"name": path.stem, "error": f"{type(exc).__name__}: {exc}"})
+            rows.append({"section": path.stem, "name": path.stem, "error": f"{type(exc).__name__}: {exc}"})
             continue
-        rows += [{"benchmark": path.stem, **row} for row in (result or [])]
+        rows += [{"section": path.stem, **row} for row in (result or [])]
     return rows
 
 
@@ -114,7 +114,7 @@ def render_rows(head, frames: int, warmup: int, resolutions: tuple[int, ...], de
         _sync(device)
         seconds = (time.perf_counter() - start) / frames
         label = f"{head.resolution} (training camera, torso)" if size is None else f"{size} (head only)"
-        rows.append({"name": f"render {label}", "ms_per_frame": 1000 * seconds, "fps": 1 / seconds,
+        rows.append({"section": "avatar render (batch 1)", "name": f"render {label}", "ms_per_frame": 1000 * seconds, "fps": 1 / seconds,
                      "peak_memory_mb": _peak_memory_mb(device)})
     return rows
 
@@ -126,12 +126,12 @@ def training_rows(run_dir: Path) -> list[dict]:
     rows = []
     for stage, seconds in run_info.get("stage_seconds", {}).items():
         steps = config.get(f"{stage}_steps")
-        row = {"name": f"train stage {stage}", "seconds": seconds}
+        row = {"section": "training (as recorded in run.json)", "name": f"stage {stage}", "seconds": seconds}
         if stage != "audio" and steps:  # the audio stage's steps are per ensemble member and may stop early
             row.update(steps=steps, it_per_s=steps / seconds if seconds else None)
         rows.append(row)
     total = sum(run_info.get("stage_seconds", {}).values())
-    rows.append({"name": "train total", "seconds": total, "minutes": total / 60,
+    rows.append({"section": "training (as recorded in run.json)", "name": "total", "seconds": total, "minutes": total / 60,
                  "peak_memory_mb": run_info.get("peak_memory_mb")})
     return rows
 
@@ -141,6 +141,8 @@ def format_table(rows: list[dict]) -> str:
     columns = list(dict.fromkeys(k for row in rows for k in row))
 
     def cell(v) -> str:
+        if isinstance(v, dict):
+            return ", ".join(f"{k}={cell(x)}" for k, x in v.items())
         if isinstance(v, float):
             return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
         return "" if v is None else str(v)
@@ -152,6 +154,14 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def format_report(rows: list[dict]) -> str:
+    """One table per section (each component benchmark, the avatar's rendering, its training), in order."""
+    sections: dict[str, list[dict]] = {}
+    for row in rows:
+        sections.setdefault(row.get("section", ""), []).append({k: v for k, v in row.items() if k != "section"})
+    return "\n\n".join(f"== {name}\n{format_table(part)}" for name, part in sections.items())
+
+
 def run(cfg: BenchConfig) -> list[dict]:
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
@@ -159,7 +169,7 @@ def run(cfg: BenchConfig) -> list[dict]:
         torch.set_num_threads(cfg.threads)
     frames, warmup = (3, 1) if cfg.quick else (cfg.frames, cfg.warmup)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    rows: list[dict] = [{"name": "device", "value": name}]
+    rows: list[dict] = [{"section": "device", "name": name}]
     if cfg.components:
         rows += component_rows(BENCHMARK_DIR, cfg.quick)
     if cfg.run is not None:
@@ -170,7 +180,7 @@ def run(cfg: BenchConfig) -> list[dict]:
         head = TalkingHead.load(cfg.run, device=str(device))
         rows += render_rows(head, frames, warmup, cfg.resolutions, device)
         rows += training_rows(cfg.run)
-    print(format_table(rows))
+    print(format_report(rows))
     if cfg.out is not None:
         from avatar.contracts.atomic import write_json
 
