@@ -26,6 +26,9 @@ class FrameBatch:
     code: Tensor  # [B, P] tracked expression PCA code of the dataset
     audio: Tensor  # [B, 2K+1, W, F] normalised audio windows of the frame and its neighbours
 
+    def to(self, device: torch.device | str) -> "FrameBatch":
+        return FrameBatch(**{k: v.to(device) for k, v in self.__dict__.items()})
+
     def mask(self, name: str) -> Tensor:
         """[B, H, W, 1] soft mask `name` (one of avatar.contracts.dataset.MASK_BITS)."""
         c = MASK_NAMES.index(name)

@@ -8,6 +8,7 @@ fixed threshold, so one setting works at any resolution; the count never exceeds
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -61,8 +62,9 @@ class Densifier:
         if grad is None:
             return
         if self.grad_sum is None or self.grad_sum.shape[0] != len(gaussians):
-            self.grad_sum = torch.zeros(len(gaussians))
-            self.count = torch.zeros(len(gaussians))
+            self.grad_sum = torch.zeros(len(gaussians), device=grad.device)
+            self.count = torch.zeros(len(gaussians), device=grad.device)
+        self.grad_sum, self.count = self.grad_sum.to(grad.device), self.count.to(grad.device)  # after a resume
         norm = grad.detach().norm(dim=-1)
         self.grad_sum += norm
         self.count += (norm > 0).float()
@@ -81,7 +83,7 @@ class Densifier:
         mean_grad[~keep] = -1
         room = max(0, self.max_gaussians - int(keep.sum()))
         grow = min(int(c.grow_fraction * n), room // 2)  # a split adds up to two children per parent
-        chosen = mean_grad.topk(grow).indices if grow > 0 else torch.zeros(0, dtype=torch.long)
+        chosen = mean_grad.topk(grow).indices if grow > 0 else torch.zeros(0, dtype=torch.long, device=keep.device)
         chosen = chosen[mean_grad[chosen] > 0]
         large = gaussians.scales[chosen].max(-1).values > c.split_scale_m
         split, clone = chosen[large], chosen[~large]
@@ -91,21 +93,21 @@ class Densifier:
         # children of a split: two samples from the parent's Gaussian, each 1/1.6 of its size
         rot = quat_to_matrix(params["quats"][split])
         scale = gaussians.scales[split]
-        offsets = torch.randn((2, len(split), 3), generator=generator) * scale
+        offsets = torch.randn((2, len(split), 3), generator=generator).to(scale.device) * scale
         child_means = (params["means"][split] + torch.einsum("nij,knj->kni", rot, offsets)).reshape(-1, 3)
         sources = torch.cat([torch.nonzero(keep)[:, 0], clone, split, split])  # the row each new row copies
         new = {name: p[sources].clone() for name, p in params.items()}
         n_keep, n_clone = int(keep.sum()), len(clone)
         new["means"][n_keep + n_clone:] = child_means
-        new["log_scales"][n_keep + n_clone:] -= torch.log(torch.tensor(1.6))
-        fresh = torch.zeros(len(sources), dtype=torch.bool)
+        new["log_scales"][n_keep + n_clone:] -= math.log(1.6)
+        fresh = torch.zeros(len(sources), dtype=torch.bool, device=keep.device)
         fresh[n_keep:] = True
         old_params = dict(params)
         gaussians.replace(new, gaussians.skin_index[sources], gaussians.skin_weight[sources])
         for name, old in old_params.items():
             _remap_optimizer(optimizer, old, getattr(gaussians, name), sources, fresh)
-        self.grad_sum = torch.zeros(len(gaussians))
-        self.count = torch.zeros(len(gaussians))
+        self.grad_sum = torch.zeros(len(gaussians), device=keep.device)
+        self.count = torch.zeros(len(gaussians), device=keep.device)
         return {"pruned": int(n - int(keep.sum()) - len(split)), "cloned": n_clone, "split": len(split), "total": len(gaussians)}
 
 

@@ -38,8 +38,16 @@ class HeadConfig:
 
 
 def face_triangles() -> np.ndarray:
-    """[T, 3] vertex triangles of mediapipe's face mesh, recovered as the 3-cliques of its tessellation edges."""
-    from mediapipe.python.solutions.face_mesh_connections import FACEMESH_TESSELATION
+    """[T, 3] vertex triangles of mediapipe's face mesh, recovered as the 3-cliques of its tessellation edges.
+
+    The edge list is read from its plain-Python module file, without importing mediapipe (seconds of start-up)."""
+    import importlib.util
+
+    package = Path(importlib.util.find_spec("mediapipe").origin).parent
+    spec = importlib.util.spec_from_file_location("face_mesh_connections", package / "python/solutions/face_mesh_connections.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    FACEMESH_TESSELATION = module.FACEMESH_TESSELATION  # noqa: N806 - mediapipe's name
 
     neighbours: dict[int, set[int]] = {}
     for a, b in FACEMESH_TESSELATION:

@@ -143,7 +143,7 @@ class TalkingHead(nn.Module):
             torso_rgb, torso_alpha = self.torso(rotation, translation)
             background = torso_rgb * torso_alpha + background * (1 - torso_alpha)
         offsets = [None, None]
-        displacement = [torch.zeros(b, len(s), 3) for s in (self.head, self.mouth)]
+        displacement = [torch.zeros(b, len(s), 3, device=rotation.device) for s in (self.head, self.mouth)]
         if mode != "static":
             lm = self.landmark_offsets(self.expression_code(expression) if code is None else code)
             displacement = [skinned_displacement(lm, s.skin_index, s.skin_weight) for s in (self.head, self.mouth)]

@@ -82,6 +82,8 @@ class TrainConfig:
     """memory for resized frames; the video is streamed from disk beyond this"""
     threads: int = 2
     """CPU threads torch may use"""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """where the model trains: "auto" picks the GPU when there is one"""
     backend: Literal["auto", "cuda", "torch"] = "auto"
     """rasterizer backend: CUDA kernels on a GPU, the torch reference elsewhere"""
     min_train_frames: int = 50

@@ -53,7 +53,8 @@ class Stage:
         self.sampler = FrameSampler(dataset.indices("train"), cfg.batch_size, cfg.seed + self.seed_offset)
         self.generator = torch.Generator().manual_seed(cfg.seed + self.seed_offset + 1)
         self.step = 0
-        self.elapsed = 0.0
+        self.elapsed = 0.0  # wall seconds of this stage so far (over resumes)
+        self.cpu = 0.0  # process CPU seconds: comparable between loaded and idle machines
         self.model.train()
         self.model.audio_encoder.eval()  # frozen after stage 1; eval mode keeps its dropout off
         self.setup()
@@ -62,7 +63,7 @@ class Stage:
             self.optimizer.load_state_dict(state["optimizer"])
             self.sampler.load_state_dict(state["sampler"])
             self.generator.set_state(state["generator"])
-            self.step, self.elapsed = state["step"], state["elapsed"]
+            self.step, self.elapsed, self.cpu = state["step"], state["elapsed"], state["cpu"]
             self.load_extra(state)
         self._lpips = None
 
@@ -81,7 +82,7 @@ class Stage:
         if self._lpips is None:
             from avatar.train.lpips import LPIPS
 
-            self._lpips = LPIPS("alex")
+            self._lpips = LPIPS("alex").to(self.runner.device)
         return self._lpips
 
     def image_loss(self, pred: Tensor, gt: Tensor, batch: FrameBatch, use_lpips: bool) -> tuple[Tensor, dict]:
@@ -98,7 +99,7 @@ class Stage:
         return loss, logs
 
     def checkpoint(self) -> None:
-        state = {"stage": self.name, "step": self.step, "elapsed": self.elapsed, "spec": to_dict(self.model.spec),
+        state = {"stage": self.name, "step": self.step, "elapsed": self.elapsed, "cpu": self.cpu, "spec": to_dict(self.model.spec),
                  "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "sampler": self.sampler.state_dict(), "generator": self.generator.get_state(), **self.extra_state()}
         self.runner.save_checkpoint(state)
@@ -109,8 +110,9 @@ class Stage:
         cfg, writer = self.cfg, self.runner.writer
         bar = tqdm(total=self.steps, initial=self.step, desc=self.name, dynamic_ncols=True)
         started = time.perf_counter() - self.elapsed
+        cpu_started = time.process_time() - self.cpu
         while self.step < self.steps:
-            batch = self.data.batch(self.sampler.next())
+            batch = self.data.batch(self.sampler.next()).to(self.runner.device)
             loss, out, logs = self.train_step(batch)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -119,6 +121,7 @@ class Stage:
             self.step += 1
             self.after_step()
             self.elapsed = time.perf_counter() - started
+            self.cpu = time.process_time() - cpu_started
             quality = psnr(out["rgb"], batch.rgb)
             bar.update(1)
             bar.set_postfix(loss=f"{float(loss):.4f}", psnr=f"{quality:.2f}", n=len(self.model.head))
@@ -141,9 +144,10 @@ class Stage:
         bar.close()
         self.model.eval()
         metrics = self.validate()
-        metrics["seconds"] = self.elapsed
+        metrics["seconds"], metrics["cpu_seconds"] = self.elapsed, self.cpu
         self.runner.run_info["metrics"][self.name] = metrics
         self.runner.run_info["stage_seconds"][self.name] = self.elapsed
+        self.runner.run_info.setdefault("stage_cpu_seconds", {})[self.name] = self.cpu
         self.runner.log(f"{self.name} validation: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
         self.runner._write_run_info()
         self.model.train()
@@ -154,7 +158,7 @@ class Stage:
         val = self.runner.dataset.indices("val")
         ids = val[np.linspace(0, len(val) - 1, min(self.cfg.val_frames, len(val))).round().astype(int)]
         for i in range(0, len(ids), size):
-            yield self.data.batch(ids[i:i + size])
+            yield self.data.batch(ids[i:i + size]).to(self.runner.device)
 
     @torch.no_grad()
     def measure(self, render) -> dict:
@@ -202,7 +206,7 @@ class CanonicalStage(Stage):
 
     def render(self, batch: FrameBatch, mode: str = "prior") -> dict[str, Tensor]:
         b = len(batch.indices)
-        no_audio = torch.zeros(b, self.model.audio_encoder.embed_dim)
+        no_audio = torch.zeros(b, self.model.audio_encoder.embed_dim, device=batch.rgb.device)
         return self.model(no_audio, batch.expression, batch.blink, batch.rotation, batch.translation,
                           head_background(batch, self.model.plate), mode=mode, show_torso=False, code=batch.code)
 
@@ -237,7 +241,8 @@ class DeformStage(Stage):
     def setup(self) -> None:
         with torch.no_grad():  # the audio encoder is frozen: its outputs for every frame are computed once
             windows = self.runner.dataset.audio_windows(context=self.model.audio_context)
-            outs = [self.model.audio_encoder(torch.from_numpy(np.ascontiguousarray(windows[i:i + 256])))
+            device = self.runner.device
+            outs = [self.model.audio_encoder(torch.from_numpy(np.ascontiguousarray(windows[i:i + 256])).to(device))
                     for i in range(0, len(windows), 256)]
         self.embedding = torch.cat([e for e, _ in outs])
         self.predicted = torch.cat([x for _, x in outs])
@@ -260,7 +265,7 @@ class DeformStage(Stage):
         return self.model(embedding, expression, batch.blink, batch.rotation, batch.translation, self.model.plate, mode="full")
 
     def train_step(self, batch: FrameBatch):
-        teacher = torch.rand(len(batch.indices), generator=self.generator) < self.cfg.teacher_prob
+        teacher = (torch.rand(len(batch.indices), generator=self.generator) < self.cfg.teacher_prob).to(batch.rgb.device)
         out = self.render(batch, teacher)
         loss, logs = self.image_loss(out["rgb"], batch.rgb, batch, use_lpips=self.step >= self.cfg.lpips_start)
         alpha = (out["alpha"] - batch.mask("person")).abs().mean()
@@ -269,10 +274,10 @@ class DeformStage(Stage):
 
     def validate(self) -> dict:
         def audio(b):
-            return self.render(b, torch.zeros(len(b.indices), dtype=torch.bool))["rgb"]
+            return self.render(b, torch.zeros(len(b.indices), dtype=torch.bool, device=b.rgb.device))["rgb"]
 
         def tracked(b):
-            return self.render(b, torch.ones(len(b.indices), dtype=torch.bool))["rgb"]
+            return self.render(b, torch.ones(len(b.indices), dtype=torch.bool, device=b.rgb.device))["rgb"]
 
         metrics = {f"audio_{k}": v for k, v in self.measure(audio).items()}
         metrics.update({f"tracked_{k}": v for k, v in self.measure(tracked).items()})

@@ -59,6 +59,10 @@ class Runner:
         if cfg.resume and not self.ckpt_path.exists():
             raise UserError(f"{self.ckpt_path}: no checkpoint to resume from. Start the run without --resume.")
         torch.set_num_threads(cfg.threads)
+        cuda = torch.cuda.is_available()
+        if cfg.device == "cuda" and not cuda:
+            raise UserError("--device cuda: no CUDA GPU is visible. Use --device auto or cpu on this machine.")
+        self.device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and cuda) else "cpu")
         self._stop_requested = False
         self.model = None
         self.run_info: dict = {}
@@ -79,7 +83,7 @@ class Runner:
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
         write_json(self.out / "config.json", to_dict(cfg))
-        state = torch.load(self.ckpt_path, weights_only=False) if cfg.resume else None
+        state = torch.load(self.ckpt_path, map_location="cpu", weights_only=False) if cfg.resume else None
         self.run_info = state["run_info"] if state else {
             "format_version": RUN_FORMAT_VERSION, "dataset": str(Path(cfg.dataset).resolve()), "preset": cfg.preset,
             "status": "training", "stage_seconds": {}, "metrics": {},
@@ -94,17 +98,15 @@ class Runner:
                 stage = "canonical"
             from avatar.train.stages import CanonicalStage, DeformStage, restore_model
 
-            self.model = restore_model(state)
+            self.model = restore_model(state).to(self.device)
             for name, cls in (("canonical", CanonicalStage), ("deform", DeformStage)):
                 if STAGES.index(stage) > STAGES.index(name):
                     continue
-                started = time.perf_counter()
                 resuming = state["stage"] == name and "optimizer" in state  # not a fresh stage start
                 cls(self, state if resuming else None).run()
-                self._add_time(name, time.perf_counter() - started)
                 state = {"stage": STAGES[STAGES.index(name) + 1] if name != "deform" else "done"}
             final = self.out / "avatar.pt"
-            self.model.save(final)
+            self.model.cpu().save(final)
             self.model.head.export_ply(self.out / "head.ply")
             self.run_info["status"] = "done"
             self.run_info["num_gaussians"] = {"head": len(self.model.head), "mouth": len(self.model.mouth)}
@@ -120,13 +122,14 @@ class Runner:
         from avatar.model.audio_encoder import train_audio_encoder
         from avatar.train.initialize import initial_model
 
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         self.log(f"stage 1/3 audio -> expression ({self.cfg.audio_steps} steps per member)")
         encoder, metrics = train_audio_encoder(self.dataset, self.cfg.audio, self.cfg.audio_steps, self.cfg.seed, log=self.log)
         self.run_info["metrics"]["audio"] = metrics
         self.log(f"audio encoder: validation lip-opening correlation {metrics['val_lip_corr']:.3f}")
         model = initial_model(self.dataset, self.cfg, encoder)
-        self._add_time("audio", time.perf_counter() - started)
+        self.run_info["stage_seconds"]["audio"] = time.perf_counter() - started
+        self.run_info.setdefault("stage_cpu_seconds", {})["audio"] = time.process_time() - cpu_started
         state = {"stage": "canonical", "step": 0, "spec": to_dict(model.spec), "model": model.state_dict(), "run_info": self.run_info}
         self.save_checkpoint(state)
         return state
@@ -136,11 +139,6 @@ class Runner:
         state["run_info"] = self.run_info
         with atomic_path(self.ckpt_path) as tmp:
             torch.save(state, tmp)
-        self._write_run_info()
-
-    def _add_time(self, stage: str, seconds: float) -> None:
-        times = self.run_info["stage_seconds"]
-        times[stage] = times.get(stage, 0.0) + seconds
         self._write_run_info()
 
     def _write_run_info(self) -> None:

@@ -1,0 +1,98 @@
+"""TalkingHead assembly: save/load round trip, static vs deformed rendering, the torso switch."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from avatar.contracts.camera import Intrinsics
+from avatar.errors import UserError
+from avatar.model.audio_encoder import AudioEncoderConfig
+from avatar.model.gaussians import HeadConfig, head_gaussians
+from avatar.model.hash_triplane import HashTriplaneConfig
+from avatar.model.mouth import MouthConfig, mouth_gaussians
+from avatar.model.talking_head import FrameConditions, HeadSpec, TalkingHead
+from tests.test_model_gaussians import synthetic_face
+
+SIZE = 32
+
+
+def small_head(tmp_path) -> TalkingHead:
+    torch.manual_seed(0)
+    face = synthetic_face()
+    spec = HeadSpec(
+        fps=25.0, resolution=SIZE, intrinsics=dataclasses.asdict(Intrinsics.from_fov(20, SIZE, SIZE)),
+        dataset_root=str(tmp_path), feature_dim=10, feature_window=4, expression_dim=3, code_dim=5,
+        bbox_min=[-0.15, -0.2, -0.15], bbox_max=[0.15, 0.2, 0.15],
+        head=HeadConfig(num_face=150, num_shell=60), mouth=MouthConfig(num_gaussians=20),
+        triplane=HashTriplaneConfig(num_levels=2, log2_hashmap_size=10, max_resolution=32, implementation="torch"),
+        audio=AudioEncoderConfig(context=1, channels=4, embed_dim=4, heads=1, members=1), backend="torch",
+    )
+    head = TalkingHead(spec)
+    head.head = head_gaussians(face, spec.head)
+    head.mouth = mouth_gaussians(face, spec.mouth, 0)
+    head.canonical_face.copy_(torch.from_numpy(face).float())
+    head.expression_basis.normal_(0, 0.01)
+    head.to_code.normal_()
+    head.plate.fill_(0.3)
+    head.torso.reference_translation.copy_(torch.tensor([0.0, 0.0, 1.0]))
+    with torch.no_grad():
+        head.head_deform.out.weight.normal_(0, 0.1)  # a trained-looking network, so deformation shows
+    return head.eval()
+
+
+def conditions(b: int, seed: int = 0) -> FrameConditions:
+    g = torch.Generator().manual_seed(seed)
+    return FrameConditions(audio=torch.randn(b, 3, 4, 10, generator=g), rotation=torch.eye(3).expand(b, 3, 3),
+                           translation=torch.tensor([[0.0, 0.0, 1.0]]).expand(b, 3), blink=torch.zeros(b, 2))
+
+
+def test_save_load_round_trip_renders_the_same(tmp_path):
+    head = small_head(tmp_path)
+    before = head.render(conditions(2))
+    assert before["rgb"].shape == (2, SIZE, SIZE, 3) and before["alpha"].shape == (2, SIZE, SIZE, 1)
+    (tmp_path / "run").mkdir()
+    head.save(tmp_path / "run" / "avatar.pt")
+    loaded = TalkingHead.load(tmp_path / "run")
+    assert len(loaded.head) == len(head.head) and loaded.intrinsics == head.intrinsics
+    for key, value in head.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key
+    assert torch.equal(loaded.render(conditions(2))["rgb"], before["rgb"])
+
+
+def test_static_render_ignores_audio_and_deformed_render_follows_it(tmp_path):
+    head = small_head(tmp_path)
+    static = [head.render(conditions(1, seed), deform=False)["rgb"] for seed in (0, 1)]
+    moving = [head.render(conditions(1, seed))["rgb"] for seed in (0, 1)]
+    assert torch.equal(static[0], static[1])
+    assert not torch.equal(moving[0], moving[1])
+    assert float(head.render(conditions(1))["alpha"].max()) > 0.5  # the head covers the centre
+
+
+def test_background_and_torso_switch(tmp_path):
+    head = small_head(tmp_path)
+    with torch.no_grad():
+        head.torso.alpha_logits.fill_(10.0)  # an opaque torso layer everywhere
+        head.torso.rgb_logits.fill_(-10.0)  # ... that is black
+    black = torch.zeros(SIZE, SIZE, 3)
+    white = torch.ones(SIZE, SIZE, 3)
+    with_torso = head.render(conditions(1), background=white)
+    without = head.render(conditions(1), background=white, show_torso=False)
+    assert float(with_torso["rgb"][0, 0, 0].max()) < 0.01 and float(without["rgb"][0, 0, 0].min()) > 0.99
+    assert float(with_torso["alpha"].min()) > 0.99
+    assert torch.allclose(head.render(conditions(1), background=black, show_torso=False)["alpha"], without["alpha"])
+
+
+def test_load_refuses_other_versions(tmp_path):
+    head = small_head(tmp_path)
+    (tmp_path / "run").mkdir()
+    head.save(tmp_path / "run" / "avatar.pt")
+    data = torch.load(tmp_path / "run" / "avatar.pt", weights_only=False)
+    torch.save({**data, "format_version": 99}, tmp_path / "run" / "avatar.pt")
+    with pytest.raises(UserError, match="format version 99"):
+        TalkingHead.load(tmp_path / "run")
+    with pytest.raises(UserError, match="no such run"):
+        TalkingHead.load(tmp_path / "nothing")
