@@ -58,6 +58,7 @@ def test_nearest_audio_baseline_on_a_real_dataset(dataset):
     baseline = NearestAudioBaseline(dataset, val, size=64)
     chosen = np.array([baseline.match[i] for i in val])
     train = dataset.indices("train")
+    train = train[train < val[0] - 4]  # windows of 16 rows at 100 Hz span 4.8 frames at 30 fps: no shared audio
     assert np.isin(chosen, train).all()
     windows = dataset.audio_windows()
     dist = np.linalg.norm((windows[val][:, None] - windows[train][None]).reshape(len(val), len(train), -1), axis=-1)

@@ -24,13 +24,23 @@ def nearest_windows(train: np.ndarray, query: np.ndarray, chunk: int = 256) -> n
     return torch.cat(out).numpy() if out else np.zeros(0, np.int64)
 
 
+def candidate_frames(dataset: Dataset, indices: np.ndarray) -> np.ndarray:
+    """Training frames whose audio window shares no sample with the window of any evaluated frame: at the
+    boundary between the splits, the last training windows would otherwise contain the evaluated audio."""
+    f = dataset.manifest.features
+    span = int(np.ceil(f.window / f.rate_hz * dataset.fps))  # frames apart before two windows are disjoint
+    train = dataset.indices("train")
+    gap = np.abs(train[:, None] - np.asarray(indices)[None, :]).min(1)
+    return train[gap >= span]
+
+
 class NearestAudioBaseline:
     """Frame source: evaluated frame i -> the training frame with the nearest audio window, resized to `size`."""
 
     def __init__(self, dataset: Dataset, indices: np.ndarray, size: int):
         self.dataset, self.size = dataset, size
         windows = dataset.audio_windows()  # [N, W, F], normalised with the clip's statistics
-        train = dataset.indices("train")
+        train = candidate_frames(dataset, indices)
         chosen = train[nearest_windows(windows[train], windows[np.asarray(indices)])]
         self.match = dict(zip(np.asarray(indices).tolist(), chosen.tolist()))  # evaluated -> training frame
 
