@@ -95,7 +95,8 @@ def test_tiling_does_not_change_the_image():
         s = RasterSettings(torch_tile_size=tiles, torch_depth_block=block, chunk_elements=chunk)
         out = rasterize(g, camera, backend="torch", settings=s)
         for name in ("rgb", "alpha", "depth"):
-            torch.testing.assert_close(getattr(out, name), getattr(reference, name), atol=2e-6, rtol=1e-5)
+            # the same sums up to float32 rounding (exponents are evaluated relative to the tile centre)
+            torch.testing.assert_close(getattr(out, name), getattr(reference, name), atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("sh_degree", [None, 3])

@@ -2,9 +2,9 @@
 
 Projection uses gsplat's own torch specification (`gsplat.cuda._torch_impl`, private, hence the exact pin)
 plus what its CUDA kernel adds on top (opacity-aware bounding boxes, culling of faint Gaussians). Compositing is
-ours: Gaussians are binned into screen tiles through their bounding boxes, and each tile evaluates only its own
-Gaussians, in depth order, for all its pixels at once; tiles of similar load are batched into memory-bounded
-chunks. Outside a Gaussian's box its alpha is below the threshold anyway, so the tiling changes no pixel.
+ours (tile_compositing.py): Gaussians are binned into screen tiles through their bounding boxes, and each tile
+evaluates only its own Gaussians, in depth order, for all its pixels at once. Outside a Gaussian's box its alpha
+is below the threshold anyway, so the tiling changes no pixel.
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ from gsplat.cuda._torch_impl import _persp_proj, _quat_scale_to_covar_preci, _sp
 from torch import Tensor
 
 from avatar.render.rasterize import Camera, Gaussians, RasterSettings
+from avatar.render.tile_compositing import CompositeTiles, TileLists
 
-ALPHA_MAX = 0.999  # gsplat clamps every Gaussian's alpha so a pixel is never fully opaque after one
-LOG_TRANSMITTANCE_MIN = math.log(1e-4)  # a pixel stops before the Gaussian that would take it this low
 EXTENT_SIGMAS = 3.33  # bounding-box half size in standard deviations (opacity may shrink it)
 
 
@@ -116,34 +115,6 @@ def bin_into_tiles(p: Projected, tile_size: int, tiles_x: int, tiles_y: int) -> 
     return TileBins(ids[owner[order]], torch.cumsum(counts, 0) - counts, counts)
 
 
-def composite_block(
-    pixels: Tensor,  # [T, P, 2] pixel centres
-    alive: Tensor,  # [T, P] bool, pixels still collecting Gaussians
-    log_t: Tensor,  # [T, P] log transmittance so far
-    means2d: Tensor,  # [T, K, 2] the next K Gaussians of each tile, front to back
-    conics: Tensor,  # [T, K, 3]
-    opacities: Tensor,  # [T, K]; 0 in padding slots
-    features: Tensor,  # [T, K, C] colour and depth
-    alpha_threshold: float,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Composite K more Gaussians behind what the pixels hold: [T, P, C] weighted feature sum, [T, P] log
-    transmittance added, [T, P] pixels still alive afterwards."""
-    dx = means2d[:, None, :, 0] - pixels[:, :, None, 0]  # [T, P, K]
-    dy = means2d[:, None, :, 1] - pixels[:, :, None, 1]
-    a, b, c = conics[:, None, :, 0], conics[:, None, :, 1], conics[:, None, :, 2]
-    power = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
-    alpha = torch.clamp(opacities[:, None, :] * torch.exp(-power), max=ALPHA_MAX)
-    alpha = torch.where((power >= 0) & (alpha >= alpha_threshold), alpha, torch.zeros_like(alpha))
-    log_survive = torch.log1p(-alpha)  # log(1 - alpha)
-    log_t_after = log_t[..., None] + torch.cumsum(log_survive, dim=-1)  # after each Gaussian
-    # gsplat stops a pixel before the Gaussian that would take it to the minimum: the kept set is a prefix.
-    kept = alive[..., None] & (log_t_after > LOG_TRANSMITTANCE_MIN)
-    weights = torch.where(kept, alpha * torch.exp(log_t_after - log_survive), torch.zeros_like(alpha))
-    feature_sum = torch.einsum("tpk,tkc->tpc", weights, features)
-    log_t_added = torch.where(kept, log_survive, torch.zeros_like(log_survive)).sum(dim=-1)
-    return feature_sum, log_t_added, alive & (log_t_after[..., -1] > LOG_TRANSMITTANCE_MIN)
-
-
 def render_premultiplied(g: Gaussians, camera: Camera, s: RasterSettings) -> tuple[Tensor, Tensor, Tensor, dict]:
     """[H, W, 3] colour over black, [H, W, 1] alpha, [H, W, 1] alpha-weighted depth, densification info.
 
@@ -159,35 +130,16 @@ def render_premultiplied(g: Gaussians, camera: Camera, s: RasterSettings) -> tup
 
     dtype, device = p.means2d.dtype, p.means2d.device
     order = torch.sort(bins.counts, descending=True, stable=True).indices
-    tiles = order[: int((bins.counts > 0).sum())]  # [Tn] non-empty tiles, heaviest first
-    counts, offsets = bins.counts[tiles], bins.offsets[tiles]
+    tiles = order[: int((bins.counts > 0).sum())]  # [T] non-empty tiles, heaviest first
+    tile_xy = torch.stack([tiles % tiles_x, tiles // tiles_x], dim=-1)  # [T, 2]
     local = torch.arange(ts * ts, device=device)
-    pixels = torch.stack([(tiles % tiles_x)[:, None] * ts + local % ts,
-                          (tiles // tiles_x)[:, None] * ts + local // ts], dim=-1)  # [Tn, P, 2]
-    alive = (pixels[..., 0] < W) & (pixels[..., 1] < H)  # [Tn, P]
-    pixels = pixels.to(dtype) + 0.5
-    acc = torch.zeros(len(tiles), ts * ts, features.shape[1], dtype=dtype, device=device)
-    log_t = torch.zeros(len(tiles), ts * ts, dtype=dtype, device=device)
+    inside = ((tile_xy[:, :1] * ts + local % ts) < W) & ((tile_xy[:, 1:] * ts + local // ts) < H)  # [T, P]
+    lists = TileLists(bins.gaussian_ids, bins.offsets[tiles], bins.counts[tiles],
+                      (tile_xy * ts).to(dtype) + ts / 2, inside, ts)
+    colour_depth, t_final = CompositeTiles.apply(means2d, p.conics, p.opacities, features, lists,
+                                                 s.torch_depth_block, s.chunk_elements, s.alpha_threshold)
+    tile_image = torch.cat([colour_depth, 1.0 - t_final[..., None]], dim=-1)  # [T, P, 5]
 
-    active = torch.arange(len(tiles), device=device)  # heaviest first, so lists run out from the back
-    start = 0
-    while len(active):
-        width = min(s.torch_depth_block, int(counts[active[0]]) - start)
-        slot = torch.arange(start, start + width, device=device)
-        for sub in torch.split(active, max(1, s.chunk_elements // (ts * ts * width))):
-            in_list = slot[None, :] < counts[sub, None]  # [T, K]
-            gid = bins.gaussian_ids[(offsets[sub, None] + slot[None, :]).clamp(max=len(bins.gaussian_ids) - 1)]
-            opacities = torch.where(in_list, p.opacities[gid], torch.zeros((), dtype=dtype, device=device))
-            feature_sum, log_t_added, alive_after = composite_block(
-                pixels[sub], alive[sub], log_t[sub], means2d[gid], p.conics[gid], opacities, features[gid],
-                s.alpha_threshold)
-            acc = acc.index_add(0, sub, feature_sum)
-            log_t = log_t.index_add(0, sub, log_t_added)
-            alive[sub] = alive_after
-        start += width
-        active = active[(counts[active] > start) & alive[active].any(dim=1)]
-
-    tile_image = torch.cat([acc, 1.0 - torch.exp(log_t)[..., None]], dim=-1)  # [Tn, P, C + 1]
     # Zero times the inputs keeps an empty frame in the autograd graph, as gsplat's outputs always are.
     canvas = torch.zeros(tiles_x * tiles_y, ts * ts, tile_image.shape[-1], dtype=dtype, device=device)
     if not len(tiles):

@@ -1,0 +1,177 @@
+"""Front-to-back alpha compositing of depth-sorted per-tile Gaussian lists, with a hand-written backward.
+
+Why not plain autograd: it would keep every [tiles, pixels, Gaussians] intermediate of every step alive until
+the backward pass. Here the forward keeps only the final images and the list of steps; the backward replays the
+steps and computes gradients analytically (as gsplat's CUDA backward does), so memory stays at one step's
+worth. Per step, the Gaussian exponent over a tile is one matrix product: with pixel offsets (u, v) from the
+tile centre and the Gaussian's centre (x, y) relative to it, power = q . [1, u, v, u^2, uv, v^2].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+ALPHA_MAX = 0.999  # gsplat clamps every Gaussian's alpha so a pixel is never fully opaque after one
+TRANSMITTANCE_MIN = 1e-4  # a pixel stops before the Gaussian that would take it this low
+
+
+@dataclass
+class TileLists:
+    """Non-empty tiles, heaviest first, each with its Gaussians sorted front to back."""
+
+    gaussian_ids: Tensor  # [M] all lists concatenated
+    offsets: Tensor  # [T] where each tile's list starts
+    counts: Tensor  # [T] list lengths, descending
+    centres: Tensor  # [T, 2] tile centres in pixels
+    inside: Tensor  # [T, P] bool: the pixel lies in the image
+    tile_size: int
+
+
+@dataclass
+class Step:
+    """One chunk of tiles advanced by `width` Gaussians from list position `start`."""
+
+    tiles: Tensor  # [t] indices into TileLists
+    start: int
+    width: int
+
+
+def pixel_basis(tile_size: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """[P, 6]: 1, u, v, u^2, uv, v^2 for pixel centres (u, v) relative to the tile centre, row-major."""
+    local = torch.arange(tile_size * tile_size, device=device)
+    u = (local % tile_size).to(dtype) + 0.5 - tile_size / 2
+    v = (local // tile_size).to(dtype) + 0.5 - tile_size / 2
+    return torch.stack([torch.ones_like(u), u, v, u * u, u * v, v * v], dim=-1)
+
+
+def _gather(lists: TileLists, step: Step, means2d, conics, opacities, features):
+    slot = torch.arange(step.start, step.start + step.width, device=means2d.device)
+    in_list = slot[None, :] < lists.counts[step.tiles, None]  # [t, K]
+    index = (lists.offsets[step.tiles, None] + slot[None, :]).clamp(max=len(lists.gaussian_ids) - 1)
+    gid = lists.gaussian_ids[index]  # [t, K]; padding slots repeat a real id with opacity 0
+    rel = means2d[gid] - lists.centres[step.tiles, None, :]  # [t, K, 2]
+    opac = torch.where(in_list, opacities[gid], torch.zeros((), dtype=opacities.dtype, device=opacities.device))
+    return gid, rel, conics[gid], opac, features[gid]
+
+
+def _quadratic(rel: Tensor, conics: Tensor) -> Tensor:
+    """[t, 6, K] coefficients q with power(u, v) = 0.5 a dx^2 + b dx dy + 0.5 c dy^2, dx = x - u, dy = y - v."""
+    x, y = rel[..., 0], rel[..., 1]
+    a, b, c = conics[..., 0], conics[..., 1], conics[..., 2]
+    q = [0.5 * a * x * x + b * x * y + 0.5 * c * y * y, -(a * x + b * y), -(b * x + c * y), 0.5 * a, b, 0.5 * c]
+    return torch.stack(q, dim=1)
+
+
+@dataclass
+class _Evaluated:
+    falloff: Tensor  # [t, P, K] exp(-power)
+    raw: Tensor  # opacity * falloff
+    alpha: Tensor  # clamped, 0 where below the threshold
+    survive: Tensor  # 1 - alpha
+    t_after: Tensor  # transmittance after each Gaussian (0 for pixels that had stopped)
+    t_before: Tensor  # ... and in front of it
+    weights: Tensor  # alpha * t_before where composited (before the pixel's stop), else 0
+
+
+def _evaluate(basis, neg_q, opac, t_start, alpha_threshold) -> _Evaluated:
+    """`t_start` [t, P] is the transmittance in front of this step, 0 for pixels that have stopped.
+
+    gsplat also skips negative exponents; the conics are positive definite (det > 0 is checked), so those
+    arise only from rounding, and the expanded quadratic form rounds differently: not testing is closer."""
+    falloff = torch.exp(torch.matmul(basis, neg_q))  # [t, P, K]
+    raw = opac[:, None, :] * falloff
+    alpha = torch.where(raw >= alpha_threshold, raw.clamp(max=ALPHA_MAX), torch.zeros_like(raw))
+    survive = 1.0 - alpha
+    t_after = t_start[..., None] * torch.cumprod(survive, dim=-1)
+    t_before = t_after / survive
+    # The composited set is a prefix: the pixel stops at the first Gaussian that would reach the minimum.
+    weights = torch.where(t_after > TRANSMITTANCE_MIN, alpha * t_before, torch.zeros_like(alpha))
+    return _Evaluated(falloff, raw, alpha, survive, t_after, t_before, weights)
+
+
+def _advance(ev: _Evaluated, t: Tensor, alive: Tensor) -> tuple[Tensor, Tensor]:
+    """[t, P] transmittance and alive flags after the step (weights telescope: sum = T before - T after)."""
+    return t - ev.weights.sum(dim=-1), alive & (ev.t_after[..., -1] > TRANSMITTANCE_MIN)
+
+
+class CompositeTiles(torch.autograd.Function):
+    """(means2d [N, 2], conics [N, 3], opacities [N], features [N, C]) -> per tile pixel: feature sums
+    [T, P, C] (weights times features) and final transmittance [T, P]."""
+
+    @staticmethod
+    def forward(ctx, means2d, conics, opacities, features, lists: TileLists, depth_block: int,
+                chunk_elements: int, alpha_threshold: float):
+        dtype, device = means2d.dtype, means2d.device
+        basis = pixel_basis(lists.tile_size, dtype, device)
+        pixels = basis.shape[0]
+        acc = torch.zeros(len(lists.counts), pixels, features.shape[1], dtype=dtype, device=device)
+        t = torch.ones(len(lists.counts), pixels, dtype=dtype, device=device)
+        alive = lists.inside.clone()
+        steps = []
+        active, start = torch.arange(len(lists.counts), device=device), 0
+        while len(active):  # heaviest tiles first, so lists run out from the back of `active`
+            width = min(depth_block, int(lists.counts[active[0]]) - start)
+            for tiles in torch.split(active, max(1, chunk_elements // (pixels * width))):
+                step = Step(tiles, start, width)
+                _, rel, cn, opac, feat = _gather(lists, step, means2d, conics, opacities, features)
+                ev = _evaluate(basis, -_quadratic(rel, cn), opac, t[tiles] * alive[tiles], alpha_threshold)
+                acc[tiles] += torch.bmm(ev.weights, feat)
+                t[tiles], alive[tiles] = _advance(ev, t[tiles], alive[tiles])
+                steps.append(step)
+            start += width
+            active = active[(lists.counts[active] > start) & alive[active].any(dim=1)]
+        ctx.save_for_backward(means2d, conics, opacities, features, acc, t)
+        ctx.lists, ctx.steps, ctx.alpha_threshold = lists, steps, alpha_threshold
+        return acc, t
+
+    @staticmethod
+    def backward(ctx, grad_acc, grad_t_final):
+        means2d, conics, opacities, features, acc, t_final = ctx.saved_tensors
+        lists = ctx.lists
+        basis = pixel_basis(lists.tile_size, means2d.dtype, means2d.device)
+        grads = [torch.zeros_like(x) for x in (means2d, conics, opacities, features)]
+        # Replay the forward steps in order, carrying what each step needs from the ones in front of it.
+        alive = lists.inside.clone()
+        t = torch.ones_like(t_final)
+        grad_dot_total = (acc * grad_acc).sum(dim=-1)  # [T, P] gradient . feature sum
+        grad_dot_front = torch.zeros_like(grad_dot_total)  # the part of it from Gaussians already replayed
+        grad_through_t = grad_t_final * t_final  # [T, P]
+        for step in ctx.steps:
+            tiles = step.tiles
+            gid, rel, cn, opac, feat = _gather(lists, step, means2d, conics, opacities, features)
+            ev = _evaluate(basis, -_quadratic(rel, cn), opac, t[tiles] * alive[tiles], ctx.alpha_threshold)
+            g_acc = grad_acc[tiles]  # [t, P, C]
+            feat_dot = torch.bmm(g_acc, feat.transpose(1, 2))  # [t, P, K] gradient . each Gaussian's feature
+            weighted = ev.weights * feat_dot
+            behind = (grad_dot_total[tiles] - grad_dot_front[tiles])[..., None] - torch.cumsum(weighted, dim=-1)
+            # d/d alpha_i: its own colour, minus what it hides behind it, minus its share of the final transmittance
+            g_alpha = ev.t_before * feat_dot - (behind + grad_through_t[tiles, :, None]) / ev.survive
+            g_alpha = torch.where((ev.weights > 0) & (ev.raw <= ALPHA_MAX), g_alpha, torch.zeros_like(g_alpha))
+            g_feat = torch.bmm(ev.weights.transpose(1, 2), g_acc)  # [t, K, C]
+            g_opac = (g_alpha * ev.falloff).sum(dim=1)  # [t, K]
+            g_q = torch.matmul((-g_alpha * ev.raw).transpose(1, 2), basis)  # [t, K, 6] d/d power, projected
+            g_rel, g_cn = _quadratic_vjp(rel, cn, g_q)
+            flat = gid.reshape(-1)
+            grads[0].index_add_(0, flat, g_rel.reshape(-1, 2))
+            grads[1].index_add_(0, flat, g_cn.reshape(-1, 3))
+            grads[2].index_add_(0, flat, g_opac.reshape(-1))
+            grads[3].index_add_(0, flat, g_feat.reshape(-1, g_feat.shape[-1]))
+            grad_dot_front[tiles] += weighted.sum(dim=-1)
+            t[tiles], alive[tiles] = _advance(ev, t[tiles], alive[tiles])
+        return (*grads, None, None, None, None)
+
+
+def _quadratic_vjp(rel: Tensor, conics: Tensor, g_q: Tensor) -> tuple[Tensor, Tensor]:
+    """Gradients of `_quadratic` for its [t, K, 6] output gradient: [t, K, 2] centre, [t, K, 3] conic."""
+    x, y = rel[..., 0], rel[..., 1]
+    a, b, c = conics[..., 0], conics[..., 1], conics[..., 2]
+    g0, g1, g2, g3, g4, g5 = g_q.unbind(dim=-1)
+    g_x = g0 * (a * x + b * y) - g1 * a - g2 * b
+    g_y = g0 * (b * x + c * y) - g1 * b - g2 * c
+    g_a = g0 * 0.5 * x * x - g1 * x + 0.5 * g3
+    g_b = g0 * x * y - g1 * y - g2 * x + g4
+    g_c = g0 * 0.5 * y * y - g2 * y + 0.5 * g5
+    return torch.stack([g_x, g_y], dim=-1), torch.stack([g_a, g_b, g_c], dim=-1)
