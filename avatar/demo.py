@@ -34,6 +34,20 @@ class DemoConfig:
     """side of the dataset images; the tiny preset trains at 128, so 256 is plenty and quick to write"""
     pose: str = "track"
     """head motion of the video: track, still or smooth (see `avatar render --help`)"""
+    train_scale: float = 1.0
+    """multiply the preset's training steps (and its step-based schedules) by this; below 1 on a slow or busy
+    machine, for a quicker, blurrier avatar"""
+
+
+def scaled_steps(cfg, scale: float):
+    """A TrainConfig whose stage lengths, LPIPS start and densification schedule are `scale` times the preset's."""
+    if scale == 1.0:
+        return cfg
+    n = lambda steps: max(1, int(round(steps * scale)))  # noqa: E731
+    densify = dataclasses.replace(cfg.densify, start_step=n(cfg.densify.start_step), every=n(cfg.densify.every),
+                                  stop_step=n(cfg.densify.stop_step))
+    return dataclasses.replace(cfg, audio_steps=n(cfg.audio_steps), canonical_steps=n(cfg.canonical_steps),
+                               deform_steps=n(cfg.deform_steps), lpips_start=n(cfg.lpips_start), densify=densify)
 
 
 def _check_inputs(cfg: DemoConfig) -> None:
@@ -78,8 +92,8 @@ def run(cfg: DemoConfig) -> Path:
         print(f"{avatar} exists: training is finished, reusing it.", file=sys.stderr)
     else:
         resume = (run_dir / "checkpoints" / "latest.pt").is_file()
-        train_cfg = dataclasses.replace(load_preset("train", cfg.preset, TrainConfig), dataset=dataset, out=run_dir,
-                                        preset=cfg.preset, resume=resume)
+        train_cfg = dataclasses.replace(scaled_steps(load_preset("train", cfg.preset, TrainConfig), cfg.train_scale),
+                                        dataset=dataset, out=run_dir, preset=cfg.preset, resume=resume)
         train(train_cfg)
     done()
 

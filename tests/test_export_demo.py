@@ -51,3 +51,13 @@ def test_rerun_reuses_finished_steps(tmp_path, monkeypatch):
     calls.clear()
     demo.run(cfg)
     assert calls == ["preprocess"]  # preprocessing checks its own cache; training and the video are reused
+
+
+def test_train_scale_shortens_every_step_schedule():
+    from avatar.train.config import TrainConfig
+
+    base = TrainConfig()
+    short = demo.scaled_steps(base, 0.2)
+    assert short.audio_steps == round(0.2 * base.audio_steps) and short.deform_steps == round(0.2 * base.deform_steps)
+    assert short.densify.stop_step == round(0.2 * base.densify.stop_step) and short.lpips_start < base.lpips_start
+    assert demo.scaled_steps(base, 1.0) is base
