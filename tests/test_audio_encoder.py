@@ -103,6 +103,9 @@ def test_targets_are_low_dimensional_and_decode_to_the_tracked_mouth(dataset):
     tracked = np.asarray(dataset.tracking("expression_pca"))
     np.testing.assert_allclose(lip_opening(code, dataset), lip_opening(tracked, dataset), atol=1e-5)
     assert code[:, 1].std() < 0.2 * tracked[:, 1].std()  # the unrelated motion is (almost) not predicted
+    opening = lip_opening(tracked, dataset)
+    assert np.corrcoef(targets @ info["opening"], opening)[0, 1] > 0.99  # the linearised inner-lip opening
+    assert np.std(targets[train] @ info["opening"]) == pytest.approx(1.0, rel=1e-3)
     # The rest (silence) target is the closed mouth: below the 20th percentile of the training openings.
     rest_open = lip_opening(expression_to_code(torch.from_numpy(info["rest"][None]), info).numpy(), dataset)[0]
     assert rest_open <= np.quantile(lip_opening(tracked[train], dataset), 0.2)

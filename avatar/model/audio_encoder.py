@@ -36,6 +36,9 @@ from avatar.contracts.dataset import Dataset
 INNER_LIP_UPPER, INNER_LIP_LOWER = 13, 14
 FACE_LEFT, FACE_RIGHT = 234, 454
 NOSE_TIP = 1
+# Targets: at most MAX_COMPONENTS lower-face PCA components, fewer when they explain EXPLAINED_VARIANCE of its motion.
+MAX_COMPONENTS = 12
+EXPLAINED_VARIANCE = 0.98
 
 
 @dataclass
@@ -56,11 +59,11 @@ class AudioEncoderConfig:
     freq_mask: int = 12  # SpecAugment: up to this many adjacent feature bins zeroed per sample while training
     time_shift: int = 2  # sub-frame augmentation: audio shifted by up to this many feature rows (10 ms each)
     silence_fraction: float = 0.05  # share of each batch replaced by all-zero audio with the closed-mouth target
+    opening_weight: float = 1.0  # extra loss weight of the inner-lip opening (relative to all targets together)
+    ema_decay: float = 0.98  # the weights used (and early-stopped) are this exponential moving average; 0 = off
     holdout_fraction: float = 0.12  # share of the training frames held out for early stopping, per member
     eval_every: int = 50  # steps between early-stopping checks
     patience: int = 6  # checks without improvement before a member stops
-    max_components: int = 12  # at most this many lower-face PCA components as targets
-    explained_variance: float = 0.98  # ... or fewer when they already explain this share of the lower-face motion
 
 
 # ----------------------------------------------------------------------------------------------- targets
@@ -76,7 +79,8 @@ def expression_targets(dataset: Dataset) -> tuple[np.ndarray, dict]:
     displacement, divided by the std of the first component. `info` holds numpy arrays:
     "mean" [D] and "components" [E, D] of that PCA (D = 3 * lower-face landmarks), "scale" (a float),
     "to_code" [E, P] and "code_mean" [P] (the least-squares map back to the full expression code),
-    "rest" [E] (the closed-mouth target used for silence), "lower_face" [M] landmark ids."""
+    "rest" [E] (the closed-mouth target used for silence), "lower_face" [M] landmark ids, "opening" [E] (the
+    inner-lip opening is, to first order, targets @ opening plus a constant; unit std on the training frames)."""
     code = np.asarray(dataset.tracking("expression_pca"), np.float64)  # [N, P]
     basis = np.asarray(dataset.tracking("expression_basis"), np.float64)  # [P, 478, 3]
     canonical = np.asarray(dataset.tracking("canonical_face"), np.float64)
@@ -86,7 +90,7 @@ def expression_targets(dataset: Dataset) -> tuple[np.ndarray, dict]:
     mean = motion[train].mean(0)
     _, sing, vt = np.linalg.svd(motion[train] - mean, full_matrices=False)
     share = np.cumsum(sing**2) / max(np.sum(sing**2), 1e-20)
-    num = int(min(np.searchsorted(share, AudioEncoderConfig.explained_variance) + 1, AudioEncoderConfig.max_components))
+    num = int(min(np.searchsorted(share, EXPLAINED_VARIANCE) + 1, MAX_COMPONENTS))
     components = vt[:num]  # [E, D]
     scale = float(sing[0] / np.sqrt(len(train))) or 1.0
     targets = (motion - mean) @ components.T / scale  # [N, E]
@@ -95,10 +99,18 @@ def expression_targets(dataset: Dataset) -> tuple[np.ndarray, dict]:
     to_code, *_ = np.linalg.lstsq(targets[train], code[train] - code_mean, rcond=None)  # [E, P]
     opening = lip_opening(code, dataset)
     closed = train[opening[train] <= np.quantile(opening[train], 0.1)]
+    # The inner-lip gap, linearised at the mean shape: opening ~ targets @ direction (unit std on training frames).
+    upper, lower = (int(np.flatnonzero(ids == i)[0]) for i in (INNER_LIP_UPPER, INNER_LIP_LOWER))
+    mean_shape = canonical[ids] + mean.reshape(-1, 3)
+    axis = (mean_shape[lower] - mean_shape[upper]) / max(np.linalg.norm(mean_shape[lower] - mean_shape[upper]), 1e-9)
+    comp = components.reshape(num, -1, 3)
+    direction = (comp[:, lower] - comp[:, upper]) @ axis  # [E]
+    direction /= max(float(np.std(targets[train] @ direction)), 1e-12)
     info = {
         "mean": mean.astype(np.float32), "components": components.astype(np.float32), "scale": scale,
         "to_code": to_code.astype(np.float32), "code_mean": code_mean.astype(np.float32),
         "rest": targets[closed].mean(0).astype(np.float32), "lower_face": ids,
+        "opening": direction.astype(np.float32),
     }
     return targets.astype(np.float32), info
 
@@ -212,7 +224,14 @@ def _augment(audio: Tensor, cfg: AudioEncoderConfig, gen: torch.Generator) -> Te
     return audio
 
 
-def _fit_member(member: _Member, windows: Tensor, rows_per_frame: float, targets: Tensor, weights: Tensor,
+def _loss(pred: Tensor, target: Tensor, opening: Tensor, cfg: AudioEncoderConfig) -> Tensor:
+    """Squared error of the targets (proportional to lower-face landmark error), plus extra weight on the
+    inner-lip opening, the motion lip-sync metrics and viewers notice most."""
+    err = pred - target
+    return (err**2).mean() + cfg.opening_weight * ((err @ opening) ** 2).mean()
+
+
+def _fit_member(member: _Member, windows: Tensor, rows_per_frame: float, targets: Tensor, opening: Tensor,
                 rest: Tensor, fit_ids: np.ndarray, held_ids: np.ndarray, steps: int, cfg: AudioEncoderConfig,
                 gen: torch.Generator, log: Callable | None, tag: str) -> dict:
     """Train one member on `fit_ids`, keep the state with the lowest loss on `held_ids`."""
@@ -223,6 +242,7 @@ def _fit_member(member: _Member, windows: Tensor, rows_per_frame: float, targets
     fit_t = torch.as_tensor(fit_ids)
     held_t = torch.as_tensor(held_ids)
     held_audio = windows[max_shift][_context_index(held_t, cfg.context, n)]
+    average = copy.deepcopy(member)  # the moving average of the weights: smoother than any single step
     best = (float("inf"), copy.deepcopy(member.state_dict()), 0)
     bad = 0
     for step in range(1, steps + 1):
@@ -241,19 +261,22 @@ def _fit_member(member: _Member, windows: Tensor, rows_per_frame: float, targets
         audio[silent] = 0.0
         target[silent] = rest
         _, pred = member(audio)
-        loss = ((pred - target) ** 2 * weights).mean()
+        loss = _loss(pred, target, opening, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
+        with torch.no_grad():
+            for avg, p in zip(average.parameters(), member.parameters()):
+                avg.lerp_(p, 1.0 - cfg.ema_decay)
         if step % cfg.eval_every == 0 or step == steps:
-            member.eval()
+            average.eval()
             with torch.no_grad():
-                held = float(((member(held_audio)[1] - targets[held_t]) ** 2 * weights).mean())
+                held = float(_loss(average(held_audio)[1], targets[held_t], opening, cfg))
             if log is not None:
                 log(f"audio encoder {tag} step {step}: train {loss.item():.4f} held-out {held:.4f}")
             if held < best[0]:
-                best, bad = (held, copy.deepcopy(member.state_dict()), step), 0
+                best, bad = (held, copy.deepcopy(average.state_dict()), step), 0
             else:
                 bad += 1
                 if bad >= cfg.patience:
@@ -261,16 +284,6 @@ def _fit_member(member: _Member, windows: Tensor, rows_per_frame: float, targets
     member.load_state_dict(best[1])
     member.eval()
     return {"held_out_loss": best[0], "best_step": best[2], "steps_run": step}
-
-
-def target_weights(info: dict) -> np.ndarray:
-    """[E] loss weight per target: 1 everywhere, plus the component's share of the inner-lip opening, so
-    the components that open the mouth count up to 3x (what lip-sync metrics and viewers notice)."""
-    ids = list(info["lower_face"])
-    upper, lower = ids.index(INNER_LIP_UPPER), ids.index(INNER_LIP_LOWER)
-    comp = info["components"].reshape(len(info["components"]), -1, 3)  # [E, M, 3]
-    gap = np.abs(comp[:, lower, 1] - comp[:, upper, 1])  # vertical opening each unit component produces
-    return (1.0 + 2.0 * gap / max(gap.max(), 1e-12)).astype(np.float32)
 
 
 def train_audio_encoder(dataset: Dataset, cfg: AudioEncoderConfig, steps: int, seed: int,
@@ -287,7 +300,7 @@ def train_audio_encoder(dataset: Dataset, cfg: AudioEncoderConfig, steps: int, s
     targets_np, info = expression_targets(dataset)
     windows = torch.from_numpy(_shifted_windows(dataset, cfg.time_shift))  # [S, N, W, F]
     targets = torch.from_numpy(targets_np)
-    weights = torch.from_numpy(target_weights(info))
+    opening = torch.from_numpy(info["opening"])
     rest = torch.from_numpy(info["rest"])
     rows_per_frame = dataset.manifest.features.rate_hz / dataset.fps  # feature rows between video frames
     train = dataset.indices("train")
@@ -300,7 +313,7 @@ def train_audio_encoder(dataset: Dataset, cfg: AudioEncoderConfig, steps: int, s
         held = train[end - held_len:end]
         margin = cfg.context + 1  # frames whose context windows overlap the held-out slice are not fitted
         fit = train[(train < held[0] - margin) | (train > held[-1] + margin)]
-        member_logs.append(_fit_member(member, windows, rows_per_frame, targets, weights, rest, fit, held, steps,
+        member_logs.append(_fit_member(member, windows, rows_per_frame, targets, opening, rest, fit, held, steps,
                                        cfg, gen, log, f"{k + 1}/{cfg.members}"))
     encoder.eval()
     metrics = {
