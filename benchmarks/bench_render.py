@@ -41,23 +41,26 @@ def head_camera(resolution: int, device: str) -> Camera:
     return Camera(torch.eye(4, device=device), K, resolution, resolution)
 
 
-def time_render(g: Gaussians, camera: Camera, backend: str, backward: bool, repeats: int) -> float:
-    """Median wall time in seconds of one render (and backward), after one warm-up."""
+def time_render(g: Gaussians, camera: Camera, backend: str, backward: bool, repeats: int) -> tuple[float, float]:
+    """Median wall and CPU (this process) seconds of one render (and backward), after one warm-up.
+
+    On a shared CPU the wall time grows with the other load; the CPU time much less."""
     params = [g.means, g.quats, g.scales, g.opacities, g.colors]
-    times = []
+    times, cpu_times = [], []
     for i in range(repeats + 1):
         for p in params:
             p.grad = None
             p.requires_grad_(backward)
         sync(camera.K.device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         out = rasterize(g, camera, torch.zeros(3, device=camera.K.device), backend=backend, settings=RasterSettings())
         if backward:
             (out.rgb.sum() + out.depth.sum()).backward()
         sync(camera.K.device)
         if i:
             times.append(time.perf_counter() - start)
-    return statistics.median(times)
+            cpu_times.append(time.process_time() - cpu_start)
+    return statistics.median(times), statistics.median(cpu_times)
 
 
 def sync(device: torch.device) -> None:
@@ -77,20 +80,24 @@ def run(quick: bool) -> list[dict]:
                     continue
                 repeats = 10 if device == "cuda" else 3
                 camera = head_camera(res, device)
+                forward, forward_cpu = time_render(g, camera, backend, False, repeats)
+                both, both_cpu = time_render(g, camera, backend, True, repeats)
                 rows.append({
                     "what": "render", "backend": backend, "device": device, "gaussians": n, "resolution": res,
                     "threads": torch.get_num_threads() if device == "cpu" else None,
-                    "forward_s": time_render(g, camera, backend, False, repeats),
-                    "forward_backward_s": time_render(g, camera, backend, True, repeats),
+                    "forward_s": forward, "forward_backward_s": both,
+                    "forward_cpu_s": forward_cpu, "forward_backward_cpu_s": both_cpu,
                 })
     return rows
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"{'backend':8} {'device':6} {'gaussians':>10} {'res':>5} {'forward ms':>11} {'fwd+bwd ms':>11}")
+    print(f"{'backend':8} {'device':6} {'gaussians':>10} {'res':>5} {'forward ms':>11} {'fwd+bwd ms':>11} "
+          f"{'fwd cpu ms':>11} {'f+b cpu ms':>11}")
     for r in rows:
         print(f"{r['backend']:8} {r['device']:6} {r['gaussians']:>10} {r['resolution']:>5} "
-              f"{1000 * r['forward_s']:>11.1f} {1000 * r['forward_backward_s']:>11.1f}")
+              f"{1000 * r['forward_s']:>11.1f} {1000 * r['forward_backward_s']:>11.1f} "
+              f"{1000 * r['forward_cpu_s']:>11.1f} {1000 * r['forward_backward_cpu_s']:>11.1f}")
 
 
 if __name__ == "__main__":

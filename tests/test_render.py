@@ -244,3 +244,22 @@ def test_fit_random_gaussians_to_an_image():
         mse = ((out.rgb.clamp(0, 1) - target) ** 2).mean()
     psnr = -10 * math.log10(float(mse))
     assert psnr >= 30.0, psnr
+
+
+def test_gsplat_default_strategy_densifies_from_our_info():
+    from gsplat.strategy import DefaultStrategy
+
+    g = random_gaussians(100, seed=8)
+    params = torch.nn.ParameterDict({"means": g.means, "quats": g.quats, "scales": g.scales.log(),
+                                     "opacities": torch.logit(g.opacities), "colors": g.colors})
+    optimizers = {k: torch.optim.Adam([params[k]], lr=1e-3) for k in params}
+    strategy = DefaultStrategy(refine_start_iter=1, refine_every=2, grow_grad2d=1e-6)
+    strategy.check_sanity(params, optimizers)
+    state = strategy.initialize_state()
+    for step in range(3):
+        out = rasterize(Gaussians(params["means"], params["quats"], params["scales"].exp(),
+                                  torch.sigmoid(params["opacities"]), params["colors"]), make_camera(), backend="torch")
+        strategy.step_pre_backward(params, optimizers, state, step, out.info)
+        out.rgb.mean().backward()
+        strategy.step_post_backward(params, optimizers, state, step, out.info)
+    assert len(params["means"]) > 100

@@ -31,5 +31,5 @@ def render_premultiplied(g: Gaussians, camera: Camera, s: RasterSettings) -> tup
         packed=False, tile_size=s.tile_size, render_mode="RGB+D",
         rasterize_mode="antialiased" if s.antialiased else "classic",
     )  # [1, H, W, 4] colour and depth sums, [1, H, W, 1]
-    info = {key: meta[key] for key in ("means2d", "radii", "width", "height", "n_cameras")}
+    info = {key: meta[key] for key in ("means2d", "radii", "width", "height", "n_cameras", "gaussian_ids")}
     return render[0, ..., :3], alpha[0], render[0, ..., 3:4], info

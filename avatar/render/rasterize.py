@@ -66,7 +66,7 @@ class RenderOutput:
     depth: Tensor  # [H, W, 1] expected depth (alpha-weighted, z in camera), 0 where empty
     # gsplat-compatible extras for densification (gsplat.strategy.DefaultStrategy reads them):
     # "means2d" [1, N, 2] (its .grad is the screen-space gradient), "radii" [1, N, 2] int, "width", "height",
-    # "n_cameras".
+    # "n_cameras", "gaussian_ids" (None: not packed).
     info: dict = field(default_factory=dict)
 
 

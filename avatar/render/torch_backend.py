@@ -147,5 +147,6 @@ def render_premultiplied(g: Gaussians, camera: Camera, s: RasterSettings) -> tup
     canvas = canvas.index_copy(0, tiles, tile_image)
     image = canvas.view(tiles_y, tiles_x, ts, ts, -1).permute(0, 2, 1, 3, 4).reshape(tiles_y * ts, tiles_x * ts, -1)
     image = image[:H, :W]
-    info = {"means2d": means2d_batched, "radii": p.radii[None], "width": W, "height": H, "n_cameras": 1}
+    info = {"means2d": means2d_batched, "radii": p.radii[None], "width": W, "height": H, "n_cameras": 1,
+            "gaussian_ids": None}
     return image[..., :3], image[..., 4:5], image[..., 3:4], info
