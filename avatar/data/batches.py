@@ -41,7 +41,7 @@ def blink_values(dataset: Dataset) -> np.ndarray:
     if not all(n in names for n in BLINK_NAMES):
         return np.zeros((dataset.num_frames, 2), np.float32)
     shapes = dataset.tracking("blendshapes")
-    return np.stack([np.asarray(shapes[:, names.index(n)], np.float32) for n in BLINK_NAMES], 1)
+    return np.stack([np.array(shapes[:, names.index(n)], np.float32) for n in BLINK_NAMES], 1)
 
 
 class TrainingData:
@@ -52,11 +52,11 @@ class TrainingData:
         self.dataset = dataset
         self.store = FrameStore(dataset, resolution, cache_mb)
         self.context = context
-        self.rotation = torch.from_numpy(np.asarray(dataset.tracking("rotation"), np.float32))
-        self.translation = torch.from_numpy(np.asarray(dataset.tracking("translation"), np.float32))
+        self.rotation = torch.from_numpy(np.array(dataset.tracking("rotation"), np.float32))
+        self.translation = torch.from_numpy(np.array(dataset.tracking("translation"), np.float32))
         self.blink = torch.from_numpy(blink_values(dataset))
         self.expression = torch.from_numpy(np.asarray(expression, np.float32))
-        self.code = torch.from_numpy(np.asarray(dataset.tracking("expression_pca"), np.float32))
+        self.code = torch.from_numpy(np.array(dataset.tracking("expression_pca"), np.float32))
         self.windows = torch.from_numpy(dataset.audio_windows(context=0))  # [N, W, F]
 
     def batch(self, indices) -> FrameBatch:

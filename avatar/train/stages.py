@@ -113,7 +113,7 @@ class Stage:
         cpu_started = time.process_time() - self.cpu
         while self.step < self.steps:
             batch = self.data.batch(self.sampler.next()).to(self.runner.device)
-            loss, out, logs = self.train_step(batch)
+            loss, out, logs = self.train_step(batch)  # logs: detached scalars
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.after_backward()
@@ -122,11 +122,11 @@ class Stage:
             self.after_step()
             self.elapsed = time.perf_counter() - started
             self.cpu = time.process_time() - cpu_started
-            quality = psnr(out["rgb"], batch.rgb)
+            quality, loss_value = psnr(out["rgb"], batch.rgb), loss.item()
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss):.4f}", psnr=f"{quality:.2f}", n=len(self.model.head))
+            bar.set_postfix(loss=f"{loss_value:.4f}", psnr=f"{quality:.2f}", n=len(self.model.head))
             if self.step % cfg.log_every == 0:
-                writer.add_scalar(f"{self.name}/loss", float(loss), self.step)
+                writer.add_scalar(f"{self.name}/loss", loss_value, self.step)
                 writer.add_scalar(f"{self.name}/psnr", quality, self.step)
                 writer.add_scalar(f"{self.name}/num_gaussians", len(self.model.head), self.step)
                 for key, value in logs.items():
