@@ -8,7 +8,9 @@ For each dataset directory (default: /tmp/ds_macron, /tmp/ds_german, /tmp/ds_oba
 - encoder: `train_audio_encoder`, its prediction turned into an expression code, the landmarks rebuilt
   (canonical + code @ basis) and the same opening measured there.
 Numbers are correlations over time on the validation frames, against the opening of the tracked 2D landmarks
-("vs 2D") and of the tracked expression code ("vs code"). Train time is wall clock and process CPU seconds.
+("vs 2D") and of the tracked expression code ("vs code"). "silence": the mouth opening predicted for silent audio (all-zero normalised features), as the
+percentile of the tracked training-frame openings (near 0 %: closed). Train time is wall clock and process CPU
+seconds (CPU seconds depend less on how loaded the machine is).
 
     python benchmarks/bench_lipsync.py [DATASET ...] [--steps 600] [--seeds 0] [--set key=value ...]
 """
@@ -63,7 +65,7 @@ def ridge_baseline(dataset: Dataset, opening: np.ndarray) -> np.ndarray:
 
 def evaluate(root: Path, cfg: AudioEncoderConfig, steps: int, seeds: list[int]) -> dict:
     dataset = Dataset(root)
-    val = dataset.indices("val")
+    train, val = dataset.indices("train"), dataset.indices("val")
     open_2d = tracked_opening_2d(dataset)
     open_code = lip_opening(np.asarray(dataset.tracking("expression_pca")), dataset)
     ridge = ridge_baseline(dataset, open_2d)
@@ -78,9 +80,12 @@ def evaluate(root: Path, cfg: AudioEncoderConfig, steps: int, seeds: list[int]) 
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         pred = expression_to_code(torch.from_numpy(predict_expression(encoder, windows)), info).numpy()
         opening = lip_opening(pred, dataset)
+        silent = expression_to_code(torch.from_numpy(predict_expression(encoder, np.zeros_like(windows[:1]))), info)
+        silent_percentile = 100 * float(np.mean(open_code[train] < lip_opening(silent.numpy(), dataset)[0]))
         results.append({"enc_vs_2d": corr(opening, open_2d[val]), "enc_vs_code": corr(opening, open_code[val]),
-                         "train_wall_s": wall, "train_cpu_s": cpu, "best_steps": metrics["best_steps"]})
-    for key in ("enc_vs_2d", "enc_vs_code", "train_wall_s", "train_cpu_s"):
+                        "train_wall_s": wall, "train_cpu_s": cpu, "best_steps": metrics["best_steps"],
+                        "silence_pct": silent_percentile})
+    for key in ("enc_vs_2d", "enc_vs_code", "train_wall_s", "train_cpu_s", "silence_pct"):
         row[key] = float(np.mean([r[key] for r in results]))
     row["enc_vs_2d_per_seed"] = [round(r["enc_vs_2d"], 3) for r in results]
     row["best_steps"] = [r["best_steps"] for r in results]
@@ -108,7 +113,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cfg = dataclasses.replace(AudioEncoderConfig(), **parse_overrides(args.set))
     print(f"config: {dataclasses.asdict(cfg)}; steps {args.steps}; seeds {args.seeds}")
-    header = f"{'dataset':<12} {'val':>4} {'ridge':>6} {'encoder':>8} {'enc/code':>8} {'code/2D':>8} {'wall s':>7} {'cpu s':>6}  per seed"
+    header = (f"{'dataset':<12} {'val':>4} {'ridge':>6} {'encoder':>8} {'enc/code':>8} {'code/2D':>8} {'silence':>7} "
+              f"{'wall s':>7} {'cpu s':>6}  per seed")
     print(header)
     for root in args.datasets:
         if not (root / "manifest.json").is_file():
@@ -116,7 +122,7 @@ def main() -> None:
             continue
         r = evaluate(root, cfg, args.steps, args.seeds)
         print(f"{r['dataset']:<12} {r['val_frames']:>4} {r['ridge_vs_2d']:>6.3f} {r['enc_vs_2d']:>8.3f} "
-              f"{r['enc_vs_code']:>8.3f} {r['code_vs_2d']:>8.3f} {r['train_wall_s']:>7.1f} {r['train_cpu_s']:>6.1f}  "
+              f"{r['enc_vs_code']:>8.3f} {r['code_vs_2d']:>8.3f} {r['silence_pct']:>6.0f}% {r['train_wall_s']:>7.1f} {r['train_cpu_s']:>6.1f}  "
               f"{r['enc_vs_2d_per_seed']} best steps {r['best_steps']}", flush=True)
 
 
