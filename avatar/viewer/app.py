@@ -137,7 +137,7 @@ class ViewerApp:
             self.deform_box = gui.add_checkbox("Deformation", True)
             self.auto_blink = gui.add_checkbox("Own blinks", True)
             self.blink_slider = gui.add_slider("Eye closure", 0.0, 1.0, 0.05, 0.0)
-            self.pose_dropdown = gui.add_dropdown("Head pose", ("track", "smooth", "still"), "track")
+            self.pose_dropdown = gui.add_dropdown("Head pose", ("track", "smooth", "still"), initial_value="track")
             self.background_box = gui.add_checkbox("Background", True)
             self.torso_box = gui.add_checkbox("Torso", True)
             self.centres_box = gui.add_checkbox("Gaussian centres", False)
