@@ -42,3 +42,15 @@ def cut_clip(src: Path, dst: Path, start_s: float, duration_s: float, extra: lis
 @pytest.fixture(scope="session")
 def clip_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("clips")
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Many small ops on a shared 2-core machine: one torch thread is several times faster than two spinning
+    against each other (and against other jobs)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -18,6 +18,8 @@ from avatar.model.audio_encoder import (
     expression_targets, expression_to_code, lip_opening, predict_expression, train_audio_encoder,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 FPS = 25.0
 SMALL = AudioEncoderConfig(context=2, channels=16, embed_dim=32, heads=2, members=1, batch_size=32, eval_every=40)
 
@@ -109,15 +111,6 @@ def test_targets_are_low_dimensional_and_decode_to_the_tracked_mouth(dataset):
     # The rest (silence) target is the closed mouth: below the 20th percentile of the training openings.
     rest_open = lip_opening(expression_to_code(torch.from_numpy(info["rest"][None]), info).numpy(), dataset)[0]
     assert rest_open <= np.quantile(lip_opening(tracked[train], dataset), 0.2)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two torch threads on a loaded 2-core machine spin against each other: one is several times faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def silent_windows(context: int) -> np.ndarray:

@@ -14,13 +14,7 @@ from avatar.eval.baselines import NearestAudioBaseline, nearest_windows
 from eval_fixtures import FPS, SIZE, eval_dataset  # noqa: F401 - a fixture
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """On the shared 2-core machine one thread is several times faster than two fighting other jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

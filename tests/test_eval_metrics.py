@@ -12,13 +12,7 @@ from avatar.eval.landmarks import LANDMARK_SCALE, FaceLandmarker, mouth_indices
 from avatar.eval.metrics import (SequenceScorer, landmark_distance, mouth_opening, pearson, psnr, square_box, ssim)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """On the shared 2-core machine one thread is several times faster than two fighting other jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _images(seed: int = 0, b: int = 2, h: int = 48, w: int = 40) -> torch.Tensor:

@@ -14,14 +14,6 @@ SMALL = HashTriplaneConfig(num_levels=4, features_per_level=2, log2_hashmap_size
                            max_resolution=32, implementation="torch")
 
 
-@pytest.fixture
-def one_thread():
-    """Small tensors: one thread avoids thread-pool stalls on a shared, loaded CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def random_points(n: int, generator: torch.Generator, dtype=torch.float32) -> torch.Tensor:
     u = torch.rand(n, 3, generator=generator, dtype=torch.float64)
@@ -51,7 +43,7 @@ def test_output_shape_dtype_and_layout():
     assert enc.tables.shape == (3, layout.offsets[-1], 2)
 
 
-def test_vertex_lookup_matches_dense_and_hash_indexing(one_thread):
+def test_vertex_lookup_matches_dense_and_hash_indexing(one_torch_thread):
     """At a grid vertex the feature is exactly one table entry, at the index the dense/hash rule predicts."""
     enc = field(SMALL, seed=1)
     layout = enc.layout
@@ -90,7 +82,7 @@ def test_continuity_nearby_points_give_nearby_features():
     assert far > 0.5
 
 
-def test_gradients_match_finite_differences(one_thread):
+def test_gradients_match_finite_differences(one_torch_thread):
     enc = field(SMALL, seed=4, scale=0.5).double()
     points = random_points(16, torch.Generator().manual_seed(5), torch.float64).requires_grad_(True)
     tables = enc.tables
@@ -111,7 +103,7 @@ def test_gradients_match_finite_differences(one_thread):
         assert abs((plus - minus) / 2e-6 - analytic.view(-1)[index].item()) < 1e-6
 
 
-def test_tiny_mlp_fits_a_smooth_function(one_thread):
+def test_tiny_mlp_fits_a_smooth_function(one_torch_thread):
     torch.manual_seed(0)
     cfg = HashTriplaneConfig(num_levels=6, log2_hashmap_size=10, base_resolution=4, max_resolution=64,
                              implementation="torch")

@@ -14,13 +14,7 @@ from avatar.errors import UserError
 from avatar.render.rasterize import Camera, Gaussians, RasterSettings, rasterize, resolve_backend
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Many small ops: on a shared, loaded CPU one thread is far faster than several waiting on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_camera(width=24, height=20, dtype=torch.float32, f=30.0, R=None, t=(0.0, 0.0, 0.0)) -> Camera:

@@ -10,12 +10,7 @@ from avatar.render.rasterize import Gaussians, rasterize
 from test_render import make_camera, random_gaussians
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def concat(a: Gaussians, b: Gaussians) -> Gaussians:
