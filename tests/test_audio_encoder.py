@@ -14,7 +14,7 @@ from avatar.contracts.audio import (
 )
 from avatar.contracts.dataset import Dataset
 from avatar.model.audio_encoder import (
-    FACE_LEFT, FACE_RIGHT, INNER_LIP_LOWER, INNER_LIP_UPPER, NOSE_TIP, AudioEncoder, AudioEncoderConfig,
+    FACE_LEFT, FACE_RIGHT, INNER_LIP_LOWER, INNER_LIP_UPPER, NOSE_TIP, AudioEncoder, AudioEncoderConfig, ExampleMemory,
     expression_targets, expression_to_code, lip_opening, predict_expression, train_audio_encoder,
 )
 
@@ -94,6 +94,26 @@ def test_encoder_shapes_and_ensemble_embedding():
     assert embedding.shape == (4, 32) and expression.shape == (4, 5)
     expression.sum().backward()  # differentiable end to end (the trainer may fine-tune it)
     assert all(p.grad is not None for p in enc.parameters())
+
+
+def test_example_memory_recalls_neighbours_but_never_a_frame_itself():
+    gen = torch.Generator().manual_seed(0)
+    n, context = 40, 2
+    windows = 5 + torch.randn(n, 4, 3, generator=gen)  # [N, W, F], far apart and far from silence
+    targets = torch.arange(n, dtype=torch.float32)[:, None].repeat(1, 2)  # [N, E]: target = frame id
+    rest = torch.tensor([-1.0, -1.0])
+    memory = ExampleMemory(AudioEncoderConfig(memory_sigma=1e-3))  # no smoothing: the centre window only
+    memory.fill(windows, targets, torch.arange(n), rest, k=1, span=2)
+    stacks = windows[(torch.arange(n)[:, None] + torch.arange(-context, context + 1)).clamp(0, n - 1)]
+    assert torch.equal(memory(stacks), targets)  # unheard audio: the nearest window is its own copy
+    recalled = memory(stacks, frames=torch.arange(n))  # training frames: their neighbourhood is skipped
+    assert ((recalled[:, 0] - torch.arange(n)).abs() >= 2).all()
+    silent = memory(torch.zeros(3, 2 * context + 1, 4, 3))
+    assert torch.equal(silent, rest.expand(3, -1))  # silence is stored as the closed mouth
+    # Sized by the data: a fresh memory takes the sizes of a saved one.
+    copy = ExampleMemory(AudioEncoderConfig())
+    copy.load_state_dict(memory.state_dict())
+    assert torch.equal(copy.keys, memory.keys) and int(copy.k) == 1
 
 
 def test_targets_are_low_dimensional_and_decode_to_the_tracked_mouth(dataset):

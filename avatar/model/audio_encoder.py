@@ -64,6 +64,9 @@ class AudioEncoderConfig:
     holdout_fraction: float = 0.12  # share of the training frames held out for early stopping, per member
     eval_every: int = 50  # steps between early-stopping checks
     patience: int = 6  # checks without improvement before a member stops
+    memory_k: tuple[int, ...] = (3, 5, 8)  # neighbour counts the example memory may use (chosen on held-out slices)
+    memory_weights: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)  # memory shares it may use (0: network only)
+    memory_sigma: float = 1.0  # frames: the memory's predictions are smoothed over neighbours with this Gaussian
 
 
 # ----------------------------------------------------------------------------------------------- targets
@@ -173,10 +176,77 @@ class _Member(nn.Module):
         return centre, self.head(centre)
 
 
+class ExampleMemory(nn.Module):
+    """Nearest-neighbour regression over the training frames: audio window -> the mean tracked expression of
+    the k training frames whose windows are closest (Euclidean, normalised features).
+
+    Why next to the network: with under a minute of speech, a lookup of how this person's mouth moved for
+    the most similar sounds is a strong predictor of its own (on the 50 s Macron clip it follows the
+    validation lip opening better than the network), and the two err differently, so their blend beats
+    both. The share of each is chosen on held-out slices of the training frames (`choose_blend`), so a
+    dataset where the lookup does not help gets the network alone. Predictions are smoothed over the
+    neighbouring frames of the window stack. Silence (the all-zero window) is stored as k entries with the
+    closed-mouth expression, so a silent clip still gives a still, closed mouth.
+    """
+
+    def __init__(self, cfg: AudioEncoderConfig):
+        super().__init__()
+        self.sigma = cfg.memory_sigma
+        # Sized by the dataset, hence empty until `fill` or a checkpoint's state (see _load_from_state_dict).
+        self.register_buffer("keys", torch.zeros(0, 0))  # [M, W*F] flattened windows
+        self.register_buffer("values", torch.zeros(0, 0))  # [M, E] tracked expression targets
+        self.register_buffer("frames", torch.zeros(0, dtype=torch.long))  # [M] dataset frame id (-1: silence)
+        self.register_buffer("k", torch.tensor(5))
+        self.register_buffer("span", torch.tensor(0))  # frames apart before two windows share no audio
+        self.register_buffer("weight", torch.tensor(0.0))  # share of the memory in the blend with the network
+
+    def fill(self, windows: Tensor, targets: Tensor, frames: Tensor, rest: Tensor, k: int, span: int) -> None:
+        """[M, W, F] windows, [M, E] targets and [M] frame ids of the training frames; [E] closed mouth;
+        `span`: frames apart before two windows share no audio sample."""
+        silence = torch.zeros(k, *windows.shape[1:], dtype=windows.dtype)
+        self.keys = torch.cat([windows, silence]).flatten(1).float().contiguous()
+        self.values = torch.cat([targets, rest.expand(k, -1)]).float()
+        self.frames = torch.cat([frames.long(), torch.full((k,), -1, dtype=torch.long)])
+        self.k = torch.tensor(k)
+        self.span = torch.tensor(span)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in ("keys", "values", "frames"):
+            if prefix + name in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @property
+    def active(self) -> bool:
+        return len(self.frames) > 0 and float(self.weight) > 0
+
+    def forward(self, audio: Tensor, frames: Tensor | None = None, k: int | None = None) -> Tensor:
+        """[B, 2K+1, W, F] window stacks -> [B, E]. `frames` [B]: the dataset frames the stacks belong to;
+        memory entries whose windows overlap any window of the stack are then skipped (a training frame
+        must not find itself)."""
+        b, c = audio.shape[:2]
+        k = int(self.k) if k is None else k
+        offsets = torch.arange(c, device=audio.device) - c // 2
+        weights = torch.exp(-0.5 * (offsets / max(self.sigma, 1e-6)) ** 2)
+        use = weights > 0.05  # context frames that matter for the smoothing
+        queries = audio[:, use].flatten(2)  # [B, C', W*F]
+        dist = torch.cdist(queries.reshape(-1, queries.shape[-1]), self.keys.to(audio.dtype)).reshape(b, -1, len(self.keys))
+        if frames is not None:
+            reach = int(offsets[use].abs().max()) + int(self.span)  # entries this close share audio with a window
+            near = (self.frames[None, :] - frames[:, None].to(self.frames.device)).abs() < reach  # [B, M]
+            near &= self.frames[None, :] >= 0
+            dist = dist.masked_fill(near[:, None, :], float("inf"))
+        idx = dist.topk(k, dim=-1, largest=False).indices  # [B, C', k]
+        per_window = self.values.to(audio.dtype)[idx].mean(-2)  # [B, C', E]
+        w = weights[use] / weights[use].sum()
+        return torch.einsum("bce,c->be", per_window, w)
+
+
 class AudioEncoder(nn.Module):
     """[B, 2K+1, W, F] normalised audio windows of a frame and its neighbours -> (embedding [B, embed_dim],
     expression [B, E]). With several members (an ensemble trained on different held-out slices) the
-    expression is their mean and the embedding their concatenation."""
+    expression is their mean and the embedding their concatenation; the example memory, when it has a
+    share, is blended into the expression."""
 
     def __init__(self, cfg: AudioEncoderConfig, feature_dim: int, window: int, expression_dim: int):
         super().__init__()
@@ -184,11 +254,16 @@ class AudioEncoder(nn.Module):
         self.context = cfg.context
         self.embed_dim = cfg.embed_dim * cfg.members
         self.members = nn.ModuleList(_Member(cfg, feature_dim, window, expression_dim) for _ in range(cfg.members))
+        self.memory = ExampleMemory(cfg)
 
-    def forward(self, audio: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, audio: Tensor, frames: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """`frames` [B]: dataset frame ids of training-set stacks, so the memory skips their own neighbourhood."""
         outputs = [m(audio) for m in self.members]
         embedding = torch.cat([e for e, _ in outputs], dim=-1)
         expression = torch.stack([x for _, x in outputs]).mean(0)
+        if self.memory.active:
+            w = self.memory.weight.to(expression.dtype)
+            expression = (1 - w) * expression + w * self.memory(audio, frames)
         return embedding, expression
 
 
@@ -282,6 +357,36 @@ def _fit_member(member: _Member, windows: Tensor, rows_per_frame: float, targets
     return {"held_out_loss": best[0], "best_step": best[2], "steps_run": step}
 
 
+@torch.no_grad()
+def choose_memory_blend(encoder: AudioEncoder, windows: Tensor, targets: Tensor, opening: Tensor, rest: Tensor,
+                        splits: list[tuple[np.ndarray, np.ndarray]], span: int, cfg: AudioEncoderConfig) -> dict:
+    """The example memory's k and share that best follow the lip opening on the members' held-out slices.
+
+    For each member, its held-out slice is predicted by that member (which never saw it) and by a memory of
+    the frames the member was fitted on, so both are judged on audio they did not hold. Returns
+    "memory_k", "memory_weight", and the mean held-out correlations of the chosen blend and of the network.
+    """
+    n = windows.shape[0]
+    scores: dict[tuple[int, float], list[float]] = {}
+    for member, (fit, held) in zip(encoder.members, splits):
+        held_t = torch.as_tensor(held)
+        stacks = windows[_context_index(held_t, cfg.context, n)]  # [H, 2K+1, W, F]
+        net = member(stacks)[1]
+        memory = ExampleMemory(cfg)
+        fit_t = torch.as_tensor(fit)
+        memory.fill(windows[fit_t], targets[fit_t], fit_t, rest, max(cfg.memory_k), span)
+        truth = targets[held_t] @ opening
+        for k in cfg.memory_k:
+            recalled = memory(stacks, held_t, k)
+            for w in cfg.memory_weights:
+                blend = ((1 - w) * net + w * recalled) @ opening
+                scores.setdefault((k, w), []).append(float(torch.corrcoef(torch.stack([blend, truth]))[0, 1]))
+    mean = {key: float(np.nanmean(v)) for key, v in scores.items()}
+    k, w = max(mean, key=lambda key: (mean[key], -key[1]))
+    return {"memory_k": int(k), "memory_weight": float(w), "memory_held_out_corr": mean[(k, w)],
+            "network_held_out_corr": mean[(cfg.memory_k[0], 0.0)]}
+
+
 def train_audio_encoder(dataset: Dataset, cfg: AudioEncoderConfig, steps: int, seed: int,
                         log: Callable[[str], None] | None = None) -> tuple[AudioEncoder, dict]:
     """Fit an encoder to `expression_targets(dataset)` on the training frames only.
@@ -302,20 +407,33 @@ def train_audio_encoder(dataset: Dataset, cfg: AudioEncoderConfig, steps: int, s
     train = dataset.indices("train")
     encoder = AudioEncoder(cfg, windows.shape[-1], windows.shape[-2], targets.shape[1])
     held_len = max(1, int(round(len(train) * cfg.holdout_fraction)))
-    member_logs = []
+    member_logs, splits = [], []
     for k, member in enumerate(encoder.members):
         # Members hold out slices spread over the clip: the last, the middle, ... of the training frames.
         end = len(train) - int(round(k * (len(train) - held_len) / max(cfg.members, 1)))
         held = train[end - held_len:end]
         margin = cfg.context + 1  # frames whose context windows overlap the held-out slice are not fitted
         fit = train[(train < held[0] - margin) | (train > held[-1] + margin)]
+        splits.append((fit, held))
         member_logs.append(_fit_member(member, windows, rows_per_frame, targets, opening, rest, fit, held, steps,
                                        cfg, gen, log, f"{k + 1}/{cfg.members}"))
     encoder.eval()
+    f = dataset.manifest.features
+    span = int(np.ceil(f.window / f.rate_hz * dataset.fps))
+    plain = windows[windows.shape[0] // 2]  # [N, W, F] the unshifted windows
+    blend = choose_memory_blend(encoder, plain, targets, opening, rest, splits, span, cfg)
+    train_t = torch.as_tensor(train)
+    encoder.memory.fill(plain[train_t], targets[train_t], train_t, rest, blend["memory_k"], span)
+    encoder.memory.weight = torch.tensor(blend["memory_weight"])
+    if log is not None:
+        log(f"audio encoder: example memory share {blend['memory_weight']:.2f} with k={blend['memory_k']} "
+            f"(held-out lip-opening correlation {blend['memory_held_out_corr']:.3f}, network alone "
+            f"{blend['network_held_out_corr']:.3f})")
     metrics = {
         "train_seconds": time.perf_counter() - start,
         "held_out_loss": float(np.mean([m["held_out_loss"] for m in member_logs])),
         "best_steps": [m["best_step"] for m in member_logs],
+        **blend,
         **evaluate_encoder(encoder, dataset, info, targets_np),
     }
     return encoder, metrics

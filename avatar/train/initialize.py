@@ -47,7 +47,7 @@ def initial_model(dataset: Dataset, cfg: TrainConfig, encoder: AudioEncoder) -> 
     model.head, model.mouth = head, mouth
     model.audio_encoder.load_state_dict(encoder.state_dict())
     model.canonical_face.copy_(torch.from_numpy(face).float())
-    model.expression_basis.copy_(torch.from_numpy(basis))
+    model.expression_basis.copy_(torch.as_tensor(np.array(basis)))  # a copy: the memory map is read-only
     model.to_code.copy_(torch.from_numpy(info["to_code"]))
     model.code_mean.copy_(torch.from_numpy(info["code_mean"]))
 

@@ -242,7 +242,10 @@ class DeformStage(Stage):
         with torch.no_grad():  # the audio encoder is frozen: its outputs for every frame are computed once
             windows = self.runner.dataset.audio_windows(context=self.model.audio_context)
             device = self.runner.device
-            outs = [self.model.audio_encoder(torch.from_numpy(np.ascontiguousarray(windows[i:i + 256])).to(device))
+            # Frame ids let the example memory skip each training frame's own neighbourhood, so these
+            # predictions are as good as on unheard audio, not better.
+            outs = [self.model.audio_encoder(torch.from_numpy(np.ascontiguousarray(windows[i:i + 256])).to(device),
+                                             torch.arange(i, min(i + 256, len(windows)), device=device))
                     for i in range(0, len(windows), 256)]
         self.embedding = torch.cat([e for e, _ in outs])
         self.predicted = torch.cat([x for _, x in outs])
