@@ -1,24 +1,27 @@
 """Lip-sync proxy of the audio encoder: how well the predicted expression opens the mouth on the validation
 frames (the last 10 % of each clip, audio never trained on), against the ridge baseline of issue 4.
 
-For each dataset directory (default: /tmp/ds_macron, /tmp/ds_german, /tmp/ds_obama, those that exist):
+For each dataset directory (made by `avatar preprocess`; in `avatar bench`, those listed in
+$AVATAR_BENCH_DATASETS, separated by ':'):
 - ridge: ridge regression from the +-80 ms normalised log-mel window of a frame to its inner-lip opening
   (tracked landmarks 13-14 over the face width), fitted on the training frames; the penalty is picked on the
   last 10 % of the training frames;
-- encoder: `train_audio_encoder`, its prediction turned into an expression code, the landmarks rebuilt
-  (canonical + code @ basis) and the same opening measured there.
+- encoder: `train_audio_encoder` (network + example memory, with the memory share it chose), its prediction
+  turned into an expression code, the landmarks rebuilt (canonical + code @ basis) and the same opening
+  measured there.
 Numbers are correlations over time on the validation frames, against the opening of the tracked 2D landmarks
 ("vs 2D") and of the tracked expression code ("vs code"). "silence": the mouth opening predicted for silent audio (all-zero normalised features), as the
 percentile of the tracked training-frame openings (near 0 %: closed). Train time is wall clock and process CPU
 seconds (CPU seconds depend less on how loaded the machine is).
 
-    python benchmarks/bench_lipsync.py [DATASET ...] [--steps 600] [--seeds 0] [--set key=value ...]
+    python benchmarks/bench_lipsync.py DATASET [DATASET ...] [--steps 600] [--seeds 0] [--set key=value ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import time
 from pathlib import Path
 
@@ -31,7 +34,6 @@ from avatar.model.audio_encoder import (
     expression_to_code, lip_opening, predict_expression, train_audio_encoder,
 )
 
-DEFAULT_DATASETS = [Path("/tmp/ds_macron"), Path("/tmp/ds_german"), Path("/tmp/ds_obama")]
 RIDGE_PENALTIES = [1.0, 10.0, 100.0, 1e3, 1e4]
 
 
@@ -71,7 +73,7 @@ def evaluate(root: Path, cfg: AudioEncoderConfig, steps: int, seeds: list[int]) 
     ridge = ridge_baseline(dataset, open_2d)
     _, info = expression_targets(dataset)
     windows = dataset.audio_windows(context=cfg.context)[val]
-    row = {"dataset": root.name, "val_frames": len(val), "ridge_vs_2d": corr(ridge[val], open_2d[val]),
+    row = {"dataset": Path(dataset.manifest.source["path"]).stem, "val_frames": len(val), "ridge_vs_2d": corr(ridge[val], open_2d[val]),
            "code_vs_2d": corr(open_code[val], open_2d[val])}
     results = []
     for seed in seeds:
@@ -84,8 +86,8 @@ def evaluate(root: Path, cfg: AudioEncoderConfig, steps: int, seeds: list[int]) 
         silent_percentile = 100 * float(np.mean(open_code[train] < lip_opening(silent.numpy(), dataset)[0]))
         results.append({"enc_vs_2d": corr(opening, open_2d[val]), "enc_vs_code": corr(opening, open_code[val]),
                         "train_wall_s": wall, "train_cpu_s": cpu, "best_steps": metrics["best_steps"],
-                        "silence_pct": silent_percentile})
-    for key in ("enc_vs_2d", "enc_vs_code", "train_wall_s", "train_cpu_s", "silence_pct"):
+                        "silence_pct": silent_percentile, "memory_share": metrics["memory_weight"]})
+    for key in ("enc_vs_2d", "enc_vs_code", "train_wall_s", "train_cpu_s", "silence_pct", "memory_share"):
         row[key] = float(np.mean([r[key] for r in results]))
     row["enc_vs_2d_per_seed"] = [round(r["enc_vs_2d"], 3) for r in results]
     row["best_steps"] = [r["best_steps"] for r in results]
@@ -102,9 +104,28 @@ def parse_overrides(pairs: list[str]) -> dict:
     return out
 
 
+def run(quick: bool) -> list[dict]:
+    """Rows for `avatar bench`: the datasets in $AVATAR_BENCH_DATASETS (this needs preprocessed datasets)."""
+    roots = [Path(p) for p in os.environ.get("AVATAR_BENCH_DATASETS", "").split(":") if p]
+    if not roots:
+        return [{"name": "lip sync", "skipped": "no datasets: set AVATAR_BENCH_DATASETS=DS1:DS2 (from `avatar preprocess`)"}]
+    steps = 100 if quick else 600
+    rows = []
+    for root in roots:
+        if not (root / "manifest.json").is_file():
+            rows.append({"name": f"lip sync {root.name}", "skipped": f"no dataset at {root}"})
+            continue
+        r = evaluate(root, AudioEncoderConfig(), steps, [0])
+        rows.append({"name": f"lip sync {r['dataset']}", "val_frames": r["val_frames"],
+                     "ridge_corr": round(r["ridge_vs_2d"], 3), "encoder_corr": round(r["enc_vs_2d"], 3),
+                     "memory_share": r["memory_share"], "silence_percentile": round(r["silence_pct"]),
+                     "train_wall_s": round(r["train_wall_s"], 1)})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("datasets", nargs="*", type=Path, default=DEFAULT_DATASETS)
+    parser.add_argument("datasets", nargs="+", type=Path, help="dataset directories from `avatar preprocess`")
     parser.add_argument("--steps", type=int, default=600, help="training steps per ensemble member (at most)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one training per seed, numbers averaged")
     parser.add_argument("--set", nargs="*", default=[], help="AudioEncoderConfig overrides, key=value")
