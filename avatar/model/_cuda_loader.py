@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from avatar.cuda_build import build_for_present_gpu, present_arch
 from avatar.errors import UserError
 
 CUDA_SOURCE_DIR = Path(__file__).resolve().parents[2] / "cuda"
@@ -42,27 +43,20 @@ def _load():
                                  "with `pip install -e .` so the CUDA sources stay next to the package)")
     from torch.utils import cpp_extension
 
-    major, minor = torch.cuda.get_device_capability()
-    arch = f"{major}.{minor}"
-    saved_arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST")
-    os.environ["TORCH_CUDA_ARCH_LIST"] = arch  # only the present GPU: a fraction of a multi-arch build's time
+    arch = present_arch()
     try:
-        return cpp_extension.load(
-            name=EXTENSION_NAME,
-            sources=[str(CUDA_SOURCE_DIR / name) for name in SOURCES],
-            extra_include_paths=[str(CUDA_SOURCE_DIR)],
-            extra_cflags=["-O3"],
-            extra_cuda_cflags=["-O3"],
-            build_directory=str(_build_directory(arch)),
-            verbose=False,
-        )
+        with build_for_present_gpu():
+            return cpp_extension.load(
+                name=EXTENSION_NAME,
+                sources=[str(CUDA_SOURCE_DIR / name) for name in SOURCES],
+                extra_include_paths=[str(CUDA_SOURCE_DIR)],
+                extra_cflags=["-O3"],
+                extra_cuda_cflags=["-O3"],
+                build_directory=str(_build_directory(arch)),
+                verbose=False,
+            )
     except Exception as exc:  # compiler missing or failing: report, never crash at import
         return exc
-    finally:
-        if saved_arch_list is None:
-            os.environ.pop("TORCH_CUDA_ARCH_LIST", None)
-        else:
-            os.environ["TORCH_CUDA_ARCH_LIST"] = saved_arch_list
 
 
 def cuda_extension_error() -> str | None:

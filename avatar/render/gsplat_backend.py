@@ -1,12 +1,15 @@
 """CUDA backend: gsplat 1.5.3's fused kernels (compiled on first use on a GPU machine).
 
 gsplat is imported here only, when this backend is picked, so CPU machines never touch its CUDA loader.
+gsplat compiles its kernels on the first call (cached in ~/.cache/torch_extensions afterwards): the calls run
+inside `build_for_present_gpu`, so that build is for the present GPU's architecture only.
 """
 
 from __future__ import annotations
 
 from torch import Tensor
 
+from avatar.cuda_build import build_for_present_gpu
 from avatar.errors import UserError
 from avatar.render.rasterize import Camera, Gaussians, RasterSettings
 
@@ -23,13 +26,14 @@ def render_premultiplied(g: Gaussians, camera: Camera, s: RasterSettings) -> tup
     except ImportError as exc:  # pragma: no cover - gsplat is a pinned requirement
         raise UserError(f"renderer: gsplat could not be imported ({exc}). Run `make setup`.") from exc
 
-    render, alpha, meta = rasterization(
-        g.means, g.quats, g.scales, g.opacities, g.colors,
-        viewmats=camera.world_to_cam.to(g.means)[None], Ks=camera.K.to(g.means)[None],
-        width=camera.width, height=camera.height,
-        near_plane=s.near, far_plane=s.far, eps2d=s.eps2d, sh_degree=g.sh_degree,
-        packed=False, tile_size=s.tile_size, render_mode="RGB+D",
-        rasterize_mode="antialiased" if s.antialiased else "classic",
-    )  # [1, H, W, 4] colour and depth sums, [1, H, W, 1]
+    with build_for_present_gpu():  # the first call compiles gsplat's kernels
+        render, alpha, meta = rasterization(
+            g.means, g.quats, g.scales, g.opacities, g.colors,
+            viewmats=camera.world_to_cam.to(g.means)[None], Ks=camera.K.to(g.means)[None],
+            width=camera.width, height=camera.height,
+            near_plane=s.near, far_plane=s.far, eps2d=s.eps2d, sh_degree=g.sh_degree,
+            packed=False, tile_size=s.tile_size, render_mode="RGB+D",
+            rasterize_mode="antialiased" if s.antialiased else "classic",
+        )  # [1, H, W, 4] colour and depth sums, [1, H, W, 1]
     info = {key: meta[key] for key in ("means2d", "radii", "width", "height", "n_cameras", "gaussian_ids")}
     return render[0, ..., :3], alpha[0], render[0, ..., 3:4], info
