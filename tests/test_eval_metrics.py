@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from avatar.eval.landmarks import LANDMARK_SCALE, FaceLandmarker, mouth_indices
-from avatar.eval.metrics import (SequenceScorer, landmark_distance, mouth_opening, pearson, psnr, square_box, ssim)
+from avatar.eval.metrics import (SequenceScorer, landmark_distance, motion_ratio, mouth_opening, pearson, psnr, square_box,
+                                 ssim)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -99,6 +100,8 @@ def test_mouth_opening_and_correlation_of_known_signals():
     assert pearson(sig, -sig) == pytest.approx(-1.0)
     assert pearson(sig, np.cos(t)) == pytest.approx(0.0, abs=0.05)
     assert math.isnan(pearson(sig, np.ones_like(sig)))
+    assert motion_ratio(0.5 * sig + 3, sig) == pytest.approx(0.5)  # half the motion, whatever the offset
+    assert math.isnan(motion_ratio(sig, np.ones_like(sig)))
 
 
 def test_lpips_identical_is_zero():
@@ -160,7 +163,7 @@ def test_sequence_scorer_perfect_prediction(real_frame):
     assert s["ssim"] == pytest.approx(1.0, abs=1e-5) and s["lpips"] == pytest.approx(0.0, abs=1e-6)
     assert s["lpips_head"] == pytest.approx(0.0, abs=1e-6)
     assert s["lmd"] == pytest.approx(0.0, abs=1e-4)
-    assert math.isnan(s["mouth_corr"])  # a constant mouth has no correlation
+    assert math.isnan(s["mouth_corr"]) and math.isnan(s["mouth_motion"])  # a constant mouth: no correlation
 
 
 def test_head_region_metrics_ignore_changes_outside_the_head():

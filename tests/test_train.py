@@ -12,7 +12,7 @@ import torch
 
 from avatar.errors import UserError
 from avatar.model.talking_head import FrameConditions, TalkingHead
-from avatar.train.trainer import Runner, run
+from avatar.train.trainer import RUN_FORMAT_VERSION, Runner, run
 from tests.train_fixtures import tiny_config, tiny_dataset  # noqa: F401 - the fixture
 
 
@@ -34,7 +34,7 @@ def trained_run(tiny_dataset, tmp_path_factory):
 @pytest.mark.slow
 def test_tiny_train_writes_a_complete_run(trained_run, tiny_dataset):
     info = json.loads((trained_run / "run.json").read_text())
-    assert info["status"] == "done" and info["format_version"] == 1
+    assert info["status"] == "done" and info["format_version"] == RUN_FORMAT_VERSION
     assert set(info["stage_seconds"]) == {"audio", "canonical", "deform"}
     assert info["metrics"]["canonical"]["prior_psnr"] > 10 and "audio_psnr" in info["metrics"]["deform"]
     assert json.loads((trained_run / "config.json").read_text())["resolution"] == 32
@@ -98,6 +98,11 @@ def test_clear_errors(tiny_dataset, tmp_path):
     (tmp_path / "r" / "checkpoints" / "latest.pt").write_bytes(b"")
     with pytest.raises(UserError, match="--resume"):
         Runner(tiny_config(tiny_dataset.root, tmp_path / "r"))
+    with pytest.raises(UserError, match="not a readable checkpoint"):
+        run(tiny_config(tiny_dataset.root, tmp_path / "r", resume=True))
+    torch.save({"run_info": {"format_version": 1}, "stage": "canonical"}, tmp_path / "r" / "checkpoints" / "latest.pt")
+    with pytest.raises(UserError, match="run format 1"):
+        run(tiny_config(tiny_dataset.root, tmp_path / "r", resume=True))
     with pytest.raises(UserError, match="training has not finished"):
         TalkingHead.load(tmp_path / "r")
     (tmp_path / "r" / "avatar.pt").write_bytes(b"not an avatar")

@@ -182,7 +182,7 @@ def _side_by_side(path: Path | None, dataset: Dataset, indices: np.ndarray, pane
 def format_table(result: dict) -> str:
     """The methods as rows, the main metrics as columns."""
     cols = ["psnr", "ssim", "lpips", "psnr_head", "ssim_head", "lpips_head", "lmd", "lmd_centred", "mouth_corr",
-            "face_detected"]
+            "mouth_motion", "face_detected"]
     lines = [f"{'method':<14}" + "".join(f"{c:>14}" for c in cols)]
     for name, m in result["methods"].items():
         cells = "".join(f"{m[c]:>14.4f}" if isinstance(m.get(c), float) else f"{str(m.get(c)):>14}" for c in cols)

@@ -99,6 +99,15 @@ def mouth_opening(landmarks: np.ndarray) -> np.ndarray:
     return gap / np.maximum(eyes, 1e-6)
 
 
+def motion_ratio(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Spread of the predicted series over that of the true one: 1 moves as much as the person, below 1 the
+    mouth is lazy (correlation cannot see that: it ignores scale); nan when the truth is constant."""
+    truth = np.asarray(truth, np.float64)
+    spread = float(np.std(truth))
+    constant = spread <= 1e-9 * float(np.abs(truth).max(initial=0.0))  # rounding noise of equal values
+    return float(np.std(pred)) / spread if truth.size >= 3 and spread > 0 and not constant else float("nan")
+
+
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
     """Pearson correlation of two series; nan when either is constant or shorter than 3."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
@@ -158,8 +167,8 @@ class SequenceScorer:
         self.gt_landmarks += list(gt_landmarks)
 
     def summary(self) -> dict:
-        """Means over frames (PSNR over frames with a finite value), LMD in pixels at 512 scale, and the
-        Pearson correlation of the mouth-opening series."""
+        """Means over frames (PSNR over frames with a finite value), LMD in pixels at 512 scale, the
+        Pearson correlation of the mouth-opening series and the ratio of their spreads."""
         out: dict = {"frames": len(self.pred_landmarks)}
         for key, vals in self.frames.items():
             finite = [v for v in vals if math.isfinite(v)]
@@ -173,6 +182,7 @@ class SequenceScorer:
             out["lmd"] = float(landmark_distance(pred_lm[:, mouth], gt_lm[:, mouth]).mean())
             out["lmd_centred"] = float(landmark_distance(pred_lm[:, mouth], gt_lm[:, mouth], centred=True).mean())
             out["mouth_corr"] = pearson(mouth_opening(pred_lm), mouth_opening(gt_lm))
+            out["mouth_motion"] = motion_ratio(mouth_opening(pred_lm), mouth_opening(gt_lm))
         else:
-            out["lmd"] = out["lmd_centred"] = out["mouth_corr"] = None
+            out["lmd"] = out["lmd_centred"] = out["mouth_corr"] = out["mouth_motion"] = None
         return out

@@ -67,6 +67,7 @@ class AudioEncoderConfig:
     memory_k: tuple[int, ...] = (3, 5, 8)  # neighbour counts the example memory may use (chosen on held-out slices)
     memory_weights: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)  # memory shares it may use (0: network only)
     memory_sigma: float = 1.0  # frames: the memory's predictions are smoothed over neighbours with this Gaussian
+    max_gain: float = 2.0  # at most this amplification of the predicted motion (see AudioEncoder.gain)
 
 
 # ----------------------------------------------------------------------------------------------- targets
@@ -183,7 +184,7 @@ class ExampleMemory(nn.Module):
     Why next to the network: with under a minute of speech, a lookup of how this person's mouth moved for
     the most similar sounds is a strong predictor of its own (on the 50 s Macron clip it follows the
     validation lip opening better than the network), and the two err differently, so their blend beats
-    both. The share of each is chosen on held-out slices of the training frames (`choose_blend`), so a
+    both. The share of each is chosen on held-out slices of the training frames (`choose_memory_blend`), so a
     dataset where the lookup does not help gets the network alone. Predictions are smoothed over the
     neighbouring frames of the window stack. Silence (the all-zero window) is stored as k entries with the
     closed-mouth expression, so a silent clip still gives a still, closed mouth.
@@ -255,6 +256,15 @@ class AudioEncoder(nn.Module):
         self.embed_dim = cfg.embed_dim * cfg.members
         self.members = nn.ModuleList(_Member(cfg, feature_dim, window, expression_dim) for _ in range(cfg.members))
         self.memory = ExampleMemory(cfg)
+        # A regressor trained for the least squared error predicts less motion than there is (it hedges
+        # towards the mean), and the mouth looks lazy. The prediction's departure from the closed mouth is
+        # amplified by the gain that gives the held-out lip opening the tracked one's spread (around the
+        # closed mouth, not the mean: a closed mouth must stay closed, not be pushed through itself), then
+        # clamped to the range the person's face showed in the training frames.
+        self.register_buffer("gain", torch.tensor(1.0))
+        self.register_buffer("closed", torch.zeros(expression_dim))
+        self.register_buffer("target_min", torch.full((expression_dim,), -float("inf")))
+        self.register_buffer("target_max", torch.full((expression_dim,), float("inf")))
 
     def forward(self, audio: Tensor, frames: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """`frames` [B]: dataset frame ids of training-set stacks, so the memory skips their own neighbourhood."""
@@ -264,6 +274,8 @@ class AudioEncoder(nn.Module):
         if self.memory.active:
             w = self.memory.weight.to(expression.dtype)
             expression = (1 - w) * expression + w * self.memory(audio, frames)
+        expression = self.closed + self.gain * (expression - self.closed)
+        expression = torch.minimum(torch.maximum(expression, self.target_min), self.target_max)
         return embedding, expression
 
 
@@ -364,7 +376,8 @@ def choose_memory_blend(encoder: AudioEncoder, windows: Tensor, targets: Tensor,
 
     For each member, its held-out slice is predicted by that member (which never saw it) and by a memory of
     the frames the member was fitted on, so both are judged on audio they did not hold. Returns
-    "memory_k", "memory_weight", and the mean held-out correlations of the chosen blend and of the network.
+    "memory_k", "memory_weight", the mean held-out correlations of the chosen blend and of the network, and
+    "gain": how much the blend's lip opening must be amplified to move as much as the tracked one there.
     """
     n = windows.shape[0]
     scores: dict[tuple[int, float], list[float]] = {}
@@ -380,11 +393,14 @@ def choose_memory_blend(encoder: AudioEncoder, windows: Tensor, targets: Tensor,
             recalled = memory(stacks, held_t, k)
             for w in cfg.memory_weights:
                 blend = ((1 - w) * net + w * recalled) @ opening
-                scores.setdefault((k, w), []).append(float(torch.corrcoef(torch.stack([blend, truth]))[0, 1]))
-    mean = {key: float(np.nanmean(v)) for key, v in scores.items()}
+                corr = float(torch.corrcoef(torch.stack([blend, truth]))[0, 1])
+                scores.setdefault((k, w), []).append((corr, float(blend.std()), float(truth.std())))
+    mean = {key: float(np.nanmean([c for c, _, _ in v])) for key, v in scores.items()}
     k, w = max(mean, key=lambda key: (mean[key], -key[1]))
+    predicted_std, truth_std = (float(np.mean([row[i] for row in scores[(k, w)]])) for i in (1, 2))
+    gain = float(np.clip(truth_std / max(predicted_std, 1e-9), 1.0, cfg.max_gain))
     return {"memory_k": int(k), "memory_weight": float(w), "memory_held_out_corr": mean[(k, w)],
-            "network_held_out_corr": mean[(cfg.memory_k[0], 0.0)]}
+            "network_held_out_corr": mean[(cfg.memory_k[0], 0.0)], "gain": gain}
 
 
 def train_audio_encoder(dataset: Dataset, cfg: AudioEncoderConfig, steps: int, seed: int,
@@ -425,10 +441,12 @@ def train_audio_encoder(dataset: Dataset, cfg: AudioEncoderConfig, steps: int, s
     train_t = torch.as_tensor(train)
     encoder.memory.fill(plain[train_t], targets[train_t], train_t, rest, blend["memory_k"], span)
     encoder.memory.weight = torch.tensor(blend["memory_weight"])
+    encoder.gain, encoder.closed = torch.tensor(blend["gain"]), rest.clone()
+    encoder.target_min, encoder.target_max = targets[train_t].min(0).values, targets[train_t].max(0).values
     if log is not None:
         log(f"audio encoder: example memory share {blend['memory_weight']:.2f} with k={blend['memory_k']} "
             f"(held-out lip-opening correlation {blend['memory_held_out_corr']:.3f}, network alone "
-            f"{blend['network_held_out_corr']:.3f})")
+            f"{blend['network_held_out_corr']:.3f}); motion gain {blend['gain']:.2f}")
     metrics = {
         "train_seconds": time.perf_counter() - start,
         "held_out_loss": float(np.mean([m["held_out_loss"] for m in member_logs])),

@@ -27,7 +27,7 @@ from avatar.model.mouth import MouthConfig
 from avatar.model.torso import TorsoConfig, TorsoLayer
 from avatar.render.rasterize import Camera, Gaussians, rasterize
 
-AVATAR_FORMAT_VERSION = 1
+AVATAR_FORMAT_VERSION = 2  # 2: the audio encoder's example memory and motion gain
 Mode = Literal["static", "prior", "full"]  # canonical head only | + landmark prior | + attention offsets
 
 

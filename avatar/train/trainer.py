@@ -26,7 +26,7 @@ from avatar.contracts.dataset import Dataset
 from avatar.errors import UserError
 from avatar.train.config import TrainConfig
 
-RUN_FORMAT_VERSION = 1
+RUN_FORMAT_VERSION = 2  # follows the avatar format (talking_head.AVATAR_FORMAT_VERSION)
 STAGES = ("audio", "canonical", "deform")
 
 
@@ -83,7 +83,10 @@ class Runner:
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
         write_json(self.out / "config.json", to_dict(cfg))
-        state = torch.load(self.ckpt_path, map_location="cpu", weights_only=False) if cfg.resume else None
+        state = self._read_checkpoint() if cfg.resume else None
+        if state is not None and state["run_info"].get("format_version") != RUN_FORMAT_VERSION:
+            raise UserError(f"{self.ckpt_path}: a checkpoint of run format {state['run_info'].get('format_version')}, "
+                            f"this version resumes format {RUN_FORMAT_VERSION}. Start a new run with another --out.")
         self.run_info = state["run_info"] if state else {
             "format_version": RUN_FORMAT_VERSION, "dataset": str(Path(cfg.dataset).resolve()), "preset": cfg.preset,
             "status": "training", "stage_seconds": {}, "metrics": {},
@@ -116,6 +119,13 @@ class Runner:
         finally:
             signal.signal(signal.SIGINT, previous)
             self.writer.close()
+
+    def _read_checkpoint(self) -> dict:
+        try:
+            return torch.load(self.ckpt_path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # torch raises many types for truncated or foreign files
+            raise UserError(f"{self.ckpt_path}: not a readable checkpoint ({exc}). Start a new run with another "
+                            "--out.") from exc
 
     # ------------------------------------------------------------------ stage 1
     def _audio_stage(self) -> dict:
