@@ -234,7 +234,8 @@ class ExampleMemory(nn.Module):
         weights = torch.exp(-0.5 * (offsets / max(self.sigma, 1e-6)) ** 2)
         use = weights > 0.05  # context frames that matter for the smoothing
         queries = audio[:, use].flatten(2)  # [B, C', W*F]
-        dist = torch.cdist(queries.reshape(-1, queries.shape[-1]), self.keys.to(audio.dtype)).reshape(b, -1, len(self.keys))
+        flat = queries.reshape(-1, queries.shape[-1])
+        dist = torch.cdist(flat, self.keys.to(audio.dtype)).reshape(b, -1, len(self.keys))  # [B, C', M]
         if frames is not None:
             reach = int(offsets[use].abs().max()) + int(self.span)  # entries this close share audio with a window
             near = (self.frames[None, :] - frames[:, None].to(self.frames.device)).abs() < reach  # [B, M]
@@ -384,7 +385,7 @@ def choose_memory_blend(encoder: AudioEncoder, windows: Tensor, targets: Tensor,
     when the blend's correlation there is below `cfg.gain_min_corr`).
     """
     n = windows.shape[0]
-    scores: dict[tuple[int, float], list[float]] = {}
+    scores: dict[tuple[int, float], list[tuple[float, float, float]]] = {}  # (k, share) -> (corr, spreads)
     for member, (fit, held) in zip(encoder.members, splits):
         held_t = torch.as_tensor(held)
         stacks = windows[_context_index(held_t, cfg.context, n)]  # [H, 2K+1, W, F]
