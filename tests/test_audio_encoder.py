@@ -160,3 +160,14 @@ def test_training_is_reproducible_with_a_seed(dataset):
     assert ma["val_mse"] == mb["val_mse"]
     for pa, pb in zip(a.parameters(), b.parameters()):
         assert torch.equal(pa, pb)
+
+
+def test_memory_of_a_long_video_is_capped_evenly(dataset):
+    cfg = AudioEncoderConfig(context=1, channels=8, embed_dim=16, heads=2, members=1, batch_size=16, eval_every=4,
+                             memory_max=10)
+    encoder, _ = train_audio_encoder(dataset, cfg, steps=4, seed=0)
+    frames = encoder.memory.frames[encoder.memory.frames >= 0]  # the silence entries have no frame
+    train = dataset.indices("train")
+    assert len(frames) == 10 and frames[0] == train[0] and frames[-1] == train[-1]
+    assert set(frames.tolist()) <= set(train.tolist())
+
