@@ -27,7 +27,7 @@ def test_rerun_reuses_finished_steps(tmp_path, monkeypatch):
     calls: list[str] = []
 
     def fake_train(cfg):
-        calls.append(f"train resume={cfg.resume}")
+        calls.append(f"train resume={cfg.resume} at {cfg.resolution} px")
         (Path(cfg.out)).mkdir(parents=True)
         (Path(cfg.out) / "avatar.pt").write_bytes(b"weights")
 
@@ -47,7 +47,7 @@ def test_rerun_reuses_finished_steps(tmp_path, monkeypatch):
     audio = write_wav(tmp_path / "speech.wav", speech_like(0.5, 16000), 16000)
     cfg = demo.DemoConfig(video=video, audio=audio, work=tmp_path / "demo")
     result = demo.run(cfg)
-    assert calls == ["preprocess", "train resume=False", "render"] and result.is_file()
+    assert calls == ["preprocess", "train resume=False at 256 px", "render"] and result.is_file()
     calls.clear()
     demo.run(cfg)
     assert calls == ["preprocess"]  # preprocessing checks its own cache; training and the video are reused
