@@ -73,8 +73,8 @@ def evaluate(root: Path, cfg: AudioEncoderConfig, steps: int, seeds: list[int]) 
     ridge = ridge_baseline(dataset, open_2d)
     _, info = expression_targets(dataset)
     windows = dataset.audio_windows(context=cfg.context)[val]
-    row = {"dataset": Path(dataset.manifest.source["path"]).stem, "val_frames": len(val), "ridge_vs_2d": corr(ridge[val], open_2d[val]),
-           "code_vs_2d": corr(open_code[val], open_2d[val])}
+    row = {"dataset": Path(dataset.manifest.source["path"]).stem, "val_frames": len(val),
+           "ridge_vs_2d": corr(ridge[val], open_2d[val]), "code_vs_2d": corr(open_code[val], open_2d[val])}
     results = []
     for seed in seeds:
         wall, cpu = time.perf_counter(), time.process_time()

@@ -207,6 +207,12 @@ class Dataset:
         f = self.manifest.features
         return np.asarray(f.mean, np.float32), np.asarray(f.std, np.float32)
 
+    def window_span_frames(self) -> int:
+        """Frames two frames must be apart before their audio windows share no feature row (so a frame's
+        window says nothing about another's audio)."""
+        f = self.manifest.features
+        return int(np.ceil(f.window / f.rate_hz * self.fps))
+
     def audio_windows(self, context: int = 0) -> np.ndarray:
         """Normalised feature windows of all frames: [N, W, F], or [N, 2 * context + 1, W, F] with the
         neighbouring frames' windows when context > 0 (see avatar.contracts.audio)."""

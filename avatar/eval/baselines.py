@@ -27,8 +27,7 @@ def nearest_windows(train: np.ndarray, query: np.ndarray, chunk: int = 256) -> n
 def candidate_frames(dataset: Dataset, indices: np.ndarray) -> np.ndarray:
     """Training frames whose audio window shares no sample with the window of any evaluated frame: at the
     boundary between the splits, the last training windows would otherwise contain the evaluated audio."""
-    f = dataset.manifest.features
-    span = int(np.ceil(f.window / f.rate_hz * dataset.fps))  # frames apart before two windows are disjoint
+    span = dataset.window_span_frames()
     train = dataset.indices("train")
     gap = np.abs(train[:, None] - np.asarray(indices)[None, :]).min(1)
     return train[gap >= span]

@@ -443,8 +443,7 @@ def train_audio_encoder(dataset: Dataset, cfg: AudioEncoderConfig, steps: int, s
         member_logs.append(_fit_member(member, windows, rows_per_frame, targets, opening, rest, fit, held, steps,
                                        cfg, gen, log, f"{k + 1}/{cfg.members}"))
     encoder.eval()
-    f = dataset.manifest.features
-    span = int(np.ceil(f.window / f.rate_hz * dataset.fps))
+    span = dataset.window_span_frames()
     plain = windows[windows.shape[0] // 2]  # [N, W, F] the unshifted windows
     blend = choose_memory_blend(encoder, plain, targets, opening, rest, splits, span, cfg)
     kept = train[np.linspace(0, len(train) - 1, min(len(train), cfg.memory_max)).round().astype(int)]
