@@ -16,7 +16,7 @@ import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Optional
 
 import numpy as np
 import torch
@@ -43,8 +43,8 @@ class BenchConfig:
     """untimed frames first (CUDA kernels compile and caches fill); quick: 1"""
     components: bool = True
     """run the component benchmarks in benchmarks/bench_*.py"""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    """auto: cuda when available"""
+    device: str = "auto"
+    """torch device: auto (a CUDA GPU when there is one), cpu, cuda or cuda:N"""
     threads: Optional[int] = None
     """CPU threads torch may use; default torch's own choice"""
     out: Optional[Path] = None
@@ -79,17 +79,38 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def render_rows(head, frames: int, warmup: int, resolutions: tuple[int, ...], device: torch.device) -> list[dict]:
-    """End-to-end render speed of `head` (TalkingHead) at its training camera and at each square size,
-    one frame at a time (batch 1), driven by the dataset's own conditions."""
-    from avatar.contracts.dataset import Dataset
-    from avatar.eval.evaluate import frame_conditions
-    from avatar.render.rasterize import Camera
+def driving_conditions(head, audio: Path, count: int, device: torch.device) -> list:
+    """`count` single-frame FrameConditions driven by `audio` (looped) with the avatar's own poses and blinks,
+    computed by the code `avatar render` uses (so the audio features' cost is part of the timing)."""
+    from avatar.model.driving import audio_windows, blink_schedule, pose_schedule
+    from avatar.model.talking_head import FrameConditions
 
-    dataset = Dataset(head.dataset_root)
-    audio = dataset.audio_windows(context=head.audio_context)
-    indices = np.resize(dataset.indices("val"), warmup + frames)
-    conds = [frame_conditions(dataset, indices[i : i + 1], audio, device) for i in range(len(indices))]
+    windows = np.concatenate(list(audio_windows(audio, head.driving, head.audio_context)))  # [n, C, W, F]
+    rows = np.resize(np.arange(len(windows)), count)
+    rotation, translation = pose_schedule(head.driving, count, "track")
+    blinks = blink_schedule(head.driving, count, head.fps, None)
+    tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a, np.float32)).to(device)  # noqa: E731
+    return [FrameConditions(tensor(windows[rows[i: i + 1]]), tensor(rotation[i: i + 1]), tensor(translation[i: i + 1]),
+                            tensor(blinks[i: i + 1])) for i in range(count)]
+
+
+def feature_rows(head, audio: Path) -> list[dict]:
+    """Audio features (decode, mel, pitch, windows) of `audio` as `avatar render` computes them."""
+    from avatar.model.driving import audio_windows
+
+    start = time.perf_counter()
+    frames = sum(len(chunk) for chunk in audio_windows(audio, head.driving, head.audio_context))
+    seconds = time.perf_counter() - start
+    return [{"section": "avatar render (batch 1)", "name": "audio features", "frames": frames,
+             "ms_per_frame": 1000 * seconds / max(frames, 1), "fps": frames / max(seconds, 1e-9)}]
+
+
+def render_rows(head, conds: list, warmup: int, resolutions: tuple[int, ...], device: torch.device) -> list[dict]:
+    """End-to-end render speed of `head` (TalkingHead) at its training camera and at each square size, one
+    frame at a time (batch 1): audio encoder + deformation + rasterization + compositing."""
+    from avatar.rasterizer.types import Camera
+
+    frames = len(conds) - warmup
     rows = []
     for size in (None, *resolutions):
         if device.type == "cuda":
@@ -163,8 +184,9 @@ def format_report(rows: list[dict]) -> str:
 
 
 def run(cfg: BenchConfig) -> list[dict]:
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    from avatar.device import resolve_device
+
+    device = resolve_device(cfg.device)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     frames, warmup = (3, 1) if cfg.quick else (cfg.frames, cfg.warmup)
@@ -177,8 +199,11 @@ def run(cfg: BenchConfig) -> list[dict]:
 
         if not (cfg.run / "run.json").is_file():
             raise UserError(f"{cfg.run}: not a run directory (no run.json). Give a directory made by `avatar train`.")
-        head = TalkingHead.load(cfg.run, device=str(device))
-        rows += render_rows(head, frames, warmup, cfg.resolutions, device)
+        head = TalkingHead.load(cfg.run, device=device)
+        audio = cfg.run / "audio.wav"  # the training clip's sound, kept in the run
+        rows += feature_rows(head, audio)
+        rows += render_rows(head, driving_conditions(head, audio, warmup + frames, device), warmup, cfg.resolutions,
+                            device)
         rows += training_rows(cfg.run)
     print(format_report(rows))
     if cfg.out is not None:

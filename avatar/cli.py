@@ -23,8 +23,8 @@ from avatar.errors import UserError
 # command -> (config class, runner taking that config), as "module:attribute"
 COMMANDS: dict[str, tuple[str, str]] = {
     "preprocess": ("preprocess.config:PreprocessConfig", "preprocess.build:run"),
-    "train": ("avatar.train.config:TrainConfig", "avatar.train.trainer:run"),
-    "render": ("avatar.export.config:RenderConfig", "avatar.export.video:run"),
+    "train": ("avatar.train.config:TrainConfig", "avatar.train.runner:run"),
+    "render": ("avatar.render.config:RenderConfig", "avatar.render.video:run"),
     "view": ("avatar.viewer.config:ViewerConfig", "avatar.viewer.app:run"),
     "eval": ("avatar.eval.config:EvalConfig", "avatar.eval.evaluate:run"),
     "bench": ("avatar.bench:BenchConfig", "avatar.bench:run"),

@@ -72,10 +72,10 @@ def _step(name: str, timings: dict[str, float]):
 
 def run(cfg: DemoConfig) -> Path:
     from avatar.config_io import load_preset
-    from avatar.export.config import RenderConfig
-    from avatar.export.video import run as render
+    from avatar.render.config import RenderConfig
+    from avatar.render.video import run as render
     from avatar.train.config import TrainConfig
-    from avatar.train.trainer import run as train
+    from avatar.train.runner import run as train
     from preprocess.build import run as preprocess
     from preprocess.config import PreprocessConfig
 

@@ -20,7 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 SPEECH = REPO / ".." / "shared" / "data" / "musetalk_eng_speech_60s.wav"

@@ -4,9 +4,9 @@ frames (the last 10 % of each clip, audio never trained on), against the ridge b
 For each dataset directory (made by `avatar preprocess`; in `avatar bench`, those listed in
 $AVATAR_BENCH_DATASETS, separated by ':'):
 - ridge: ridge regression from the +-80 ms normalised log-mel window of a frame to its inner-lip opening
-  (tracked landmarks 13-14 over the face width), fitted on the training frames; the penalty is picked on the
+  (avatar.contracts.face_mesh.mouth_opening of the tracked landmarks), fitted on the training frames; the penalty is picked on the
   last 10 % of the training frames;
-- encoder: `train_audio_encoder` (network + example memory, with the memory share it chose), its prediction
+- encoder: `fit_audio_encoder` (network + example memory, with the memory share it chose), its prediction
   turned into an expression code, the landmarks rebuilt (canonical + code @ basis) and the same opening
   measured there.
 Numbers are correlations over time on the validation frames, against the opening of the tracked 2D landmarks
@@ -29,19 +29,12 @@ import numpy as np
 import torch
 
 from avatar.contracts.dataset import Dataset
-from avatar.model.audio_encoder import (
-    FACE_LEFT, FACE_RIGHT, INNER_LIP_LOWER, INNER_LIP_UPPER, AudioEncoderConfig, expression_targets,
-    expression_to_code, lip_opening, predict_expression, train_audio_encoder,
-)
+from avatar.contracts.face_mesh import mouth_opening
+from avatar.model.audio_encoder import AudioEncoderConfig
+from avatar.train.audio_fit import fit_audio_encoder, predict_expression
+from avatar.train.expression import ExpressionSpace
 
 RIDGE_PENALTIES = [1.0, 10.0, 100.0, 1e3, 1e4]
-
-
-def tracked_opening_2d(dataset: Dataset) -> np.ndarray:
-    """[N] inner-lip opening of the tracked image landmarks over the face width (what `avatar eval` measures)."""
-    lm = np.asarray(dataset.tracking("landmarks"), np.float64)
-    return np.linalg.norm(lm[:, INNER_LIP_UPPER] - lm[:, INNER_LIP_LOWER], axis=1) / np.linalg.norm(
-        lm[:, FACE_LEFT] - lm[:, FACE_RIGHT], axis=1)
 
 
 def corr(a: np.ndarray, b: np.ndarray) -> float:
@@ -68,22 +61,21 @@ def ridge_baseline(dataset: Dataset, opening: np.ndarray) -> np.ndarray:
 def evaluate(root: Path, cfg: AudioEncoderConfig, steps: int, seeds: list[int]) -> dict:
     dataset = Dataset(root)
     train, val = dataset.indices("train"), dataset.indices("val")
-    open_2d = tracked_opening_2d(dataset)
-    open_code = lip_opening(np.asarray(dataset.tracking("expression_pca")), dataset)
+    open_2d = mouth_opening(dataset.tracking("landmarks"))  # what `avatar eval` measures on images
+    space = ExpressionSpace.fit(dataset)
+    open_code = space.opening_of_codes(np.asarray(dataset.tracking("expression_pca")))
     ridge = ridge_baseline(dataset, open_2d)
-    _, info = expression_targets(dataset)
     windows = dataset.audio_windows(context=cfg.context)[val]
     row = {"dataset": Path(dataset.manifest.source["path"]).stem, "val_frames": len(val),
            "ridge_vs_2d": corr(ridge[val], open_2d[val]), "code_vs_2d": corr(open_code[val], open_2d[val])}
     results = []
     for seed in seeds:
         wall, cpu = time.perf_counter(), time.process_time()
-        encoder, metrics = train_audio_encoder(dataset, cfg, steps, seed)
+        encoder, metrics = fit_audio_encoder(dataset, space, cfg, steps, seed)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        pred = expression_to_code(torch.from_numpy(predict_expression(encoder, windows)), info).numpy()
-        opening = lip_opening(pred, dataset)
-        silent = expression_to_code(torch.from_numpy(predict_expression(encoder, np.zeros_like(windows[:1]))), info)
-        silent_percentile = 100 * float(np.mean(open_code[train] < lip_opening(silent.numpy(), dataset)[0]))
+        opening = space.opening_of_codes(space.to_codes(predict_expression(encoder, windows)))
+        silent = space.to_codes(predict_expression(encoder, np.zeros_like(windows[:1])))
+        silent_percentile = 100 * float(np.mean(open_code[train] < space.opening_of_codes(silent)[0]))
         results.append({"enc_vs_2d": corr(opening, open_2d[val]), "enc_vs_code": corr(opening, open_code[val]),
                         "train_wall_s": wall, "train_cpu_s": cpu, "best_steps": metrics["best_steps"],
                         "silence_pct": silent_percentile, "memory_share": metrics["memory_weight"]})

@@ -15,7 +15,8 @@ import time
 
 import torch
 
-from avatar.render.rasterize import Camera, Gaussians, RasterSettings, rasterize
+from avatar.rasterizer.rasterize import rasterize
+from avatar.rasterizer.types import Camera, Gaussians, RasterSettings
 
 COUNTS = (10_000, 100_000)
 RESOLUTIONS = (128, 256, 512)

@@ -25,7 +25,7 @@ FPS, SIZE = 25.0, 512
 def _frames(path: Path, max_frames: int | None):
     import cv2
 
-    from preprocess.video import resampled_frames
+    from avatar.contracts.video import resampled_frames
 
     for rgb in resampled_frames(path, FPS, 0.0, max_frames):
         yield cv2.resize(rgb, (SIZE, SIZE), interpolation=cv2.INTER_AREA) if rgb.shape[0] != SIZE else rgb
@@ -33,7 +33,8 @@ def _frames(path: Path, max_frames: int | None):
 
 def jaw_energy_correlation(jaw: np.ndarray, path: Path, max_lag: int = 4) -> tuple[float, float, int]:
     """(corr at lag 0, best corr, its lag in frames) of jawOpen with the log energy at each frame's centre."""
-    from avatar.contracts.audio import MelFeatures, load_audio
+    from avatar.audio.features import MelFeatures
+    from avatar.audio.io import load_audio
 
     wave = load_audio(path)
     extractor = MelFeatures()

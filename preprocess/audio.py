@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from avatar.contracts.audio import SAMPLE_RATE, is_silent, load_audio
+from avatar.audio.io import SAMPLE_RATE, is_silent, load_audio
 from avatar.errors import UserError
-from preprocess.video import VideoInfo
+from avatar.contracts.video import VideoInfo
 
 
 def time_origin(info: VideoInfo, audio_override: Path | None) -> float:

@@ -10,20 +10,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from avatar.contracts.face_mesh import (
+    BROW_LEFT, BROW_RIGHT, EYE_LEFT, EYE_RIGHT, INNER_LIP_LOWER, INNER_LIP_UPPER, MOUTH_CORNERS, NOSE_BASE,
+    OUTER_LIP_LOWER, OUTER_LIP_UPPER,
+)
+
 BLENDSHAPE_NAMES = (
     "jawOpen", "mouthClose", "mouthFunnel", "mouthPucker", "mouthSmileLeft", "mouthSmileRight",
     "mouthStretchLeft", "mouthStretchRight", "eyeBlinkLeft", "eyeBlinkRight", "browInnerUp",
     "browOuterUpLeft", "browOuterUpRight", "browDownLeft", "browDownRight",
 )
 
-NOSE_BASE = 2
-LIP_OUTER_UP, LIP_OUTER_DOWN = 0, 17  # top of the upper lip, bottom of the lower lip (it rides on the jaw)
-LIP_INNER_UP, LIP_INNER_DOWN = 13, 14
-MOUTH_RIGHT, MOUTH_LEFT = 61, 291
-EYE_RIGHT = {"outer": 33, "inner": 133, "up": 159, "down": 145}
-EYE_LEFT = {"outer": 263, "inner": 362, "up": 386, "down": 374}
-BROW_RIGHT = {"inner": 107, "outer": 70}
-BROW_LEFT = {"inner": 336, "outer": 300}
+MOUTH_RIGHT, MOUTH_LEFT = MOUTH_CORNERS
 
 
 def _normalise(measure: np.ndarray, rest_pct: float, full_pct: float = 99.0) -> np.ndarray:
@@ -51,8 +49,8 @@ def blendshape_coefficients(shapes: np.ndarray) -> np.ndarray:
     x, y = shapes[..., 0], shapes[..., 1]
     # The jaw drop, seen through the lower lip: mediapipe's chin points follow the jaw poorly (they slide along
     # the face outline), while the outer lip distance tracks the opening the audio cares about.
-    jaw = _normalise(_dist(shapes, LIP_OUTER_UP, LIP_OUTER_DOWN), rest_pct=5)
-    lips_open = _normalise(_dist(shapes, LIP_INNER_UP, LIP_INNER_DOWN), rest_pct=5)
+    jaw = _normalise(_dist(shapes, OUTER_LIP_UPPER, OUTER_LIP_LOWER), rest_pct=5)
+    lips_open = _normalise(_dist(shapes, INNER_LIP_UPPER, INNER_LIP_LOWER), rest_pct=5)
     narrow = _normalise(-_dist(shapes, MOUTH_RIGHT, MOUTH_LEFT), rest_pct=50)
     # mouth corners relative to the nose base: outward (away from the midline) and upward
     out_left, out_right = x[:, MOUTH_LEFT] - x[:, NOSE_BASE], x[:, NOSE_BASE] - x[:, MOUTH_RIGHT]

@@ -8,7 +8,6 @@ by a few frames plus the per-frame tracking arrays.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import platform
 import shutil
@@ -19,12 +18,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from avatar.contracts.atomic import atomic_dir, atomic_path, save_npy, write_json
-from avatar.contracts.audio import SAMPLE_RATE, MelFeatures, feature_stats, num_frames_for, save_wav
+from avatar.contracts.atomic import atomic_dir, atomic_path, jsonable, save_npy, sha256_of, write_json
+from avatar.audio.features import MelFeatures, feature_stats
+from avatar.audio.io import SAMPLE_RATE, num_frames_for, save_wav
 from avatar.contracts.camera import Intrinsics
 from avatar.contracts.dataset import (
-    FORMAT_VERSION, MASK_BITS, TRACKING_ARRAYS, Crop, FeatureInfo, Manifest, Split, frame_name,
+    FORMAT_VERSION, MASK_BITS, TRACKING_ARRAYS, Crop, DatasetLayout, FeatureInfo, Manifest, Split,
 )
+from avatar.contracts.face_mesh import mouth_opening
 from avatar.errors import UserError
 from preprocess.audio import require_audio, time_origin
 from preprocess.config import PreprocessConfig
@@ -32,14 +33,6 @@ from preprocess.frame_io import ThreadedImageWriter, progress, stored_frames
 from preprocess.steps import MARKER_DIR, StepRunner
 
 LIBRARIES = ["avatar", "numpy", "opencv-python-headless", "av", "mediapipe", "librosa", "scipy", "soundfile"]
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def dataset_intrinsics(cfg: PreprocessConfig, crop: Crop) -> Intrinsics:
@@ -68,7 +61,7 @@ def _check_output_dir(out: Path) -> bool:
     if not out.is_dir():
         raise UserError(f"{out}: exists and is not a directory. Choose another --out.")
     empty = not any(out.iterdir())
-    if not empty and not (out / MARKER_DIR).is_dir() and not (out / "manifest.json").is_file():
+    if not empty and not (out / MARKER_DIR).is_dir() and not DatasetLayout(out).manifest.is_file():
         raise UserError(f"{out}: a non-empty directory that is not a dataset. Choose an empty or new --out.")
     return empty
 
@@ -77,10 +70,11 @@ class Builder:
     """The steps of one build. Each `step_*` writes its outputs atomically and returns its measurements."""
 
     def __init__(self, cfg: PreprocessConfig):
-        from preprocess.video import probe_video
+        from avatar.contracts.video import probe_video
 
         self.cfg = cfg
         self.root = Path(cfg.out)
+        self.layout = DatasetLayout(self.root)
         self.info = probe_video(cfg.video)
         require_audio(self.info, cfg.audio)
         if self.info.duration_s == self.info.duration_s and self.info.duration_s < cfg.min_duration_s:
@@ -119,13 +113,13 @@ class Builder:
                 f"{self.cfg.audio}: {wave.size / SAMPLE_RATE:.1f} s of audio for {stated:.1f} s of video; the dataset "
                 "keeps the part both cover. Is it the sound recorded with this video?"
             )
-        save_wav(self.root / "audio.wav", wave)
+        save_wav(self.layout.audio, wave)
         return {"num_samples": int(wave.size), "duration_s": wave.size / SAMPLE_RATE, "warnings": warnings}
 
     def step_crop(self) -> dict:
         from preprocess.crop import choose_crop, main_faces
         from preprocess.track import find_faces_for_crop
-        from preprocess.video import frames_at_times
+        from avatar.contracts.video import frames_at_times
 
         span = self._stated_duration()
         span = span if span == span else self.cfg.min_duration_s
@@ -154,16 +148,16 @@ class Builder:
 
     def step_frames(self, crop: Crop, max_frames: int) -> dict:
         from preprocess.crop import apply_crop
-        from preprocess.video import resampled_frames
+        from avatar.contracts.video import resampled_frames
 
         params = [cv2.IMWRITE_JPEG_QUALITY, self.cfg.jpeg_quality]
         count = 0
-        with atomic_dir(self.root / "frames") as tmp:
+        with atomic_dir(self.layout.frames_dir) as tmp:
             with ThreadedImageWriter() as writer:
                 source = resampled_frames(self.cfg.video, self.cfg.fps, self.origin_s, max_frames)
                 for i, rgb in enumerate(progress(source, "frames", max_frames)):
                     image = np.ascontiguousarray(apply_crop(rgb, crop)[:, :, ::-1])
-                    writer.write(tmp / f"{frame_name(i)}.jpg", image, params)
+                    writer.write(self.layout.frame(i, tmp), image, params)
                     count = i + 1
             seconds = count / self.cfg.fps
             stated = self._stated_duration()
@@ -210,29 +204,29 @@ class Builder:
         missing = set(TRACKING_ARRAYS) - set(result.arrays)
         if missing:
             raise RuntimeError(f"the tracker did not return the tracking arrays {sorted(missing)}")
-        with atomic_dir(self.root / "tracking") as tmp:
+        with atomic_dir(self.layout.tracking_dir) as tmp:
             for name in TRACKING_ARRAYS:
-                np.save(tmp / f"{name}.npy", np.asarray(result.arrays[name]))
+                np.save(self.layout.tracking(name, tmp), np.asarray(result.arrays[name]))
         return {"frames": det.num_frames, "blendshape_names": list(result.blendshape_names),
-                "stats": _jsonable(result.stats)}
+                "stats": jsonable(result.stats)}
 
     def step_masks(self, num_frames: int) -> dict:
         """Masks of every frame and, in the same pass over the frames, the background plate."""
         from preprocess.background import BackgroundAccumulator
         from preprocess.masks import MaskMaker
 
-        landmarks = np.load(self.root / "tracking" / "landmarks.npy", mmap_mode="r")
+        landmarks = np.load(self.layout.tracking("landmarks"), mmap_mode="r")
         make_mask = MaskMaker()
         plate = BackgroundAccumulator(self.cfg.resolution, self.cfg.resolution)
         pixels_per_value = np.zeros(256, np.int64)  # histogram of the mask bytes over all frames
-        with atomic_dir(self.root / "masks") as tmp, ThreadedImageWriter(threads=1) as writer:
+        with atomic_dir(self.layout.masks_dir) as tmp, ThreadedImageWriter(threads=1) as writer:
             for i, rgb in enumerate(stored_frames(self.root, num_frames, "masks")):
                 bits = make_mask(rgb, np.asarray(landmarks[i]))
-                writer.write(tmp / f"{frame_name(i)}.png", bits)
+                writer.write(self.layout.mask(i, tmp), bits)
                 plate.add(rgb, bits)
                 pixels_per_value += np.bincount(bits.ravel(), minlength=256)
             make_mask.close()
-            with atomic_path(self.root / "background.png") as png:
+            with atomic_path(self.layout.background) as png:
                 cv2.imwrite(str(png), np.ascontiguousarray(plate.result()[:, :, ::-1]))
         values, total = np.arange(256), pixels_per_value.sum()
         area = {name: round(float(pixels_per_value[(values >> bit & 1) == 1].sum() / total), 4)
@@ -242,12 +236,12 @@ class Builder:
     def step_features(self) -> dict:
         import soundfile as sf
 
-        wave, _ = sf.read(str(self.root / "audio.wav"), dtype="float32")
+        wave, _ = sf.read(str(self.layout.audio), dtype="float32")
         extractor = MelFeatures()
         feats = extractor(wave)
-        save_npy(self.root / "audio_features.npy", feats)
+        save_npy(self.layout.features, feats)
         mean, std = feature_stats(feats)
-        info = FeatureInfo(file="audio_features.npy", extractor=extractor.name, rate_hz=extractor.rate_hz,
+        info = FeatureInfo(file=self.layout.features.name, extractor=extractor.name, rate_hz=extractor.rate_hz,
                            dim=extractor.dim, window=self.cfg.feature_window,
                            mean=[float(x) for x in mean], std=[float(x) for x in std])
         return {"features": info.__dict__, "rows": int(feats.shape[0])}
@@ -256,31 +250,33 @@ class Builder:
         from preprocess.preview import write_contact_sheet, write_preview
 
         count = min(num_frames, int(round(self.cfg.preview_seconds * self.cfg.fps)))
-        write_preview(self.root, count, self.cfg.fps, intrinsics, self.root / "preview.mp4")
+        write_preview(self.root, count, self.cfg.fps, intrinsics, self.layout.preview)
         write_contact_sheet(self.root, num_frames, intrinsics, self.cfg.contact_sheet_frames,
-                            self.root / "contact_sheet.png")
+                            self.layout.contact_sheet)
         return {"frames": count}
 
     # ------------------------------------------------------------------ the whole build
     def build(self) -> Manifest:
         cfg, run = self.cfg, self.steps.run
         source = {"sha256": self.source_sha, "audio_sha256": self.audio_sha, "origin_s": self.origin_s}
-        audio = run("audio", source, self.step_audio, ("audio.wav",))
+        layout = self.layout
+        audio = run("audio", source, self.step_audio, (layout.audio.name,))
         crop_rec = run("crop", {"resolution": cfg.resolution, "scale": cfg.crop_scale, "face_y": cfg.crop_face_y,
                                 "samples": cfg.crop_samples}, self.step_crop)
         crop = Crop(**crop_rec["crop"])
         max_frames = num_frames_for(audio["num_samples"], SAMPLE_RATE, cfg.fps)
         frames = run("frames", {"fps": cfg.fps, "jpeg": cfg.jpeg_quality, "min_s": cfg.min_duration_s},
-                     lambda: self.step_frames(crop, max_frames), ("frames",))
+                     lambda: self.step_frames(crop, max_frames), (layout.frames_dir.name,))
         n = frames["frames"]
         intrinsics = dataset_intrinsics(cfg, crop)
         lm = run("landmarks", {"max_missing": cfg.max_missing_face}, lambda: self.step_landmarks(n),
                  (f"{MARKER_DIR}/detections.npz",))
-        track = run("track", {"intrinsics": intrinsics.__dict__}, lambda: self.step_track(intrinsics), ("tracking",))
-        masks = run("masks", {}, lambda: self.step_masks(n), ("masks", "background.png"))
-        feats = run("features", {"window": cfg.feature_window}, self.step_features, ("audio_features.npy",))
+        track = run("track", {"intrinsics": intrinsics.__dict__}, lambda: self.step_track(intrinsics),
+                    (layout.tracking_dir.name,))
+        masks = run("masks", {}, lambda: self.step_masks(n), (layout.masks_dir.name, layout.background.name))
+        feats = run("features", {"window": cfg.feature_window}, self.step_features, (layout.features.name,))
         run("preview", {"seconds": cfg.preview_seconds, "sheet": cfg.contact_sheet_frames},
-            lambda: self.step_preview(n, intrinsics), ("preview.mp4", "contact_sheet.png"))
+            lambda: self.step_preview(n, intrinsics), (layout.preview.name, layout.contact_sheet.name))
 
         n_val = int(round(n * cfg.val_fraction))
         if cfg.val_fraction > 0:
@@ -294,13 +290,13 @@ class Builder:
                     "audio_sha256": self.audio_sha, "time_origin_s": self.origin_s},
             fps=cfg.fps, num_frames=n, resolution=cfg.resolution, crop=crop, intrinsics=intrinsics,
             split=Split(train=(0, n - n_val), val=(n - n_val, n)),
-            audio={"file": "audio.wav", "sample_rate": SAMPLE_RATE, "num_samples": audio["num_samples"]},
+            audio={"file": layout.audio.name, "sample_rate": SAMPLE_RATE, "num_samples": audio["num_samples"]},
             features=FeatureInfo(**feats["features"]),
             blendshape_names=track["blendshape_names"],
             versions=library_versions(),
             stats=self._stats(n, audio, lm, track, masks),
         )
-        write_json(self.root / "manifest.json", manifest.to_json())
+        write_json(layout.manifest, manifest.to_json())
         return manifest
 
     def _stats(self, n: int, audio: dict, lm: dict, track: dict, masks: dict) -> dict:
@@ -328,18 +324,18 @@ def _lagged_corr(a: np.ndarray, b: np.ndarray, lag: int) -> float:
 
 def speech_motion(root: Path, num_frames: int, fps: float, names: list[str], max_lag: int = 8) -> dict:
     """How the mouth moves with the sound's energy (log energy at each frame's centre): the correlation of
-    jawOpen with it, and the lag at which the inner-lip gap correlates best. The mouth opens slightly before
+    jawOpen with it, and the lag at which the mouth opening correlates best. The mouth opens slightly before
     the sound, so the best lag is normally 0..2 frames; a much larger one hints that the source is out of sync."""
-    feats = np.load(root / "audio_features.npy", mmap_mode="r")
+    layout = DatasetLayout(root)
+    feats = np.load(layout.features, mmap_mode="r")
     rows = np.clip(np.round((np.arange(num_frames) + 0.5) / fps * 100.0).astype(int), 0, feats.shape[0] - 1)
     energy = np.asarray(feats[rows, -2], np.float64)  # the log-energy column of MelFeatures
-    landmarks = np.load(root / "tracking" / "landmarks.npy", mmap_mode="r")
-    lip_gap = np.linalg.norm(np.asarray(landmarks[:, 13]) - np.asarray(landmarks[:, 14]), axis=-1)  # inner lips
-    by_lag = {lag: _lagged_corr(lip_gap, energy, lag) for lag in range(-max_lag, max_lag + 1)}
+    opening = mouth_opening(np.load(layout.tracking("landmarks"), mmap_mode="r"))
+    by_lag = {lag: _lagged_corr(opening, energy, lag) for lag in range(-max_lag, max_lag + 1)}
     best = max(by_lag, key=lambda k: -np.inf if np.isnan(by_lag[k]) else by_lag[k])
     jaw = None
     if "jawOpen" in names:
-        jaw = _lagged_corr(np.load(root / "tracking" / "blendshapes.npy")[:, names.index("jawOpen")], energy, 0)
+        jaw = _lagged_corr(np.load(layout.tracking("blendshapes"))[:, names.index("jawOpen")], energy, 0)
     return {"jaw_open_energy_correlation": None if jaw is None or np.isnan(jaw) else round(jaw, 3),
             "lip_gap_energy_correlation": round(by_lag[0], 3),
             "lip_gap_energy_best_lag_frames": int(best), "lip_gap_energy_best_correlation": round(by_lag[best], 3)}
@@ -355,18 +351,6 @@ def library_versions() -> dict:
     return versions
 
 
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
 def run(cfg: PreprocessConfig) -> Manifest:
     """Build (or resume, or refresh) the dataset `cfg.out` from `cfg.video`."""
     _check_config(cfg)
@@ -376,7 +360,7 @@ def run(cfg: PreprocessConfig) -> Manifest:
     builder = Builder(cfg)  # probes the input: bad input fails here, before anything is written
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    (out / "manifest.json").unlink(missing_ok=True)  # the dataset is incomplete until the last step
+    DatasetLayout(out).manifest.unlink(missing_ok=True)  # the dataset is incomplete until the last step
     for stale in out.glob(".*.*"):  # temporaries of a run that was killed
         if stale.name != MARKER_DIR:
             shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)

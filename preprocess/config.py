@@ -43,7 +43,7 @@ class PreprocessConfig:
     max_missing_face: float = 0.05
     """refuse clips where no face is found in more than this share of frames (shorter gaps are interpolated)"""
     feature_window: int = 16
-    """audio-feature rows per frame window (see avatar.contracts.audio)"""
+    """audio-feature rows per frame window (see avatar.audio.features)"""
     jpeg_quality: int = 95
     """JPEG quality of the stored frames"""
     preview_seconds: float = 10.0

@@ -19,6 +19,8 @@ from __future__ import annotations
 import numpy as np
 
 from avatar.contracts.camera import Intrinsics, project
+from avatar.contracts.face_mesh import CHIN, FOREHEAD, NUM_MESH_POINTS, RIGID_ANCHORS
+from avatar.contracts.face_mesh import MIRROR_PAIRS as FACE_MESH_MIRROR_PAIRS
 from avatar.errors import UserError
 from preprocess.blendshapes import BLENDSHAPE_NAMES, blendshape_coefficients
 from preprocess.landmarks import LandmarkDetections
@@ -27,16 +29,9 @@ from preprocess.tracker_interface import TrackResult
 
 EYE_CORNER_DISTANCE_M = 0.09  # typical adult outer canthal width (landmarks 33 and 263): sets the metric scale
 HEAD_CENTRE_BEHIND_EYES_M = 0.075  # the head centre (origin) lies this far behind the eye corners' midpoint
-NUM_MESH_POINTS = 468  # the first 468 are the face mesh, the last 10 the irises (they move with gaze)
 
-# Landmarks that expressions barely move: forehead, nose bridge, temples, eye corners (mediapipe indices).
-ANCHORS = np.array([10, 151, 9, 8, 108, 337, 109, 338, 67, 297, 69, 299, 104, 333,   # forehead
-                    168, 6, 197, 195,                                                   # nose bridge
-                    33, 133, 263, 362, 130, 359, 243, 463,                              # eye corners
-                    54, 284, 21, 251, 103, 332, 162, 389, 127, 356])                    # temples
-# Left/right mirror pairs (person's right, person's left) that define the head frame's x axis.
-MIRROR_PAIRS = np.array([(33, 263), (133, 362), (130, 359), (127, 356), (234, 454), (162, 389), (54, 284)])
-FOREHEAD, CHIN = 10, 152
+ANCHORS = np.array(RIGID_ANCHORS)
+MIRROR_PAIRS = np.array(FACE_MESH_MIRROR_PAIRS)
 
 
 # ----------------------------------------------------------------------------- geometry helpers

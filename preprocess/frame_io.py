@@ -12,7 +12,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from avatar.contracts.dataset import frame_name
+from avatar.contracts.dataset import DatasetLayout, read_rgb
 
 
 def progress(iterable, name: str, total: int | None):
@@ -22,19 +22,16 @@ def progress(iterable, name: str, total: int | None):
     return tqdm(iterable, desc=name, total=total, unit="frame", disable=None, leave=False)
 
 
-def _read_rgb(path: Path) -> np.ndarray:
-    return cv2.imread(str(path), cv2.IMREAD_COLOR)[:, :, ::-1]
-
-
 def stored_frames(root: Path, num_frames: int, name: str = "", read_ahead: int = 4) -> Iterator[np.ndarray]:
     """Stream the dataset's RGB frames back from disk (with a progress bar when `name` is given). A helper
     thread decodes the next few JPEGs while the caller works on the current frame."""
-    paths = [root / "frames" / f"{frame_name(i)}.jpg" for i in range(num_frames)]
+    layout = DatasetLayout(root)
+    paths = [layout.frame(i) for i in range(num_frames)]
     with ThreadPoolExecutor(1) as pool:
-        pending: deque = deque(pool.submit(_read_rgb, p) for p in paths[:read_ahead])
+        pending: deque = deque(pool.submit(read_rgb, p) for p in paths[:read_ahead])
         for i in progress(range(num_frames), name, num_frames) if name else range(num_frames):
             if i + read_ahead < num_frames:
-                pending.append(pool.submit(_read_rgb, paths[i + read_ahead]))
+                pending.append(pool.submit(read_rgb, paths[i + read_ahead]))
             yield pending.popleft().result()
 
 

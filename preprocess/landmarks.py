@@ -13,9 +13,8 @@ from typing import Iterable
 
 import numpy as np
 
+from avatar.contracts.face_mesh import NUM_LANDMARKS, FaceMesh, solutions
 from avatar.errors import UserError
-
-NUM_LANDMARKS = 478
 
 
 @dataclass
@@ -39,12 +38,6 @@ class LandmarkDetections:
             "longest_gap": int((ends - starts + 1).max()) if len(starts) else 0,
             "frames_with_several_faces": int((self.num_faces > 1).sum()),
         }
-
-
-def _to_pixels(face_landmarks, width: int, height: int) -> np.ndarray:
-    """mediapipe NormalizedLandmarkList -> [478, 3] pixels."""
-    xyz = np.array([(p.x, p.y, p.z) for p in face_landmarks.landmark], np.float32)
-    return xyz * np.array([width, height, width], np.float32)
 
 
 def _face_size(points: np.ndarray) -> float:
@@ -71,13 +64,6 @@ def interpolate_gaps(landmarks: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return filled.reshape(landmarks.shape)
 
 
-def _face_mesh(max_num_faces: int):
-    import mediapipe as mp
-
-    return mp.solutions.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=max_num_faces, refine_landmarks=True,
-                                           min_detection_confidence=0.5, min_tracking_confidence=0.5)
-
-
 def detect_landmarks(frames: Iterable[np.ndarray], *, max_missing_fraction: float = 0.1,
                      source: str = "video", show_progress: bool = True, total: int | None = None,
                      count_faces_every: int = 12) -> LandmarkDetections:
@@ -91,24 +77,20 @@ def detect_landmarks(frames: Iterable[np.ndarray], *, max_missing_fraction: floa
     """
     from tqdm import tqdm
 
-    import mediapipe as mp
-
     points: list[np.ndarray | None] = []
     num_faces: list[int] = []
     previous = None
-    meshes = {1: _face_mesh(1)}  # faces asked for -> FaceMesh; the two-face one is made when first needed
+    meshes = {1: FaceMesh(static=False, max_faces=1)}  # faces asked for -> FaceMesh; the two-face one when needed
     counted = 1
-    with mp.solutions.face_detection.FaceDetection(model_selection=0, min_detection_confidence=0.5) as detector:
+    with solutions().face_detection.FaceDetection(model_selection=0, min_detection_confidence=0.5) as detector:
         for i, frame in enumerate(tqdm(frames, desc="landmarks", unit="frame", total=total, disable=not show_progress)):
             frame = np.ascontiguousarray(frame)
-            height, width = frame.shape[:2]
             if i % count_faces_every == 0:
                 counted = len(detector.process(frame).detections or [])
             wanted = 2 if counted > 1 else 1
             if wanted not in meshes:
-                meshes[wanted] = _face_mesh(wanted)
-            result = meshes[wanted].process(frame)
-            faces = [_to_pixels(f, width, height) for f in (result.multi_face_landmarks or [])]
+                meshes[wanted] = FaceMesh(static=False, max_faces=wanted)
+            faces = meshes[wanted].faces(frame)
             num_faces.append(max(len(faces), counted))
             if faces:
                 previous = _pick_main_face(faces, previous)
@@ -132,17 +114,12 @@ def detect_landmarks(frames: Iterable[np.ndarray], *, max_missing_fraction: floa
 
 
 @lru_cache(maxsize=1)
-def _static_mesh():
-    import mediapipe as mp
-
-    return mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=4, refine_landmarks=True,
-                                           min_detection_confidence=0.5)
+def _static_mesh() -> FaceMesh:
+    return FaceMesh(static=True, max_faces=4)
 
 
 def find_faces_for_crop(frame_rgb: np.ndarray) -> list[np.ndarray]:
     """All faces in one RGB frame of any resolution: [478, 2] landmark sets in that frame's pixels,
     biggest first. Static-image mode, for choosing the crop before tracking starts."""
-    height, width = frame_rgb.shape[:2]
-    result = _static_mesh().process(np.ascontiguousarray(frame_rgb))
-    faces = [_to_pixels(f, width, height)[:, :2] for f in (result.multi_face_landmarks or [])]
+    faces = [f[:, :2] for f in _static_mesh().faces(frame_rgb)]
     return sorted(faces, key=_face_size, reverse=True)

@@ -15,14 +15,9 @@ import cv2
 import numpy as np
 
 from avatar.contracts.dataset import MASK_BITS
+from avatar.contracts.face_mesh import CHIN, FACE_OVAL, FACE_SIDES, FOREHEAD, INNER_LIP_LOOP, JAW_ANGLES, solutions
 
-# mediapipe FaceMesh contours, in order around each loop
-FACE_OVAL = [10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152, 148,
-             176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109]
-INNER_LIPS = [78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308, 324, 318, 402, 317, 14, 87, 178, 88, 95]
-JAW_ANGLES = (58, 288)  # the neck line runs through these (person's right, left)
-FACE_SIDES = (234, 454)  # widest points of the face, for its width
-FOREHEAD, CHIN = 10, 152
+FACE_OVAL_IDS, INNER_LIP_IDS = list(FACE_OVAL), list(INNER_LIP_LOOP)  # as index lists for numpy
 HEAD_HALF_WIDTH = 0.85  # head band half-width in face widths (hair and ears stick out past the face oval)
 PERSON_THRESHOLD = 0.5  # on the segmentation's probability
 
@@ -43,7 +38,7 @@ def head_region(landmarks: np.ndarray, height: int, width: int) -> np.ndarray:
     up /= np.linalg.norm(up) + 1e-9
     side = np.array([-up[1], up[0]])
     face_width = np.linalg.norm(landmarks[FACE_SIDES[1]] - landmarks[FACE_SIDES[0]])
-    centre = landmarks[FACE_OVAL].mean(0)
+    centre = landmarks[FACE_OVAL_IDS].mean(0)
     jaw = landmarks[list(JAW_ANGLES)].mean(0)
     base = centre + up * ((jaw - centre) @ up)  # on the face's axis, at the neck line
     half = side * HEAD_HALF_WIDTH * face_width
@@ -54,9 +49,9 @@ def head_region(landmarks: np.ndarray, height: int, width: int) -> np.ndarray:
 def combine_masks(person: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     """person [H, W] bool, landmarks [478, 2] pixels -> [H, W] uint8 with the MASK_BITS set."""
     height, width = person.shape
-    face = polygon_mask(landmarks[FACE_OVAL], height, width) & person
+    face = polygon_mask(landmarks[FACE_OVAL_IDS], height, width) & person
     head = (head_region(landmarks, height, width) | face) & person
-    mouth = polygon_mask(landmarks[INNER_LIPS], height, width) & face
+    mouth = polygon_mask(landmarks[INNER_LIP_IDS], height, width) & face
     torso = person & ~head
     bits = np.zeros((height, width), np.uint8)
     for name, mask in (("person", person), ("head", head), ("face", face), ("mouth", mouth), ("torso", torso)):
@@ -68,10 +63,8 @@ class MaskMaker:
     """Holds the segmentation model across frames (creating it costs far more than running it)."""
 
     def __init__(self):
-        import mediapipe as mp
-
         # model 0: the general 256x256 model, suited to square head-and-shoulders frames
-        self._segmenter = mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0)
+        self._segmenter = solutions().selfie_segmentation.SelfieSegmentation(model_selection=0)
 
     def person(self, frame_rgb: np.ndarray) -> np.ndarray:
         """[H, W, 3] uint8 RGB -> [H, W] bool person mask."""

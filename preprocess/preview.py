@@ -11,7 +11,7 @@ import numpy as np
 
 from avatar.contracts.atomic import atomic_path
 from avatar.contracts.camera import Intrinsics, project
-from avatar.contracts.dataset import MASK_BITS, frame_name
+from avatar.contracts.dataset import MASK_BITS, DatasetLayout, read_mask_bits, read_rgb
 from preprocess.frame_io import progress
 
 # mask name -> RGB tint; drawn in this order so the smaller regions stay visible on top
@@ -40,19 +40,18 @@ class Overlay:
     """Draws the tracking of frame i of a dataset directory over its image."""
 
     def __init__(self, root: Path, intrinsics: Intrinsics):
-        self.root = root
+        self.layout = DatasetLayout(root)
         self.K = intrinsics.K
-        load = lambda name: np.load(root / "tracking" / f"{name}.npy", mmap_mode="r")  # noqa: E731
+        load = lambda name: np.load(self.layout.tracking(name), mmap_mode="r")  # noqa: E731
         self.landmarks, self.rotation, self.translation, self.valid = (
             load("landmarks"), load("rotation"), load("translation"), load("valid"))
 
     def frame(self, i: int) -> np.ndarray:
-        return cv2.imread(str(self.root / "frames" / f"{frame_name(i)}.jpg"), cv2.IMREAD_COLOR)[:, :, ::-1]
+        return read_rgb(self.layout.frame(i))
 
     def draw(self, i: int) -> np.ndarray:
         """[H, W, 3] uint8 RGB: frame i with mask tints, landmarks (red where interpolated) and pose axes."""
-        bits = cv2.imread(str(self.root / "masks" / f"{frame_name(i)}.png"), cv2.IMREAD_UNCHANGED)
-        bits = bits & 31
+        bits = read_mask_bits(self.layout.mask(i)) & 31
         gain = cv2.merge([_TINT_GAIN.take(bits)] * 3)  # [H, W, 3] float32
         out = cv2.add(cv2.multiply(np.ascontiguousarray(self.frame(i)), gain, dtype=cv2.CV_8U),
                       _TINT_OFFSET.take(bits, axis=0))
@@ -84,7 +83,7 @@ def write_preview(root: Path, num_frames: int, fps: float, intrinsics: Intrinsic
     from fractions import Fraction
 
     overlay = Overlay(root, intrinsics)
-    wave, sr = sf.read(str(root / "audio.wav"), dtype="float32")
+    wave, sr = sf.read(str(DatasetLayout(root).audio), dtype="float32")
     wave = wave[: int(round(num_frames / fps * sr))]
     with atomic_path(path) as tmp:
         with av.open(str(tmp), "w") as container:
@@ -121,7 +120,7 @@ def write_contact_sheet(root: Path, num_frames: int, intrinsics: Intrinsics, cou
     overlay = Overlay(root, intrinsics)
     indices = np.unique(np.linspace(0, num_frames - 1, count).round().astype(int))
     tiles = [(overlay.draw(int(i)), f"frame {int(i)}") for i in indices]
-    plate = cv2.imread(str(root / "background.png"), cv2.IMREAD_COLOR)[:, :, ::-1]
+    plate = read_rgb(DatasetLayout(root).background)
     tiles.append((plate, "background plate"))
     rows = -(-len(tiles) // columns)
     sheet = np.full((rows * tile, columns * tile, 3), 32, np.uint8)

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from avatar.contracts.audio import MelFeatures, feature_stats, load_audio, save_wav
+from avatar.audio.features import MelFeatures, feature_stats
+from avatar.audio.io import load_audio, save_wav
 from avatar.contracts.camera import Intrinsics
 from avatar.contracts.dataset import (FORMAT_VERSION, MASK_BITS, Crop, Dataset, FeatureInfo, Manifest, Split,
                                       frame_name)

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from avatar.contracts.atomic import write_json
-from avatar.contracts.audio import SAMPLE_RATE, MelFeatures, feature_stats, load_audio
+from avatar.audio.features import MelFeatures, feature_stats
+from avatar.audio.io import SAMPLE_RATE, load_audio
 from avatar.contracts.camera import Intrinsics
 from avatar.contracts.dataset import FORMAT_VERSION, Crop, FeatureInfo, Manifest, Split
 
@@ -46,7 +47,7 @@ def write_wav(path: Path, wave: np.ndarray, sample_rate: int) -> Path:
 
 def write_source_video(path: Path, num_frames: int, fps: float = FPS, with_audio: bool = False) -> Path:
     """A SOURCE_W x SOURCE_H video whose colour encodes the frame number (red = 2 * i), for paste-back."""
-    from avatar.export.mux import VideoWriter
+    from avatar.render.mux import VideoWriter
 
     writer = VideoWriter(path, SOURCE_W, SOURCE_H, fps, audio_channels=1)
     for i in range(num_frames):
@@ -111,8 +112,11 @@ class EnergyMouthHead(torch.nn.Module):
     MOUTH = (slice(40, 52), slice(24, 40))  # rows, columns that the mouth can cover
 
     def __init__(self, dataset_root: Path, fail_at_call: int | None = None):
+        from avatar.contracts.dataset import Dataset
+        from avatar.model.driving import DrivingData
+
         super().__init__()
-        self.dataset_root = Path(dataset_root)
+        self.driving = DrivingData.from_dataset(Dataset(dataset_root))
         self.intrinsics = Intrinsics.from_fov(20.0, RES, RES)
         self.spec = SimpleNamespace(backend="auto")
         self.anchor = torch.nn.Parameter(torch.zeros(1))
@@ -170,6 +174,6 @@ def probe(path: Path) -> dict:
 
 
 def expected_frames(audio_path: Path, fps: float = FPS) -> int:
-    from avatar.contracts.audio import num_frames_for
+    from avatar.audio.io import num_frames_for
 
     return num_frames_for(len(load_audio(audio_path)), SAMPLE_RATE, fps)

@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from avatar.contracts.audio import (
-    SAMPLE_RATE, MelFeatures, context_windows, feature_stats, frame_windows, normalize_features,
-)
+from avatar.audio.features import MelFeatures, context_windows, feature_stats, frame_windows, normalize_features
+from avatar.audio.io import SAMPLE_RATE
 from avatar.contracts.dataset import Dataset
-from avatar.model.audio_encoder import (
-    FACE_LEFT, FACE_RIGHT, INNER_LIP_LOWER, INNER_LIP_UPPER, NOSE_TIP, AudioEncoder, AudioEncoderConfig, ExampleMemory,
-    expression_targets, expression_to_code, lip_opening, predict_expression, train_audio_encoder,
-)
+from avatar.contracts.face_mesh import EYE_OUTER_CORNERS, INNER_LIP_LOWER, INNER_LIP_UPPER, NOSE_TIP
+from avatar.model.audio_encoder import AudioEncoder, AudioEncoderConfig, ExampleMemory
+from avatar.train.audio_fit import fit_audio_encoder, predict_expression
+from avatar.train.expression import ExpressionSpace
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -50,7 +49,7 @@ def write_dataset(root: Path, wave: np.ndarray, opening: np.ndarray, seed: int =
     canonical = rng.uniform(-0.07, 0.07, (478, 3)).astype(np.float32)
     canonical[NOSE_TIP] = [0, 0, -0.05]
     canonical[INNER_LIP_UPPER], canonical[INNER_LIP_LOWER] = [0, 0.03, -0.04], [0, 0.031, -0.04]
-    canonical[FACE_LEFT], canonical[FACE_RIGHT] = [-0.075, 0.01, 0], [0.075, 0.01, 0]
+    canonical[EYE_OUTER_CORNERS[0]], canonical[EYE_OUTER_CORNERS[1]] = [-0.045, 0.01, 0], [0.045, 0.01, 0]
     lower = canonical[:, 1] > 0
     basis = np.zeros((2, 478, 3), np.float32)
     basis[0, lower, 1] = 0.3 * (canonical[lower, 1] > 0.031)  # jaw and lower lip move down
@@ -117,20 +116,21 @@ def test_example_memory_recalls_neighbours_but_never_a_frame_itself():
 
 
 def test_targets_are_low_dimensional_and_decode_to_the_tracked_mouth(dataset):
-    targets, info = expression_targets(dataset)
+    space = ExpressionSpace.fit(dataset)
+    targets = space.targets
     train = dataset.indices("train")
     assert targets.shape == (dataset.num_frames, 1)  # only the mouth component is audio-related
     assert targets[train].std(0)[0] == pytest.approx(1.0, rel=1e-3)
-    code = expression_to_code(torch.from_numpy(targets), info).numpy()
+    code = space.to_codes(targets)
     tracked = np.asarray(dataset.tracking("expression_pca"))
-    np.testing.assert_allclose(lip_opening(code, dataset), lip_opening(tracked, dataset), atol=1e-5)
+    np.testing.assert_allclose(space.opening_of_codes(code), space.opening_of_codes(tracked), atol=1e-5)
     assert code[:, 1].std() < 0.2 * tracked[:, 1].std()  # the unrelated motion is (almost) not predicted
-    opening = lip_opening(tracked, dataset)
-    assert np.corrcoef(targets @ info["opening"], opening)[0, 1] > 0.99  # the linearised inner-lip opening
-    assert np.std(targets[train] @ info["opening"]) == pytest.approx(1.0, rel=1e-3)
+    opening = space.opening_of_codes(tracked)
+    assert np.corrcoef(targets @ space.opening, opening)[0, 1] > 0.99  # the linearised inner-lip opening
+    assert np.std(targets[train] @ space.opening) == pytest.approx(1.0, rel=1e-3)
     # The rest (silence) target is the closed mouth: below the 20th percentile of the training openings.
-    rest_open = lip_opening(expression_to_code(torch.from_numpy(info["rest"][None]), info).numpy(), dataset)[0]
-    assert rest_open <= np.quantile(lip_opening(tracked[train], dataset), 0.2)
+    rest_open = space.opening_of_codes(space.to_codes(space.rest[None]))[0]
+    assert rest_open <= np.quantile(space.opening_of_codes(tracked[train]), 0.2)
 
 
 def silent_windows(context: int) -> np.ndarray:
@@ -141,13 +141,12 @@ def silent_windows(context: int) -> np.ndarray:
 
 
 def test_training_learns_the_lip_signal_and_silence_closes_the_mouth(dataset):
-    encoder, metrics = train_audio_encoder(dataset, SMALL, steps=120, seed=0)
+    space = ExpressionSpace.fit(dataset)
+    encoder, metrics = fit_audio_encoder(dataset, space, SMALL, steps=120, seed=0)
     assert metrics["val_lip_corr"] > 0.7, metrics
-    _, info = expression_targets(dataset)
-    tracked_open = lip_opening(np.asarray(dataset.tracking("expression_pca")), dataset)
+    tracked_open = space.opening_of_codes(np.asarray(dataset.tracking("expression_pca")))
     for windows in (silent_windows(SMALL.context), np.zeros((10, 2 * SMALL.context + 1, 16, 82), np.float32)):
-        expression = torch.from_numpy(predict_expression(encoder, windows))
-        silent_open = lip_opening(expression_to_code(expression, info).numpy(), dataset)
+        silent_open = space.opening_of_codes(space.to_codes(predict_expression(encoder, windows)))
         assert np.ptp(silent_open) < 1e-6  # still
         closed, wide = tracked_open.min(), np.quantile(tracked_open, 0.95)
         assert silent_open[0] < closed + 0.1 * (wide - closed)  # closed
@@ -155,17 +154,27 @@ def test_training_learns_the_lip_signal_and_silence_closes_the_mouth(dataset):
 
 def test_training_is_reproducible_with_a_seed(dataset):
     cfg = AudioEncoderConfig(context=1, channels=8, embed_dim=16, heads=2, members=2, batch_size=16, eval_every=4)
-    a, ma = train_audio_encoder(dataset, cfg, steps=8, seed=3)
-    b, mb = train_audio_encoder(dataset, cfg, steps=8, seed=3)
+    space = ExpressionSpace.fit(dataset)
+    a, ma = fit_audio_encoder(dataset, space, cfg, steps=8, seed=3)
+    b, mb = fit_audio_encoder(dataset, space, cfg, steps=8, seed=3)
     assert ma["val_mse"] == mb["val_mse"]
     for pa, pb in zip(a.parameters(), b.parameters()):
         assert torch.equal(pa, pb)
+    # resumable by member: an interruption during the second member, then a resume with the first one kept
+    saved = []
+    with pytest.raises(KeyboardInterrupt):
+        fit_audio_encoder(dataset, space, cfg, steps=8, seed=3, on_member=lambda members: saved.append(list(members)),
+                          should_stop=lambda: len(saved) > 0)
+    c, mc = fit_audio_encoder(dataset, space, cfg, steps=8, seed=3, finished=saved[-1])
+    assert mc["val_mse"] == ma["val_mse"]
+    for pa, pc in zip(a.parameters(), c.parameters()):
+        assert torch.equal(pa, pc)
 
 
 def test_memory_of_a_long_video_is_capped_evenly(dataset):
     cfg = AudioEncoderConfig(context=1, channels=8, embed_dim=16, heads=2, members=1, batch_size=16, eval_every=4,
                              memory_max=10)
-    encoder, _ = train_audio_encoder(dataset, cfg, steps=4, seed=0)
+    encoder, _ = fit_audio_encoder(dataset, ExpressionSpace.fit(dataset), cfg, steps=4, seed=0)
     frames = encoder.memory.frames[encoder.memory.frames >= 0]  # the silence entries have no frame
     train = dataset.indices("train")
     assert len(frames) == 10 and frames[0] == train[0] and frames[-1] == train[-1]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -48,8 +47,7 @@ class BlankHead:
 
     resolution, audio_context = 32, 1
 
-    def __init__(self, dataset_root):
-        self.dataset_root = dataset_root
+    def __init__(self):
         self.intrinsics = Intrinsics.from_fov(20, 32, 32)
         self.sizes = []
 
@@ -63,8 +61,12 @@ class BlankHead:
 def test_render_rows_time_every_resolution(eval_dataset):
     dataset = eval_dataset
     pytest.importorskip("avatar.model.talking_head")  # FrameConditions
-    head = BlankHead(dataset.root)
-    rows = render_rows(head, frames=2, warmup=1, resolutions=(64, 96), device=torch.device("cpu"))
+    from avatar.eval.evaluate import frame_conditions
+
+    head = BlankHead()
+    audio = dataset.audio_windows(context=head.audio_context)
+    conds = [frame_conditions(dataset, dataset.indices("val")[i: i + 1], audio, torch.device("cpu")) for i in range(3)]
+    rows = render_rows(head, conds, warmup=1, resolutions=(64, 96), device=torch.device("cpu"))
     assert [r["name"] for r in rows] == ["render 32 (training camera, torso)", "render 64 (head only)",
                                          "render 96 (head only)"]
     assert head.sizes == [32] * 3 + [64] * 3 + [96] * 3

@@ -29,7 +29,7 @@ class OracleHead:
     resolution, feature_window, audio_context = SIZE, 16, 2
 
     def __init__(self, dataset: Dataset):
-        self.dataset, self.dataset_root = dataset, dataset.root
+        self.dataset = dataset
         self.windows = torch.from_numpy(dataset.audio_windows(self.audio_context))  # [N, C, W, F]
 
     def render(self, cond, deform: bool = True) -> dict:

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from avatar.eval.landmarks import LANDMARK_SCALE, FaceLandmarker, mouth_indices
-from avatar.eval.metrics import (SequenceScorer, landmark_distance, motion_ratio, mouth_opening, pearson, psnr, square_box,
-                                 ssim)
+from avatar.contracts.face_mesh import lip_contour_ids, mouth_opening
+from avatar.eval.landmarks import LANDMARK_SCALE, FaceLandmarker
+from avatar.eval.scorer import SequenceScorer, square_box
+from avatar.metrics.image import psnr, ssim
+from avatar.metrics.lip_sync import landmark_distance, motion_ratio, pearson
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -41,7 +43,7 @@ def test_psnr_mask_only_counts_masked_pixels():
 def test_ssim_identical_is_one_and_matches_torchmetrics():
     from torchmetrics.functional.image import structural_similarity_index_measure as tm_ssim
 
-    from avatar.eval.metrics import ssim_map
+    from avatar.metrics.image import ssim_map
 
     a, b = _images(0), _images(1)
     b = 0.7 * a + 0.3 * b  # correlated, so SSIM is neither 0 nor 1
@@ -105,7 +107,7 @@ def test_mouth_opening_and_correlation_of_known_signals():
 
 
 def test_lpips_identical_is_zero():
-    from avatar.train.lpips import LPIPS
+    from avatar.metrics.lpips import LPIPS
 
     img = _images(h=64, w=64)
     lp = LPIPS("alex")
@@ -134,7 +136,7 @@ def test_mediapipe_landmarks_on_a_real_frame_and_a_downscaled_copy(real_frame):
         small = detect(cv2.resize(real_frame, (128, 128), interpolation=cv2.INTER_AREA))  # upscaled to 512 inside
         assert detect(np.zeros((128, 128, 3), np.uint8)) is None
     assert full is not None and full.shape == (478, 2) and small is not None
-    mouth = mouth_indices()
+    mouth = lip_contour_ids()
     assert len(mouth) == 40
     centre = full[mouth].mean(0)
     assert 0.3 * LANDMARK_SCALE < centre[0] < 0.7 * LANDMARK_SCALE  # mouth near the middle, lower half
@@ -146,7 +148,7 @@ def test_mediapipe_landmarks_on_a_real_frame_and_a_downscaled_copy(real_frame):
 def test_sequence_scorer_perfect_prediction(real_frame):
     import cv2
 
-    from avatar.train.lpips import LPIPS
+    from avatar.metrics.lpips import LPIPS
 
     gt_np = cv2.resize(real_frame, (128, 128), interpolation=cv2.INTER_AREA)
     gt = torch.from_numpy(gt_np).permute(2, 0, 1)[None].float() / 255
@@ -172,7 +174,7 @@ def test_head_region_metrics_ignore_changes_outside_the_head():
     pred[..., :, 80:] = 0.0  # damage a band right of the head only
     mask = torch.zeros(1, 1, 96, 96, dtype=torch.bool)
     mask[..., 20:70, 20:70] = True
-    from avatar.train.lpips import LPIPS
+    from avatar.metrics.lpips import LPIPS
 
     with FaceLandmarker() as detect:
         scorer = SequenceScorer(LPIPS("alex"), detect, square_box(mask[:, 0]))
@@ -184,7 +186,7 @@ def test_head_region_metrics_ignore_changes_outside_the_head():
 
 
 def test_lpips_of_tiny_images_works():
-    from avatar.train.lpips import LPIPS
+    from avatar.metrics.lpips import LPIPS
 
     gt = _images(4, b=1, h=32, w=32)
     mask = torch.zeros(1, 1, 32, 32, dtype=torch.bool)

@@ -20,8 +20,8 @@ def test_missing_example_data_is_explained(tmp_path):
 
 
 def test_rerun_reuses_finished_steps(tmp_path, monkeypatch):
-    import avatar.export.video
-    import avatar.train.trainer
+    import avatar.render.video
+    import avatar.train.runner
     import preprocess.build
 
     calls: list[str] = []
@@ -40,8 +40,8 @@ def test_rerun_reuses_finished_steps(tmp_path, monkeypatch):
 
     monkeypatch.setattr(avatar.config_io, "load_preset", lambda command, name, cls: TrainConfig())
     monkeypatch.setattr(preprocess.build, "run", lambda cfg: calls.append("preprocess"))
-    monkeypatch.setattr(avatar.train.trainer, "run", fake_train)
-    monkeypatch.setattr(avatar.export.video, "run", fake_render)
+    monkeypatch.setattr(avatar.train.runner, "run", fake_train)
+    monkeypatch.setattr(avatar.render.video, "run", fake_render)
     video = tmp_path / "video.mp4"
     video.write_bytes(b"stand-in")
     audio = write_wav(tmp_path / "speech.wav", speech_like(0.5, 16000), 16000)

@@ -8,17 +8,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from avatar.contracts.audio import (MelFeatures, context_windows, feature_stats, frame_windows, iter_audio,
-                                    load_audio, normalize_features)
+from avatar.audio.features import MelFeatures, context_windows, feature_stats, frame_windows, normalize_features
+from avatar.audio.io import iter_audio, load_audio
 from avatar.contracts.dataset import Dataset
-from avatar.export import streaming
-from avatar.export.drive import blink_schedule, detect_blinks, pose_schedule, training_frames, typical_pose_index
+from avatar.audio import streaming
+from avatar.model.driving import (DrivingData, blink_schedule, detect_blinks, pose_schedule, track_positions,
+                                  typical_pose_index)
 from export_fixtures import FPS, make_dataset, speech_like, write_wav
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Dataset:
     return Dataset(make_dataset(tmp_path_factory.mktemp("drive") / "dataset", num_frames=150))
+
+
+@pytest.fixture(scope="module")
+def driving(dataset) -> DrivingData:
+    return DrivingData.from_dataset(dataset)
 
 
 def test_chunked_features_equal_all_at_once(tmp_path, monkeypatch):
@@ -58,53 +64,53 @@ def test_iter_audio_streams_the_samples_load_audio_returns(tmp_path):
     assert stereo.shape == (120000, 2)
 
 
-def test_track_pose_loops_back_and_forth_without_a_jump(dataset):
+def test_track_pose_loops_back_and_forth_without_a_jump(dataset, driving):
     train = dataset.indices("train")
-    frames = training_frames(dataset, 3 * len(train), "track")
-    assert frames[0] == train[0] and frames[len(train) - 1] == train[-1] and frames[len(train)] == train[-2]
+    frames = track_positions(driving, 3 * len(train), "track")
+    assert frames[0] == 0 and frames[len(train) - 1] == len(train) - 1 and frames[len(train)] == len(train) - 2
     assert np.abs(np.diff(frames)).max() == 1
-    rotation, translation = pose_schedule(dataset, 3 * len(train), "track")
+    rotation, translation = pose_schedule(driving, 3 * len(train), "track")
     step = np.abs(np.diff(np.asarray(dataset.tracking("translation"))[train], axis=0)).max()
     assert np.abs(np.diff(translation, axis=0)).max() <= step + 1e-7
     assert rotation.shape == (3 * len(train), 3, 3) and translation.dtype == np.float32
     # chunks of the schedule equal the whole schedule
-    part = pose_schedule(dataset, 40, "track", first_frame=200)[1]
+    part = pose_schedule(driving, 40, "track", first_frame=200)[1]
     np.testing.assert_array_equal(part, translation[200:240])
 
 
-def test_still_and_smooth_poses(dataset):
-    rotation, translation = pose_schedule(dataset, 30, "still")
+def test_still_and_smooth_poses(dataset, driving):
+    rotation, translation = pose_schedule(driving, 30, "still")
     assert np.all(translation == translation[0]) and np.all(rotation == rotation[0])
-    assert training_frames(dataset, 1, "still")[0] == dataset.indices("train")[typical_pose_index(dataset)]
+    assert track_positions(driving, 1, "still")[0] == typical_pose_index(driving)
     n = 400
-    track = pose_schedule(dataset, n, "track")[1]
-    smooth = pose_schedule(dataset, n, "smooth")[1]
+    track = pose_schedule(driving, n, "track")[1]
+    smooth = pose_schedule(driving, n, "smooth")[1]
     jerk = lambda x: np.abs(np.diff(x, 2, axis=0)).mean()  # noqa: E731
     assert jerk(smooth) < 0.5 * jerk(track)
     assert np.abs(np.diff(smooth, axis=0)).max() < np.abs(np.diff(track, axis=0)).max()
-    rot = pose_schedule(dataset, n, "smooth")[0]
+    rot = pose_schedule(driving, n, "smooth")[0]
     np.testing.assert_allclose(rot @ rot.transpose(0, 2, 1), np.broadcast_to(np.eye(3), rot.shape), atol=1e-5)
 
 
-def test_pose_follows_time_when_the_output_fps_differs(dataset):
-    frames = training_frames(dataset, 50, "track", fps=2 * FPS)
+def test_pose_follows_time_when_the_output_fps_differs(dataset, driving):
+    frames = track_positions(driving, 50, "track", fps=2 * FPS)
     assert frames[:6].tolist() == [0, 0, 1, 1, 2, 2]
 
 
-def test_blinks_from_the_persons_statistics(dataset):
+def test_blinks_from_the_persons_statistics(dataset, driving):
     track = np.stack([np.asarray(dataset.tracking("blendshapes"))[:, k] for k in (0, 1)], 1)
     open_level, shapes, starts = detect_blinks(track)
     assert len(shapes) == 3 and starts.tolist() == [20, 55, 80]
     fps, seconds = 30.0, 60.0
-    blinks = blink_schedule(dataset, int(seconds * fps), fps, None, seed=1)
+    blinks = blink_schedule(driving, int(seconds * fps), fps, None, seed=1)
     assert blinks.shape == (int(seconds * fps), 2) and blinks.min() >= 0 and blinks.max() <= 1
     closed = blinks.mean(1) > 0.5
     count = int(np.sum(np.diff(closed.astype(int)) == 1))
-    rate = 3 / (dataset.num_frames / dataset.fps)  # blinks per second in the training clip
+    rate = 3 / (len(driving) / driving.fps)  # blinks per second in the training frames
     assert 0.5 * rate * seconds <= count <= 2 * rate * seconds
     assert np.median(blinks[:, 0]) == pytest.approx(open_level[0], abs=1e-6)
-    np.testing.assert_array_equal(blinks, blink_schedule(dataset, int(seconds * fps), fps, None, seed=1))
-    assert np.all(blink_schedule(dataset, 10, fps, 0.25) == 0.25)
+    np.testing.assert_array_equal(blinks, blink_schedule(driving, int(seconds * fps), fps, None, seed=1))
+    assert np.all(blink_schedule(driving, 10, fps, 0.25) == 0.25)
 
 
 def test_scan_detects_silence(tmp_path):

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from avatar.contracts.audio import num_frames_for
-from avatar.export.config import RenderConfig
-from avatar.export.video import run
+from avatar.audio.io import num_frames_for
+from avatar.render.config import RenderConfig
+from avatar.render.video import run
 from conftest import cut_clip
 from export_fixtures import probe, speech_like, write_wav
 
@@ -23,7 +23,7 @@ def tiny_run(shared_data, clip_dir, tmp_path_factory) -> Path:
     """A real run: 6 s of the German anchor at 128 px, the `tiny` preset cut to a few steps at 32 px."""
     from avatar.config_io import load_preset, presets
     from avatar.train.config import TrainConfig
-    from avatar.train.trainer import run as train
+    from avatar.train.runner import run as train
     from preprocess.build import run as preprocess
     from preprocess.config import PreprocessConfig
 
@@ -59,10 +59,9 @@ def test_real_avatar_keeps_still_in_silence(tiny_run, tmp_path):
 
 
 def test_real_avatar_pasted_back(tiny_run, tmp_path):
-    from avatar.contracts.dataset import Dataset
     from avatar.model.talking_head import TalkingHead
 
-    source = Dataset(TalkingHead.load(tiny_run).dataset_root).manifest.source
+    source = TalkingHead.load(tiny_run).driving.source
     audio = write_wav(tmp_path / "speech.wav", speech_like(0.6, 16000), 16000)
     info = probe(render(tiny_run, audio, tmp_path / "out.mp4", fps=5.0, paste_back=True))
-    assert (info["width"], info["height"]) == (source["width"] // 2 * 2, source["height"] // 2 * 2)
+    assert (info["width"], info["height"]) == (source.width // 2 * 2, source.height // 2 * 2)

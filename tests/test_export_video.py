@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from avatar.errors import UserError
-from avatar.export.config import RenderConfig
-from avatar.export.video import background_image, render_video, run
+from avatar.render.config import RenderConfig
+from avatar.render.video import background_image, render_video, run
 from export_fixtures import (BURSTS_S, FPS, SOURCE_H, SOURCE_W, EnergyMouthHead, expected_frames, make_dataset,
                              mouth_opening, probe, speech_like, write_source_video, write_wav)
 
@@ -95,10 +95,9 @@ def test_paste_back_into_the_source_frames(tmp_path, head, dataset_dir):
     assert (info["width"], info["height"]) == (SOURCE_W, SOURCE_H)
     frame = info["frames"][5].astype(np.int16)
     # outside the crop: the source frame of the still pose's training frame (red encodes its number)
-    from avatar.contracts.dataset import Dataset
-    from avatar.export.drive import training_frames
+    from avatar.model.driving import track_positions
 
-    j = training_frames(Dataset(dataset_dir), 1, "still")[0]
+    j = head.driving.source.first_frame + track_positions(head.driving, 1, "still")[0]
     assert abs(frame[40, 5, 0] - 2 * j) <= 6 and abs(frame[40, 5, 2] - 90) <= 6
     # inside the crop (x 20..84, y 4..68): the rendered background plate (green)
     assert frame[10, 30, 1] > 180 and frame[10, 30, 0] < 40

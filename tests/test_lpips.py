@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from avatar.errors import UserError
-from avatar.train import lpips as lpips_module
-from avatar.train.lpips import LPIPS
+from avatar.metrics import lpips as lpips_module
+from avatar.metrics.lpips import LPIPS
 
 
 def load_rgb(path) -> torch.Tensor:

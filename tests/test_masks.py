@@ -5,7 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 from avatar.contracts.dataset import MASK_BITS
-from preprocess.masks import FACE_OVAL, INNER_LIPS, MaskMaker, combine_masks
+from avatar.contracts import face_mesh
+from preprocess.masks import MaskMaker, combine_masks
+
+FACE_OVAL, INNER_LIPS = list(face_mesh.FACE_OVAL), list(face_mesh.INNER_LIP_LOOP)
 from tests.track_fixtures import real_detections, real_frames
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from avatar.model.densify import DensifyConfig, Densifier
+from avatar.train.densify import DensifyConfig, Densifier
 from avatar.model.gaussians import (GaussianSet, HeadConfig, face_triangles, head_gaussians, landmark_skinning,
                                     skinned_displacement)
 from avatar.model.mouth import LOWER_INNER_LIP, UPPER_INNER_LIP, MouthConfig, mouth_gaussians

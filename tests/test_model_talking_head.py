@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from avatar.contracts.camera import Intrinsics
+from avatar.contracts.dataset import Crop, FeatureInfo
 from avatar.errors import UserError
 from avatar.model.audio_encoder import AudioEncoderConfig
+from avatar.model.driving import DrivingData, SourceVideo
 from avatar.model.gaussians import HeadConfig, head_gaussians
 from avatar.model.hash_triplane import HashTriplaneConfig
 from avatar.model.mouth import MouthConfig, mouth_gaussians
@@ -25,13 +27,13 @@ def small_head(tmp_path) -> TalkingHead:
     face = synthetic_face()
     spec = HeadSpec(
         fps=25.0, resolution=SIZE, intrinsics=dataclasses.asdict(Intrinsics.from_fov(20, SIZE, SIZE)),
-        dataset_root=str(tmp_path), feature_dim=10, feature_window=4, expression_dim=3, code_dim=5,
+        feature_dim=10, feature_window=4, expression_dim=3, code_dim=5,
         bbox_min=[-0.15, -0.2, -0.15], bbox_max=[0.15, 0.2, 0.15],
         head=HeadConfig(num_face=150, num_shell=60), mouth=MouthConfig(num_gaussians=20),
         triplane=HashTriplaneConfig(num_levels=2, log2_hashmap_size=10, max_resolution=32, implementation="torch"),
         audio=AudioEncoderConfig(context=1, channels=4, embed_dim=4, heads=1, members=1), backend="torch",
     )
-    head = TalkingHead(spec)
+    head = TalkingHead(spec, synthetic_driving(tmp_path))
     head.head = head_gaussians(face, spec.head)
     head.mouth = mouth_gaussians(face, spec.mouth, 0)
     head.canonical_face.copy_(torch.from_numpy(face).float())
@@ -42,6 +44,16 @@ def small_head(tmp_path) -> TalkingHead:
     with torch.no_grad():
         head.head_deform.out.weight.normal_(0, 0.1)  # a trained-looking network, so deformation shows
     return head.eval()
+
+
+def synthetic_driving(tmp_path, frames: int = 10) -> DrivingData:
+    """A still head, open eyes, 10-dimensional features in windows of 4 rows."""
+    return DrivingData(
+        fps=25.0, rotations=np.tile(np.eye(3, dtype=np.float32), (frames, 1, 1)),
+        translations=np.tile(np.array([0.0, 0.0, 1.0], np.float32), (frames, 1)), blinks=np.zeros((frames, 2), np.float32),
+        features=FeatureInfo("audio_features.npy", "test", 100.0, 10, 4, [0.0] * 10, [1.0] * 10),
+        source=SourceVideo(str(tmp_path / "source.mp4"), "", 64, 64, 0.0, Crop(0, 0, 64, 64, 64, SIZE), 0),
+        dataset={"path": str(tmp_path / "dataset"), "manifest_sha256": ""})
 
 
 def conditions(b: int, seed: int = 0) -> FrameConditions:
@@ -96,3 +108,23 @@ def test_load_refuses_other_versions(tmp_path):
         TalkingHead.load(tmp_path / "run")
     with pytest.raises(UserError, match="no such run"):
         TalkingHead.load(tmp_path / "nothing")
+
+
+def test_load_refuses_a_damaged_file(tmp_path):
+    head = small_head(tmp_path)
+    (tmp_path / "run").mkdir()
+    path = tmp_path / "run" / "avatar.pt"
+    head.save(path)
+    data = torch.load(path, weights_only=False)
+    damaged = {**data, "state_dict": dict(data["state_dict"])}
+    damaged["state_dict"]["plate"] = torch.full_like(data["state_dict"]["plate"], float("nan"))
+    torch.save(damaged, path)
+    with pytest.raises(UserError, match="damaged"):
+        TalkingHead.load(tmp_path / "run")
+    head.save(path)  # bytes in the middle overwritten, the zip container left intact
+    raw = bytearray(path.read_bytes())
+    middle = len(raw) // 2
+    raw[middle: middle + 64] = bytes(64)
+    path.write_bytes(bytes(raw))
+    with pytest.raises(UserError, match="damaged|not a readable avatar"):
+        TalkingHead.load(tmp_path / "run")

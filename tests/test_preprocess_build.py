@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from avatar.contracts.audio import SAMPLE_RATE
+from avatar.audio.io import SAMPLE_RATE
 from avatar.contracts.dataset import FORMAT_VERSION, MASK_BITS, TRACKING_ARRAYS, Dataset
 from avatar.errors import UserError
-from preprocess.build import Builder, run, sha256_of
+from avatar.contracts.atomic import sha256_of
+from preprocess.build import Builder, run
 from preprocess.config import PreprocessConfig
 from tests.conftest import cut_clip
 

@@ -8,7 +8,7 @@ import pytest
 from avatar.contracts.dataset import Crop
 from avatar.errors import UserError
 from preprocess.crop import apply_crop, choose_crop
-from preprocess.video import frames_at_times, probe_video, resampled_frames
+from avatar.contracts.video import frames_at_times, probe_video, resampled_frames
 from tests.conftest import cut_clip
 
 GERMAN = "mimictalk_german_anchor_20s.mp4"

@@ -11,7 +11,8 @@ from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_cova
 
 from avatar.contracts.camera import project as contract_project
 from avatar.errors import UserError
-from avatar.render.rasterize import Camera, Gaussians, RasterSettings, rasterize, resolve_backend
+from avatar.rasterizer.rasterize import rasterize, resolve_backend
+from avatar.rasterizer.types import Camera, Gaussians, RasterSettings
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

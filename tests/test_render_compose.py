@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from avatar.render.compose import Layer, composite
-from avatar.render.rasterize import Gaussians, rasterize
+from avatar.rasterizer.compose import Layer, composite
+from avatar.rasterizer.rasterize import rasterize
+from avatar.rasterizer.types import Gaussians
 from test_render import make_camera, random_gaussians
 
 

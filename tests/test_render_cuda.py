@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from avatar.render.rasterize import Gaussians, RasterSettings, rasterize
+from avatar.rasterizer.rasterize import rasterize
+from avatar.rasterizer.types import Gaussians, RasterSettings
 from test_render import make_camera, random_gaussians
 
 pytestmark = pytest.mark.cuda

@@ -12,7 +12,7 @@ import torch
 
 from avatar.errors import UserError
 from avatar.model.talking_head import FrameConditions, TalkingHead
-from avatar.train.trainer import RUN_FORMAT_VERSION, Runner, run
+from avatar.train.runner import RUN_FORMAT_VERSION, Runner, run
 from tests.train_fixtures import tiny_config, tiny_dataset  # noqa: F401 - the fixture
 
 
@@ -41,7 +41,7 @@ def test_tiny_train_writes_a_complete_run(trained_run, tiny_dataset):
     assert (trained_run / "head.ply").read_bytes().startswith(b"ply\n") and any((trained_run / "tb").iterdir())
 
     head = TalkingHead.load(trained_run)
-    assert head.resolution == 32 and head.fps == tiny_dataset.fps and head.dataset_root == tiny_dataset.root.resolve()
+    assert head.resolution == 32 and head.fps == tiny_dataset.fps and head.driving.dataset["path"] == str(tiny_dataset.root.resolve())
     ids = np.arange(3)
     out = head.render(_conditions(head, tiny_dataset, ids))
     assert out["rgb"].shape == (3, 32, 32, 3) and out["alpha"].shape == (3, 32, 32, 1)
@@ -100,8 +100,8 @@ def test_clear_errors(tiny_dataset, tmp_path):
         Runner(tiny_config(tiny_dataset.root, tmp_path / "r"))
     with pytest.raises(UserError, match="not a readable checkpoint"):
         run(tiny_config(tiny_dataset.root, tmp_path / "r", resume=True))
-    torch.save({"run_info": {"format_version": 1}, "stage": "canonical"}, tmp_path / "r" / "checkpoints" / "latest.pt")
-    with pytest.raises(UserError, match="run format 1"):
+    torch.save({"format_version": 1, "run_info": {}, "stage": "canonical"}, tmp_path / "r" / "checkpoints" / "latest.pt")
+    with pytest.raises(UserError, match="format version 1"):
         run(tiny_config(tiny_dataset.root, tmp_path / "r", resume=True))
     with pytest.raises(UserError, match="training has not finished"):
         TalkingHead.load(tmp_path / "r")

@@ -7,7 +7,7 @@ import torch
 
 from avatar.data.batches import FrameSampler, TrainingData
 from avatar.data.frames import MASK_NAMES, FrameStore
-from avatar.model.audio_encoder import expression_targets
+from avatar.train.expression import ExpressionSpace
 from tests.train_fixtures import tiny_dataset  # noqa: F401 - the fixture
 
 
@@ -21,7 +21,7 @@ def test_frame_cache_stays_within_its_budget(tiny_dataset):
 
 
 def test_batches_and_resumable_sampler(tiny_dataset):
-    targets, _ = expression_targets(tiny_dataset)
+    targets = ExpressionSpace.fit(tiny_dataset).targets
     data = TrainingData(tiny_dataset, 32, context=2, expression=targets)
     batch = data.batch([0, 5, 7])
     assert batch.rgb.shape == (3, 32, 32, 3) and batch.audio.shape[:2] == (3, 5)

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from avatar.contracts.dataset import Dataset
 from avatar.viewer.app import Layers, ViewerApp, render_view, training_fov_y, view_camera
 from avatar.viewer.config import ViewerConfig
 from avatar.viewer.playback import Playback
@@ -19,7 +18,7 @@ from tests.train_fixtures import tiny_config, tiny_dataset  # noqa: F401 - the f
 @pytest.fixture(scope="module")
 def tiny_run(tiny_dataset, tmp_path_factory):
     """A real run trained for a few steps on 4 s of a shared video (see tests/train_fixtures.py)."""
-    from avatar.train.trainer import run
+    from avatar.train.runner import run
 
     out = tmp_path_factory.mktemp("viewer") / "run"
     run(tiny_config(tiny_dataset.root, out))
@@ -34,8 +33,8 @@ def head(tiny_run):
 
 
 @pytest.fixture(scope="module")
-def playback(head):
-    return Playback(head, Dataset(head.dataset_root))
+def playback(head, tiny_run):
+    return Playback(head, tiny_run / "audio.wav")
 
 
 def test_clock_plays_pauses_seeks_and_loops(playback):
@@ -102,7 +101,7 @@ def test_viewer_in_headless_chromium(tiny_run, tmp_path):
     from avatar.model.talking_head import TalkingHead
 
     head = TalkingHead.load(tiny_run)
-    app = ViewerApp(ViewerConfig(run=tiny_run, resolution=128), head, Dataset(head.dataset_root))
+    app = ViewerApp(ViewerConfig(run=tiny_run, resolution=128), head, tiny_run / "audio.wav")
     app.start()
     options = webdriver.ChromeOptions()
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",

@@ -9,7 +9,7 @@ import pytest
 
 from avatar.contracts.dataset import Dataset
 from avatar.model.audio_encoder import AudioEncoderConfig
-from avatar.model.densify import DensifyConfig
+from avatar.train.densify import DensifyConfig
 from avatar.model.gaussians import HeadConfig
 from avatar.model.hash_triplane import HashTriplaneConfig
 from avatar.model.mouth import MouthConfig

@@ -1,4 +1,4 @@
-"""Atomic writes: a file or directory appears under its final name only when complete."""
+"""Files: atomic writes (a file or directory appears under its final name only when complete), JSON, hashes."""
 
 from __future__ import annotations
 
@@ -58,9 +58,32 @@ def atomic_dir(final: Path | str) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def jsonable(value: Any) -> Any:
+    """Plain JSON data from what the pipeline records: numpy scalars and arrays become numbers and lists,
+    paths strings, and inf / nan (not JSON) null."""
+    import math
+
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def write_json(path: Path | str, data: Any) -> None:
+    """`data` (made JSON-able by `jsonable`) as an indented JSON file, atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+        tmp.write_text(json.dumps(jsonable(data), indent=2, sort_keys=False) + "\n")
 
 
 def save_npy(path: Path | str, array: Any) -> None:
@@ -68,3 +91,32 @@ def save_npy(path: Path | str, array: Any) -> None:
 
     with atomic_path(path) as tmp:
         np.save(tmp, np.asarray(array))
+
+
+def sha256_of(path: Path | str) -> str:
+    """Hex sha256 of a file's content, read in blocks (videos can be large)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_versioned(path: Path, version: int, kind: str, remedy: str) -> dict:
+    """A torch-saved dict with a "format_version", or a UserError naming the file, what is wrong and `remedy`.
+
+    `kind` names the file for the message ("avatar file", "checkpoint")."""
+    import torch
+
+    from avatar.errors import UserError
+
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for truncated or foreign files
+        raise UserError(f"{path}: not a readable {kind} ({exc}). {remedy}") from exc
+    found = data.get("format_version") if isinstance(data, dict) else None
+    if found != version:
+        raise UserError(f"{path}: {kind} format version {found}, this version reads {version}. {remedy}")
+    return data

@@ -7,7 +7,7 @@ Layout of a dataset directory (format version `FORMAT_VERSION`):
     masks/000000.png ...     uint8 bit masks, bit `MASK_BITS[name]` set where the pixel belongs to `name`
     background.png           clean background plate (RGB, `resolution` square)
     audio.wav                16 kHz mono PCM16, the clip's audio from time 0 (frame 0 starts at 0)
-    audio_features.npy       [T, F] float32 raw features (see avatar.contracts.audio), `features.rate_hz` rows/s
+    audio_features.npy       [T, F] float32 raw features (see avatar.audio.features), `features.rate_hz` rows/s
     tracking/*.npy           per-frame arrays, `TRACKING_ARRAYS` below (N = num_frames)
     preview.mp4, contact_sheet.png   for people to look at
 
@@ -29,6 +29,7 @@ from avatar.errors import UserError
 
 FORMAT_VERSION = 1
 MASK_BITS = {"person": 0, "head": 1, "face": 2, "mouth": 3, "torso": 4}
+BLINK_NAMES = ("eyeBlinkLeft", "eyeBlinkRight")  # the blendshapes that drive the eyelids
 
 # name -> (shape with N for frames, meaning). All float32 unless noted.
 TRACKING_ARRAYS = {
@@ -80,7 +81,7 @@ class FeatureInfo:
     extractor: str
     rate_hz: float
     dim: int
-    window: int  # feature rows per video frame window (see avatar.contracts.audio.frame_windows)
+    window: int  # feature rows per video frame window (see avatar.audio.features.frame_windows)
     mean: list[float] = field(default_factory=list)  # clip statistics for normalisation, [dim]
     std: list[float] = field(default_factory=list)
 
@@ -118,13 +119,88 @@ def frame_name(i: int) -> str:
     return f"{i:06d}"
 
 
+@dataclass(frozen=True)
+class DatasetLayout:
+    """Where each part of a dataset lives: the one spelling of the layout, for the builder that writes it
+    and the reader that reads it."""
+
+    root: Path
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def frames_dir(self) -> Path:
+        return self.root / "frames"
+
+    @property
+    def masks_dir(self) -> Path:
+        return self.root / "masks"
+
+    @property
+    def tracking_dir(self) -> Path:
+        return self.root / "tracking"
+
+    @property
+    def background(self) -> Path:
+        return self.root / "background.png"
+
+    @property
+    def audio(self) -> Path:
+        return self.root / "audio.wav"
+
+    @property
+    def features(self) -> Path:
+        return self.root / "audio_features.npy"
+
+    @property
+    def preview(self) -> Path:
+        return self.root / "preview.mp4"
+
+    @property
+    def contact_sheet(self) -> Path:
+        return self.root / "contact_sheet.png"
+
+    def frame(self, i: int, directory: Path | None = None) -> Path:
+        """The JPEG of frame i (in `directory` instead of frames/ while a build writes a temporary one)."""
+        return (directory or self.frames_dir) / f"{frame_name(i)}.jpg"
+
+    def mask(self, i: int, directory: Path | None = None) -> Path:
+        return (directory or self.masks_dir) / f"{frame_name(i)}.png"
+
+    def tracking(self, name: str, directory: Path | None = None) -> Path:
+        return (directory or self.tracking_dir) / f"{name}.npy"
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """[H, W, 3] uint8 RGB of an image file, or a UserError that says the dataset is damaged."""
+    import cv2
+
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise UserError(f"{path}: missing or unreadable. Re-run preprocessing with --force.")
+    return img[:, :, ::-1].copy()
+
+
+def read_mask_bits(path: Path) -> np.ndarray:
+    """[H, W] uint8 MASK_BITS of a mask file."""
+    import cv2
+
+    m = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if m is None:
+        raise UserError(f"{path}: missing or unreadable. Re-run preprocessing with --force.")
+    return m
+
+
 class Dataset:
     """Read-only access to a dataset directory. Frames and masks are read from disk on demand and
     tracking arrays are memory-mapped: opening a dataset of any length costs almost no RAM."""
 
     def __init__(self, root: Path | str):
         self.root = Path(root)
-        path = self.root / "manifest.json"
+        self.layout = DatasetLayout(self.root)
+        path = self.layout.manifest
         if not self.root.is_dir():
             raise UserError(f"{self.root}: no such dataset directory. Run `avatar preprocess VIDEO --out {self.root}` first.")
         if not path.is_file():
@@ -164,21 +240,11 @@ class Dataset:
     # ----- per-frame images
     def frame(self, i: int) -> np.ndarray:
         """[H, W, 3] uint8 RGB."""
-        import cv2
-
-        img = cv2.imread(str(self.root / "frames" / f"{frame_name(i)}.jpg"), cv2.IMREAD_COLOR)
-        if img is None:
-            raise UserError(f"{self.root}/frames/{frame_name(i)}.jpg: missing or unreadable. Re-run preprocessing with --force.")
-        return img[:, :, ::-1].copy()
+        return read_rgb(self.layout.frame(i))
 
     def mask_bits(self, i: int) -> np.ndarray:
         """[H, W] uint8 with the MASK_BITS of frame i."""
-        import cv2
-
-        m = cv2.imread(str(self.root / "masks" / f"{frame_name(i)}.png"), cv2.IMREAD_UNCHANGED)
-        if m is None:
-            raise UserError(f"{self.root}/masks/{frame_name(i)}.png: missing or unreadable. Re-run preprocessing with --force.")
-        return m
+        return read_mask_bits(self.layout.mask(i))
 
     def mask(self, i: int, name: str) -> np.ndarray:
         """[H, W] bool mask `name` (one of MASK_BITS) of frame i."""
@@ -187,21 +253,35 @@ class Dataset:
     @cached_property
     def background(self) -> np.ndarray:
         """[H, W, 3] uint8 RGB background plate."""
-        import cv2
-
-        return cv2.imread(str(self.root / "background.png"), cv2.IMREAD_COLOR)[:, :, ::-1].copy()
+        return read_rgb(self.layout.background)
 
     # ----- arrays
     def tracking(self, name: str) -> np.ndarray:
         """A tracking array (see TRACKING_ARRAYS), memory-mapped."""
         if name not in TRACKING_ARRAYS:
             raise KeyError(f"unknown tracking array {name!r}; known: {sorted(TRACKING_ARRAYS)}")
-        return np.load(self.root / "tracking" / f"{name}.npy", mmap_mode="r")
+        return np.load(self.layout.tracking(name), mmap_mode="r")
 
     @cached_property
     def audio_features(self) -> np.ndarray:
         """[T, F] raw audio features, memory-mapped."""
         return np.load(self.root / self.manifest.features.file, mmap_mode="r")
+
+    def blinks(self) -> np.ndarray:
+        """[N, 2] float32 tracked eyeBlinkLeft / eyeBlinkRight (UserError for a dataset without them)."""
+        names = self.manifest.blendshape_names
+        missing = [n for n in BLINK_NAMES if n not in names]
+        if missing:
+            raise UserError(f"{self.layout.manifest}: blendshape_names lacks {missing}. Rebuild the dataset with "
+                            "`avatar preprocess ... --force`.")
+        shapes = self.tracking("blendshapes")
+        return np.stack([np.asarray(shapes[:, names.index(n)], np.float32) for n in BLINK_NAMES], 1)
+
+    def manifest_sha256(self) -> str:
+        """Fingerprint of this build of the dataset (the manifest is written last and records every step)."""
+        from avatar.contracts.atomic import sha256_of
+
+        return sha256_of(self.layout.manifest)
 
     def feature_stats(self) -> tuple[np.ndarray, np.ndarray]:
         f = self.manifest.features
@@ -215,8 +295,8 @@ class Dataset:
 
     def audio_windows(self, context: int = 0) -> np.ndarray:
         """Normalised feature windows of all frames: [N, W, F], or [N, 2 * context + 1, W, F] with the
-        neighbouring frames' windows when context > 0 (see avatar.contracts.audio)."""
-        from avatar.contracts.audio import context_windows, frame_windows, normalize_features
+        neighbouring frames' windows when context > 0 (see avatar.audio.features)."""
+        from avatar.audio.features import context_windows, frame_windows, normalize_features
 
         f = self.manifest.features
         feats = normalize_features(np.asarray(self.audio_features), self.feature_stats())

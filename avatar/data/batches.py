@@ -11,8 +11,6 @@ from torch import Tensor
 from avatar.contracts.dataset import Dataset
 from avatar.data.frames import MASK_NAMES, FrameStore
 
-BLINK_NAMES = ("eyeBlinkLeft", "eyeBlinkRight")
-
 
 @dataclass
 class FrameBatch:
@@ -22,7 +20,7 @@ class FrameBatch:
     rotation: Tensor  # [B, 3, 3]
     translation: Tensor  # [B, 3]
     blink: Tensor  # [B, 2]
-    expression: Tensor  # [B, E] tracked expression targets (normalised, see audio_encoder.expression_targets)
+    expression: Tensor  # [B, E] tracked expression targets (normalised, see avatar.train.expression)
     code: Tensor  # [B, P] tracked expression PCA code of the dataset
     audio: Tensor  # [B, 2K+1, W, F] normalised audio windows of the frame and its neighbours
 
@@ -35,15 +33,6 @@ class FrameBatch:
         return self.masks[..., c:c + 1]
 
 
-def blink_values(dataset: Dataset) -> np.ndarray:
-    """[N, 2] tracked eye blinks (zeros when the dataset has no blink blendshapes)."""
-    names = dataset.manifest.blendshape_names
-    if not all(n in names for n in BLINK_NAMES):
-        return np.zeros((dataset.num_frames, 2), np.float32)
-    shapes = dataset.tracking("blendshapes")
-    return np.stack([np.array(shapes[:, names.index(n)], np.float32) for n in BLINK_NAMES], 1)
-
-
 class TrainingData:
     """Everything per frame that training reads; images come through the bounded FrameStore, the small
     per-frame arrays (pose, expression, audio windows: a few MB) are held in memory."""
@@ -54,7 +43,7 @@ class TrainingData:
         self.context = context
         self.rotation = torch.from_numpy(np.array(dataset.tracking("rotation"), np.float32))
         self.translation = torch.from_numpy(np.array(dataset.tracking("translation"), np.float32))
-        self.blink = torch.from_numpy(blink_values(dataset))
+        self.blink = torch.from_numpy(dataset.blinks())
         self.expression = torch.from_numpy(np.asarray(expression, np.float32))
         self.code = torch.from_numpy(np.array(dataset.tracking("expression_pca"), np.float32))
         self.windows = torch.from_numpy(dataset.audio_windows(context=0))  # [N, W, F]

@@ -16,6 +16,8 @@ class EvalConfig:
 
     run: Annotated[Path, tyro.conf.Positional] = tyro.MISSING  # type: ignore[assignment]
     """the run directory written by `avatar train`"""
+    dataset: Path | None = None
+    """the dataset to score on; default the one the avatar was trained on (recorded in it, and checked to be unchanged)"""
     split: Literal["val", "train"] = "val"
     """frames to score: `val` (the last 10 % of the clip, never trained on: the published protocol) or `train`"""
     out: Path | None = None
@@ -35,7 +37,7 @@ class EvalConfig:
     """write the side-by-side video (ground truth | avatar) with the clip's audio"""
     video_size: int = 512
     """height and width of each panel of the video"""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    """auto: cuda when available"""
+    device: str = "auto"
+    """torch device: auto (a CUDA GPU when there is one), cpu, cuda or cuda:N"""
     threads: int = 2
     """CPU threads torch may use (on a busy machine 1 can be faster)"""

@@ -18,11 +18,12 @@ import torch
 
 from avatar.contracts.atomic import atomic_path, write_json
 from avatar.contracts.dataset import Dataset
+from avatar.device import resolve_device
 from avatar.errors import UserError
 from avatar.eval.config import EvalConfig
 from avatar.eval.frames import render_frames, resize_mask, resize_rgb, to_chw
 from avatar.eval.landmarks import LANDMARK_SCALE, FaceLandmarker
-from avatar.eval.metrics import SequenceScorer, square_box
+from avatar.eval.scorer import SequenceScorer, square_box
 
 # metric -> True when higher is better; margins are signed so that positive means "the avatar is better"
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False, "psnr_head": True, "ssim_head": True,
@@ -41,13 +42,6 @@ def frame_conditions(dataset: Dataset, indices: np.ndarray, audio: np.ndarray, d
     [N, C, W, F]), head pose and eye blinks."""
     from avatar.model.talking_head import FrameConditions
 
-    names = dataset.manifest.blendshape_names
-    missing = [n for n in ("eyeBlinkLeft", "eyeBlinkRight") if n not in names]
-    if missing:
-        raise UserError(f"{dataset.root}/manifest.json: blendshape_names lacks {missing}. Rebuild the dataset "
-                        "with `avatar preprocess ... --force`.")
-    blink_cols = [names.index("eyeBlinkLeft"), names.index("eyeBlinkRight")]
-
     def tensor(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array, np.float32)).to(device)
 
@@ -55,7 +49,7 @@ def frame_conditions(dataset: Dataset, indices: np.ndarray, audio: np.ndarray, d
         audio=tensor(audio[indices]),
         rotation=tensor(dataset.tracking("rotation")[indices]),
         translation=tensor(dataset.tracking("translation")[indices]),
-        blink=tensor(dataset.tracking("blendshapes")[indices][:, blink_cols]),
+        blink=tensor(dataset.blinks()[indices]),
     )
 
 
@@ -74,20 +68,11 @@ def _margins(methods: dict[str, dict]) -> dict[str, dict[str, float | None]]:
     return out
 
 
-def _json_safe(value):
-    """inf / nan are not JSON: written as null (PSNR is inf only for pixel-identical images)."""
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def evaluate(head, dataset: Dataset, indices: np.ndarray, cfg: EvalConfig, video_path: Path | None,
              device: torch.device) -> dict:
     """Render and score every method on `indices`; stream the side-by-side video. Returns metrics.json's dict."""
     from avatar.eval.baselines import NearestAudioBaseline, static_head_frames
-    from avatar.train.lpips import LPIPS
+    from avatar.metrics.lpips import LPIPS
 
     size = cfg.resolution or head.resolution
     feature_window = dataset.manifest.features.window
@@ -144,7 +129,7 @@ def evaluate(head, dataset: Dataset, indices: np.ndarray, cfg: EvalConfig, video
 
 def _clip_audio(dataset: Dataset, indices: np.ndarray, sample_rate: int) -> np.ndarray:
     """[S] mono float32 audio of frames indices[0] .. indices[-1], from the start of the first."""
-    from avatar.contracts.audio import load_audio
+    from avatar.audio.io import load_audio
 
     wave = load_audio(dataset.root / dataset.manifest.audio["file"], sample_rate)
     a = int(round(indices[0] / dataset.fps * sample_rate))
@@ -159,7 +144,7 @@ def _side_by_side(path: Path | None, dataset: Dataset, indices: np.ndarray, pane
     if path is None:
         yield None
         return
-    from avatar.export.mux import AUDIO_RATE, VideoWriter
+    from avatar.render.mux import AUDIO_RATE, VideoWriter
 
     if panel % 2:
         raise UserError(f"--video-size {panel}: must be even (H.264 needs even frame sizes).")
@@ -190,14 +175,33 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def evaluation_dataset(head, run: Path, override: Path | None) -> Dataset:
+    """The dataset to score on: `override`, else the one the avatar recorded, refused with a clear message
+    when it has moved away or changed since training (a rebuilt dataset may have other frames or splits)."""
+    recorded = head.driving.dataset
+    path = Path(recorded["path"])
+    if override is None:
+        if not (path / "manifest.json").is_file():
+            raise UserError(f"{run}: the avatar was trained on the dataset {path}, which is no longer there. "
+                            "Give its new place with `avatar eval RUN --dataset PATH`.")
+        dataset = Dataset(path)
+        if dataset.manifest_sha256() != recorded["manifest_sha256"]:
+            raise UserError(f"{path}: not the dataset the avatar {run} was trained on (rebuilt or changed since: "
+                            "its manifest differs). Give the original with --dataset PATH, or retrain the avatar.")
+        return dataset
+    dataset = Dataset(override)
+    if dataset.manifest_sha256() != recorded["manifest_sha256"]:
+        print(f"note: {override} is not the dataset the avatar was trained on ({path}); scoring on it anyway.")
+    return dataset
+
+
 def run(cfg: EvalConfig) -> dict:
     from avatar.model.talking_head import TalkingHead
 
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    device = resolve_device(cfg.device)
     torch.set_num_threads(cfg.threads)
-    head = TalkingHead.load(cfg.run, device=str(device))
-    dataset = Dataset(head.dataset_root)
+    head = TalkingHead.load(cfg.run, device=device)
+    dataset = evaluation_dataset(head, Path(cfg.run), cfg.dataset)
     indices = dataset.indices(cfg.split)[: cfg.max_frames]
     if len(indices) < 3:
         raise UserError(f"{dataset.root}: the {cfg.split} split has {len(indices)} frames; at least 3 are needed "
@@ -207,7 +211,7 @@ def run(cfg: EvalConfig) -> dict:
     result = evaluate(head, dataset, indices, cfg, video_path, device)
     if video_path is not None:
         result["video"] = str(video_path)
-    write_json(out / "metrics.json", _json_safe(result))
+    write_json(out / "metrics.json", result)
     print(format_table(result))
     if "margins" in result:
         for base, m in result["margins"].items():

@@ -1,4 +1,5 @@
-"""The trained avatar: audio + blink + head pose -> image. Everything a renderer needs is in `RUN/avatar.pt`.
+"""The trained avatar: audio + blink + head pose -> image. Everything a renderer needs is in `RUN/avatar.pt`:
+the modules' settings and weights and the driving data (the person's pose track, blinks, feature settings).
 
 Per frame: the audio encoder predicts the expression; the landmark prior moves every Gaussian with the
 landmarks it is skinned to (the big, geometric lip motion); the spatial-audio attention adds residual
@@ -9,6 +10,7 @@ layer, which is itself over the background plate.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -21,13 +23,17 @@ from avatar.contracts.camera import Intrinsics
 from avatar.errors import UserError
 from avatar.model.audio_encoder import AudioEncoder, AudioEncoderConfig
 from avatar.model.deform import DeformConfig, Offsets, SpatialAudioAttention, pose_features
+from avatar.model.driving import DrivingData
 from avatar.model.gaussians import GaussianSet, HeadConfig, skinned_displacement
 from avatar.model.hash_triplane import HashTriplane, HashTriplaneConfig
 from avatar.model.mouth import MouthConfig
 from avatar.model.torso import TorsoConfig, TorsoLayer
-from avatar.render.rasterize import Camera, Gaussians, rasterize
+from avatar.rasterizer.compose import Layer
+from avatar.rasterizer.rasterize import rasterize
+from avatar.rasterizer.types import Camera, Gaussians
 
-AVATAR_FORMAT_VERSION = 2  # 2: the audio encoder's example memory and motion gain
+# 3: self-contained (driving data inside, no dataset path), payload checksum
+AVATAR_FORMAT_VERSION = 3
 Mode = Literal["static", "prior", "full"]  # canonical head only | + landmark prior | + attention offsets
 
 
@@ -48,7 +54,6 @@ class HeadSpec:
     fps: float
     resolution: int
     intrinsics: dict  # Intrinsics at `resolution`
-    dataset_root: str
     feature_dim: int
     feature_window: int
     expression_dim: int  # E, the audio encoder's targets
@@ -72,15 +77,15 @@ def _empty_set(sh_degree: int, neighbours: int) -> GaussianSet:
 class TalkingHead(nn.Module):
     """Gaussian head + mouth interior + torso layer + audio encoder + spatial-audio attention."""
 
-    def __init__(self, spec: HeadSpec):
+    def __init__(self, spec: HeadSpec, driving: DrivingData | None = None):
         super().__init__()
         self.spec = spec
+        self.driving = driving  # set when training ends; rendering new audio needs it
         self.fps = spec.fps
         self.resolution = spec.resolution
         self.intrinsics = Intrinsics(**spec.intrinsics)
         self.feature_window = spec.feature_window
         self.audio_context = spec.audio.context
-        self.dataset_root = Path(spec.dataset_root)
         sh = spec.head.sh_degree
         self.head = _empty_set(sh, spec.head.skin_neighbours)
         self.mouth = _empty_set(sh, 2 * spec.mouth.neighbours)
@@ -138,10 +143,6 @@ class TalkingHead(nn.Module):
         uses (the canonical fit passes the tracked one). Returns "rgb" [B, H, W, 3], "alpha" [B, H, W, 1] (head and
         torso coverage) and "head_alpha" [B, H, W, 1]."""
         b = rotation.shape[0]
-        background = background.expand(b, -1, -1, -1) if background.dim() == 3 else background
-        if show_torso:
-            torso_rgb, torso_alpha = self.torso(rotation, translation)
-            background = torso_rgb * torso_alpha + background * (1 - torso_alpha)
         offsets = [None, None]
         displacement = [torch.zeros(b, len(s), 3, device=rotation.device) for s in (self.head, self.mouth)]
         if mode != "static":
@@ -153,18 +154,18 @@ class TalkingHead(nn.Module):
             tokens = self.head_deform.tokens(embedding, expression, blink, pose)
             offsets = [self.head_deform(head_features, tokens)[0],
                        self.mouth_deform(mouth_features, self.mouth_deform.tokens(embedding, expression, blink, pose))[0]]
-        rgbs, alphas = [], []
+        colours, alphas = [], []
         for i in range(b):
             gaussians = _concat([_frame_gaussians(s, displacement[k][i], offsets[k], i)
                                  for k, s in enumerate((self.head, self.mouth))], self.head.sh_degree)
             cam = camera if camera is not None else Camera(_world_to_cam(rotation[i], translation[i]), self.K,
                                                            self.resolution, self.resolution)
-            out = rasterize(gaussians, cam, background[i], backend=self.spec.backend)
-            rgbs.append(out.rgb)
+            out = rasterize(gaussians, cam, backend=self.spec.backend)  # premultiplied, over nothing
+            colours.append(out.rgb)
             alphas.append(out.alpha)
-        rgb, head_alpha = torch.stack(rgbs), torch.stack(alphas)
-        alpha = head_alpha + (1 - head_alpha) * torso_alpha if show_torso else head_alpha
-        return {"rgb": rgb, "alpha": alpha, "head_alpha": head_alpha}
+        head = Layer(torch.stack(colours), torch.stack(alphas))
+        stacked = head.over(Layer.from_image(*self.torso(rotation, translation))) if show_torso else head
+        return {"rgb": stacked.onto(background), "alpha": stacked.alpha, "head_alpha": head.alpha}
 
     @torch.no_grad()
     def render(self, cond: FrameConditions, background: Tensor | None = None, deform: bool = True,
@@ -182,28 +183,46 @@ class TalkingHead(nn.Module):
 
     # ------------------------------------------------------------------ files
     def save(self, path: Path | str) -> None:
+        """The self-contained avatar file: settings, weights, driving data and a checksum of the payload."""
         from avatar.contracts.atomic import atomic_path
 
+        if self.driving is None:
+            raise ValueError("an avatar is saved with its driving data (DrivingData.from_dataset)")
+        state = self.state_dict()
+        driving = self.driving.to_dict()
+        payload = {"format_version": AVATAR_FORMAT_VERSION, "spec": to_dict(self.spec), "driving": driving,
+                   "state_dict": state, "checksum": payload_checksum(state, driving)}
         with atomic_path(path) as tmp:
-            torch.save({"format_version": AVATAR_FORMAT_VERSION, "spec": to_dict(self.spec), "state_dict": self.state_dict()}, tmp)
+            torch.save(payload, tmp)
 
     @classmethod
-    def from_file(cls, path: Path | str, device: str = "cpu") -> "TalkingHead":
+    def from_state(cls, spec: dict, state_dict: dict, driving: DrivingData | None = None) -> "TalkingHead":
+        """The one way to rebuild an avatar from saved settings (avatar files and training checkpoints)."""
+        head = cls(from_dict(HeadSpec, spec, _spec_template(spec)), driving)
+        head.load_state_dict(state_dict)
+        return head
+
+    @classmethod
+    def from_file(cls, path: Path | str, device: str | torch.device = "cpu") -> "TalkingHead":
+        from avatar.contracts.atomic import load_versioned
+
         path = Path(path)
+        data = load_versioned(path, AVATAR_FORMAT_VERSION, "avatar file",
+                              "Retrain the avatar with this version of `avatar train`.")
+        state, driving = data["state_dict"], data["driving"]
+        damaged = data.get("checksum") != payload_checksum(state, driving) or any(
+            torch.isnan(t).any() for t in state.values() if t.is_floating_point())
+        if damaged:
+            raise UserError(f"{path}: the avatar file is damaged (its content does not match the checksum written "
+                            "when it was saved). Copy it again from a good source, or retrain with `avatar train`.")
         try:
-            data = torch.load(path, map_location=device, weights_only=False)
-        except Exception as exc:  # torch raises many types for truncated or foreign files
-            raise UserError(f"{path}: not a readable avatar file ({exc}). Train again with `avatar train`.") from exc
-        version = data.get("format_version") if isinstance(data, dict) else None
-        if version != AVATAR_FORMAT_VERSION:
-            raise UserError(f"{path}: avatar format version {version}, this version reads {AVATAR_FORMAT_VERSION}. "
-                            "Retrain the avatar with this version of `avatar train`.")
-        head = cls(from_dict(HeadSpec, data["spec"], _spec_template(data["spec"])))
-        head.load_state_dict(data["state_dict"])
+            head = cls.from_state(data["spec"], state, DrivingData.from_dict(driving))
+        except (KeyError, TypeError, RuntimeError) as exc:
+            raise UserError(f"{path}: the avatar file does not fit this version ({exc}). Retrain it.") from exc
         return head.to(device).eval()
 
     @classmethod
-    def load(cls, run_dir: Path | str, device: str = "cpu") -> "TalkingHead":
+    def load(cls, run_dir: Path | str, device: str | torch.device = "cpu") -> "TalkingHead":
         """The final avatar of a run directory (`RUN/avatar.pt`)."""
         run_dir = Path(run_dir)
         path = run_dir / "avatar.pt"
@@ -213,6 +232,24 @@ class TalkingHead(nn.Module):
             raise UserError(f"{path}: missing; training has not finished. Run the same `avatar train ... --out "
                             f"{run_dir}` command again to resume it.")
         return cls.from_file(path, device)
+
+
+def payload_checksum(state_dict: dict, driving: dict) -> str:
+    """sha256 over every tensor and array of an avatar file (names, shapes, types, bytes), in name order."""
+    import numpy as np
+
+    digest = hashlib.sha256()
+    items = [(f"state/{k}", v) for k, v in state_dict.items()] + [(f"driving/{k}", v) for k, v in driving.items()]
+    for name, value in sorted(items, key=lambda kv: kv[0]):
+        if isinstance(value, Tensor):
+            value = value.detach().cpu().contiguous().numpy() if value.dtype != torch.bfloat16 else value.float().numpy()
+        digest.update(name.encode())
+        if isinstance(value, np.ndarray):
+            digest.update(f"{value.shape}{value.dtype}".encode())
+            digest.update(np.ascontiguousarray(value).tobytes())
+        else:
+            digest.update(repr(value).encode())
+    return digest.hexdigest()
 
 
 def _spec_template(data: dict) -> HeadSpec:

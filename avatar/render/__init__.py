@@ -1,1 +1,1 @@
-"""Gaussians + camera -> image: one rasterizer interface with CUDA (gsplat) and torch backends."""
+"""`avatar render`: new audio -> a lip-synced mp4 of the avatar, streamed in chunks."""

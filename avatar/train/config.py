@@ -10,7 +10,7 @@ import tyro
 
 from avatar.model.audio_encoder import AudioEncoderConfig
 from avatar.model.deform import DeformConfig
-from avatar.model.densify import DensifyConfig
+from avatar.train.densify import DensifyConfig
 from avatar.model.gaussians import HeadConfig
 from avatar.model.hash_triplane import HashTriplaneConfig
 from avatar.model.mouth import MouthConfig
@@ -82,8 +82,8 @@ class TrainConfig:
     """memory for resized frames; the video is streamed from disk beyond this"""
     threads: int = 2
     """CPU threads torch may use"""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    """where the model trains: "auto" picks the GPU when there is one"""
+    device: str = "auto"
+    """torch device: auto (a CUDA GPU when there is one), cpu, cuda or cuda:N"""
     backend: Literal["auto", "cuda", "torch"] = "auto"
     """rasterizer backend: CUDA kernels on a GPU, the torch reference elsewhere"""
     min_train_frames: int = 50

@@ -9,11 +9,12 @@ import torch
 
 from avatar.contracts.dataset import Dataset
 from avatar.data.frames import MASK_NAMES, FrameStore
-from avatar.model.audio_encoder import AudioEncoder, expression_targets
+from avatar.model.audio_encoder import AudioEncoder
 from avatar.model.gaussians import SH_C0, head_gaussians, sample_colours
 from avatar.model.mouth import mouth_gaussians
 from avatar.model.talking_head import HeadSpec, TalkingHead
 from avatar.train.config import TrainConfig
+from avatar.train.expression import ExpressionSpace
 
 SAMPLE_FRAMES = 24  # training frames averaged for the initial colours and torso
 
@@ -25,8 +26,8 @@ def mean_rotation(rotations: np.ndarray) -> np.ndarray:
     return r if np.linalg.det(r) > 0 else u @ np.diag([1, 1, -1]) @ vt
 
 
-def initial_model(dataset: Dataset, cfg: TrainConfig, encoder: AudioEncoder) -> TalkingHead:
-    _, info = expression_targets(dataset)
+def initial_model(dataset: Dataset, cfg: TrainConfig, encoder: AudioEncoder, space: ExpressionSpace,
+                  store: FrameStore) -> TalkingHead:
     face = np.asarray(dataset.tracking("canonical_face"), np.float64)
     head = head_gaussians(face, cfg.head, cfg.seed)
     mouth = mouth_gaussians(face, cfg.mouth, cfg.head.sh_degree, cfg.seed)
@@ -37,9 +38,9 @@ def initial_model(dataset: Dataset, cfg: TrainConfig, encoder: AudioEncoder) -> 
     intrinsics = dataset.intrinsics.scaled(res, res)
     basis = np.asarray(dataset.tracking("expression_basis"), np.float32)
     spec = HeadSpec(
-        fps=dataset.fps, resolution=res, intrinsics=dataclasses.asdict(intrinsics), dataset_root=str(dataset.root.resolve()),
+        fps=dataset.fps, resolution=res, intrinsics=dataclasses.asdict(intrinsics),
         feature_dim=dataset.manifest.features.dim, feature_window=dataset.manifest.features.window,
-        expression_dim=int(info["to_code"].shape[0]), code_dim=basis.shape[0],
+        expression_dim=space.dim, code_dim=basis.shape[0],
         bbox_min=(lo - pad).tolist(), bbox_max=(hi + pad).tolist(), head=cfg.head, mouth=cfg.mouth, deform=cfg.deform,
         torso=cfg.torso, triplane=cfg.triplane, audio=cfg.audio, backend=cfg.backend,
     )
@@ -48,10 +49,9 @@ def initial_model(dataset: Dataset, cfg: TrainConfig, encoder: AudioEncoder) -> 
     model.audio_encoder.load_state_dict(encoder.state_dict())
     model.canonical_face.copy_(torch.from_numpy(face).float())
     model.expression_basis.copy_(torch.as_tensor(np.array(basis)))  # a copy: the memory map is read-only
-    model.to_code.copy_(torch.from_numpy(info["to_code"]))
-    model.code_mean.copy_(torch.from_numpy(info["code_mean"]))
+    model.to_code.copy_(torch.from_numpy(space.to_code))
+    model.code_mean.copy_(torch.from_numpy(space.code_mean))
 
-    store = FrameStore(dataset, res, cache_mb=64)
     model.plate.copy_(torch.from_numpy(store.plate()).float() / 255)
     train = dataset.indices("train")
     ids = train[np.linspace(0, len(train) - 1, SAMPLE_FRAMES).round().astype(int)]

@@ -1,34 +1,76 @@
-"""The two image-fitting stages (canonical head, audio-driven deformation) on one step loop with exact resume.
+"""The three training stages behind one protocol: each gets the model and, when resuming, its own progress.
 
-A checkpoint holds the model, the optimizer, the batch sampler, the stage's random generator, the
-densifier's statistics and the step, so a resumed run takes exactly the steps an uninterrupted one would.
+1. audio     -> expression: the audio encoder learns the tracked expression (avatar.train.audio_fit); the
+             untrained avatar is then built around it (avatar.train.initialize).
+2. canonical the Gaussian head is fitted to the frames, moved by the landmark prior with the TRACKED
+             expression; rendered over the plate with the person's body taken from the frame; densified.
+3. deform    the spatial-audio attention, hash tri-plane and torso layer learn, conditioned on the tracked
+             expression (teacher) or on the audio-predicted one, with extra weight on the mouth and LPIPS late.
+
+A stage talks to the runner only through its StageContext: it saves progress with `ctx.save`, reports its
+validation with `ctx.record`, and checks `ctx.should_stop()` between steps (then checkpoints and raises
+StopRequested). The image stages' progress holds the optimizer, the batch sampler, the stage's random
+generator, the densifier's statistics and the step, so a resumed run takes exactly the steps an
+uninterrupted one would.
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from avatar.config_io import from_dict, to_dict
-from avatar.data.batches import FrameBatch, FrameSampler, TrainingData
-from avatar.model.audio_encoder import expression_targets
-from avatar.model.densify import Densifier
+from avatar.data.batches import FrameBatch, FrameSampler
+from avatar.metrics.image import psnr, ssim
 from avatar.model.gaussians import GaussianSet
-from avatar.model.talking_head import HeadSpec, TalkingHead, _spec_template
-from avatar.train.losses import image_grid, psnr, ssim_map, weighted_l1
+from avatar.model.talking_head import TalkingHead
+from avatar.train.context import StageContext, StopRequested
+from avatar.train.densify import Densifier
+from avatar.train.losses import channels_first, dssim, image_grid, weighted_l1
 
-if TYPE_CHECKING:
-    from avatar.train.trainer import Runner
+
+class Stage(Protocol):
+    name: str
+
+    def run(self, ctx: StageContext, model: TalkingHead | None, progress: dict) -> TalkingHead:
+        """Train from `progress` (empty: from the start) and return the model; raises StopRequested."""
+        ...
 
 
-def restore_model(state: dict) -> TalkingHead:
-    model = TalkingHead(from_dict(HeadSpec, state["spec"], _spec_template(state["spec"])))
-    model.load_state_dict(state["model"])
-    return model
+class _Clock:
+    """Wall and CPU seconds of a stage over resumes (CPU seconds compare loaded and idle machines)."""
+
+    def __init__(self, progress: dict):
+        self.wall0 = time.perf_counter() - progress.get("elapsed", 0.0)
+        self.cpu0 = time.process_time() - progress.get("cpu", 0.0)
+
+    def state(self) -> dict:
+        return {"elapsed": time.perf_counter() - self.wall0, "cpu": time.process_time() - self.cpu0}
+
+
+class AudioStage:
+    """Fit the audio encoder, then build the untrained avatar around it. Progress: the finished members."""
+
+    name = "audio"
+
+    def run(self, ctx: StageContext, model: TalkingHead | None, progress: dict) -> TalkingHead:
+        from avatar.train.audio_fit import fit_audio_encoder
+        from avatar.train.initialize import initial_model
+
+        cfg, clock = ctx.cfg, _Clock(progress)
+        ctx.log(f"stage 1/3 audio -> expression ({cfg.audio_steps} steps per member)")
+        encoder, metrics = fit_audio_encoder(
+            ctx.dataset, ctx.expression, cfg.audio, cfg.audio_steps, cfg.seed, log=ctx.log,
+            should_stop=ctx.should_stop, finished=progress.get("members"),
+            on_member=lambda members: ctx.save(self.name, None, {"members": members, **clock.state()}))
+        ctx.log(f"audio encoder: validation lip-opening correlation {metrics['val_lip_corr']:.3f}")
+        model = initial_model(ctx.dataset, cfg, encoder, ctx.expression, ctx.data.store)
+        spent = clock.state()
+        ctx.record(self.name, metrics, spent["elapsed"], spent["cpu"])
+        return model
 
 
 def gaussian_groups(s: GaussianSet, cfg, factor: float = 1.0) -> list[dict]:
@@ -37,35 +79,34 @@ def gaussian_groups(s: GaussianSet, cfg, factor: float = 1.0) -> list[dict]:
     return [{"params": [getattr(s, name)], "lr": lr * factor} for name, lr in lrs.items()]
 
 
-class Stage:
-    """Shared loop: sample a batch, take a step, log, checkpoint, honour stop requests, validate at the end."""
+class ImageStage:
+    """Shared loop of the image stages: sample a batch, take a step, log, checkpoint, stop when asked,
+    validate at the end."""
 
     name = ""
     seed_offset = 0
 
-    def __init__(self, runner: "Runner", state: dict | None):
-        cfg = runner.cfg
-        self.runner, self.cfg, self.model = runner, cfg, runner.model
+    def run(self, ctx: StageContext, model: TalkingHead | None, progress: dict) -> TalkingHead:
+        cfg = ctx.cfg
+        self.ctx, self.cfg, self.model = ctx, cfg, model
         self.steps = getattr(cfg, f"{self.name}_steps")
-        dataset = runner.dataset
-        targets, _ = expression_targets(dataset)
-        self.data = TrainingData(dataset, cfg.resolution, self.model.audio_context, targets, cfg.cache_mb)
-        self.sampler = FrameSampler(dataset.indices("train"), cfg.batch_size, cfg.seed + self.seed_offset)
+        self.data = ctx.data
+        self.sampler = FrameSampler(ctx.dataset.indices("train"), cfg.batch_size, cfg.seed + self.seed_offset)
         self.generator = torch.Generator().manual_seed(cfg.seed + self.seed_offset + 1)
         self.step = 0
-        self.elapsed = 0.0  # wall seconds of this stage so far (over resumes)
-        self.cpu = 0.0  # process CPU seconds: comparable between loaded and idle machines
-        self.model.train()
-        self.model.audio_encoder.eval()  # frozen after stage 1; eval mode keeps its dropout off
+        model.train()
+        model.audio_encoder.eval()  # frozen after stage 1; eval mode keeps its dropout off
         self.setup()
         self.optimizer = torch.optim.Adam(self.param_groups(), eps=1e-15)
-        if state is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.sampler.load_state_dict(state["sampler"])
-            self.generator.set_state(state["generator"])
-            self.step, self.elapsed, self.cpu = state["step"], state["elapsed"], state["cpu"]
-            self.load_extra(state)
+        if progress:
+            self.optimizer.load_state_dict(progress["optimizer"])
+            self.sampler.load_state_dict(progress["sampler"])
+            self.generator.set_state(progress["generator"])
+            self.step = progress["step"]
+            self.load_extra(progress)
         self._lpips = None
+        self.loop(_Clock(progress))
+        return model
 
     # ----- hooks for the two stages
     def setup(self) -> None: ...
@@ -80,39 +121,35 @@ class Stage:
     # ----- the loop
     def lpips(self):
         if self._lpips is None:
-            from avatar.train.lpips import LPIPS
+            from avatar.metrics.lpips import LPIPS
 
-            self._lpips = LPIPS("alex").to(self.runner.device)
+            self._lpips = LPIPS("alex").to(self.ctx.device)
         return self._lpips
 
     def image_loss(self, pred: Tensor, gt: Tensor, batch: FrameBatch, use_lpips: bool) -> tuple[Tensor, dict]:
         cfg = self.cfg
         weight = 1 + cfg.mouth_weight * batch.mask("mouth")
         l1 = weighted_l1(pred, gt, weight)
-        dssim = 1 - ssim_map(pred, gt).mean()
-        loss = (1 - cfg.ssim_weight) * l1 + cfg.ssim_weight * dssim
-        logs = {"l1": l1.detach(), "dssim": dssim.detach()}
+        structure = dssim(pred, gt)
+        loss = (1 - cfg.ssim_weight) * l1 + cfg.ssim_weight * structure
+        logs = {"l1": l1.detach(), "dssim": structure.detach()}
         if use_lpips and cfg.lpips_weight > 0:
-            lp = self.lpips()(pred.permute(0, 3, 1, 2), gt.permute(0, 3, 1, 2)).mean()
+            lp = self.lpips()(channels_first(pred), channels_first(gt)).mean()
             loss = loss + cfg.lpips_weight * lp
             logs["lpips"] = lp.detach()
         return loss, logs
 
-    def checkpoint(self) -> None:
-        state = {"stage": self.name, "step": self.step, "elapsed": self.elapsed, "cpu": self.cpu, "spec": to_dict(self.model.spec),
-                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "sampler": self.sampler.state_dict(), "generator": self.generator.get_state(), **self.extra_state()}
-        self.runner.save_checkpoint(state)
+    def progress(self, clock: _Clock) -> dict:
+        return {"step": self.step, "optimizer": self.optimizer.state_dict(), "sampler": self.sampler.state_dict(),
+                "generator": self.generator.get_state(), **clock.state(), **self.extra_state()}
 
-    def run(self) -> None:
+    def loop(self, clock: _Clock) -> None:
         from tqdm import tqdm
 
-        cfg, writer = self.cfg, self.runner.writer
+        cfg, ctx, writer = self.cfg, self.ctx, self.ctx.writer
         bar = tqdm(total=self.steps, initial=self.step, desc=self.name, dynamic_ncols=True)
-        started = time.perf_counter() - self.elapsed
-        cpu_started = time.process_time() - self.cpu
         while self.step < self.steps:
-            batch = self.data.batch(self.sampler.next()).to(self.runner.device)
+            batch = self.data.batch(self.sampler.next()).to(ctx.device)
             loss, out, logs = self.train_step(batch)  # logs: detached scalars
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -120,9 +157,8 @@ class Stage:
             self.optimizer.step()
             self.step += 1
             self.after_step()
-            self.elapsed = time.perf_counter() - started
-            self.cpu = time.process_time() - cpu_started
-            quality, loss_value = psnr(out["rgb"], batch.rgb), loss.item()
+            quality = float(psnr(channels_first(out["rgb"].detach()), channels_first(batch.rgb)).mean())
+            loss_value = loss.item()
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}", psnr=f"{quality:.2f}", n=len(self.model.head))
             if self.step % cfg.log_every == 0:
@@ -133,36 +169,34 @@ class Stage:
                     writer.add_scalar(f"{self.name}/{key}", float(value), self.step)
             if self.step % cfg.image_every == 0 or self.step == self.steps:
                 writer.add_image(f"{self.name}/pred_gt_error", image_grid(out["rgb"][0].detach(), batch.rgb[0]), self.step)
-            if self.runner.on_step is not None:
-                self.runner.on_step(self.runner, self.name, self.step)
-            stop = self.runner._stop_requested
-            if self.step % cfg.checkpoint_every == 0 or self.step == self.steps or stop:
-                self.checkpoint()
+            if ctx.on_step is not None:
+                ctx.on_step(self.name, self.step)
+            stop = ctx.should_stop()
+            if self.step % cfg.checkpoint_every == 0 or stop:
+                ctx.save(self.name, self.model, self.progress(clock))
             if stop:
                 bar.close()
-                raise KeyboardInterrupt
+                raise StopRequested
         bar.close()
         self.model.eval()
         metrics = self.validate()
-        metrics["seconds"], metrics["cpu_seconds"] = self.elapsed, self.cpu
-        self.runner.run_info["metrics"][self.name] = metrics
-        self.runner.run_info["stage_seconds"][self.name] = self.elapsed
-        self.runner.run_info.setdefault("stage_cpu_seconds", {})[self.name] = self.cpu
-        self.runner.log(f"{self.name} validation: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
-        self.runner._write_run_info()
+        spent = clock.state()
+        metrics["seconds"], metrics["cpu_seconds"] = spent["elapsed"], spent["cpu"]
+        ctx.record(self.name, metrics, spent["elapsed"], spent["cpu"])
         self.model.train()
         self.model.audio_encoder.eval()
 
     # ----- validation
     def val_batches(self, size: int = 4):
-        val = self.runner.dataset.indices("val")
+        val = self.ctx.dataset.indices("val")
         ids = val[np.linspace(0, len(val) - 1, min(self.cfg.val_frames, len(val))).round().astype(int)]
         for i in range(0, len(ids), size):
-            yield self.data.batch(ids[i:i + size]).to(self.runner.device)
+            yield self.data.batch(ids[i:i + size]).to(self.ctx.device)
 
     @torch.no_grad()
     def measure(self, render) -> dict:
-        """PSNR / SSIM / LPIPS over the validation frames of `render(batch) -> rgb`, and seconds per frame."""
+        """PSNR / SSIM / LPIPS over the validation frames of `render(batch) -> rgb` (the metrics `avatar eval`
+        uses), and seconds per frame."""
         scores = {"psnr": [], "ssim": [], "lpips": []}
         seconds, frames = 0.0, 0
         for batch in self.val_batches():
@@ -170,10 +204,10 @@ class Stage:
             rgb = render(batch).clamp(0, 1)
             seconds += time.perf_counter() - start
             frames += len(rgb)
-            for k in range(len(rgb)):
-                scores["psnr"].append(psnr(rgb[k], batch.rgb[k]))
-            scores["ssim"] += ssim_map(rgb, batch.rgb).mean((1, 2, 3)).tolist()
-            scores["lpips"] += self.lpips()(rgb.permute(0, 3, 1, 2), batch.rgb.permute(0, 3, 1, 2)).tolist()
+            pred, gt = channels_first(rgb), channels_first(batch.rgb)
+            scores["psnr"] += psnr(pred, gt).tolist()
+            scores["ssim"] += ssim(pred, gt).tolist()
+            scores["lpips"] += self.lpips()(pred, gt).flatten().tolist()
         out = {k: float(np.mean(v)) for k, v in scores.items()}
         out["seconds_per_frame"] = seconds / max(frames, 1)
         return out
@@ -185,7 +219,7 @@ def head_background(batch: FrameBatch, plate: Tensor) -> Tensor:
     return head * plate + (1 - head) * batch.rgb
 
 
-class CanonicalStage(Stage):
+class CanonicalStage(ImageStage):
     """Fit the Gaussians to the frames, posed by tracking and moved by the landmark prior with the tracked
     expression code (all of it, eyes and brows too, for the sharpest fit); no network. Densification grows the head where the image gradient says detail is missing."""
 
@@ -223,7 +257,7 @@ class CanonicalStage(Stage):
     def after_step(self) -> None:
         if self.densifier.due(self.step):
             counts = self.densifier.step(self.model.head, self.optimizer, self.generator)
-            self.runner.writer.add_scalar("canonical/pruned", counts["pruned"], self.step)
+            self.ctx.writer.add_scalar("canonical/pruned", counts["pruned"], self.step)
 
     def validate(self) -> dict:
         metrics = {f"prior_{k}": v for k, v in self.measure(lambda b: self.render(b)["rgb"]).items()}
@@ -232,7 +266,7 @@ class CanonicalStage(Stage):
         return metrics
 
 
-class DeformStage(Stage):
+class DeformStage(ImageStage):
     """Learn the audio-driven deformation, the hash tri-plane and the torso layer (full frames over the plate)."""
 
     name = "deform"
@@ -240,8 +274,8 @@ class DeformStage(Stage):
 
     def setup(self) -> None:
         with torch.no_grad():  # the audio encoder is frozen: its outputs for every frame are computed once
-            windows = self.runner.dataset.audio_windows(context=self.model.audio_context)
-            device = self.runner.device
+            windows = self.ctx.dataset.audio_windows(context=self.model.audio_context)
+            device = self.ctx.device
             # Frame ids let the example memory skip each training frame's own neighbourhood, so these
             # predictions are as good as on unheard audio, not better.
             outs = [self.model.audio_encoder(torch.from_numpy(np.ascontiguousarray(windows[i:i + 256])).to(device),

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from avatar.contracts.dataset import Dataset
 from avatar.errors import UserError
-from avatar.render.rasterize import Camera
+from avatar.rasterizer.compose import Layer
+from avatar.rasterizer.types import Camera
 from avatar.viewer.config import ViewerConfig
 from avatar.viewer.playback import Playback
 
@@ -72,7 +72,7 @@ def backdrop(head, cond, layers: Layers, width: int, height: int) -> torch.Tenso
     square = head.plate if layers.background else torch.full((res, res, 3), 0.5, device=head.K.device)
     if layers.torso:
         torso_rgb, torso_alpha = head.torso(cond.rotation, cond.translation)
-        square = torso_rgb[0] * torso_alpha[0] + square * (1 - torso_alpha[0])
+        square = Layer.from_image(torso_rgb[0], torso_alpha[0]).onto(square)
     image = F.interpolate(square.permute(2, 0, 1)[None], size=(height, height), mode="bilinear", align_corners=False)
     pad = width - height
     if pad > 0:
@@ -96,7 +96,7 @@ def wav_data_uri(path: Path) -> str:
     """The clip's 16 kHz mono audio as a WAV data URI for the page's <audio> element."""
     import soundfile as sf
 
-    from avatar.contracts.audio import SAMPLE_RATE, load_audio
+    from avatar.audio.io import SAMPLE_RATE, load_audio
 
     buf = io.BytesIO()
     sf.write(buf, load_audio(path), SAMPLE_RATE, subtype="PCM_16", format="WAV")
@@ -106,11 +106,11 @@ def wav_data_uri(path: Path) -> str:
 class ViewerApp:
     """The GUI, the playback clock and the render loop of one viewer."""
 
-    def __init__(self, cfg: ViewerConfig, head, dataset: Dataset):
+    def __init__(self, cfg: ViewerConfig, head, default_audio: Path):
         import viser
 
-        self.cfg, self.head, self.dataset = cfg, head, dataset
-        self.playback = Playback(head, dataset, cfg.audio)
+        self.cfg, self.head = cfg, head
+        self.playback = Playback(head, cfg.audio or default_audio)
         self.layers = Layers()
         self.height = cfg.resolution or head.resolution
         self.fps_shown = 0.0
@@ -203,7 +203,7 @@ class ViewerApp:
         with tempfile.NamedTemporaryFile(suffix=suffix, delete=False) as f:
             f.write(upload.content)
         try:
-            playback = Playback(self.head, self.dataset, Path(f.name))
+            playback = Playback(self.head, Path(f.name))
         except UserError as exc:
             self.status.content = f"**Cannot use {upload.name}:** {exc}"
             return
@@ -229,7 +229,7 @@ class ViewerApp:
 
     def _on_connect(self, client) -> None:
         client.camera.up_direction = (0.0, -1.0, 0.0)
-        distance = float(np.median(np.asarray(self.dataset.tracking("translation"))[:, 2]))
+        distance = float(np.median(self.head.driving.translations[:, 2]))
         client.camera.look_at = (0.0, 0.0, distance)
         self.reset_camera(client)
         client.camera.on_update(lambda camera: self._dirty.set())
@@ -298,12 +298,15 @@ def _quat_to_matrix(wxyz: np.ndarray) -> np.ndarray:
 
 
 def run(cfg: ViewerConfig) -> None:
-    from avatar.export.video import resolve_device
+    from avatar.device import resolve_device
     from avatar.model.talking_head import TalkingHead
 
     head = TalkingHead.load(cfg.run, resolve_device(cfg.device))
     head.spec.backend = cfg.backend
-    app = ViewerApp(cfg, head, Dataset(head.dataset_root))
+    default_audio = Path(cfg.run) / "audio.wav"  # the training clip's sound, kept in the run
+    if cfg.audio is None and not default_audio.is_file():
+        raise UserError(f"{default_audio}: missing, so there is no training sound to play. Give speech with --audio FILE.")
+    app = ViewerApp(cfg, head, default_audio)
     app.start()
     print(f"avatar viewer: open {app.url} in a browser (Ctrl-C to stop)", flush=True)
     try:

@@ -24,7 +24,7 @@ class ViewerConfig:
     resolution: Optional[int] = None
     """rendered image height in pixels; default: the run's training resolution"""
     device: str = "auto"
-    """torch device: 'auto' (cuda when available), 'cpu', 'cuda'"""
+    """torch device: auto (a CUDA GPU when there is one), cpu, cuda or cuda:N"""
     backend: Literal["auto", "cuda", "torch"] = "auto"
     """rasterizer: gsplat CUDA kernels, the pure-torch reference, or the best available"""
     autoplay: bool = False

@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import torch
 
-from avatar.contracts.dataset import Dataset
-from avatar.export.drive import audio_windows, blink_schedule, pose_schedule
+from avatar.model.driving import audio_windows, blink_schedule, pose_schedule
 
 if TYPE_CHECKING:
     from avatar.model.talking_head import FrameConditions, TalkingHead
@@ -26,15 +25,16 @@ PoseSource = Literal["track", "still", "smooth"]
 class Playback:
     """Audio-driven frames on a wall clock: play, pause, seek; conditions of any frame."""
 
-    def __init__(self, head: "TalkingHead", dataset: Dataset, audio: Path | None = None):
-        self.head, self.dataset = head, dataset
-        self.audio_path = Path(audio) if audio is not None else dataset.root / dataset.manifest.audio["file"]
+    def __init__(self, head: "TalkingHead", audio: Path):
+        self.head = head
+        self.audio_path = Path(audio)
         context = head.audio_context
-        self.windows = np.concatenate([chunk[:, context] for chunk in audio_windows(self.audio_path, head)])  # [N, W, F]
+        chunks = audio_windows(self.audio_path, head.driving, context)
+        self.windows = np.concatenate([chunk[:, context] for chunk in chunks])  # [N, W, F]
         self.num_frames = len(self.windows)
         self.fps = head.fps
-        self._poses = {mode: pose_schedule(dataset, self.num_frames, mode) for mode in ("track", "still", "smooth")}
-        self._blinks = blink_schedule(dataset, self.num_frames, self.fps, None)  # [N, 2]
+        self._poses = {mode: pose_schedule(head.driving, self.num_frames, mode) for mode in ("track", "still", "smooth")}
+        self._blinks = blink_schedule(head.driving, self.num_frames, self.fps, None)  # [N, 2]
         self.playing = False
         self._start_frame = 0
         self._start_time = 0.0

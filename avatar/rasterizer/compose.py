@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from avatar.render.rasterize import RenderOutput
+from avatar.rasterizer.types import RenderOutput
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """--paste-back: the rendered square goes back into the original, uncropped training video.
 
-Output frame i shows the source frame of the training frame whose pose it uses (`drive.training_frames`),
+Output frame i shows the source frame of the training frame whose pose it uses (`driving.track_positions`),
 so the body outside the crop moves with the head. The crop is the exact inverse of the dataset's
-`Crop` (integer-aligned, as preprocessing applies it), with a soft edge so no seam shows.
+`Crop` (integer-aligned, as preprocessing applies it), with a soft edge so no seam shows. The video is found
+through the path and checksum the avatar recorded (`driving.SourceVideo`).
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from avatar.contracts.dataset import Dataset
+from avatar.contracts.dataset import Crop
 from avatar.errors import UserError
+from avatar.model.driving import SourceVideo
 
 FEATHER = 0.04  # width of the blended border, as a share of the crop side
 
@@ -23,20 +25,24 @@ class SourceFrames:
     far as needed; frames already passed are kept as JPEG files in a temporary directory, so the
     back-and-forth pose loop costs no seeking and no memory."""
 
-    def __init__(self, dataset: Dataset):
-        from preprocess.video import resampled_frames
+    def __init__(self, source: SourceVideo, fps: float):
+        from avatar.contracts.atomic import sha256_of
+        from avatar.contracts.video import resampled_frames
 
-        source = dataset.manifest.source
-        path = Path(source["path"])
+        path = Path(source.path)
         if not path.is_file():
             raise UserError(
                 f"{path}: the training video is gone, and --paste-back needs its original frames. "
                 "Put it back at that path or render without --paste-back."
             )
-        self._frames = resampled_frames(path, dataset.fps, float(source.get("time_origin_s", 0.0)))
+        if source.sha256 and sha256_of(path) != source.sha256:
+            raise UserError(f"{path}: not the video this avatar was trained on (its content changed since), so "
+                            "--paste-back would put the face into other frames. Put the original back or render "
+                            "without --paste-back.")
+        self._frames = resampled_frames(path, fps, source.time_origin_s)
         self._cache = tempfile.TemporaryDirectory(prefix="avatar-paste-back-")
         self._decoded = 0
-        self.width, self.height = int(source["width"]), int(source["height"])
+        self.width, self.height = source.width, source.height
 
     def _file(self, i: int) -> Path:
         return Path(self._cache.name) / f"{i:06d}.jpg"
@@ -69,11 +75,10 @@ def feather_weights(size: int) -> np.ndarray:
     return np.minimum(ramp[:, None], ramp[None, :])[:, :, None].astype(np.float32)
 
 
-def paste(rendered: np.ndarray, source: np.ndarray, dataset: Dataset, weights: np.ndarray) -> np.ndarray:
+def paste(rendered: np.ndarray, source: np.ndarray, crop: Crop, weights: np.ndarray) -> np.ndarray:
     """[res, res, 3] uint8 rendered crop + [H, W, 3] source frame -> [H', W', 3] uint8 (even sides)."""
     import cv2
 
-    crop = dataset.manifest.crop
     x0, y0, size = int(round(crop.x0)), int(round(crop.y0)), int(round(crop.size))
     if rendered.shape[0] != size:
         interp = cv2.INTER_AREA if rendered.shape[0] > size else cv2.INTER_CUBIC

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from avatar.cuda_build import build_for_present_gpu
 from avatar.errors import UserError
-from avatar.render.rasterize import Camera, Gaussians, RasterSettings
+from avatar.rasterizer.types import Camera, Gaussians, RasterSettings
 
 # gsplat's CUDA kernels fix these; the torch backend follows them, so settings may not move them here.
 GSPLAT_ALPHA_THRESHOLD = 1.0 / 255.0

@@ -16,16 +16,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from avatar.contracts.audio import (
-    SAMPLE_RATE,
-    MelFeatures,
-    context_windows,
-    frame_window_rows,
-    is_silent,
-    iter_audio,
-    normalize_features,
-    num_frames_for,
-)
+from avatar.audio.features import MelFeatures, context_windows, frame_window_rows, normalize_features
+from avatar.audio.io import SAMPLE_RATE, is_silent, iter_audio, num_frames_for
 from avatar.errors import UserError
 
 MARGIN_ROWS = 4  # 4 hops of 10 ms = 640 samples >= the 512-sample half window of the pitch tracker
@@ -104,7 +96,7 @@ class AudioScan:
     path: Path
     num_samples: int  # at SAMPLE_RATE
     voicing_rms: float  # the whole clip's voicing threshold (MelFeatures.voicing_threshold)
-    silent: bool  # below -50 dBFS throughout (avatar.contracts.audio.is_silent)
+    silent: bool  # below -50 dBFS throughout (avatar.audio.features.is_silent)
 
     @property
     def duration_s(self) -> float:

@@ -16,8 +16,8 @@ import torch
 from gsplat.cuda._torch_impl import _persp_proj, _quat_scale_to_covar_preci, _spherical_harmonics, _world_to_cam
 from torch import Tensor
 
-from avatar.render.rasterize import Camera, Gaussians, RasterSettings
-from avatar.render.tile_compositing import CompositeTiles, TileLists
+from avatar.rasterizer.types import Camera, Gaussians, RasterSettings
+from avatar.rasterizer.tile_compositing import CompositeTiles, TileLists
 
 EXTENT_SIGMAS = 3.33  # bounding-box half size in standard deviations (opacity may shrink it)
 

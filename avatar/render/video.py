@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
+from avatar.audio.io import audio_channels, iter_audio
+from avatar.audio.streaming import SampleReader, scan_audio
 from avatar.contracts.atomic import atomic_path
-from avatar.contracts.audio import audio_channels, iter_audio
-from avatar.contracts.dataset import Dataset
+from avatar.device import resolve_device
 from avatar.errors import UserError
-from avatar.export.config import RenderConfig
-from avatar.export.drive import blink_schedule, driving_windows, feature_extractor, pose_schedule, training_frames
-from avatar.export.mux import AUDIO_RATE, VideoWriter
-from avatar.export.streaming import SampleReader, scan_audio
+from avatar.model.driving import blink_schedule, driving_windows, feature_extractor, pose_schedule, track_positions
+from avatar.render.config import RenderConfig
+from avatar.render.mux import AUDIO_RATE, VideoWriter
 
 if TYPE_CHECKING:
     from avatar.model.talking_head import TalkingHead
@@ -119,16 +119,6 @@ def background_image(spec: str, resolution: int) -> np.ndarray | None:
     return cv2.resize(np.ascontiguousarray(square), (resolution, resolution), interpolation=interp).astype(np.float32) / 255
 
 
-def resolve_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA GPU is available here. Use --device cpu.")
-    return name
-
-
 def run(cfg: RenderConfig) -> Path:
     """`avatar render RUN --audio FILE --out OUT.mp4`."""
     from avatar.model.talking_head import TalkingHead
@@ -148,10 +138,10 @@ def render_video(cfg: RenderConfig, head: "TalkingHead") -> Path:
 
     start = time.perf_counter()
     out = check_output(cfg.out)
-    dataset = Dataset(head.dataset_root)
+    driving = head.driving
     timer = StageTimer()
     with timer("audio features"):
-        scan = scan_audio(cfg.audio, feature_extractor(dataset.manifest.features))
+        scan = scan_audio(cfg.audio, feature_extractor(driving.features))
         channels = audio_channels(cfg.audio)
     fps = float(cfg.fps or head.fps)
     if fps <= 0:
@@ -167,18 +157,18 @@ def render_video(cfg: RenderConfig, head: "TalkingHead") -> Path:
     device = next(head.parameters()).device
     plate = background_image(cfg.background, head.resolution)
     background = torch.from_numpy(plate).to(device) if plate is not None else None
-    blinks = blink_schedule(dataset, num_frames, fps, cfg.blink, cfg.seed)
+    blinks = blink_schedule(driving, num_frames, fps, cfg.blink, cfg.seed)
     windows = timer.timed("audio features", driving_windows(
-        scan, dataset, fps, head.feature_window, head.audio_context, cfg.chunk_frames))
+        scan, driving.features, fps, head.audio_context, cfg.chunk_frames))
     sound = SampleReader(iter_audio(cfg.audio, AUDIO_RATE, "mono" if channels == 1 else "stereo"),
                          1 if channels == 1 else 2)
     source = None
     if cfg.paste_back:
-        from avatar.export.paste_back import SourceFrames, feather_weights, output_size, paste
+        from avatar.render.paste_back import SourceFrames, feather_weights, output_size, paste
 
-        source = SourceFrames(dataset)
+        source = SourceFrames(driving.source, driving.fps)
         width, height = output_size(source.width, source.height)
-        weights = feather_weights(int(round(dataset.manifest.crop.size)))
+        weights = feather_weights(int(round(driving.source.crop.size)))
     else:
         width = height = resolution
     progress = _progress(num_frames)
@@ -190,7 +180,7 @@ def render_video(cfg: RenderConfig, head: "TalkingHead") -> Path:
                 for chunk in windows:  # [b, C, W, F]
                     for lo in range(0, len(chunk), cfg.batch_frames):
                         frames = range(first + lo, first + min(len(chunk), lo + cfg.batch_frames))
-                        rotation, translation = pose_schedule(dataset, len(frames), cfg.pose, fps, frames.start)
+                        rotation, translation = pose_schedule(driving, len(frames), cfg.pose, fps, frames.start)
                         cond = FrameConditions(
                             audio=torch.from_numpy(np.ascontiguousarray(chunk[lo: lo + len(frames)])).to(device),
                             rotation=torch.from_numpy(rotation).to(device),
@@ -206,8 +196,10 @@ def render_video(cfg: RenderConfig, head: "TalkingHead") -> Path:
                                 rgb = np.stack([cv2.resize(im, (resolution, resolution), interpolation=interp) for im in rgb])
                         if source is not None:
                             with timer("paste-back"):
-                                shown = training_frames(dataset, len(frames), cfg.pose, fps, frames.start)
-                                rgb = np.stack([paste(im, source[j], dataset, weights) for im, j in zip(rgb, shown)])
+                                shown = driving.source.first_frame + track_positions(
+                                    driving, len(frames), cfg.pose, fps, frames.start)
+                                rgb = np.stack([paste(im, source[j], driving.source.crop, weights)
+                                                for im, j in zip(rgb, shown)])
                         with timer("encode"):
                             writer.write_frames(rgb)
                             writer.write_audio(sound.read(writer.samples_until(frames.stop) - writer.samples_written))

@@ -45,6 +45,6 @@ class RenderConfig:
     seed: int = 0
     """seed of the sampled blinks"""
     device: str = "auto"
-    """torch device: 'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ..."""
+    """torch device: auto (a CUDA GPU when there is one), cpu, cuda or cuda:N"""
     backend: Literal["auto", "cuda", "torch"] = "auto"
     """rasterizer: gsplat CUDA kernels, the pure-torch reference, or the best available"""

@@ -1,4 +1,4 @@
-"""Image and lip-sync metrics, and a per-method accumulator that applies all of them the same way.
+"""A per-method accumulator that applies every metric (avatar.metrics) the same way over a sequence.
 
 Images are [B, 3, H, W] float in 0..1; masks [B, 1, H, W] bool; landmarks [478, 2] pixels at
 avatar.eval.landmarks.LANDMARK_SCALE. Every method (the avatar and the baselines) is scored by one
@@ -14,55 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from avatar.eval.landmarks import EYE_OUTER_CORNERS, INNER_LIP, FaceLandmarker, mouth_indices
-
-# ----------------------------------------------------------------------------- image metrics
-
-
-def psnr(pred: Tensor, gt: Tensor, mask: Tensor | None = None) -> Tensor:
-    """[B] peak signal-to-noise ratio in dB (peak 1), over the pixels in `mask` when given; inf when equal."""
-    sq = (pred - gt).pow(2)  # [B, 3, H, W]
-    if mask is None:
-        mse = sq.flatten(1).mean(1)
-    else:
-        weight = mask.to(sq.dtype).expand_as(sq)
-        mse = (sq * weight).flatten(1).sum(1) / weight.flatten(1).sum(1).clamp_min(1)
-    return -10.0 * torch.log10(mse)  # log10(0) = -inf gives +inf for identical images
-
-
-def _gaussian_window(size: int, sigma: float, device, dtype) -> Tensor:
-    x = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2
-    g = torch.exp(-(x**2) / (2 * sigma**2))
-    return g / g.sum()
-
-
-def ssim_map(pred: Tensor, gt: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
-    """[B, 3, H - window + 1, W - window + 1] structural similarity (Wang et al. 2004, gaussian window,
-    K1 = 0.01, K2 = 0.03, peak 1); only windows that lie fully inside the image ('valid')."""
-    g = _gaussian_window(window, sigma, pred.device, pred.dtype)
-    channels = pred.shape[1]
-    kx = g.view(1, 1, 1, window).repeat(channels, 1, 1, 1)
-    ky = g.view(1, 1, window, 1).repeat(channels, 1, 1, 1)
-
-    def blur(x: Tensor) -> Tensor:  # separable gaussian, per channel
-        return F.conv2d(F.conv2d(x, kx, groups=channels), ky, groups=channels)
-
-    c1, c2 = 0.01**2, 0.03**2
-    mu_p, mu_g = blur(pred), blur(gt)
-    var_p = blur(pred * pred) - mu_p**2
-    var_g = blur(gt * gt) - mu_g**2
-    cov = blur(pred * gt) - mu_p * mu_g
-    return ((2 * mu_p * mu_g + c1) * (2 * cov + c2)) / ((mu_p**2 + mu_g**2 + c1) * (var_p + var_g + c2))
-
-
-def ssim(pred: Tensor, gt: Tensor, mask: Tensor | None = None, window: int = 11, sigma: float = 1.5) -> Tensor:
-    """[B] mean SSIM, over the windows centred inside `mask` when given."""
-    smap = ssim_map(pred, gt, window, sigma)
-    if mask is None:
-        return smap.flatten(1).mean(1)
-    m = window // 2
-    inside = mask[:, :, m : m + smap.shape[2], m : m + smap.shape[3]].to(smap.dtype).expand_as(smap)
-    return (smap * inside).flatten(1).sum(1) / inside.flatten(1).sum(1).clamp_min(1)
+from avatar.contracts.face_mesh import lip_contour_ids, mouth_opening
+from avatar.eval.landmarks import FaceLandmarker
+from avatar.metrics.image import psnr, ssim
+from avatar.metrics.lip_sync import landmark_distance, motion_ratio, pearson
 
 
 def square_box(masks: Tensor, margin: float = 0.1) -> tuple[int, int, int, int]:
@@ -78,44 +33,6 @@ def square_box(masks: Tensor, margin: float = 0.1) -> tuple[int, int, int, int]:
     y0 = int(min(max(round(cy - side / 2), 0), h - side))
     x0 = int(min(max(round(cx - side / 2), 0), w - side))
     return y0, y0 + side, x0, x0 + side
-
-
-# ----------------------------------------------------------------------------- lip-sync metrics
-
-
-def landmark_distance(pred: np.ndarray, gt: np.ndarray, centred: bool = False) -> np.ndarray:
-    """[..., P, 2] two landmark sets -> [...] mean Euclidean distance per frame (LMD when P = the mouth).
-    `centred` removes each set's mean first: the mouth's shape, not where the head is."""
-    if centred:
-        pred = pred - pred.mean(-2, keepdims=True)
-        gt = gt - gt.mean(-2, keepdims=True)
-    return np.linalg.norm(pred - gt, axis=-1).mean(-1)
-
-
-def mouth_opening(landmarks: np.ndarray) -> np.ndarray:
-    """[..., 478, 2] -> [...] inner-lip gap divided by the outer eye-corner distance (a face-size unit)."""
-    gap = np.linalg.norm(landmarks[..., INNER_LIP[0], :] - landmarks[..., INNER_LIP[1], :], axis=-1)
-    eyes = np.linalg.norm(landmarks[..., EYE_OUTER_CORNERS[0], :] - landmarks[..., EYE_OUTER_CORNERS[1], :], axis=-1)
-    return gap / np.maximum(eyes, 1e-6)
-
-
-def motion_ratio(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Spread of the predicted series over that of the true one: 1 moves as much as the person, below 1 the
-    mouth is lazy (correlation cannot see that: it ignores scale); nan when the truth is constant."""
-    truth = np.asarray(truth, np.float64)
-    spread = float(np.std(truth))
-    constant = spread <= 1e-9 * float(np.abs(truth).max(initial=0.0))  # rounding noise of equal values
-    return float(np.std(pred)) / spread if truth.size >= 3 and spread > 0 and not constant else float("nan")
-
-
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation of two series; nan when either is constant or shorter than 3."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a.size < 3:
-        return float("nan")
-    a, b = a - a.mean(), b - b.mean()
-    denom = math.sqrt(float((a * a).sum() * (b * b).sum()))
-    return float((a * b).sum() / denom) if denom > 0 else float("nan")
 
 
 # ----------------------------------------------------------------------------- one method over a sequence
@@ -178,7 +95,7 @@ class SequenceScorer:
         out["lip_frames"] = len(both)
         if both:
             pred_lm, gt_lm = (np.stack(x) for x in zip(*both))
-            mouth = mouth_indices()
+            mouth = lip_contour_ids()
             out["lmd"] = float(landmark_distance(pred_lm[:, mouth], gt_lm[:, mouth]).mean())
             out["lmd_centred"] = float(landmark_distance(pred_lm[:, mouth], gt_lm[:, mouth], centred=True).mean())
             out["mouth_corr"] = pearson(mouth_opening(pred_lm), mouth_opening(gt_lm))

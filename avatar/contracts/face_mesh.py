@@ -1,0 +1,131 @@
+"""mediapipe FaceMesh: its landmark ids, the one mouth-opening measure, its mesh topology and the detector.
+
+The dataset's landmarks are mediapipe's 478 (468 mesh points + 10 iris points), so every module that
+names a landmark (tracking, masks, blendshapes, the mouth interior, the audio encoder's targets, the
+lip-sync metrics) takes the ids from here. "Right"/"left" are the person's own, as in ARKit.
+mediapipe is imported only inside `solutions()`, with its known-harmless start-up noise silenced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import warnings
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+NUM_LANDMARKS = 478
+NUM_MESH_POINTS = 468  # the last 10 are the irises (they move with gaze)
+
+INNER_LIP_UPPER, INNER_LIP_LOWER = 13, 14  # inner-lip midpoints: the mouth opening
+OUTER_LIP_UPPER, OUTER_LIP_LOWER = 0, 17  # top of the upper lip, bottom of the lower lip (it rides on the jaw)
+MOUTH_CORNERS = (61, 291)  # right, left
+EYE_OUTER_CORNERS = (33, 263)  # right, left: a face-size unit that speech does not move
+FACE_SIDES = (234, 454)  # widest points of the face
+JAW_ANGLES = (58, 288)  # right, left
+NOSE_TIP, NOSE_BASE = 1, 2
+FOREHEAD, CHIN = 10, 152
+EYE_RIGHT = {"outer": 33, "inner": 133, "up": 159, "down": 145}
+EYE_LEFT = {"outer": 263, "inner": 362, "up": 386, "down": 374}
+BROW_RIGHT = {"inner": 107, "outer": 70}
+BROW_LEFT = {"inner": 336, "outer": 300}
+
+# Contours, in order around each loop / from corner to corner.
+FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152, 148,
+             176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109)
+UPPER_INNER_LIP = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308)
+LOWER_INNER_LIP = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308)
+INNER_LIP_LOOP = UPPER_INNER_LIP + LOWER_INNER_LIP[-2:0:-1]
+
+# Landmarks that expressions barely move: forehead, nose bridge, eye corners, temples.
+RIGID_ANCHORS = (10, 151, 9, 8, 108, 337, 109, 338, 67, 297, 69, 299, 104, 333,
+                 168, 6, 197, 195,
+                 33, 133, 263, 362, 130, 359, 243, 463,
+                 54, 284, 21, 251, 103, 332, 162, 389, 127, 356)
+# Mirror pairs (right, left) that define the head frame's x axis.
+MIRROR_PAIRS = ((33, 263), (133, 362), (130, 359), (127, 356), (234, 454), (162, 389), (54, 284))
+
+
+def mouth_opening(points: np.ndarray) -> np.ndarray:
+    """[..., 478, D] landmarks (2D pixels or 3D points) -> [...] inner-lip gap over the outer eye-corner
+    distance. One measure for the audio encoder's targets, the tracking statistics and the lip-sync metrics."""
+    points = np.asarray(points, np.float64)
+    gap = np.linalg.norm(points[..., INNER_LIP_UPPER, :] - points[..., INNER_LIP_LOWER, :], axis=-1)
+    eyes = np.linalg.norm(points[..., EYE_OUTER_CORNERS[0], :] - points[..., EYE_OUTER_CORNERS[1], :], axis=-1)
+    return gap / np.maximum(eyes, 1e-9)
+
+
+@lru_cache(maxsize=None)
+def _connections(name: str) -> frozenset:
+    """An edge set of mediapipe's face_mesh_connections, read from its plain-Python module file without
+    importing mediapipe (which costs seconds of start-up)."""
+    package = Path(importlib.util.find_spec("mediapipe").origin).parent
+    spec = importlib.util.spec_from_file_location("face_mesh_connections", package / "python/solutions/face_mesh_connections.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return frozenset(getattr(module, name))
+
+
+def lip_contour_ids() -> np.ndarray:
+    """[40] ids of the outer and inner lip contours (the mouth landmarks of LMD)."""
+    return np.array(sorted({i for edge in _connections("FACEMESH_LIPS") for i in edge}))
+
+
+def face_triangles() -> np.ndarray:
+    """[T, 3] vertex triangles of the face mesh, recovered as the 3-cliques of its tessellation edges."""
+    neighbours: dict[int, set[int]] = {}
+    for a, b in _connections("FACEMESH_TESSELATION"):
+        neighbours.setdefault(a, set()).add(b)
+        neighbours.setdefault(b, set()).add(a)
+    tris = {tuple(sorted((a, b, c))) for a, nb in neighbours.items() for b in nb for c in nb & neighbours[b]}
+    return np.array(sorted(tris), np.int64)
+
+
+def solutions():
+    """`mediapipe.solutions`, imported with TensorFlow Lite's and protobuf's known-harmless warnings off
+    (they bury progress lines); everything else mediapipe reports still shows."""
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    warnings.filterwarnings("ignore", message=r"SymbolDatabase\.GetPrototype\(\) is deprecated")
+    with open(os.devnull, "w") as null, contextlib.redirect_stderr(null):
+        import mediapipe as mp
+    try:  # absl's C++ log threshold (the W0000 inference_feedback_manager lines)
+        from absl import logging as absl_logging
+
+        absl_logging.set_verbosity(absl_logging.ERROR)
+    except ImportError:  # pragma: no cover - absl-py is a pinned requirement
+        pass
+    return mp.solutions
+
+
+class FaceMesh:
+    """mediapipe FaceMesh with refined landmarks (478, irises included) on [H, W, 3] uint8 RGB images.
+
+    `static` detects every image on its own (no smoothing across frames: metrics, crop scans); otherwise
+    it tracks through a clip and runs its face detector only when the track is lost."""
+
+    def __init__(self, static: bool, max_faces: int = 1, min_detection_confidence: float = 0.5):
+        self._mesh = solutions().face_mesh.FaceMesh(static_image_mode=static, max_num_faces=max_faces,
+                                                    refine_landmarks=True,
+                                                    min_detection_confidence=min_detection_confidence,
+                                                    min_tracking_confidence=0.5)
+
+    def faces(self, image: np.ndarray) -> list[np.ndarray]:
+        """Every face found: [478, 3] float32 each, x and y in pixels of `image`, z in the same pixel scale."""
+        height, width = image.shape[:2]
+        result = self._mesh.process(np.ascontiguousarray(image))
+        scale = np.array([width, height, width], np.float32)
+        return [np.array([(p.x, p.y, p.z) for p in face.landmark], np.float32) * scale
+                for face in (result.multi_face_landmarks or [])]
+
+    def close(self) -> None:
+        self._mesh.close()
+
+    def __enter__(self) -> "FaceMesh":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

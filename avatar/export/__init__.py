@@ -1,1 +1,0 @@
-"""Audio -> lip-synced mp4, streamed in chunks."""

@@ -1,0 +1,1 @@
+"""Measures shared by training's validation and `avatar eval`: image quality, LPIPS, lip sync."""

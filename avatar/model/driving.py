@@ -1,0 +1,241 @@
+"""What drives a trained avatar on new audio, saved inside it: the person's head-pose track, their blinks,
+the audio-feature settings and where the training video is; and the schedules made from them.
+
+`avatar render`, the live viewer and `avatar bench` drive the avatar from this alone (the dataset it was
+trained on may be gone), so a video and the viewer move the head and blink the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Literal
+
+import numpy as np
+
+from avatar.audio.features import MelFeatures
+from avatar.audio.streaming import AudioScan, clip_feature_stats, scan_audio, window_chunks
+from avatar.contracts.dataset import Crop, Dataset, FeatureInfo
+from avatar.errors import UserError
+
+PoseMode = Literal["track", "still", "smooth"]
+SMOOTH_SIGMA_S = 1.0  # "smooth" pose: Gaussian over the training track, in seconds
+
+
+@dataclass
+class SourceVideo:
+    """The training video and the dataset crop, for --paste-back into the original frames."""
+
+    path: str
+    sha256: str
+    width: int
+    height: int
+    time_origin_s: float
+    crop: Crop
+    first_frame: int  # dataset frame of the pose track's first row
+
+
+@dataclass
+class DrivingData:
+    """The training split's tracked signals and settings that rendering needs (a few hundred KB)."""
+
+    fps: float
+    rotations: np.ndarray  # [n, 3, 3] float32 smoothed head-to-camera rotations of the training frames
+    translations: np.ndarray  # [n, 3] float32
+    blinks: np.ndarray  # [n, 2] float32 tracked eyeBlinkLeft / eyeBlinkRight
+    features: FeatureInfo  # the extractor, its rate, window and the training clip's statistics
+    source: SourceVideo
+    dataset: dict  # {"path", "manifest_sha256"}: the dataset it was trained on (for `avatar eval`)
+
+    @staticmethod
+    def from_dataset(dataset: Dataset) -> "DrivingData":
+        train = dataset.indices("train")
+        m = dataset.manifest
+        source = SourceVideo(path=str(m.source["path"]), sha256=str(m.source.get("sha256", "")),
+                             width=int(m.source["width"]), height=int(m.source["height"]),
+                             time_origin_s=float(m.source.get("time_origin_s", 0.0)), crop=m.crop,
+                             first_frame=int(train[0]))
+        return DrivingData(
+            fps=float(dataset.fps),
+            rotations=np.array(dataset.tracking("rotation")[train], np.float32),
+            translations=np.array(dataset.tracking("translation")[train], np.float32),
+            blinks=dataset.blinks()[train], features=m.features, source=source,
+            dataset={"path": str(dataset.root.resolve()), "manifest_sha256": dataset.manifest_sha256()},
+        )
+
+    def to_dict(self) -> dict:
+        import dataclasses
+
+        return {"fps": self.fps, "rotations": self.rotations, "translations": self.translations, "blinks": self.blinks,
+                "features": dataclasses.asdict(self.features),
+                "source": {**dataclasses.asdict(self.source), "crop": dataclasses.asdict(self.source.crop)},
+                "dataset": dict(self.dataset)}
+
+    @staticmethod
+    def from_dict(data: dict) -> "DrivingData":
+        source = dict(data["source"])
+        source["crop"] = Crop(**source["crop"])
+        return DrivingData(fps=float(data["fps"]), rotations=np.asarray(data["rotations"], np.float32),
+                           translations=np.asarray(data["translations"], np.float32),
+                           blinks=np.asarray(data["blinks"], np.float32), features=FeatureInfo(**data["features"]),
+                           source=SourceVideo(**source), dataset=dict(data["dataset"]))
+
+    def __len__(self) -> int:
+        return len(self.rotations)
+
+
+# ----- head pose
+
+
+def track_positions(driving: DrivingData, num_frames: int, mode: PoseMode, fps: float | None = None,
+                    first_frame: int = 0) -> np.ndarray:
+    """[num_frames] rows of the pose track that output frames first_frame.. show. "track"/"smooth" run
+    through the training frames forward, then backward, and so on (no jump at the turn); output time maps to
+    training time when `fps` differs from the training video's."""
+    if mode == "still":
+        return np.full(num_frames, typical_pose_index(driving), np.int64)
+    frames = np.arange(first_frame, first_frame + num_frames)
+    if fps is not None and fps != driving.fps:
+        frames = np.floor((frames + 0.5) * driving.fps / fps).astype(np.int64)
+    n = len(driving)
+    if n == 1:
+        return np.zeros(num_frames, np.int64)
+    phase = frames % (2 * (n - 1))
+    return np.where(phase < n, phase, 2 * (n - 1) - phase)
+
+
+def typical_pose_index(driving: DrivingData) -> int:
+    """Row of the pose track nearest the median pose (each of the 6 pose parameters measured in its own
+    standard deviations): a natural, frontal-ish still pose."""
+    from scipy.spatial.transform import Rotation
+
+    params = np.concatenate([Rotation.from_matrix(driving.rotations.astype(np.float64)).as_rotvec(),
+                             driving.translations.astype(np.float64)], axis=1)  # [n, 6]
+    z = (params - np.median(params, 0)) / (params.std(0) + 1e-9)
+    return int(np.argmin((z**2).sum(1)))
+
+
+def _smoothed_track(driving: DrivingData) -> tuple[np.ndarray, np.ndarray]:
+    """Rotations [n, 3, 3] and translations [n, 3] Gaussian-smoothed over time. The ends are mirrored, which
+    is exactly how the back-and-forth loop continues them, so the loop stays smooth."""
+    from scipy.ndimage import gaussian_filter1d
+    from scipy.spatial.transform import Rotation
+
+    sigma = SMOOTH_SIGMA_S * driving.fps
+    quats = Rotation.from_matrix(driving.rotations.astype(np.float64)).as_quat()
+    quats *= np.sign(quats @ quats[0])[:, None]  # one hemisphere, so averaging neighbours is meaningful
+    quats = gaussian_filter1d(quats, sigma, axis=0, mode="mirror")
+    rotation = Rotation.from_quat(quats / np.linalg.norm(quats, axis=1, keepdims=True)).as_matrix()
+    translation = gaussian_filter1d(driving.translations.astype(np.float64), sigma, axis=0, mode="mirror")
+    return rotation, translation
+
+
+def pose_schedule(driving: DrivingData, num_frames: int, mode: PoseMode, fps: float | None = None,
+                  first_frame: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Head-to-camera rotations [num_frames, 3, 3] and translations [num_frames, 3] (float32) of output frames
+    first_frame.. : the training poses looped back and forth ("track"), one typical pose ("still"), or the
+    loop of a smoothed track ("smooth")."""
+    if mode not in ("track", "still", "smooth"):
+        raise UserError(f"--pose {mode!r}: choose track, still or smooth.")
+    rows = track_positions(driving, num_frames, mode, fps, first_frame)
+    rotation, translation = _smoothed_track(driving) if mode == "smooth" else (driving.rotations, driving.translations)
+    return rotation[rows].astype(np.float32), translation[rows].astype(np.float32)
+
+
+# ----- eye blinks
+
+
+def detect_blinks(track: np.ndarray) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+    """From a tracked [N, 2] eye-closure curve: the open-eye level [2], each blink's shape above it
+    ([L, 2] each) and the frames where blinks start. A blink is where both eyes together close more than
+    half-way from the open level to the clip's near-maximum closure."""
+    both = track.mean(1)
+    open_level = np.median(track, 0)
+    base, top = float(np.median(both)), float(np.percentile(both, 99.5))
+    if top - base < 0.15:  # no clear blink in the clip
+        return open_level, [], np.zeros(0, np.int64)
+    closed = both > base + 0.5 * (top - base)
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], closed.astype(np.int8), [0]])))
+    shapes, starts = [], []
+    settled = base + 0.1 * (top - base)
+    for start, end in zip(edges[::2], edges[1::2]):
+        while start > 0 and both[start - 1] > settled and both[start - 1] < both[start]:
+            start -= 1
+        while end < len(both) and both[end] > settled and both[end] < both[end - 1]:
+            end += 1
+        shapes.append(np.maximum(track[start:end] - open_level, 0.0))
+        starts.append(start)
+    return open_level, shapes, np.asarray(starts, np.int64)
+
+
+def blink_schedule(driving: DrivingData, num_frames: int, fps: float, value: float | None, seed: int = 0) -> np.ndarray:
+    """[num_frames, 2] eyeBlinkLeft/Right in 0..1. `value`: held constant. None: the person's own blinks
+    (their shapes, as tracked) placed at intervals drawn from the person's own blink intervals (or, with
+    fewer than three blinks, from a Poisson process at their rate)."""
+    if value is not None:
+        if not 0.0 <= value <= 1.0:
+            raise UserError(f"--blink {value}: give an eye closure between 0 (open) and 1 (closed).")
+        return np.full((num_frames, 2), value, np.float32)
+    track = driving.blinks
+    open_level, shapes, starts = detect_blinks(track)
+    out = np.tile(open_level.astype(np.float32), (num_frames, 1))
+    if not shapes:
+        return out
+    rng = np.random.default_rng(seed)
+    intervals_s = np.diff(starts) / driving.fps
+    mean_interval_s = len(track) / driving.fps / len(shapes)
+
+    def next_interval() -> float:
+        if len(intervals_s) >= 2:
+            return float(rng.choice(intervals_s) * rng.uniform(0.8, 1.2))
+        return float(max(1.0, rng.exponential(mean_interval_s)))
+
+    t = rng.uniform(0.3, 1.0) * mean_interval_s
+    while (start := int(round(t * fps))) < num_frames:
+        shape = shapes[rng.integers(len(shapes))]  # [L, 2] at the training video's fps
+        length = max(1, int(round(len(shape) * fps / driving.fps)))
+        src = np.linspace(0, len(shape) - 1, length)
+        resampled = np.stack([np.interp(src, np.arange(len(shape)), shape[:, c]) for c in range(2)], 1)
+        end = min(num_frames, start + length)
+        out[start:end] += resampled[: end - start]
+        t += max(next_interval(), length / fps)
+    return np.clip(out, 0.0, 1.0)
+
+
+# ----- audio
+
+
+def feature_extractor(info: FeatureInfo) -> MelFeatures:
+    """The extractor that made the training features, so new audio is featurised by the same code."""
+    extractor = MelFeatures()
+    if info.extractor != extractor.name or info.rate_hz != extractor.rate_hz or info.dim != extractor.dim:
+        raise UserError(
+            f"the avatar was trained on {info.extractor!r} audio features ({info.dim} at {info.rate_hz} Hz); "
+            f"this version computes {extractor.name!r}. Render with the avatar version that trained it."
+        )
+    return extractor
+
+
+def driving_windows(scan: AudioScan, features: FeatureInfo, fps: float, context: int,
+                    chunk_frames: int) -> Iterator[np.ndarray]:
+    """Chunks of [b, 2 * context + 1, window, F] windows for the scan's frames at `fps`: the clip's own
+    normalised features; for a silent clip all zeros, the input the audio encoder is trained to answer with
+    the person's closed mouth (a digitally silent clip normalises to exactly that; near-silence, whose
+    noise normalisation would blow up to speech level, is given it too)."""
+    num_frames = scan.num_frames(fps)
+    if scan.silent:
+        rest = np.zeros((2 * context + 1, features.window, features.dim), np.float32)
+        return (np.broadcast_to(rest, (min(chunk_frames, num_frames - first),) + rest.shape)
+                for first in range(0, num_frames, chunk_frames))
+    extractor = feature_extractor(features)
+    return window_chunks(scan, extractor, clip_feature_stats(scan, extractor), fps, features.window, context,
+                         chunk_frames)
+
+
+def audio_windows(path: Path | str, driving: DrivingData, context: int, fps: float | None = None,
+                  chunk_frames: int = 200) -> Iterator[np.ndarray]:
+    """Chunks of [b, 2 * context + 1, W, F] normalised feature windows of the frames that `path` drives at
+    `fps` (default the training video's), with the clip's own normalisation statistics; memory stays
+    bounded for any length of audio. UserError for missing, undecodable, or empty audio."""
+    scan = scan_audio(path, feature_extractor(driving.features))
+    return driving_windows(scan, driving.features, fps or driving.fps, context, chunk_frames)

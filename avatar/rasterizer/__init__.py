@@ -1,0 +1,1 @@
+"""Gaussians + camera -> image: one rasterizer interface with CUDA (gsplat) and torch backends; layer compositing."""

@@ -1,0 +1,154 @@
+"""`avatar train`: the Runner owns the loop over the stages (avatar.train.stages), checkpoints, resume and logging.
+
+Each stage gets a StageContext and nothing else of the runner. Between stages the runner writes a
+checkpoint at the next stage's start; inside a stage the stage writes its own progress through the context.
+At the end the run directory holds the self-contained avatar (`avatar.pt`, with its driving data), the
+training clip's sound (`audio.wav`, for the viewer and the benchmark), `head.ply`, `run.json`, `config.json`,
+the checkpoints and the tensorboard logs.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from avatar.config_io import to_dict
+from avatar.contracts.atomic import atomic_path, write_json
+from avatar.contracts.dataset import Dataset
+from avatar.device import resolve_device
+from avatar.errors import UserError
+from avatar.train.checkpoint import RUN_FORMAT_VERSION, Checkpoint
+from avatar.train.config import TrainConfig
+from avatar.train.context import StageContext
+from avatar.train.stages import AudioStage, CanonicalStage, DeformStage, Stage
+
+__all__ = ["RUN_FORMAT_VERSION", "Runner", "run"]
+
+
+def run(cfg: TrainConfig) -> Path:
+    """Train (or resume) the avatar described by `cfg`; returns the path of the final avatar.pt."""
+    return Runner(cfg).train()
+
+
+def open_training_dataset(cfg: TrainConfig) -> Dataset:
+    """The dataset, or a UserError that says what to do when it is missing, outdated or too short."""
+    if str(cfg.dataset) in ("", "."):
+        raise UserError("no dataset given. Usage: `avatar train DATASET --out RUN` (DATASET from `avatar preprocess`).")
+    dataset = Dataset(cfg.dataset)
+    start, end = dataset.manifest.split.train
+    if end - start < max(cfg.min_train_frames, cfg.batch_size):
+        raise UserError(f"{cfg.dataset}: only {end - start} training frames ({(end - start) / dataset.fps:.1f} s); at least "
+                        f"{max(cfg.min_train_frames, cfg.batch_size)} are needed. Preprocess a longer video.")
+    return dataset
+
+
+class Runner:
+    STAGES: tuple[Stage, ...] = (AudioStage(), CanonicalStage(), DeformStage())
+
+    def __init__(self, cfg: TrainConfig, on_step: Callable[["Runner", str, int], None] | None = None):
+        self.cfg = cfg
+        self.on_step = on_step  # called after every completed step (used by tests to simulate Ctrl-C)
+        self.dataset = open_training_dataset(cfg)
+        self.out = Path(cfg.out)
+        self.ckpt_path = self.out / "checkpoints" / "latest.pt"
+        if self.ckpt_path.exists() and not cfg.resume:
+            raise UserError(f"{self.out}: already holds a run. Add --resume to continue it, or choose another --out.")
+        if cfg.resume and not self.ckpt_path.exists():
+            raise UserError(f"{self.ckpt_path}: no checkpoint to resume from. Start the run without --resume.")
+        torch.set_num_threads(cfg.threads)
+        self.device = resolve_device(cfg.device)
+        self._stop_requested = False
+        self.run_info: dict = {}
+
+    # ------------------------------------------------------------------ control
+    def request_stop(self) -> None:
+        """Stop after the current step, with a checkpoint (what Ctrl-C does)."""
+        self._stop_requested = True
+
+    @staticmethod
+    def log(message: str) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(message)
+
+    def train(self) -> Path:
+        from torch.utils.tensorboard import SummaryWriter
+
+        from avatar.data.batches import TrainingData
+        from avatar.model.talking_head import TalkingHead
+        from avatar.train.expression import ExpressionSpace
+
+        cfg = self.cfg
+        checkpoint = Checkpoint.load(self.ckpt_path) if cfg.resume else None
+        self.out.mkdir(parents=True, exist_ok=True)
+        write_json(self.out / "config.json", to_dict(cfg))
+        self.run_info = checkpoint.run_info if checkpoint else {
+            "format_version": RUN_FORMAT_VERSION, "dataset": str(Path(cfg.dataset).resolve()),
+            "dataset_manifest_sha256": self.dataset.manifest_sha256(), "preset": cfg.preset,
+            "status": "training", "stage_seconds": {}, "stage_cpu_seconds": {}, "metrics": {},
+        }
+        self._write_run_info()
+        expression = ExpressionSpace.fit(self.dataset)
+        writer = SummaryWriter(str(self.out / "tb"))
+        ctx = StageContext(
+            cfg=cfg, dataset=self.dataset, expression=expression, device=self.device, writer=writer, log=self.log,
+            data=TrainingData(self.dataset, cfg.resolution, cfg.audio.context, expression.targets, cfg.cache_mb),
+            should_stop=lambda: self._stop_requested, save=self._save, record=self._record,
+            on_step=None if self.on_step is None else (lambda name, step: self.on_step(self, name, step)),
+        )
+        names = [stage.name for stage in self.STAGES]
+        current = checkpoint.stage if checkpoint else names[0]
+        model = None
+        if checkpoint is not None and checkpoint.model is not None:
+            model = TalkingHead.from_state(checkpoint.spec, checkpoint.model).to(self.device)
+        previous = signal.signal(signal.SIGINT, lambda *_: self.request_stop())
+        try:
+            for k, stage in enumerate(self.STAGES):
+                if current == "done" or names.index(current) > k:
+                    continue
+                progress = checkpoint.progress if checkpoint is not None and checkpoint.stage == stage.name else {}
+                model = stage.run(ctx, model, progress).to(self.device)
+                self._save(names[k + 1] if k + 1 < len(names) else "done", model, {})
+            return self._finish(model)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            writer.close()
+
+    def _finish(self, model) -> Path:
+        from avatar.model.driving import DrivingData
+
+        final = self.out / "avatar.pt"
+        model = model.cpu()
+        model.driving = DrivingData.from_dataset(self.dataset)
+        model.save(final)
+        model.head.export_ply(self.out / "head.ply")
+        with atomic_path(self.out / "audio.wav") as tmp:
+            shutil.copyfile(self.dataset.layout.audio, tmp)
+        self.run_info["status"] = "done"
+        self.run_info["num_gaussians"] = {"head": len(model.head), "mouth": len(model.mouth)}
+        self._write_run_info()
+        self.log(f"done: {final}")
+        return final
+
+    # ------------------------------------------------------------------ the context's doors
+    def _save(self, stage: str, model, progress: dict) -> None:
+        state = Checkpoint(stage=stage, run_info=self.run_info, progress=progress,
+                           spec=None if model is None else to_dict(model.spec),
+                           model=None if model is None else model.state_dict())
+        state.save(self.ckpt_path)
+        self._write_run_info()
+
+    def _record(self, stage: str, metrics: dict, seconds: float, cpu_seconds: float) -> None:
+        self.run_info["metrics"][stage] = metrics
+        self.run_info["stage_seconds"][stage] = seconds
+        self.run_info.setdefault("stage_cpu_seconds", {})[stage] = cpu_seconds
+        self.log(f"{stage} validation: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
+        self._write_run_info()
+
+    def _write_run_info(self) -> None:
+        write_json(self.out / "run.json", self.run_info)
+
