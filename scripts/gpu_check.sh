@@ -28,8 +28,9 @@ export PYTHONUNBUFFERED=1  # step output reaches the log as it happens (a timed-
 if [ "$mode" = gpu ]; then
   # The GPU machine's image holds torch and friends; the carried packages go into a private target first.
   export PYTHONPATH=$repo/.gpu/site:$repo
-  nvcc=$(command -v nvcc || true)
-  export CUDA_HOME=${nvcc:+$(dirname "$(dirname "$nvcc")")}  # torch's builder misses it with CUDA 13
+  # torch's builder misses CUDA_HOME with CUDA 13; nvcc names its own bin/ (also when `nvcc` is a wrapper script)
+  nvcc_bin=$(nvcc --dryrun -E -x cu /dev/null 2>&1 | sed -n 's/^#\$ _HERE_=//p' || true)
+  export CUDA_HOME=${CUDA_HOME:-${nvcc_bin:+$(dirname "$nvcc_bin")}}
   export TORCH_CUDA_ARCH_LIST=$("$PY" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())" 2>> "$log" || true)
   export MAX_JOBS=16
   # Builds live in the (git-ignored) working copy, which the GPU tool keeps between calls: a rerun loads them.
@@ -53,23 +54,23 @@ deadline=$((SECONDS + budget))
 
 now() { date +%s.%N; }
 
+skip() {  # skip NAME REASON
+  echo "[gpu_check] $1: skipped ($2)"
+  printf '%s\tskipped\t\t0\t0\n' "$1" >> "$work/steps.tsv"
+}
+
 # step NAME LIMIT_S COMMAND...: run COMMAND (a function or a program) under `timeout` with its output in the
 # log, print one progress line, append "name status rc seconds limit" to $WORK/steps.tsv; never stops the script.
 step() {
-  local name=$1 limit=$2 left=$((deadline - SECONDS)) rc=0 status start seconds
+  local name=$1 limit=$2 left=$((deadline - SECONDS)) first=$(($(wc -l < "$log") + 1)) rc=0 status start seconds
   shift 2
   if (( left < limit )); then limit=$left; fi
-  if (( limit < 5 )); then
-    echo "[gpu_check] $name: skipped (time budget spent)"
-    printf '%s\tskipped\t\t0\t0\n' "$name" >> "$work/steps.tsv"
-    return
-  fi
+  if (( limit < 5 )); then skip "$name" "time budget spent"; return; fi
   echo "[gpu_check] $name: running (at most ${limit} s)"
   echo "===== $name (at most ${limit} s): $*" >> "$log"
   start=$(now)
-  timeout -k 10 "$limit" bash -euo pipefail -c '"$@"' _ "$@" > "$work/$name.out" 2>&1 || rc=$?
+  timeout -k 10 "$limit" bash -euo pipefail -c '"$@"' _ "$@" >> "$log" 2>&1 || rc=$?
   seconds=$(awk "BEGIN { printf \"%.2f\", $(now) - $start }")
-  cat "$work/$name.out" >> "$log"
   case $rc in
     0) status=ok ;;
     124 | 137) status=timeout ;;
@@ -78,12 +79,7 @@ step() {
   esac
   printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$status" "$rc" "$seconds" "$limit" >> "$work/steps.tsv"
   echo "[gpu_check] $name: $status (exit $rc) in ${seconds} s"
-  if [ "$status" != ok ] && [ "$status" != skipped ]; then tail -n 15 "$work/$name.out" | sed 's/^/    /'; fi
-}
-
-skip() {  # skip NAME REASON
-  echo "[gpu_check] $1: skipped ($2)"
-  printf '%s\tskipped\t\t0\t0\n' "$1" >> "$work/steps.tsv"
+  if [ "$status" != ok ] && [ "$status" != skipped ]; then tail -n "+$first" "$log" | tail -n 15 | sed 's/^/    /'; fi
 }
 
 install_wheels() {
