@@ -113,7 +113,7 @@ cuda_tests() {  # only the files holding CUDA tests: others import packages the 
 }
 
 carried_dataset() {
-  test -f "$DATASET/manifest.json" || { echo "$DATASET: no dataset (preprocess it here, see scripts/gpu_wheels.sh)"; return 1; }
+  test -f "$DATASET/manifest.json" || { echo "$DATASET: no dataset. On the CPU machine: avatar preprocess ../shared/data/mimictalk_german_anchor_20s.mp4 --out .gpu/dataset --resolution 512"; return 1; }
 }
 
 make_dataset() {  # 6 s of a shared clip (preprocess wants at least 5 s), at 64 px
