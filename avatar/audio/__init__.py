@@ -1,0 +1,1 @@
+"""Audio: loading, features and their alignment to video frames."""
