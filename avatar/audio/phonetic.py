@@ -14,7 +14,6 @@ Only numpy, the standard library and (lazily) pocketsphinx are imported here, so
 
 from __future__ import annotations
 
-import functools
 import os
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Literal
@@ -71,9 +70,11 @@ def normalize_phone(label: str) -> str:
     return label if label in PHONES and label not in FILLERS else SILENCE
 
 
-@functools.lru_cache(maxsize=1)
-def _decoder():
-    """One allphone decoder per process: building it loads the acoustic model (about 0.2 s)."""
+def _new_decoder():
+    """A fresh allphone decoder (about 0.2 s: it loads the acoustic model). Not reused across calls: a
+    decoder keeps state between utterances (its cepstral mean and more), and a reused one decoded the same
+    50 s wave differently the second time (0.2 % of rows), which would make training and render-time
+    features of the same audio differ."""
     import pocketsphinx
 
     model = pocketsphinx.get_model_path()
@@ -104,7 +105,7 @@ def decode_phones(wave: np.ndarray, first_sample: int = 0) -> list[Segment]:
         return []
     scaled = np.clip(wave, -1.0, 1.0) * 32767.0 + dither(first_sample, wave.size)
     pcm = np.clip(np.round(scaled), -32768, 32767).astype(np.int16)
-    decoder = _decoder()
+    decoder = _new_decoder()
     decoder.start_utt()
     decoder.process_raw(pcm.tobytes(), full_utt=True)
     decoder.end_utt()
@@ -178,8 +179,12 @@ class PhoneticFeatures:
 
     def __call__(self, wave: np.ndarray) -> np.ndarray:
         """[S] float32 at 16 kHz -> [1 + S // 160, dim] float32, the whole wave decoded as one utterance."""
-        wave = np.asarray(wave, np.float32)
-        return self.from_labels(row_labels(decode_phones(wave), num_rows(wave.size)))
+        return self.rows(wave)
+
+    def rows(self, wave: np.ndarray, first_sample: int = 0) -> np.ndarray:
+        """`__call__` for a wave that starts at `first_sample` of a longer recording."""
+        wave = np.asarray(wave, np.float32).reshape(-1)
+        return self.from_labels(row_labels(decode_phones(wave, first_sample), num_rows(wave.size)))
 
     def stream(self, chunks: Iterable[np.ndarray], window_s: float = 20.0, overlap_s: float = 2.0
                ) -> Iterator[np.ndarray]:
@@ -187,21 +192,23 @@ class PhoneticFeatures:
         held). Windows of `window_s` start every `window_s - overlap_s`; each window gives the rows of its
         middle, so every row comes from a window that extends at least `overlap_s / 2` beyond it on both
         sides (except at the ends of the audio). Concatenated blocks have `1 + S // 160` rows, like
-        `__call__`; they equal it exactly for audio up to `window_s`, and mostly elsewhere (the decoder's
-        cepstral mean and its search differ slightly between a window and the whole)."""
+        `__call__`; they equal it exactly for audio up to `window_s`. Longer audio differs from the
+        all-at-once result in some rows anywhere in a window, not only near its edges: the model's
+        feat.params fixes batch cepstral mean normalisation (the mean over the decoded utterance, which
+        keyword arguments do not override), so each window is normalised by its own mean."""
         step = int(round((window_s - overlap_s) * self.rate_hz))  # rows
         half = int(round(overlap_s / 2 * self.rate_hz))
         window = (step + 2 * half) * HOP  # samples
         if step <= 0 or half <= 0:
             raise ValueError("need window_s > overlap_s > 0")
         buffer = np.zeros(0, np.float32)
-        first = True
+        first, offset = True, 0
         for chunk in chunks:
             buffer = np.concatenate([buffer, np.asarray(chunk, np.float32).reshape(-1)])
             while buffer.size >= window:
-                rows = self(buffer[:window])
+                rows = self.rows(buffer[:window], offset)
                 yield rows[0 if first else half:step + half]
                 buffer = buffer[step * HOP:]
-                first = False
-        rows = self(buffer)
+                first, offset = False, offset + step * HOP
+        rows = self.rows(buffer, offset)
         yield rows[0 if first else half:]
