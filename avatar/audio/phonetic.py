@@ -151,7 +151,11 @@ _VISEME_OF_PHONE = np.array([VISEME_NAMES.index(PHONE_TO_VISEME[p]) for p in PHO
 class PhoneticFeatures:
     """Soft one-hot phone and/or viseme classes at 100 Hz; same interface as the mel extractor
     (`name`, `rate_hz`, `dim`, `__call__(wave) -> [T, dim]`), so it can stand in for it or be concatenated
-    with it. `sigma_ms` is the Gaussian cross-fade across class boundaries (0: hard one-hot)."""
+    with it. `sigma_ms` is the Gaussian cross-fade across class boundaries (0: hard one-hot).
+
+    Defaults from benchmarks/probe_phonetic.py (ridge from windows to lip opening, trained on one speaker,
+    tested on another): visemes beat phones across speakers (11 classes generalise where 40 overfit one
+    speaker), mel + visemes beat mel alone, and the cross-fade width barely matters (10-40 ms)."""
 
     classes: Literal["phones", "visemes", "both"] = "visemes"
     sigma_ms: float = 20.0
