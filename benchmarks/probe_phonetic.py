@@ -142,19 +142,14 @@ def lagged(pred: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 def fit_cv(x: np.ndarray, y: np.ndarray, folds: int = 5) -> tuple[np.ndarray, np.ndarray, float]:
     """Ridge with lambda chosen by blocked k-fold CV on the training clip alone (contiguous folds, so
-    neighbouring, near-identical frames do not leak into validation). One eigendecomposition of the fold's
-    Gram matrix serves every lambda."""
+    neighbouring, near-identical frames do not leak into validation)."""
     edges = np.linspace(0, len(y), folds + 1).astype(int)
     scores = np.zeros(len(LAMBDAS))
     for k in range(folds):
         val = np.zeros(len(y), bool)
         val[edges[k]:edges[k + 1]] = True
-        mu, y_mean = x[~val].mean(0), y[~val].mean()
-        xt, xv = x[~val] - mu, x[val] - mu
-        s, u = np.linalg.eigh(xt @ xt.T)
-        uy, cross = u.T @ (y[~val] - y_mean), xv @ xt.T @ u
         for j, lam in enumerate(LAMBDAS):
-            scores[j] += pearson(cross @ (uy / (s + lam)), y[val])
+            scores[j] += pearson(ridge_predict(ridge_fit(x[~val], y[~val], lam), x[val]), y[val])
     return ridge_fit(x, y, float(LAMBDAS[np.argmax(scores)]))
 
 
