@@ -1,0 +1,218 @@
+"""Speaker-independent phonetic features: pocketsphinx phone decoding turned into soft class rows at 100 Hz.
+
+Log-mel windows carry the training speaker's voice as much as what is said, so an encoder trained on them
+barely moves the mouth for another voice. Which phone is spoken, and the mouth shape it needs, do not
+depend on the voice: this module decodes phones with the CMU en-us acoustic model that ships inside the
+pocketsphinx wheel (nothing is downloaded) and turns them into per-row class probabilities.
+
+Alignment: row t is centred at t / 100 s and a wave of n samples at 16 kHz gives 1 + n // 160 rows, the
+rows librosa's centred frames give for hop 160 (so these rows line up with the mel rows of the same wave).
+A pocketsphinx frame f covers samples [160 f, 160 f + 410), centred 1.28 rows after row f.
+
+Only numpy, the standard library and (lazily) pocketsphinx are imported here, so the module can move.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Literal
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+RATE_HZ = 100.0
+HOP = 160  # samples per row
+FRAME_TO_ROW_SHIFT = 1  # pocketsphinx frame f is centred at row f + 1.28
+DECODER_FRAME = 410  # samples in one pocketsphinx analysis window
+DITHER_LSB = 4.0  # int16 steps (-78 dBFS): below any recording's noise floor
+
+SILENCE = "SIL"
+# The 39 CMU phones the allphone decoder emits, then the silence class (which also takes the fillers).
+PHONES: tuple[str, ...] = (
+    "AA", "AE", "AH", "AO", "AW", "AY", "B", "CH", "D", "DH", "EH", "ER", "EY", "F", "G", "HH", "IH", "IY",
+    "JH", "K", "L", "M", "N", "NG", "OW", "OY", "P", "R", "S", "SH", "T", "TH", "UH", "UW", "V", "W", "Y",
+    "Z", "ZH", SILENCE,
+)
+# Fillers of the en-us model (noisedict) and utterance markers: no articulation, so silence.
+FILLERS = frozenset({"SIL", "+NSN+", "+SPN+", "<s>", "</s>", "<sil>", "(NULL)"})
+
+# Mouth-shape classes. AO (as in "thought") is not in the usual rounded set: its jaw opening is that of
+# the open vowels, and lip opening is what the avatar has to get right.
+VISEMES: dict[str, tuple[str, ...]] = {
+    "bilabial": ("P", "B", "M"),
+    "labiodental": ("F", "V"),
+    "rounded": ("W", "UW", "OW", "UH", "OY"),
+    "open": ("AA", "AE", "AH", "AO", "AY", "AW"),
+    "mid": ("EH", "EY", "ER"),
+    "spread": ("IY", "IH", "Y"),
+    "dental_alveolar": ("TH", "DH", "T", "D", "N", "L", "S", "Z"),
+    "postalveolar": ("SH", "ZH", "CH", "JH"),
+    "velar_glottal": ("K", "G", "NG", "HH"),
+    "r": ("R",),
+    "silence": (SILENCE,),
+}
+VISEME_NAMES: tuple[str, ...] = tuple(VISEMES)
+PHONE_TO_VISEME: dict[str, str] = {p: v for v, phones in VISEMES.items() for p in phones}
+assert sorted(PHONE_TO_VISEME) == sorted(PHONES), "every phone needs exactly one viseme"
+
+Segment = tuple[str, int, int]  # (phone in PHONES, first row, end row exclusive)
+
+
+def num_rows(num_samples: int) -> int:
+    """Feature rows of a 16 kHz wave of `num_samples` (librosa's centred frame count for hop 160)."""
+    return 1 + num_samples // HOP
+
+
+def normalize_phone(label: str) -> str:
+    """A decoder label -> a member of PHONES (fillers and anything unknown are silence)."""
+    label = label.upper()
+    return label if label in PHONES and label not in FILLERS else SILENCE
+
+
+def _new_decoder():
+    """A fresh allphone decoder (about 0.2 s: it loads the acoustic model). Not reused across calls: a
+    decoder keeps state between utterances (its cepstral mean and more), and a reused one decoded the same
+    50 s wave differently the second time (0.2 % of rows), which would make training and render-time
+    features of the same audio differ."""
+    import pocketsphinx
+
+    model = pocketsphinx.get_model_path()
+    return pocketsphinx.Decoder(
+        hmm=os.path.join(model, "en-us", "en-us"),
+        allphone=os.path.join(model, "en-us", "en-us-phone.lm.bin"),
+        lw=2.0, pip=0.3, beam=1e-20, pbeam=1e-20,
+        samprate=float(SAMPLE_RATE), logfn=os.devnull,
+    )
+
+
+def dither(first_sample: int, count: int, amplitude: float = DITHER_LSB) -> np.ndarray:
+    """[count] uniform noise in [-amplitude, amplitude) int16 steps, a fixed function of the absolute sample
+    index. Digital silence (exact zeros) decodes as a long fricative; a few steps of noise make it silence,
+    and tying the noise to the sample index gives a window the same samples as the whole wave."""
+    index = np.arange(first_sample, first_sample + count, dtype=np.uint64)
+    hashed = (index * np.uint64(2654435761) + np.uint64(0x9E3779B9)) % np.uint64(1 << 32)
+    return (hashed.astype(np.float64) / float(1 << 32) * 2.0 - 1.0) * amplitude
+
+
+def decode_phones(wave: np.ndarray, first_sample: int = 0) -> list[Segment]:
+    """Phones of a mono float wave at 16 kHz as (phone, start_row, end_row) on the 100 Hz row grid, end
+    exclusive, in time order, gaps between segments left out. Fillers come back as SIL. `first_sample` is
+    where `wave` starts in a longer recording (it only selects the dither). Under one decoder frame
+    (410 samples) there is nothing to decode: no segments."""
+    wave = np.asarray(wave, np.float32).reshape(-1)
+    if wave.size < DECODER_FRAME:
+        return []
+    scaled = np.clip(wave, -1.0, 1.0) * 32767.0 + dither(first_sample, wave.size)
+    pcm = np.clip(np.round(scaled), -32768, 32767).astype(np.int16)
+    decoder = _new_decoder()
+    decoder.start_utt()
+    decoder.process_raw(pcm.tobytes(), full_utt=True)
+    decoder.end_utt()
+    return [
+        (normalize_phone(s.word), s.start_frame + FRAME_TO_ROW_SHIFT, s.end_frame + 1 + FRAME_TO_ROW_SHIFT)
+        for s in decoder.seg()
+    ]
+
+
+def row_labels(segments: list[Segment], rows: int) -> np.ndarray:
+    """[rows] phone indices into PHONES: each row takes its segment, rows in gaps are silence, rows before
+    the first or after the last segment repeat the edge segment (the decoder has no frame there)."""
+    labels = np.full(rows, PHONES.index(SILENCE), np.int64)
+    if not segments:
+        return labels
+    for phone, start, end in segments:
+        labels[max(start, 0):max(min(end, rows), 0)] = PHONES.index(phone)
+    first, last = segments[0], segments[-1]
+    labels[:max(min(first[1], rows), 0)] = PHONES.index(first[0])
+    labels[max(last[2], 0):] = PHONES.index(last[0])
+    return labels
+
+
+def gaussian_smooth(one_hot: np.ndarray, sigma_rows: float) -> np.ndarray:
+    """Cross-fade class rows over neighbouring rows (edges repeated); rows still sum to one. A phone's
+    mouth shape starts before its acoustic onset and lingers after it (coarticulation)."""
+    if sigma_rows <= 0:
+        return one_hot
+    radius = int(np.ceil(3 * sigma_rows))
+    kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma_rows) ** 2)
+    kernel /= kernel.sum()
+    padded = np.pad(one_hot, ((radius, radius), (0, 0)), mode="edge")
+    out = np.zeros_like(one_hot)
+    for k, w in enumerate(kernel):
+        out += w * padded[k:k + one_hot.shape[0]]
+    return out
+
+
+_VISEME_OF_PHONE = np.array([VISEME_NAMES.index(PHONE_TO_VISEME[p]) for p in PHONES])
+
+
+@dataclass
+class PhoneticFeatures:
+    """Soft one-hot phone and/or viseme classes at 100 Hz; same interface as the mel extractor
+    (`name`, `rate_hz`, `dim`, `__call__(wave) -> [T, dim]`), so it can stand in for it or be concatenated
+    with it. `sigma_ms` is the Gaussian cross-fade across class boundaries (0: hard one-hot).
+
+    Defaults from benchmarks/probe_phonetic.py (ridge from windows to lip opening, trained on one speaker,
+    tested on another): visemes beat phones across speakers (11 classes generalise where 40 overfit one
+    speaker), mel + visemes beat mel alone, and the cross-fade width barely matters (10-40 ms)."""
+
+    classes: Literal["phones", "visemes", "both"] = "visemes"
+    sigma_ms: float = 20.0
+    rate_hz: float = RATE_HZ
+
+    @property
+    def name(self) -> str:
+        return f"pocketsphinx-{self.classes}-s{self.sigma_ms:g}ms-v1"
+
+    @property
+    def dim(self) -> int:
+        return {"phones": len(PHONES), "visemes": len(VISEME_NAMES), "both": len(PHONES) + len(VISEME_NAMES)}[
+            self.classes]
+
+    def from_labels(self, labels: np.ndarray) -> np.ndarray:
+        """[T] phone indices -> [T, dim] float32 soft class rows."""
+        sigma = self.sigma_ms / 1000.0 * self.rate_hz
+        parts = []
+        if self.classes in ("phones", "both"):
+            parts.append(gaussian_smooth(np.eye(len(PHONES), dtype=np.float32)[labels], sigma))
+        if self.classes in ("visemes", "both"):
+            parts.append(gaussian_smooth(np.eye(len(VISEME_NAMES), dtype=np.float32)[_VISEME_OF_PHONE[labels]],
+                                         sigma))
+        return np.concatenate(parts, axis=1).astype(np.float32)
+
+    def __call__(self, wave: np.ndarray) -> np.ndarray:
+        """[S] float32 at 16 kHz -> [1 + S // 160, dim] float32, the whole wave decoded as one utterance."""
+        return self.rows(wave)
+
+    def rows(self, wave: np.ndarray, first_sample: int = 0) -> np.ndarray:
+        """`__call__` for a wave that starts at `first_sample` of a longer recording."""
+        wave = np.asarray(wave, np.float32).reshape(-1)
+        return self.from_labels(row_labels(decode_phones(wave, first_sample), num_rows(wave.size)))
+
+    def stream(self, chunks: Iterable[np.ndarray], window_s: float = 20.0, overlap_s: float = 2.0
+               ) -> Iterator[np.ndarray]:
+        """Rows of audio given as consecutive sample chunks, in bounded memory (at most `window_s` of samples
+        held). Windows of `window_s` start every `window_s - overlap_s`; each window gives the rows of its
+        middle, so every row comes from a window that extends at least `overlap_s / 2` beyond it on both
+        sides (except at the ends of the audio). Concatenated blocks have `1 + S // 160` rows, like
+        `__call__`; they equal it exactly for audio up to `window_s`. Longer audio differs from the
+        all-at-once result in some rows anywhere in a window, not only near its edges: the model's
+        feat.params fixes batch cepstral mean normalisation (the mean over the decoded utterance, which
+        keyword arguments do not override), so each window is normalised by its own mean."""
+        step = int(round((window_s - overlap_s) * self.rate_hz))  # rows
+        half = int(round(overlap_s / 2 * self.rate_hz))
+        window = (step + 2 * half) * HOP  # samples
+        if step <= 0 or half <= 0:
+            raise ValueError("need window_s > overlap_s > 0")
+        buffer = np.zeros(0, np.float32)
+        first, offset = True, 0
+        for chunk in chunks:
+            buffer = np.concatenate([buffer, np.asarray(chunk, np.float32).reshape(-1)])
+            while buffer.size >= window:
+                rows = self.rows(buffer[:window], offset)
+                yield rows[0 if first else half:step + half]
+                buffer = buffer[step * HOP:]
+                first, offset = False, offset + step * HOP
+        rows = self.rows(buffer, offset)
+        yield rows[0 if first else half:]
