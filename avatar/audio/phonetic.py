@@ -9,7 +9,8 @@ Alignment: row t is centred at t / 100 s and a wave of n samples at 16 kHz gives
 rows librosa's centred frames give for hop 160 (so these rows line up with the mel rows of the same wave).
 A pocketsphinx frame f covers samples [160 f, 160 f + 410), centred 1.28 rows after row f.
 
-Only numpy, the standard library and (lazily) pocketsphinx are imported here, so the module can move.
+Not yet wired into the avatar's feature windows: benchmarks/probe_phonetic.py measures what it adds across
+speakers. pocketsphinx is imported only when phones are decoded.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from typing import Iterable, Iterator, Literal
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from avatar.audio.io import SAMPLE_RATE
+
 RATE_HZ = 100.0
 HOP = 160  # samples per row
 FRAME_TO_ROW_SHIFT = 1  # pocketsphinx frame f is centred at row f + 1.28
