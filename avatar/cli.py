@@ -37,6 +37,12 @@ def _resolve(spec: str):
     return getattr(importlib.import_module(module), attr)
 
 
+def command(name: str):
+    """(config class, runner) of a command: the one place that binds command names to the packages that run
+    them (the library itself never imports the dataset builder, `preprocess/`)."""
+    return tuple(_resolve(spec) for spec in COMMANDS[name])
+
+
 def _pop_preset(args: list[str]) -> tuple[str | None, list[str]]:
     for i, a in enumerate(args):
         if a == "--preset" and i + 1 < len(args):
@@ -56,15 +62,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: unknown command {argv[0]!r}; choose one of {', '.join(COMMANDS)}")
             return 2
         return 0
-    command, rest = argv[0], argv[1:]
+    name, rest = argv[0], argv[1:]
     preset, rest = _pop_preset(rest)
     try:
-        config_cls, runner = (_resolve(s) for s in COMMANDS[command])
-        default = load_preset(command, preset, config_cls) if preset else None
-        if preset is None and presets(command) and "default" in presets(command):
-            default = load_preset(command, "default", config_cls)
-        cfg = tyro.cli(config_cls, args=rest, default=default, prog=f"avatar {command}",
-                       description=(config_cls.__doc__ or "") + (f"\nPresets: {', '.join(presets(command))}" if presets(command) else ""))
+        config_cls, runner = command(name)
+        default = load_preset(name, preset, config_cls) if preset else None
+        if preset is None and presets(name) and "default" in presets(name):
+            default = load_preset(name, "default", config_cls)
+        cfg = tyro.cli(config_cls, args=rest, default=default, prog=f"avatar {name}",
+                       description=(config_cls.__doc__ or "") + (f"\nPresets: {', '.join(presets(name))}" if presets(name) else ""))
         runner(cfg)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -71,13 +71,12 @@ def _step(name: str, timings: dict[str, float]):
 
 
 def run(cfg: DemoConfig) -> Path:
+    from avatar.cli import command
     from avatar.config_io import load_preset
-    from avatar.render.config import RenderConfig
-    from avatar.render.video import run as render
-    from avatar.train.config import TrainConfig
-    from avatar.train.runner import run as train
-    from preprocess.build import run as preprocess
-    from preprocess.config import PreprocessConfig
+
+    PreprocessConfig, preprocess = command("preprocess")  # noqa: N806 - a class
+    TrainConfig, train = command("train")  # noqa: N806
+    RenderConfig, render = command("render")  # noqa: N806
 
     _check_inputs(cfg)
     work = Path(cfg.work)
