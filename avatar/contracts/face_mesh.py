@@ -3,14 +3,12 @@
 The dataset's landmarks are mediapipe's 478 (468 mesh points + 10 iris points), so every module that
 names a landmark (tracking, masks, blendshapes, the mouth interior, the audio encoder's targets, the
 lip-sync metrics) takes the ids from here. "Right"/"left" are the person's own, as in ARKit.
-mediapipe is imported only inside `solutions()`, with its known-harmless start-up noise silenced.
+mediapipe is imported in one place, `solutions()`, and only when a detector is made.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import os
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -85,19 +83,10 @@ def face_triangles() -> np.ndarray:
 
 
 def solutions():
-    """`mediapipe.solutions`, imported with TensorFlow Lite's and protobuf's known-harmless warnings off
-    (they bury progress lines); everything else mediapipe reports still shows."""
-    os.environ.setdefault("GLOG_minloglevel", "2")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """`mediapipe.solutions`, with protobuf's known-harmless deprecation warning about mediapipe's own code off."""
     warnings.filterwarnings("ignore", message=r"SymbolDatabase\.GetPrototype\(\) is deprecated")
-    with open(os.devnull, "w") as null, contextlib.redirect_stderr(null):
-        import mediapipe as mp
-    try:  # absl's C++ log threshold (the W0000 inference_feedback_manager lines)
-        from absl import logging as absl_logging
+    import mediapipe as mp
 
-        absl_logging.set_verbosity(absl_logging.ERROR)
-    except ImportError:  # pragma: no cover - absl-py is a pinned requirement
-        pass
     return mp.solutions
 
 
