@@ -47,12 +47,22 @@ RIGID_ANCHORS = (10, 151, 9, 8, 108, 337, 109, 338, 67, 297, 69, 299, 104, 333,
 MIRROR_PAIRS = ((33, 263), (133, 362), (130, 359), (127, 356), (234, 454), (162, 389), (54, 284))
 
 
+# The landmarks `mouth_opening` reads, in this order: inner lips (upper, lower), outer eye corners.
+MOUTH_OPENING_IDS = (INNER_LIP_UPPER, INNER_LIP_LOWER, *EYE_OUTER_CORNERS)
+
+
 def mouth_opening(points: np.ndarray) -> np.ndarray:
     """[..., 478, D] landmarks (2D pixels or 3D points) -> [...] inner-lip gap over the outer eye-corner
     distance. One measure for the audio encoder's targets, the tracking statistics and the lip-sync metrics."""
+    return opening_of_mouth_points(np.asarray(points)[..., list(MOUTH_OPENING_IDS), :])
+
+
+def opening_of_mouth_points(points: np.ndarray) -> np.ndarray:
+    """`mouth_opening` of [..., 4, D] points already taken at MOUTH_OPENING_IDS (long sequences of
+    reconstructed faces need only those four)."""
     points = np.asarray(points, np.float64)
-    gap = np.linalg.norm(points[..., INNER_LIP_UPPER, :] - points[..., INNER_LIP_LOWER, :], axis=-1)
-    eyes = np.linalg.norm(points[..., EYE_OUTER_CORNERS[0], :] - points[..., EYE_OUTER_CORNERS[1], :], axis=-1)
+    gap = np.linalg.norm(points[..., 0, :] - points[..., 1, :], axis=-1)
+    eyes = np.linalg.norm(points[..., 2, :] - points[..., 3, :], axis=-1)
     return gap / np.maximum(eyes, 1e-9)
 
 

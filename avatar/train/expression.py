@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from avatar.contracts.dataset import Dataset
-from avatar.contracts.face_mesh import INNER_LIP_LOWER, INNER_LIP_UPPER, NOSE_TIP, mouth_opening
+from avatar.contracts.face_mesh import INNER_LIP_LOWER, INNER_LIP_UPPER, MOUTH_OPENING_IDS, NOSE_TIP, opening_of_mouth_points
 
 # At most MAX_COMPONENTS lower-face PCA components, fewer when they explain EXPLAINED_VARIANCE of its motion.
 MAX_COMPONENTS = 12
@@ -62,8 +62,6 @@ class ExpressionSpace:
 
         code_mean = code[train].mean(0)
         to_code, *_ = np.linalg.lstsq(targets[train], code[train] - code_mean, rcond=None)  # [E, P]
-        opening = mouth_opening(canonical + np.einsum("np,pkc->nkc", code, basis))
-        closed = train[opening[train] <= np.quantile(opening[train], 0.1)]
         upper, lower = (int(np.flatnonzero(ids == i)[0]) for i in (INNER_LIP_UPPER, INNER_LIP_LOWER))
         mean_shape = canonical[ids] + mean.reshape(-1, 3)
         axis = mean_shape[lower] - mean_shape[upper]
@@ -72,6 +70,8 @@ class ExpressionSpace:
         direction = (comp[:, lower] - comp[:, upper]) @ axis  # [E]
         direction /= max(float(np.std(targets[train] @ direction)), 1e-12)
         f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
+        opening = codes_opening(canonical, basis, code)
+        closed = train[opening[train] <= np.quantile(opening[train], 0.1)]
         return ExpressionSpace(f32(targets), f32(mean), f32(components), scale, f32(to_code), f32(code_mean),
                                f32(targets[closed].mean(0)), f32(direction), canonical, basis)
 
@@ -81,4 +81,11 @@ class ExpressionSpace:
 
     def opening_of_codes(self, code: np.ndarray) -> np.ndarray:
         """[N, P] expression codes -> [N] mouth opening of the reconstructed canonical-frame landmarks."""
-        return mouth_opening(self.canonical_face + np.einsum("np,pkc->nkc", np.asarray(code, np.float64), self.basis))
+        return codes_opening(self.canonical_face, self.basis, code)
+
+
+def codes_opening(canonical: np.ndarray, basis: np.ndarray, code: np.ndarray) -> np.ndarray:
+    """[N, P] expression codes -> [N] mouth opening, reconstructing only the landmarks the measure reads."""
+    ids = list(MOUTH_OPENING_IDS)
+    points = canonical[ids] + np.einsum("np,pkc->nkc", np.asarray(code, np.float64), basis[:, ids])
+    return opening_of_mouth_points(points)
