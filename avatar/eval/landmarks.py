@@ -14,11 +14,11 @@ from avatar.contracts.face_mesh import FaceMesh
 LANDMARK_SCALE = 512  # images are resized to this square size before detection; distances are in its pixels
 
 
-class FaceLandmarker:
+class FaceLandmarker(FaceMesh):
     """[H, W, 3] uint8 RGB of any size -> [478, 2] pixels at LANDMARK_SCALE, or None when no face is found."""
 
     def __init__(self, min_detection_confidence: float = 0.5):
-        self._mesh = FaceMesh(static=True, max_faces=1, min_detection_confidence=min_detection_confidence)
+        super().__init__(static=True, max_faces=1, min_detection_confidence=min_detection_confidence)
 
     def __call__(self, image: np.ndarray) -> np.ndarray | None:
         import cv2
@@ -27,14 +27,5 @@ class FaceLandmarker:
         if (h, w) != (LANDMARK_SCALE, LANDMARK_SCALE):
             interp = cv2.INTER_CUBIC if max(h, w) < LANDMARK_SCALE else cv2.INTER_AREA
             image = cv2.resize(image, (LANDMARK_SCALE, LANDMARK_SCALE), interpolation=interp)
-        faces = self._mesh.faces(image)
+        faces = self.faces(image)
         return faces[0][:, :2] if faces else None
-
-    def close(self) -> None:
-        self._mesh.close()
-
-    def __enter__(self) -> "FaceLandmarker":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
