@@ -79,23 +79,27 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def audio_feature_windows(head, audio: Path) -> tuple[np.ndarray, dict]:
-    """[n, C, W, F] windows of `audio` as `avatar render` computes them, and the row that times it. Where the
-    audio packages are not installed (a GPU machine given only what the render itself needs), all-zero
-    windows (silence) of the same shape stand in and the row says so."""
+def audio_feature_windows(head, audio: Path, keep: int) -> tuple[np.ndarray, dict]:
+    """The first `keep` [keep, C, W, F] windows of `audio` as `avatar render` computes them, and the row that
+    times the features of the whole clip (streamed: only `keep` windows are held). Where the audio packages are
+    not installed (a GPU machine given only what the render itself needs), all-zero windows (silence) of the
+    same shape stand in and the row says so."""
     from avatar.model.driving import audio_windows
 
     row = {"section": "avatar render (batch 1)", "name": "audio features"}
-    start = time.perf_counter()
+    start, frames, kept = time.perf_counter(), 0, []
     try:
-        windows = np.concatenate(list(audio_windows(audio, head.driving, head.audio_context)))
+        for chunk in audio_windows(audio, head.driving, head.audio_context):
+            frames += len(chunk)
+            if sum(map(len, kept)) < keep:
+                kept.append(np.array(chunk[:keep]))
     except ImportError as exc:
         f = head.driving.features
-        windows = np.zeros((int(10 * head.fps), 2 * head.audio_context + 1, f.window, f.dim), np.float32)
-        return windows, {**row, "skipped": f"{exc}; silent windows drive the render rows"}
+        silent = np.zeros((keep, 2 * head.audio_context + 1, f.window, f.dim), np.float32)
+        return silent, {**row, "skipped": f"{exc}; silent windows drive the render rows"}
     seconds = time.perf_counter() - start
-    return windows, {**row, "frames": len(windows), "ms_per_frame": 1000 * seconds / max(len(windows), 1),
-                     "fps": len(windows) / max(seconds, 1e-9)}
+    return np.concatenate(kept)[:keep], {**row, "frames": frames, "ms_per_frame": 1000 * seconds / max(frames, 1),
+                                         "fps": frames / max(seconds, 1e-9)}
 
 
 def driving_conditions(head, windows: np.ndarray, count: int, device: torch.device) -> list:
@@ -206,7 +210,8 @@ def run(cfg: BenchConfig) -> list[dict]:
         if not (cfg.run / "run.json").is_file():
             raise UserError(f"{cfg.run}: not a run directory (no run.json). Give a directory made by `avatar train`.")
         head = TalkingHead.load(cfg.run, device=device)
-        windows, features_row = audio_feature_windows(head, cfg.run / "audio.wav")  # the run keeps its clip's sound
+        # the run keeps its clip's sound
+        windows, features_row = audio_feature_windows(head, cfg.run / "audio.wav", warmup + frames)
         rows.append(features_row)
         rows += render_rows(head, driving_conditions(head, windows, warmup + frames, device), warmup, cfg.resolutions,
                             device)
