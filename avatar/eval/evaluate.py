@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from avatar.contracts.atomic import atomic_path, write_json
-from avatar.contracts.dataset import Dataset
+from avatar.contracts.dataset import Dataset, DatasetLayout
 from avatar.device import resolve_device
 from avatar.errors import UserError
 from avatar.eval.config import EvalConfig
@@ -181,7 +181,7 @@ def evaluation_dataset(head, run: Path, override: Path | None) -> Dataset:
     recorded = head.driving.dataset
     path = Path(recorded["path"])
     if override is None:
-        if not (path / "manifest.json").is_file():
+        if not DatasetLayout(path).manifest.is_file():
             raise UserError(f"{run}: the avatar was trained on the dataset {path}, which is no longer there. "
                             "Give its new place with `avatar eval RUN --dataset PATH`.")
         dataset = Dataset(path)
