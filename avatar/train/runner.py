@@ -47,10 +47,10 @@ def open_training_dataset(cfg: TrainConfig) -> Dataset:
 
 
 class Runner:
-    STAGES: tuple[Stage, ...] = (AudioStage(), CanonicalStage(), DeformStage())
-
     def __init__(self, cfg: TrainConfig, on_step: Callable[["Runner", str, int], None] | None = None):
         self.cfg = cfg
+        # fresh stage objects per run: an image stage keeps its optimizer and sampler while it runs
+        self.stages: tuple[Stage, ...] = (AudioStage(), CanonicalStage(), DeformStage())
         self.on_step = on_step  # called after every completed step (used by tests to simulate Ctrl-C)
         self.dataset = open_training_dataset(cfg)
         self.out = Path(cfg.out)
@@ -100,14 +100,14 @@ class Runner:
             should_stop=lambda: self._stop_requested, save=self._save, record=self._record,
             on_step=None if self.on_step is None else (lambda name, step: self.on_step(self, name, step)),
         )
-        names = [stage.name for stage in self.STAGES]
+        names = [stage.name for stage in self.stages]
         current = checkpoint.stage if checkpoint else names[0]
         model = None
         if checkpoint is not None and checkpoint.model is not None:
             model = TalkingHead.from_state(checkpoint.spec, checkpoint.model).to(self.device)
         previous = signal.signal(signal.SIGINT, lambda *_: self.request_stop())
         try:
-            for k, stage in enumerate(self.STAGES):
+            for k, stage in enumerate(self.stages):
                 if current == "done" or names.index(current) > k:
                     continue
                 progress = checkpoint.progress if checkpoint is not None and checkpoint.stage == stage.name else {}
