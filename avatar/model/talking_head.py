@@ -242,7 +242,7 @@ def payload_checksum(state_dict: dict, driving: dict) -> str:
     items = [(f"state/{k}", v) for k, v in state_dict.items()] + [(f"driving/{k}", v) for k, v in driving.items()]
     for name, value in sorted(items, key=lambda kv: kv[0]):
         if isinstance(value, Tensor):
-            value = value.detach().cpu().contiguous().numpy() if value.dtype != torch.bfloat16 else value.float().numpy()
+            value = value.detach().cpu().contiguous().numpy()
         digest.update(name.encode())
         if isinstance(value, np.ndarray):
             digest.update(f"{value.shape}{value.dtype}".encode())
