@@ -16,7 +16,7 @@ import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, ClassVar, Optional
 
 import numpy as np
 import torch
@@ -30,6 +30,8 @@ BENCHMARK_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 @dataclass
 class BenchConfig:
     """Print a table of speed and memory: the component benchmarks, and a trained avatar when RUN is given."""
+
+    LIMITS: ClassVar[dict] = {"frames": (1, None), "warmup": (0, None), "threads": (1, None)}  # checked by config_io.check_values
 
     run: Annotated[Optional[Path], tyro.conf.Positional] = None
     """a run directory written by `avatar train` (optional)"""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from avatar.config_io import load_preset, presets
+from avatar.config_io import check_values, load_preset, presets
 from avatar.errors import UserError
 
 # command -> (config class, runner taking that config), as "module:attribute"
@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             default = load_preset(name, "default", config_cls)
         cfg = tyro.cli(config_cls, args=rest, default=default, prog=f"avatar {name}",
                        description=(config_cls.__doc__ or "") + (f"\nPresets: {', '.join(presets(name))}" if presets(name) else ""))
+        check_values(cfg)
         runner(cfg)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

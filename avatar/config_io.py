@@ -55,6 +55,29 @@ def from_dict(cls: type[T], data: dict, base: T | None = None) -> T:
     return dataclasses.replace(base, **kwargs)
 
 
+def check_values(cfg: Any, prefix: str = "") -> None:
+    """Refuse bad numbers before any work: every float option must be finite, and the options a config
+    class lists in its `LIMITS` (field -> (lowest, highest), None for open) must lie in their range. Nested
+    configs are checked too (`--audio.lr` style names)."""
+    import math
+
+    limits = getattr(type(cfg), "LIMITS", {})
+    for f in dataclasses.fields(cfg):
+        value, flag = getattr(cfg, f.name), f"--{prefix}{f.name.replace('_', '-')}"
+        if dataclasses.is_dataclass(value):
+            check_values(value, f"{prefix}{f.name}.")
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{flag} {value}: give a finite number.")
+        low, high = limits.get(f.name, (None, None))
+        if low is not None and value < low:
+            raise UserError(f"{flag} {value}: must be at least {low}" + (f" and at most {high}." if high is not None else "."))
+        if high is not None and value > high:
+            raise UserError(f"{flag} {value}: must be at most {high}" + (f" and at least {low}." if low is not None else "."))
+
+
 def presets(command: str) -> list[str]:
     return sorted(p.stem for p in (PRESET_DIR / command).glob("*.toml"))
 

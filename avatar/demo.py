@@ -1,7 +1,8 @@
 """`avatar demo`: the whole story on the shared example data, on a CPU, in one command.
 
 preprocess a shared talking video -> train the `tiny` preset -> render a shared speech clip the avatar
-never heard into an mp4 with sound. Each step keeps its result in --work, so a rerun reuses finished
+never heard into an mp4 with sound -> score its mouth on that clip (`avatar eval --drive-audio`: motion,
+pauses closed, vowels open, and a strip of mouth crops to look at). Each step keeps its result in --work, so a rerun reuses finished
 steps (an interrupted training resumes from its last checkpoint).
 """
 
@@ -77,6 +78,7 @@ def run(cfg: DemoConfig) -> Path:
     PreprocessConfig, preprocess = command("preprocess")  # noqa: N806 - a class
     TrainConfig, train = command("train")  # noqa: N806
     RenderConfig, render = command("render")  # noqa: N806
+    EvalConfig, evaluate = command("eval")  # noqa: N806
 
     _check_inputs(cfg)
     work = Path(cfg.work)
@@ -84,12 +86,12 @@ def run(cfg: DemoConfig) -> Path:
     timings: dict[str, float] = {}
     start = time.perf_counter()
 
-    done = _step(f"1/3 preprocess {cfg.video} -> {dataset} (finished steps are reused)", timings)
+    done = _step(f"1/4 preprocess {cfg.video} -> {dataset} (finished steps are reused)", timings)
     preprocess(PreprocessConfig(video=Path(cfg.video), out=dataset, resolution=cfg.dataset_resolution))
     done()
 
     avatar = run_dir / "avatar.pt"
-    done = _step(f"2/3 train the `{cfg.preset}` preset at {cfg.train_resolution} px -> {run_dir}", timings)
+    done = _step(f"2/4 train the `{cfg.preset}` preset at {cfg.train_resolution} px -> {run_dir}", timings)
     if avatar.is_file():
         print(f"{avatar} exists: training is finished, reusing it.", file=sys.stderr)
     else:
@@ -100,7 +102,7 @@ def run(cfg: DemoConfig) -> Path:
         train(train_cfg)
     done()
 
-    done = _step(f"3/3 render {cfg.audio} -> {video}", timings)
+    done = _step(f"3/4 render {cfg.audio} -> {video}", timings)
     inputs = max(avatar.stat().st_mtime, Path(cfg.audio).stat().st_mtime)
     if video.is_file() and video.stat().st_mtime > inputs:
         print(f"{video} is newer than the avatar and the audio: reusing it.", file=sys.stderr)
@@ -108,8 +110,18 @@ def run(cfg: DemoConfig) -> Path:
         render(RenderConfig(run=run_dir, audio=Path(cfg.audio), out=video, pose=cfg.pose))  # type: ignore[arg-type]
     done()
 
+    lip_sync = work / "lip_sync"
+    done = _step(f"4/4 score the mouth on the new audio -> {lip_sync}", timings)
+    scored = lip_sync / "metrics.json"
+    if scored.is_file() and scored.stat().st_mtime > video.stat().st_mtime:
+        print(f"{scored} is newer than the video: reusing it.", file=sys.stderr)
+    else:
+        evaluate(EvalConfig(run=run_dir, drive_audio=Path(cfg.audio), out=lip_sync, baselines=False))
+    done()
+
     total = time.perf_counter() - start
     print("\n" + ", ".join(f"{name.split(' ')[1]} {seconds / 60:.1f} min" for name, seconds in timings.items())
           + f"; total {total / 60:.1f} min")
     print(f"Your avatar saying {Path(cfg.audio).name}: {video.resolve()}")
+    print(f"Its mouth, frame by frame: {(lip_sync / 'mouth_strip.png').resolve()}")
     return video

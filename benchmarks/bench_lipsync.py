@@ -1,142 +1,110 @@
-"""Lip-sync proxy of the audio encoder: how well the predicted expression opens the mouth on the validation
-frames (the last 10 % of each clip, audio never trained on), against the ridge baseline of issue 4.
+"""Lip sync of trained avatars on audio they were not trained on: one table over every driver.
 
-For each dataset directory (made by `avatar preprocess`; in `avatar bench`, those listed in
-$AVATAR_BENCH_DATASETS, separated by ':'):
-- ridge: ridge regression from the +-80 ms normalised log-mel window of a frame to its inner-lip opening
-  (avatar.contracts.face_mesh.mouth_opening of the tracked landmarks), fitted on the training frames; the penalty is picked on the
-  last 10 % of the training frames;
-- encoder: `fit_audio_encoder` (network + example memory, with the memory share it chose), its prediction
-  turned into an expression code, the landmarks rebuilt (canonical + code @ basis) and the same opening
-  measured there.
-Numbers are correlations over time on the validation frames, against the opening of the tracked 2D landmarks
-("vs 2D") and of the tracked expression code ("vs code"). "silence": the mouth opening predicted for silent audio (all-zero normalised features), as the
-percentile of the tracked training-frame openings (near 0 %: closed). Train time is wall clock and process CPU
-seconds (CPU seconds depend less on how loaded the machine is).
+Each RUN (from `avatar train` on one of the shared videos) is driven, as `avatar eval --drive` /
+`--drive-audio` drive it (avatar.eval.cross_drive: rendered, the mouth detected on every frame), by
+- every OTHER run's dataset: that person's voice, scored against that person's tracked mouth (correlation at
+  lag 0 and best within +-3 frames, its lag, the motion ratio, the silent frames with a closed mouth);
+- the speech clips in ../shared/data without video (the espeak-ng voices, MuseTalk's English speech,
+  Macron's voice from another recording): motion ratio, pauses closed, vowels open, loudness correlation;
+- its own held-out voice (the validation frames), scored like the cross-driven pairs.
+The motion ratio is always over the avatar's own person's real spread. The static head (the deformation off)
+is the baseline of every row with `--static`.
 
-    python benchmarks/bench_lipsync.py DATASET [DATASET ...] [--steps 600] [--seeds 0] [--set key=value ...]
+    python benchmarks/bench_lipsync.py RUN [RUN ...] [--max-frames N] [--static] [--out table.json]
+
+In `avatar bench`: the runs listed in $AVATAR_BENCH_RUNS, separated by ':'.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import json
 import os
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from avatar.contracts.dataset import Dataset
-from avatar.contracts.face_mesh import mouth_opening
-from avatar.model.audio_encoder import AudioEncoderConfig
-from avatar.train.audio_fit import fit_audio_encoder, predict_expression
-from avatar.train.expression import ExpressionSpace
+from avatar.contracts.atomic import write_json
 
-RIDGE_PENALTIES = [1.0, 10.0, 100.0, 1e3, 1e4]
-
-
-def corr(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else float("nan")
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SPEECH_CLIPS = ("espeak_en_us_male_26s.wav", "espeak_en_us_female_12s.wav", "musetalk_eng_speech_60s.wav",
+                "genefacepp_macron_speech_12s.wav")
+COLUMNS = ("corr_lag0", "corr_best", "best_lag", "motion_ratio", "silent_closed", "pauses_closed", "vowels_open",
+           "loudness_corr")
 
 
-def ridge_baseline(dataset: Dataset, opening: np.ndarray) -> np.ndarray:
-    """[N] ridge prediction of `opening` from each frame's log-mel window (the energy and pitch rows left out)."""
-    n_mels = dataset.manifest.features.dim - 2
-    x = dataset.audio_windows()[:, :, :n_mels].reshape(dataset.num_frames, -1).astype(np.float64)
-    train = dataset.indices("train")
+def avatar_rows(run: Path, others: list[Path], clips: list[Path], max_frames: int | None, static: bool,
+                batch: int = 8) -> list[dict]:
+    from avatar.eval.cross_drive import cross_driven, own_voice
+    from avatar.eval.evaluate import evaluation_dataset
+    from avatar.eval.landmarks import FaceLandmarker
+    from avatar.model.talking_head import TalkingHead
 
-    def fit(rows: np.ndarray, penalty: float) -> np.ndarray:
-        mean_x, mean_y = x[rows].mean(0), opening[rows].mean()
-        xc = x[rows] - mean_x
-        w = np.linalg.solve(xc.T @ xc + penalty * np.eye(x.shape[1]), xc.T @ (opening[rows] - mean_y))
-        return (x - mean_x) @ w + mean_y
+    head = TalkingHead.load(run)
+    name = Path(head.driving.source.path).stem
+    rows = []
 
-    split = int(round(len(train) * 0.9))
-    penalty = max(RIDGE_PENALTIES, key=lambda p: corr(fit(train[:split], p)[train[split:]], opening[train[split:]]))
-    return fit(train, penalty)
+    def add(driver: str, result: dict) -> None:
+        for method, m in result["methods"].items():
+            if method == "static_head" and not static:
+                continue
+            if method in ("avatar", "static_head"):
+                rows.append({"avatar": name, "driver": driver, "method": method, "frames": m["frames"],
+                             **{k: m.get(k) for k in COLUMNS}})
 
-
-def evaluate(root: Path, cfg: AudioEncoderConfig, steps: int, seeds: list[int]) -> dict:
-    dataset = Dataset(root)
-    train, val = dataset.indices("train"), dataset.indices("val")
-    open_2d = mouth_opening(dataset.tracking("landmarks"))  # what `avatar eval` measures on images
-    space = ExpressionSpace.fit(dataset)
-    open_code = space.opening_of_codes(np.asarray(dataset.tracking("expression_pca")))
-    ridge = ridge_baseline(dataset, open_2d)
-    windows = dataset.audio_windows(context=cfg.context)[val]
-    row = {"dataset": Path(dataset.manifest.source["path"]).stem, "val_frames": len(val),
-           "ridge_vs_2d": corr(ridge[val], open_2d[val]), "code_vs_2d": corr(open_code[val], open_2d[val])}
-    results = []
-    for seed in seeds:
-        wall, cpu = time.perf_counter(), time.process_time()
-        encoder, metrics = fit_audio_encoder(dataset, space, cfg, steps, seed)
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        opening = space.opening_of_codes(space.to_codes(predict_expression(encoder, windows)))
-        silent = space.to_codes(predict_expression(encoder, np.zeros_like(windows[:1])))
-        silent_percentile = 100 * float(np.mean(open_code[train] < space.opening_of_codes(silent)[0]))
-        results.append({"enc_vs_2d": corr(opening, open_2d[val]), "enc_vs_code": corr(opening, open_code[val]),
-                        "train_wall_s": wall, "train_cpu_s": cpu, "best_steps": metrics["best_steps"],
-                        "silence_pct": silent_percentile, "memory_share": metrics["memory_weight"]})
-    for key in ("enc_vs_2d", "enc_vs_code", "train_wall_s", "train_cpu_s", "silence_pct", "memory_share"):
-        row[key] = float(np.mean([r[key] for r in results]))
-    row["enc_vs_2d_per_seed"] = [round(r["enc_vs_2d"], 3) for r in results]
-    row["best_steps"] = [r["best_steps"] for r in results]
-    return row
+    for other in others:
+        dataset = TalkingHead.load(other).driving.dataset["path"]
+        add(Path(dataset).name, cross_driven(head, run, Path(dataset), None, max_frames, batch, None, static))
+    for clip in clips:
+        add(clip.stem, cross_driven(head, run, None, clip, max_frames, batch, None, static))
+    with FaceLandmarker() as landmarker:
+        m = own_voice(head, evaluation_dataset(head, run, None), landmarker, batch)
+    rows.append({"avatar": name, "driver": "own held-out voice", "method": "avatar", "frames": m["frames"],
+                 **{k: m.get(k) for k in COLUMNS}})
+    return rows
 
 
-def parse_overrides(pairs: list[str]) -> dict:
-    """key=value strings -> AudioEncoderConfig field values of the field's own type."""
-    types = {f.name: type(getattr(AudioEncoderConfig(), f.name)) for f in dataclasses.fields(AudioEncoderConfig)}
-    out = {}
-    for pair in pairs:
-        key, value = pair.split("=", 1)
-        out[key] = types[key](value)
-    return out
+def format_rows(rows: list[dict]) -> str:
+    head = f"{'avatar':<28} {'driver':<30} {'method':<11} {'frames':>6}" + "".join(f"{c:>14}" for c in COLUMNS)
+    lines = [head]
+    for r in rows:
+        cells = "".join(f"{r[c]:>14.3f}" if isinstance(r.get(c), float) else f"{str(r.get(c)):>14}" for c in COLUMNS)
+        lines.append(f"{r['avatar'][:28]:<28} {r['driver'][:30]:<30} {r['method']:<11} {r['frames']:>6}" + cells)
+    return "\n".join(lines)
+
+
+def table(runs: list[Path], max_frames: int | None, static: bool) -> list[dict]:
+    clips = [SHARED / c for c in SPEECH_CLIPS if (SHARED / c).is_file()]
+    rows = []
+    for run in runs:
+        rows += avatar_rows(run, [r for r in runs if r != run], clips, max_frames, static)
+        print(format_rows(rows), flush=True)
+    return rows
 
 
 def run(quick: bool) -> list[dict]:
-    """Rows for `avatar bench`: the datasets in $AVATAR_BENCH_DATASETS (this needs preprocessed datasets)."""
-    roots = [Path(p) for p in os.environ.get("AVATAR_BENCH_DATASETS", "").split(":") if p]
-    if not roots:
-        return [{"name": "lip sync", "skipped": "no datasets: set AVATAR_BENCH_DATASETS=DS1:DS2 (from `avatar preprocess`)"}]
-    steps = 100 if quick else 600
-    rows = []
-    for root in roots:
-        if not (root / "manifest.json").is_file():
-            rows.append({"name": f"lip sync {root.name}", "skipped": f"no dataset at {root}"})
-            continue
-        r = evaluate(root, AudioEncoderConfig(), steps, [0])
-        rows.append({"name": f"lip sync {r['dataset']}", "val_frames": r["val_frames"],
-                     "ridge_corr": round(r["ridge_vs_2d"], 3), "encoder_corr": round(r["enc_vs_2d"], 3),
-                     "memory_share": r["memory_share"], "silence_percentile": round(r["silence_pct"]),
-                     "train_wall_s": round(r["train_wall_s"], 1)})
-    return rows
+    """Rows for `avatar bench`: the runs in $AVATAR_BENCH_RUNS (avatars trained on the shared videos)."""
+    runs = [Path(p) for p in os.environ.get("AVATAR_BENCH_RUNS", "").split(":") if p]
+    if not runs:
+        return [{"name": "lip sync", "skipped": "no runs: set AVATAR_BENCH_RUNS=RUN1:RUN2 (from `avatar train`)"}]
+    return [{"name": f"lip sync {r['avatar']} <- {r['driver']}", **r}
+            for r in table(runs, 50 if quick else None, static=False)]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("datasets", nargs="+", type=Path, help="dataset directories from `avatar preprocess`")
-    parser.add_argument("--steps", type=int, default=600, help="training steps per ensemble member (at most)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one training per seed, numbers averaged")
-    parser.add_argument("--set", nargs="*", default=[], help="AudioEncoderConfig overrides, key=value")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("runs", nargs="+", type=Path, help="run directories from `avatar train`")
+    parser.add_argument("--max-frames", type=int, default=None, help="drive at most this many frames per driver")
+    parser.add_argument("--static", action="store_true", help="also score the static head on every driver")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--out", type=Path, default=None, help="also write the rows as JSON here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = dataclasses.replace(AudioEncoderConfig(), **parse_overrides(args.set))
-    print(f"config: {dataclasses.asdict(cfg)}; steps {args.steps}; seeds {args.seeds}")
-    header = (f"{'dataset':<12} {'val':>4} {'ridge':>6} {'encoder':>8} {'enc/code':>8} {'code/2D':>8} {'silence':>7} "
-              f"{'wall s':>7} {'cpu s':>6}  per seed")
-    print(header)
-    for root in args.datasets:
-        if not (root / "manifest.json").is_file():
-            print(f"{root.name:<12} (no dataset at {root})")
-            continue
-        r = evaluate(root, cfg, args.steps, args.seeds)
-        print(f"{r['dataset']:<12} {r['val_frames']:>4} {r['ridge_vs_2d']:>6.3f} {r['enc_vs_2d']:>8.3f} "
-              f"{r['enc_vs_code']:>8.3f} {r['code_vs_2d']:>8.3f} {r['silence_pct']:>6.0f}% {r['train_wall_s']:>7.1f} {r['train_cpu_s']:>6.1f}  "
-              f"{r['enc_vs_2d_per_seed']} best steps {r['best_steps']}", flush=True)
+    rows = table(args.runs, args.max_frames, args.static)
+    if args.out is not None:
+        write_json(args.out, rows)
+        print(f"wrote {args.out}")
+    print(json.dumps({"rows": len(rows)}))
 
 
 if __name__ == "__main__":

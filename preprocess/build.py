@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from avatar.contracts.atomic import atomic_dir, atomic_path, jsonable, save_npy, sha256_of, write_json
-from avatar.audio.features import MelFeatures, feature_stats
+from avatar.audio.features import MelFeatures, feature_stats, speech_features
 from avatar.audio.io import SAMPLE_RATE, num_frames_for, save_wav
 from avatar.contracts.camera import Intrinsics
 from avatar.contracts.dataset import (
@@ -237,10 +237,10 @@ class Builder:
         import soundfile as sf
 
         wave, _ = sf.read(str(self.layout.audio), dtype="float32")
-        extractor = MelFeatures()
+        extractor = speech_features(self.cfg.features)
         feats = extractor(wave)
         save_npy(self.layout.features, feats)
-        mean, std = feature_stats(feats)
+        mean, std = feature_stats(feats, extractor.normalized)
         info = FeatureInfo(file=self.layout.features.name, extractor=extractor.name, rate_hz=extractor.rate_hz,
                            dim=extractor.dim, window=self.cfg.feature_window,
                            mean=[float(x) for x in mean], std=[float(x) for x in std])
@@ -274,9 +274,11 @@ class Builder:
         track = run("track", {"intrinsics": intrinsics.__dict__}, lambda: self.step_track(intrinsics),
                     (layout.tracking_dir.name,))
         masks = run("masks", {}, lambda: self.step_masks(n), (layout.masks_dir.name, layout.background.name))
-        feats = run("features", {"window": cfg.feature_window}, self.step_features, (layout.features.name,))
         run("preview", {"seconds": cfg.preview_seconds, "sheet": cfg.contact_sheet_frames},
             lambda: self.step_preview(n, intrinsics), (layout.preview.name, layout.contact_sheet.name))
+        # last: changing the feature set of a built dataset recomputes only this step
+        feats = run("features", {"window": cfg.feature_window, "features": cfg.features}, self.step_features,
+                    (layout.features.name,))
 
         n_val = int(round(n * cfg.val_fraction))
         if cfg.val_fraction > 0:
@@ -326,10 +328,14 @@ def speech_motion(root: Path, num_frames: int, fps: float, names: list[str], max
     """How the mouth moves with the sound's energy (log energy at each frame's centre): the correlation of
     jawOpen with it, and the lag at which the mouth opening correlates best. The mouth opens slightly before
     the sound, so the best lag is normally 0..2 frames; a much larger one hints that the source is out of sync."""
+    import soundfile as sf
+
     layout = DatasetLayout(root)
-    feats = np.load(layout.features, mmap_mode="r")
-    rows = np.clip(np.round((np.arange(num_frames) + 0.5) / fps * 100.0).astype(int), 0, feats.shape[0] - 1)
-    energy = np.asarray(feats[rows, -2], np.float64)  # the log-energy column of MelFeatures
+    wave, _ = sf.read(str(layout.audio), dtype="float32")
+    loudness = MelFeatures()
+    rms = loudness.frame_rms(wave)
+    rows = np.clip(np.round((np.arange(num_frames) + 0.5) / fps * loudness.rate_hz).astype(int), 0, len(rms) - 1)
+    energy = np.log(rms[rows].astype(np.float64) + 1e-5)
     opening = mouth_opening(np.load(layout.tracking("landmarks"), mmap_mode="r"))
     by_lag = {lag: _lagged_corr(opening, energy, lag) for lag in range(-max_lag, max_lag + 1)}
     best = max(by_lag, key=lambda k: -np.inf if np.isnan(by_lag[k]) else by_lag[k])

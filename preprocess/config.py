@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, ClassVar, Literal, Optional
 
 import tyro
 
@@ -12,6 +12,8 @@ import tyro
 @dataclass
 class PreprocessConfig:
     """Build a training dataset from one talking video of one person."""
+
+    LIMITS: ClassVar[dict] = {"fps": (1, 120), "resolution": (64, 4096), "val_fraction": (0, 0.5), "fov_deg": (1, 150), "focal_px": (1, None), "crop_scale": (1, 10), "crop_face_y": (0, 1), "crop_samples": (1, None), "min_duration_s": (0, None), "max_missing_face": (0, 1), "feature_window": (4, 64), "jpeg_quality": (1, 100), "preview_seconds": (0, None), "contact_sheet_frames": (1, None)}  # checked by config_io.check_values
 
     video: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="VIDEO")] = tyro.MISSING  # type: ignore
     """the input video (mp4, mov, mkv, webm, ...; constant or variable frame rate, any resolution)"""
@@ -44,6 +46,10 @@ class PreprocessConfig:
     """refuse clips where no face is found in more than this share of frames (shorter gaps are interpolated)"""
     feature_window: int = 16
     """audio-feature rows per frame window (see avatar.audio.features)"""
+    features: Literal["mel+phones+visemes", "mel+visemes", "mel", "visemes", "mel+phones"] = "mel+phones+visemes"
+    """audio features the avatar learns from: log-mel/energy/pitch (the voice's sound) and/or phonetic classes
+    decoded by pocketsphinx's speaker-independent acoustic model (what is said: visemes = mouth-shape classes,
+    phones = the 39 English phones). Changing it on an existing dataset recomputes only the features"""
     jpeg_quality: int = 95
     """JPEG quality of the stored frames"""
     preview_seconds: float = 10.0

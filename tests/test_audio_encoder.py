@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from avatar.audio.features import MelFeatures, context_windows, feature_stats, frame_windows, normalize_features
-from avatar.audio.io import SAMPLE_RATE
+from avatar.audio.io import SAMPLE_RATE, save_wav
 from avatar.contracts.dataset import Dataset
 from avatar.contracts.face_mesh import EYE_OUTER_CORNERS, INNER_LIP_LOWER, INNER_LIP_UPPER, NOSE_TIP
 from avatar.model.audio_encoder import AudioEncoder, AudioEncoderConfig, ExampleMemory
@@ -61,6 +61,7 @@ def write_dataset(root: Path, wave: np.ndarray, opening: np.ndarray, seed: int =
               "blendshapes": opening[:, None].astype(np.float32)}
     for name, value in arrays.items():
         np.save(root / "tracking" / f"{name}.npy", value)
+    save_wav(root / "audio.wav", wave)
     feats = MelFeatures()(wave)
     np.save(root / "audio_features.npy", feats)
     mean, std = feature_stats(feats)
@@ -180,3 +181,25 @@ def test_memory_of_a_long_video_is_capped_evenly(dataset):
     assert len(frames) == 10 and frames[0] == train[0] and frames[-1] == train[-1]
     assert set(frames.tolist()) <= set(train.tolist())
 
+
+
+def test_a_quiet_decoded_pause_closes_the_mouth_and_speech_is_left_alone():
+    torch.manual_seed(0)
+    cfg = AudioEncoderConfig(context=1, channels=8, embed_dim=8, heads=2, members=1, dropout=0.0)
+    feature_dim, silence, energy = 6, 5, 0  # column 0: normalised log energy, column 5: the pause class
+    enc = AudioEncoder(cfg, feature_dim=feature_dim, window=16, expression_dim=3).eval()
+    enc.closed = torch.tensor([-1.0, 0.5, 2.0])
+    audio = torch.randn(4, 3, 16, feature_dim)
+    audio[:, :, :, silence] = 0.0
+    audio[0, 1, :, silence], audio[0, 1, :, energy] = 1.0, -3.0  # a sure pause, quiet: closed
+    audio[1, 1, :, silence], audio[1, 1, :, energy] = 1.0, 0.5  # "silence" heard in loud audio: speech
+    audio[2, 1, :, energy] = -3.0  # quiet but the decoder hears a phone: speech
+    audio[3, 1, :, silence], audio[3, 1, :, energy] = 0.7, -1.5  # unsure and half quiet: half-way
+    _, free = enc(audio)
+    enc.silence_column, enc.energy_column = torch.tensor(silence), torch.tensor(energy)
+    _, gated = enc(audio)
+    torch.testing.assert_close(gated[0], enc.closed)
+    torch.testing.assert_close(gated[1:3], free[1:3])
+    torch.testing.assert_close(gated[3], enc.closed + (1 - 0.5 * 0.5) * (free[3] - enc.closed))
+    enc.cfg.pause_closes = False
+    torch.testing.assert_close(enc(audio)[1], free)

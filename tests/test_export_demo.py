@@ -20,6 +20,7 @@ def test_missing_example_data_is_explained(tmp_path):
 
 
 def test_rerun_reuses_finished_steps(tmp_path, monkeypatch):
+    import avatar.eval.evaluate
     import avatar.render.video
     import avatar.train.runner
     import preprocess.build
@@ -35,6 +36,11 @@ def test_rerun_reuses_finished_steps(tmp_path, monkeypatch):
         calls.append("render")
         Path(cfg.out).write_bytes(b"video")
 
+    def fake_eval(cfg):
+        calls.append(f"eval {Path(cfg.drive_audio).name}")
+        Path(cfg.out).mkdir(parents=True)
+        (Path(cfg.out) / "metrics.json").write_text("{}")
+
     import avatar.config_io
     from avatar.train.config import TrainConfig
 
@@ -42,15 +48,16 @@ def test_rerun_reuses_finished_steps(tmp_path, monkeypatch):
     monkeypatch.setattr(preprocess.build, "run", lambda cfg: calls.append("preprocess"))
     monkeypatch.setattr(avatar.train.runner, "run", fake_train)
     monkeypatch.setattr(avatar.render.video, "run", fake_render)
+    monkeypatch.setattr(avatar.eval.evaluate, "run", fake_eval)
     video = tmp_path / "video.mp4"
     video.write_bytes(b"stand-in")
     audio = write_wav(tmp_path / "speech.wav", speech_like(0.5, 16000), 16000)
     cfg = demo.DemoConfig(video=video, audio=audio, work=tmp_path / "demo")
     result = demo.run(cfg)
-    assert calls == ["preprocess", "train resume=False at 256 px", "render"] and result.is_file()
+    assert calls == ["preprocess", "train resume=False at 256 px", "render", "eval speech.wav"] and result.is_file()
     calls.clear()
     demo.run(cfg)
-    assert calls == ["preprocess"]  # preprocessing checks its own cache; training and the video are reused
+    assert calls == ["preprocess"]  # preprocessing checks its own cache; training, video and scores are reused
 
 
 def test_train_scale_shortens_every_step_schedule():

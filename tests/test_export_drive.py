@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from avatar.audio.features import MelFeatures, context_windows, feature_stats, frame_windows, normalize_features
+from avatar.audio.features import (SpeechFeatures, context_windows, feature_stats, frame_windows, normalize_features,
+                                   speech_features)
+from avatar.audio.phonetic import PhoneticFeatures
 from avatar.audio.io import iter_audio, load_audio
 from avatar.contracts.dataset import Dataset
 from avatar.audio import streaming
@@ -27,10 +29,14 @@ def driving(dataset) -> DrivingData:
     return DrivingData.from_dataset(dataset)
 
 
-def test_chunked_features_equal_all_at_once(tmp_path, monkeypatch):
+@pytest.mark.parametrize("phonetic", [False, True])
+def test_chunked_features_equal_all_at_once(tmp_path, monkeypatch, phonetic):
+    """Render-time features of a file, streamed in chunks, equal the dataset's features of the same audio;
+    the phonetic part is decoded on its fixed window grid (short windows here, so there are several)."""
     monkeypatch.setattr(streaming, "ROWS_PER_CHUNK", 97)  # many chunks, not aligned to anything
     path = write_wav(tmp_path / "a.wav", speech_like(4.03, 44100, channels=2), 44100)
-    extractor = MelFeatures()
+    mel = speech_features("mel").mel
+    extractor = SpeechFeatures(mel, PhoneticFeatures(window_s=1.5, overlap_s=0.5) if phonetic else None)
     whole = extractor(load_audio(path))
     scan = streaming.scan_audio(path, extractor)
     assert scan.num_samples == len(load_audio(path)) and not scan.silent
@@ -38,10 +44,11 @@ def test_chunked_features_equal_all_at_once(tmp_path, monkeypatch):
     assert rows.shape == whole.shape
     np.testing.assert_allclose(rows, whole, atol=1e-4)
     stats = streaming.clip_feature_stats(scan, extractor)
-    for mine, reference in zip(stats, feature_stats(whole)):
+    for mine, reference in zip(stats, feature_stats(whole, extractor.normalized)):
         np.testing.assert_allclose(mine, reference, rtol=1e-4, atol=1e-5)
     fps, context = 30.0, 3
-    reference = context_windows(frame_windows(normalize_features(whole), 100.0, fps, scan.num_frames(fps), 16), context)
+    normalized = normalize_features(whole, feature_stats(whole, extractor.normalized))
+    reference = context_windows(frame_windows(normalized, 100.0, fps, scan.num_frames(fps), 16), context)
     chunks = list(streaming.window_chunks(scan, extractor, stats, fps, 16, context, chunk_frames=7))
     assert [len(c) for c in chunks[:-1]] == [7] * (len(chunks) - 1)
     np.testing.assert_allclose(np.concatenate(chunks), reference, atol=1e-3)
@@ -115,7 +122,7 @@ def test_blinks_from_the_persons_statistics(dataset, driving):
 
 def test_scan_detects_silence(tmp_path):
     path: Path = write_wav(tmp_path / "s.wav", speech_like(1.5, 16000, silent=True), 16000)
-    assert streaming.scan_audio(path, MelFeatures()).silent
+    assert streaming.scan_audio(path, speech_features("mel")).silent
 
 
 def _encode(path: Path, wave: np.ndarray, rate: int, codec: str) -> Path:
@@ -141,6 +148,6 @@ def test_common_audio_formats_are_read(tmp_path, suffix):
         sf.write(str(path), wave, rate)
     else:
         _encode(path, wave, rate, {"mp3": "libmp3lame", "m4a": "aac"}[suffix])
-    scan = streaming.scan_audio(path, MelFeatures())
+    scan = streaming.scan_audio(path, speech_features("mel"))
     assert abs(scan.duration_s - 2.0) < 0.06  # codec priming and padding are at most a frame or two
     assert abs(scan.num_frames(FPS) - 50) <= 1

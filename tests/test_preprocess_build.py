@@ -61,7 +61,9 @@ def test_manifest_describes_the_dataset(dataset, sync_clip):
     assert m.crop.size == 512 and m.crop.x0 == 0 and m.crop.y0 == 0  # already a head-and-shoulders crop
     assert m.audio == {"file": "audio.wav", "sample_rate": SAMPLE_RATE, "num_samples": m.audio["num_samples"]}
     assert set(m.blendshape_names) >= {"jawOpen", "mouthClose", "eyeBlinkLeft", "eyeBlinkRight", "browInnerUp"}
-    assert m.features.dim == 82 and len(m.features.mean) == len(m.features.std) == 82
+    classes = 40 + 11  # phones (with silence) and visemes beside the 82 mel columns
+    assert m.features.dim == 82 + classes and len(m.features.mean) == len(m.features.std) == 82 + classes
+    assert m.features.mean[82:] == [0.0] * classes and m.features.std[82:] == [1.0] * classes  # left as they are
     assert {"numpy", "av", "mediapipe", "librosa", "python"} <= set(m.versions)
     steps = m.stats["steps"]
     assert set(steps) == {"audio", "crop", "frames", "landmarks", "track", "masks", "features", "preview"}
@@ -85,7 +87,7 @@ def test_files_and_arrays_match_the_manifest(dataset):
             assert array.shape[0] == n, name
     assert dataset.tracking("landmarks").shape == (n, 478, 2)
     windows = dataset.audio_windows()
-    assert windows.shape == (n, 16, 82) and np.isfinite(windows).all()
+    assert windows.shape == (n, 16, 133) and np.isfinite(windows).all()
     assert (root / "preview.mp4").stat().st_size > 0 and (root / "contact_sheet.png").stat().st_size > 0
 
 
@@ -111,7 +113,7 @@ def test_audio_and_frames_stay_in_sync(dataset):
     assert abs(beep_s - expected_s) < 0.5 / m.fps
     assert abs((flash_frame + 0.5) / m.fps - expected_s) <= 1.0 / m.fps
     # the feature window of the flash frame sees the beep's energy
-    rows = dataset.audio_features[:, -2]
+    rows = dataset.audio_features[:, 80]  # the log energy
     centre_row = int(round((flash_frame + 0.5) / m.fps * m.features.rate_hz))
     assert rows[centre_row - 2 : centre_row + 6].max() > np.percentile(rows, 99)
 
@@ -138,6 +140,17 @@ def test_resume_after_an_interrupted_step(dataset, tmp_path, monkeypatch):
     assert (out / ".steps" / "frames.json").stat().st_mtime_ns == frames_marker  # skipped, not redone
     assert manifest.num_frames == dataset.num_frames
     assert Dataset(out).mask_bits(0).shape == (128, 128)
+
+
+def test_another_feature_set_recomputes_only_the_features(dataset, tmp_path):
+    out = tmp_path / "refeatured"
+    shutil.copytree(dataset.root, out)
+    markers = {p.name: p.stat().st_mtime_ns for p in (out / ".steps").glob("*.json")}
+    manifest = run(_config(Path(dataset.manifest.source["path"]), out, min_duration_s=2.0, features="mel"))
+    changed = {p.name for p in (out / ".steps").glob("*.json") if p.stat().st_mtime_ns != markers[p.name]}
+    assert changed == {"features.json"}
+    assert manifest.features.extractor == "mel80-energy-pitch" and manifest.features.dim == 82
+    assert np.load(out / "audio_features.npy").shape == (dataset.audio_features.shape[0], 82)
 
 
 def test_variable_frame_rate_landscape_clip_with_separate_silent_audio(shared_data, clip_dir, tmp_path, capsys):

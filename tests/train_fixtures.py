@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from avatar.contracts.dataset import Dataset
+from avatar.audio.revoice import VoiceAugmentConfig
 from avatar.model.audio_encoder import AudioEncoderConfig
 from avatar.train.densify import DensifyConfig
 from avatar.model.gaussians import HeadConfig
@@ -38,7 +39,8 @@ def tiny_config(dataset: Path, out: Path, **overrides) -> TrainConfig:
         mouth=MouthConfig(num_gaussians=30),
         densify=DensifyConfig(start_step=2, every=2, stop_step=4, grow_fraction=0.1),
         triplane=HashTriplaneConfig(num_levels=4, log2_hashmap_size=12, max_resolution=64),
-        audio=AudioEncoderConfig(members=1, channels=8, embed_dim=8, heads=2, eval_every=2),
+        audio=AudioEncoderConfig(members=1, channels=8, embed_dim=8, heads=2, eval_every=2,
+                                 voices=VoiceAugmentConfig(copies=1)),
     )
     base.update(overrides)
     return TrainConfig(**base)

@@ -16,11 +16,14 @@ Alignment contract:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from avatar.audio.io import SAMPLE_RATE
+
+if TYPE_CHECKING:
+    from avatar.audio.phonetic import PhoneticFeatures
 
 
 class FeatureExtractor(Protocol):
@@ -62,15 +65,17 @@ class MelFeatures:
         """Frames louder than this share of the clip's median RMS have a pitch."""
         return max(1e-4, 0.05 * np.median(rms[rms > 0]) if np.any(rms > 0) else 1e-4)
 
-    def __call__(self, wave: np.ndarray, voicing_rms: float | None = None) -> np.ndarray:
+    def __call__(self, wave: np.ndarray, voicing_rms: float | None = None, warp: float = 1.0) -> np.ndarray:
         """`voicing_rms` defaults to `voicing_threshold` of this clip; give the whole clip's value when a
-        long clip is processed in chunks (rows then depend only on samples within 512 of their centre)."""
+        long clip is processed in chunks (rows then depend only on samples within 512 of their centre).
+        `warp` != 1 moves the mel bands' frequencies by that factor (vocal-tract-length perturbation, for
+        training augmentation only)."""
         import librosa
 
         hop = self.hop
         mel = librosa.feature.melspectrogram(
             y=wave, sr=SAMPLE_RATE, n_fft=512, win_length=400, hop_length=hop, n_mels=self.n_mels,
-            fmin=40, fmax=7600, center=True,
+            fmin=40 * warp, fmax=min(7600 * warp, SAMPLE_RATE / 2), center=True,
         )
         log_mel = np.log(mel + 1e-6)  # [n_mels, T]
         rms = self.frame_rms(wave)
@@ -84,9 +89,96 @@ class MelFeatures:
         ).astype(np.float32)
 
 
-def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-dimension mean and std [F] of a clip's features (for clip-level normalisation)."""
-    return features.mean(0).astype(np.float32), (features.std(0) + 1e-4).astype(np.float32)
+@dataclass
+class SpeechFeatures:
+    """The avatar's audio rows: log-mel/energy/pitch (`MelFeatures`, the voice's sound) beside soft
+    phonetic classes (`avatar.audio.phonetic.PhoneticFeatures`, what is said, decoded by a speaker-
+    independent acoustic model), row-aligned at 100 Hz. Either part may be left out. Only the mel columns
+    (the first `normalized`) are normalised per clip: class probabilities already mean the same for every
+    voice, and a clip's share of pauses must not shift them."""
+
+    mel: MelFeatures | None
+    phonetic: PhoneticFeatures | None
+    rate_hz: float = 100.0
+
+    @property
+    def name(self) -> str:
+        return "+".join(part.name for part in (self.mel, self.phonetic) if part is not None)
+
+    @property
+    def dim(self) -> int:
+        return sum(part.dim for part in (self.mel, self.phonetic) if part is not None)
+
+    @property
+    def hop(self) -> int:
+        return int(round(SAMPLE_RATE / self.rate_hz))
+
+    @property
+    def normalized(self) -> int:
+        return self.mel.dim if self.mel is not None else 0
+
+    @property
+    def silence_column(self) -> int | None:
+        """Column of the phonetic silence class (pauses), or None without a phonetic part."""
+        if self.phonetic is None:
+            return None
+        return self.normalized + self.phonetic.silence_index
+
+    @property
+    def energy_column(self) -> int | None:
+        """Column of the (clip-normalised) log energy, or None without a mel part."""
+        return self.mel.n_mels if self.mel is not None else None
+
+    @property
+    def loudness(self) -> MelFeatures:
+        """The analysis that measures frame loudness and the voicing threshold (the mel part's settings)."""
+        return self.mel or MelFeatures()
+
+    def __call__(self, wave: np.ndarray, voicing_rms: float | None = None, warp: float = 1.0) -> np.ndarray:
+        parts = []
+        if self.mel is not None:
+            parts.append(self.mel(wave, voicing_rms, warp))
+        if self.phonetic is not None:
+            parts.append(self.phonetic(wave))
+        rows = min(len(p) for p in parts)
+        return np.concatenate([p[:rows] for p in parts], axis=1).astype(np.float32)
+
+
+# The feature sets a dataset can be built with (`avatar preprocess --features`).
+FEATURE_SETS = ("mel+phones+visemes", "mel+visemes", "mel", "visemes", "mel+phones")
+
+
+def speech_features(kind: str) -> SpeechFeatures:
+    """The extractor of one of FEATURE_SETS."""
+    from avatar.audio.phonetic import PhoneticFeatures
+
+    parts = kind.split("+")
+    classes = {("visemes",): "visemes", ("phones",): "phones", ("phones", "visemes"): "both"}.get(
+        tuple(p for p in parts if p != "mel"))
+    if kind not in FEATURE_SETS:
+        raise ValueError(f"unknown feature set {kind!r}; known: {', '.join(FEATURE_SETS)}")
+    return SpeechFeatures(MelFeatures() if "mel" in parts else None,
+                          PhoneticFeatures(classes=classes) if classes else None)
+
+
+def extractor_named(name: str) -> SpeechFeatures | None:
+    """The extractor whose `name` is `name` (as recorded in a dataset or an avatar), or None."""
+    return next((e for e in map(speech_features, FEATURE_SETS) if e.name == name), None)
+
+
+def feature_stats(features: np.ndarray, normalized: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and std [F] of a clip's features (for clip-level normalisation); columns from
+    `normalized` on (the phonetic classes of `SpeechFeatures`) keep mean 0 and std 1."""
+    mean, std = features.mean(0).astype(np.float32), (features.std(0) + 1e-4).astype(np.float32)
+    return unnormalized_after(mean, std, normalized)
+
+
+def unnormalized_after(mean: np.ndarray, std: np.ndarray, normalized: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Stats that leave the columns from `normalized` on as they are."""
+    if normalized is not None:
+        mean, std = mean.copy(), std.copy()
+        mean[normalized:], std[normalized:] = 0.0, 1.0
+    return mean, std
 
 
 def normalize_features(features: np.ndarray, stats: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:

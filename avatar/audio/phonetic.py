@@ -9,14 +9,19 @@ Alignment: row t is centred at t / 100 s and a wave of n samples at 16 kHz gives
 rows librosa's centred frames give for hop 160 (so these rows line up with the mel rows of the same wave).
 A pocketsphinx frame f covers samples [160 f, 160 f + 410), centred 1.28 rows after row f.
 
-Not yet wired into the avatar's feature windows: benchmarks/probe_phonetic.py measures what it adds across
-speakers. pocketsphinx is imported only when phones are decoded.
+The rows of a clip are defined by decoding it in windows of `window_s` on a fixed grid (one every
+`window_s - overlap_s`, each giving the rows of its middle), not as one utterance: the acoustic model
+normalises each decoded utterance by its own cepstral mean (its feat.params fixes batch CMN), so a
+whole-clip decode could not be reproduced by a stream in bounded memory. On the fixed grid a training
+clip, a render-time stream and the viewer give the same rows, whatever the chunking of the audio.
+pocketsphinx is imported only when phones are decoded.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Literal
 
 import numpy as np
@@ -162,15 +167,23 @@ class PhoneticFeatures:
     classes: Literal["phones", "visemes", "both"] = "visemes"
     sigma_ms: float = 20.0
     rate_hz: float = RATE_HZ
+    window_s: float = 20.0  # decoding window of the fixed grid (see the module docstring)
+    overlap_s: float = 2.0
+    seconds: float = field(default=0.0, compare=False, repr=False)  # time spent decoding so far (for reports)
 
     @property
     def name(self) -> str:
-        return f"pocketsphinx-{self.classes}-s{self.sigma_ms:g}ms-v1"
+        return f"pocketsphinx-{self.classes}-s{self.sigma_ms:g}ms-w{self.window_s:g}s-v2"
 
     @property
     def dim(self) -> int:
         return {"phones": len(PHONES), "visemes": len(VISEME_NAMES), "both": len(PHONES) + len(VISEME_NAMES)}[
             self.classes]
+
+    @property
+    def silence_index(self) -> int:
+        """Column of the silence class in this extractor's rows."""
+        return PHONES.index(SILENCE) if self.classes in ("phones", "both") else VISEME_NAMES.index("silence")
 
     def from_labels(self, labels: np.ndarray) -> np.ndarray:
         """[T] phone indices -> [T, dim] float32 soft class rows."""
@@ -184,26 +197,25 @@ class PhoneticFeatures:
         return np.concatenate(parts, axis=1).astype(np.float32)
 
     def __call__(self, wave: np.ndarray) -> np.ndarray:
-        """[S] float32 at 16 kHz -> [1 + S // 160, dim] float32, the whole wave decoded as one utterance."""
-        return self.rows(wave)
+        """[S] float32 at 16 kHz -> [1 + S // 160, dim] float32 (decoded on the fixed window grid)."""
+        wave = np.asarray(wave, np.float32).reshape(-1)
+        return np.concatenate(list(self.stream([wave])))
 
     def rows(self, wave: np.ndarray, first_sample: int = 0) -> np.ndarray:
-        """`__call__` for a wave that starts at `first_sample` of a longer recording."""
+        """Rows of `wave` decoded as ONE utterance; `first_sample`: where it starts in a longer recording."""
         wave = np.asarray(wave, np.float32).reshape(-1)
-        return self.from_labels(row_labels(decode_phones(wave, first_sample), num_rows(wave.size)))
+        start = time.perf_counter()
+        segments = decode_phones(wave, first_sample)
+        self.seconds += time.perf_counter() - start
+        return self.from_labels(row_labels(segments, num_rows(wave.size)))
 
-    def stream(self, chunks: Iterable[np.ndarray], window_s: float = 20.0, overlap_s: float = 2.0
-               ) -> Iterator[np.ndarray]:
-        """Rows of audio given as consecutive sample chunks, in bounded memory (at most `window_s` of samples
-        held). Windows of `window_s` start every `window_s - overlap_s`; each window gives the rows of its
-        middle, so every row comes from a window that extends at least `overlap_s / 2` beyond it on both
-        sides (except at the ends of the audio). Concatenated blocks have `1 + S // 160` rows, like
-        `__call__`; they equal it exactly for audio up to `window_s`. Longer audio differs from the
-        all-at-once result in some rows anywhere in a window, not only near its edges: the model's
-        feat.params fixes batch cepstral mean normalisation (the mean over the decoded utterance, which
-        keyword arguments do not override), so each window is normalised by its own mean."""
-        step = int(round((window_s - overlap_s) * self.rate_hz))  # rows
-        half = int(round(overlap_s / 2 * self.rate_hz))
+    def stream(self, chunks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """Consecutive blocks of the rows of audio given as consecutive sample chunks, holding at most
+        `window_s` of samples. Windows of `window_s` start every `window_s - overlap_s`; each gives the rows
+        of its middle, so every row comes from a window that extends at least `overlap_s / 2` beyond it on
+        both sides (except at the ends of the audio). Concatenated, the blocks are `__call__`'s rows."""
+        step = int(round((self.window_s - self.overlap_s) * self.rate_hz))  # rows
+        half = int(round(self.overlap_s / 2 * self.rate_hz))
         window = (step + 2 * half) * HOP  # samples
         if step <= 0 or half <= 0:
             raise ValueError("need window_s > overlap_s > 0")

@@ -4,8 +4,10 @@ Three passes over the file, each streaming decoded audio with bounded memory:
 1. `scan_audio`: sample count, the clip-wide voicing threshold of the pitch feature, loudness (cheap: RMS only);
 2. `clip_feature_stats`: the clip's own feature mean/std for normalisation (running sums);
 3. `window_chunks`: normalised [b, 2K+1, W, F] windows for consecutive chunks of frames.
-A feature row t is centred on sample t * hop and depends only on samples within `MARGIN_ROWS * hop` of its
-centre (see `MelFeatures`), so chunks that overlap by that margin reproduce the all-at-once rows exactly.
+A mel row t is centred on sample t * hop and depends only on samples within `MARGIN_ROWS * hop` of its
+centre (see `MelFeatures`), so chunks that overlap by that margin reproduce the all-at-once rows exactly;
+the phonetic rows are decoded on their own fixed window grid (`PhoneticFeatures.stream`), which a stream
+reproduces exactly too. Only the mel columns are normalised, so the second pass reads only them.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from avatar.audio.features import MelFeatures, context_windows, frame_window_rows, normalize_features
+from avatar.audio.features import SpeechFeatures, context_windows, frame_window_rows, normalize_features, unnormalized_after
 from avatar.audio.io import SAMPLE_RATE, is_silent, iter_audio, num_frames_for
 from avatar.errors import UserError
 
@@ -106,7 +108,7 @@ class AudioScan:
         return num_frames_for(self.num_samples, SAMPLE_RATE, fps)
 
 
-def scan_audio(path: Path | str, extractor: MelFeatures) -> AudioScan:
+def scan_audio(path: Path | str, extractor: SpeechFeatures) -> AudioScan:
     """First, cheap pass: length, voicing threshold and silence of a clip, streaming. UserError when the file
     is missing, not decodable, has no sound, or is shorter than 0.1 s. Holds the clip's frame RMS values
     (4 bytes per 10 ms) to take their exact median."""
@@ -127,35 +129,57 @@ def scan_audio(path: Path | str, extractor: MelFeatures) -> AudioScan:
                 remainder = remainder[whole:]
             yield chunk
 
-    rms = np.concatenate(list(rows_in_chunks(tapped(), extractor.frame_rms, extractor.hop)) or [np.zeros(0, np.float32)])
+    loudness = extractor.loudness
+    rms = np.concatenate(list(rows_in_chunks(tapped(), loudness.frame_rms, loudness.hop)) or [np.zeros(0, np.float32)])
     if count < SAMPLE_RATE // 10:
         raise UserError(f"{path}: the audio track is empty or shorter than 0.1 s. Give a file with speech in it.")
     silent = all(block_verdicts) if block_verdicts else is_silent(remainder)
-    return AudioScan(path, count, float(extractor.voicing_threshold(rms)), silent)
+    return AudioScan(path, count, float(loudness.voicing_threshold(rms)), silent)
 
 
-def feature_rows(scan: AudioScan, extractor: MelFeatures) -> Iterator[np.ndarray]:
+def _mel_rows(scan: AudioScan, extractor: SpeechFeatures) -> Iterator[np.ndarray]:
+    mel = extractor.mel
+    return rows_in_chunks(iter_audio(scan.path), lambda wave: mel(wave, voicing_rms=scan.voicing_rms), mel.hop)
+
+
+def feature_rows(scan: AudioScan, extractor: SpeechFeatures) -> Iterator[np.ndarray]:
     """Consecutive blocks of the clip's raw [T, F] features (T = 1 + num_samples // hop)."""
-    return rows_in_chunks(iter_audio(scan.path), lambda wave: extractor(wave, voicing_rms=scan.voicing_rms),
-                          extractor.hop)
+    if extractor.phonetic is None:
+        yield from _mel_rows(scan, extractor)
+        return
+    phonetic = extractor.phonetic.stream(iter_audio(scan.path))
+    if extractor.mel is None:
+        yield from phonetic
+        return
+    pending = np.zeros((0, extractor.phonetic.dim), np.float32)
+    for block in _mel_rows(scan, extractor):
+        while len(pending) < len(block):
+            pending = np.concatenate([pending, next(phonetic)])
+        yield np.concatenate([block, pending[:len(block)]], axis=1)
+        pending = pending[len(block):]
 
 
-def clip_feature_stats(scan: AudioScan, extractor: MelFeatures) -> tuple[np.ndarray, np.ndarray]:
+def clip_feature_stats(scan: AudioScan, extractor: SpeechFeatures) -> tuple[np.ndarray, np.ndarray]:
     """Second pass: the clip's feature mean and std [F], as `feature_stats` gives them for the whole clip."""
-    total = np.zeros(extractor.dim, np.float64)
-    squares = np.zeros(extractor.dim, np.float64)
+    mean = np.zeros(extractor.dim, np.float32)
+    std = np.ones(extractor.dim, np.float32)
+    if extractor.mel is None:
+        return mean, std
+    total = np.zeros(extractor.mel.dim, np.float64)
+    squares = np.zeros(extractor.mel.dim, np.float64)
     rows = 0
-    for block in feature_rows(scan, extractor):
+    for block in _mel_rows(scan, extractor):
         block = block.astype(np.float64)
         total += block.sum(0)
         squares += (block**2).sum(0)
         rows += len(block)
-    mean = total / rows
-    std = np.sqrt(np.maximum(squares / rows - mean**2, 0.0))
-    return mean.astype(np.float32), (std + 1e-4).astype(np.float32)
+    mel_mean = total / rows
+    mean[:extractor.normalized] = mel_mean
+    std[:extractor.normalized] = np.sqrt(np.maximum(squares / rows - mel_mean**2, 0.0)) + 1e-4
+    return unnormalized_after(mean, std, extractor.normalized)
 
 
-def window_chunks(scan: AudioScan, extractor: MelFeatures, stats: tuple[np.ndarray, np.ndarray], fps: float,
+def window_chunks(scan: AudioScan, extractor: SpeechFeatures, stats: tuple[np.ndarray, np.ndarray], fps: float,
                   window: int, context: int, chunk_frames: int) -> Iterator[np.ndarray]:
     """Third pass: [b, 2 * context + 1, window, F] normalised windows of frames 0, 1, ... in chunks of
     `chunk_frames`, equal to context_windows(frame_windows(normalize_features(all rows), ...), context)."""

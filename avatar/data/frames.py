@@ -30,7 +30,12 @@ class FrameStore:
 
         if image.shape[0] == self.resolution and image.shape[1] == self.resolution:
             return image
-        return cv2.resize(image, (self.resolution, self.resolution), interpolation=cv2.INTER_AREA)
+        size = (self.resolution, self.resolution)
+        if image.ndim == 2 or image.shape[2] <= 4:
+            return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        # area filtering at a non-integer scale takes at most 4 channels at a time
+        return np.dstack([cv2.resize(image[:, :, c: c + 4], size, interpolation=cv2.INTER_AREA)
+                          for c in range(0, image.shape[2], 4)])
 
     def _read(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         bits = self.dataset.mask_bits(i)

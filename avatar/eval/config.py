@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import tyro
 
@@ -14,10 +14,18 @@ class EvalConfig:
     """Score a trained avatar on its dataset's validation frames, driven by their own audio (PSNR, SSIM, LPIPS,
     mouth-landmark distance, mouth-opening correlation), next to two baselines, and write a side-by-side video."""
 
+    LIMITS: ClassVar[dict] = {"resolution": (16, 4096), "max_frames": (3, None), "batch_size": (1, None), "video_size": (16, 4096), "threads": (1, None)}  # checked by config_io.check_values
+
     run: Annotated[Path, tyro.conf.Positional] = tyro.MISSING  # type: ignore[assignment]
     """the run directory written by `avatar train`"""
     dataset: Path | None = None
     """the dataset to score on; default the one the avatar was trained on (recorded in it, and checked to be unchanged)"""
+    drive: Path | None = None
+    """score the avatar driven by ANOTHER dataset's audio instead (its person's tracked mouth is the reference:
+    correlation, best lag, motion, closed mouth in silence); see avatar.eval.cross_drive"""
+    drive_audio: Path | None = None
+    """score the avatar driven by an audio file without video (a TTS voice): motion, closed mouth in pauses,
+    open on vowels, correlation with loudness"""
     split: Literal["val", "train"] = "val"
     """frames to score: `val` (the last 10 % of the clip, never trained on: the published protocol) or `train`"""
     out: Path | None = None

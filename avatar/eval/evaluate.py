@@ -195,12 +195,37 @@ def evaluation_dataset(head, run: Path, override: Path | None) -> Dataset:
     return dataset
 
 
+def run_cross_driven(cfg: EvalConfig, head) -> dict:
+    """`avatar eval RUN --drive DATASET` or `--drive-audio FILE` (avatar.eval.cross_drive)."""
+    from avatar.eval.cross_drive import cross_driven, format_drive_table
+
+    if cfg.drive is not None and cfg.drive_audio is not None:
+        raise UserError("--drive and --drive-audio: give one of them (a dataset, or an audio file).")
+    if cfg.drive_audio is not None and not Path(cfg.drive_audio).is_file():
+        raise UserError(f"--drive-audio {cfg.drive_audio}: no such file. Give an audio file (wav, mp3, flac, ...).")
+    try:
+        own = evaluation_dataset(head, Path(cfg.run), cfg.dataset)
+    except UserError as exc:
+        print(f"note: no own-voice row ({exc})")
+        own = None
+    name = Path(cfg.drive or cfg.drive_audio).stem
+    out = cfg.out or Path(cfg.run) / "eval" / f"drive_{name}"
+    result = cross_driven(head, Path(cfg.run), cfg.drive, cfg.drive_audio, cfg.max_frames, cfg.batch_size, own,
+                          cfg.baselines, out / "mouth_strip.png")
+    write_json(out / "metrics.json", result)
+    print(format_drive_table(result))
+    print(f"wrote {out / 'metrics.json'} and {out / 'mouth_strip.png'} (the avatar's mouth, frame by frame)")
+    return result
+
+
 def run(cfg: EvalConfig) -> dict:
     from avatar.model.talking_head import TalkingHead
 
     device = resolve_device(cfg.device)
     torch.set_num_threads(cfg.threads)
     head = TalkingHead.load(cfg.run, device=device)
+    if cfg.drive is not None or cfg.drive_audio is not None:
+        return run_cross_driven(cfg, head)
     dataset = evaluation_dataset(head, Path(cfg.run), cfg.dataset)
     indices = dataset.indices(cfg.split)[: cfg.max_frames]
     if len(indices) < 3:

@@ -14,10 +14,12 @@ closed-mouth expression (`ExpressionSpace.rest`), and is constant over time, so 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
+
+from avatar.audio.revoice import VoiceAugmentConfig
 
 
 @dataclass
@@ -52,6 +54,8 @@ class AudioEncoderConfig:
     # Amplify only a prediction this well correlated on the held-out slices: below it the prediction is mostly
     # noise, and amplifying it makes the lips chatter (Obama, held-out 0.42: gain 1.47 raised LMD 3.4 -> 4.1 px).
     gain_min_corr: float = 0.5
+    pause_closes: bool = True  # where the phone decoder hears a pause in quiet audio, the mouth closes
+    voices: VoiceAugmentConfig = field(default_factory=VoiceAugmentConfig)  # re-voiced copies of the training audio
 
 
 # ------------------------------------------------------------------------------------------------- model
@@ -183,6 +187,14 @@ class AudioEncoder(nn.Module):
         self.register_buffer("closed", torch.zeros(expression_dim))
         self.register_buffer("target_min", torch.full((expression_dim,), -float("inf")))
         self.register_buffer("target_max", torch.full((expression_dim,), float("inf")))
+        # Feature columns of the phonetic silence class and of the clip-normalised log energy (-1: none).
+        # Pauses inside speech are not silence to the mel features after clip normalisation (a TTS pause is
+        # digital silence, a recording's is room noise), and a regressor trained on a minute of one person
+        # hedges there: a half-open mouth. Where the voice-independent decoder hears a pause AND the frame is
+        # quiet for this clip, the mouth is pulled to its closed shape (quiet alone is not enough: the decoder
+        # also hears "silence" in voiced stretches of speech it cannot parse, such as other languages).
+        self.register_buffer("silence_column", torch.tensor(-1))
+        self.register_buffer("energy_column", torch.tensor(-1))
 
     def forward(self, audio: Tensor, frames: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """`frames` [B]: dataset frame ids of training-set stacks, so the memory skips their own neighbourhood."""
@@ -193,5 +205,18 @@ class AudioEncoder(nn.Module):
             w = self.memory.weight.to(expression.dtype)
             expression = (1 - w) * expression + w * self.memory(audio, frames)
         expression = self.closed + self.gain * (expression - self.closed)
+        if self.cfg.pause_closes and int(self.silence_column) >= 0:
+            expression = self.closed + (1 - self.pause(audio)[:, None]) * (expression - self.closed)
         expression = torch.minimum(torch.maximum(expression, self.target_min), self.target_max)
         return embedding, expression
+
+    def pause(self, audio: Tensor) -> Tensor:
+        """[B, 2K+1, W, F] -> [B] in 0..1: how surely the frame's centre (+-20 ms) is in a pause: the
+        decoder's silence probability from 0.5 to 0.9, times quietness from 1 to 2 clip standard deviations
+        below the clip's mean log energy."""
+        c, w = audio.shape[1] // 2, audio.shape[2] // 2
+        centre = audio[:, c, w - 2: w + 3]  # [B, 5, F]
+        sure = ((centre[..., int(self.silence_column)].mean(-1) - 0.5) / 0.4).clamp(0, 1)
+        if int(self.energy_column) < 0:
+            return sure
+        return sure * (-1.0 - centre[..., int(self.energy_column)].mean(-1)).clamp(0, 1)

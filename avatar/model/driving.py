@@ -13,9 +13,10 @@ from typing import Iterator, Literal
 
 import numpy as np
 
-from avatar.audio.features import MelFeatures
+from avatar.audio.features import SpeechFeatures, extractor_named
 from avatar.audio.streaming import AudioScan, clip_feature_stats, scan_audio, window_chunks
 from avatar.contracts.dataset import Crop, Dataset, FeatureInfo
+from avatar.contracts.face_mesh import mouth_opening
 from avatar.errors import UserError
 
 PoseMode = Literal["track", "still", "smooth"]
@@ -46,6 +47,7 @@ class DrivingData:
     features: FeatureInfo  # the extractor, its rate, window and the training clip's statistics
     source: SourceVideo
     dataset: dict  # {"path", "manifest_sha256"}: the dataset it was trained on (for `avatar eval`)
+    openings: np.ndarray | None = None  # [n] float32 tracked mouth opening (face_mesh.mouth_opening), for eval
 
     @staticmethod
     def from_dataset(dataset: Dataset) -> "DrivingData":
@@ -61,6 +63,7 @@ class DrivingData:
             translations=np.array(dataset.tracking("translation")[train], np.float32),
             blinks=dataset.blinks()[train], features=m.features, source=source,
             dataset={"path": str(dataset.root.resolve()), "manifest_sha256": dataset.manifest_sha256()},
+            openings=mouth_opening(dataset.tracking("landmarks")[train]).astype(np.float32),
         )
 
     def to_dict(self) -> dict:
@@ -69,7 +72,7 @@ class DrivingData:
         return {"fps": self.fps, "rotations": self.rotations, "translations": self.translations, "blinks": self.blinks,
                 "features": dataclasses.asdict(self.features),
                 "source": {**dataclasses.asdict(self.source), "crop": dataclasses.asdict(self.source.crop)},
-                "dataset": dict(self.dataset)}
+                "dataset": dict(self.dataset), "openings": self.openings}
 
     @staticmethod
     def from_dict(data: dict) -> "DrivingData":
@@ -78,7 +81,8 @@ class DrivingData:
         return DrivingData(fps=float(data["fps"]), rotations=np.asarray(data["rotations"], np.float32),
                            translations=np.asarray(data["translations"], np.float32),
                            blinks=np.asarray(data["blinks"], np.float32), features=FeatureInfo(**data["features"]),
-                           source=SourceVideo(**source), dataset=dict(data["dataset"]))
+                           source=SourceVideo(**source), dataset=dict(data["dataset"]),
+                           openings=None if data.get("openings") is None else np.asarray(data["openings"], np.float32))
 
     def __len__(self) -> int:
         return len(self.rotations)
@@ -205,19 +209,19 @@ def blink_schedule(driving: DrivingData, num_frames: int, fps: float, value: flo
 # ----- audio
 
 
-def feature_extractor(info: FeatureInfo) -> MelFeatures:
+def feature_extractor(info: FeatureInfo) -> SpeechFeatures:
     """The extractor that made the training features, so new audio is featurised by the same code."""
-    extractor = MelFeatures()
-    if info.extractor != extractor.name or info.rate_hz != extractor.rate_hz or info.dim != extractor.dim:
+    extractor = extractor_named(info.extractor)
+    if extractor is None or info.rate_hz != extractor.rate_hz or info.dim != extractor.dim:
         raise UserError(
-            f"the avatar was trained on {info.extractor!r} audio features ({info.dim} at {info.rate_hz} Hz); "
-            f"this version computes {extractor.name!r}. Render with the avatar version that trained it."
+            f"the avatar was trained on {info.extractor!r} audio features ({info.dim} at {info.rate_hz} Hz), which "
+            "this version does not compute. Render with the avatar version that trained it, or retrain it."
         )
     return extractor
 
 
 def driving_windows(scan: AudioScan, features: FeatureInfo, fps: float, context: int,
-                    chunk_frames: int) -> Iterator[np.ndarray]:
+                    chunk_frames: int, extractor: SpeechFeatures | None = None) -> Iterator[np.ndarray]:
     """Chunks of [b, 2 * context + 1, window, F] windows for the scan's frames at `fps`: the clip's own
     normalised features; for a silent clip all zeros, the input the audio encoder is trained to answer with
     the person's closed mouth (a digitally silent clip normalises to exactly that; near-silence, whose
@@ -227,7 +231,7 @@ def driving_windows(scan: AudioScan, features: FeatureInfo, fps: float, context:
         rest = np.zeros((2 * context + 1, features.window, features.dim), np.float32)
         return (np.broadcast_to(rest, (min(chunk_frames, num_frames - first),) + rest.shape)
                 for first in range(0, num_frames, chunk_frames))
-    extractor = feature_extractor(features)
+    extractor = extractor or feature_extractor(features)
     return window_chunks(scan, extractor, clip_feature_stats(scan, extractor), fps, features.window, context,
                          chunk_frames)
 

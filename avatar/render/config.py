@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, ClassVar, Literal, Optional
 
 import tyro
 
@@ -12,6 +12,8 @@ import tyro
 @dataclass
 class RenderConfig:
     """Make a trained avatar say new audio: a lip-synced mp4 (H.264 + AAC) of any length."""
+
+    LIMITS: ClassVar[dict] = {"fps": (1, 240), "resolution": (16, 8192), "crf": (0, 51), "audio_kbps": (16, 512), "batch_frames": (1, None), "chunk_frames": (1, None), "blink": (0, 1), "threads": (1, None)}  # checked by config_io.check_values
 
     run: Annotated[Path, tyro.conf.Positional] = tyro.MISSING  # type: ignore[assignment]
     """the run directory written by `avatar train`"""
@@ -44,6 +46,8 @@ class RenderConfig:
     """frames whose audio features are held in memory at once; memory does not grow with the audio's length"""
     seed: int = 0
     """seed of the sampled blinks"""
+    threads: Optional[int] = None
+    """CPU threads torch may use; default half the cores (torch's all-core default crawls on a busy machine)"""
     device: str = "auto"
     """torch device: auto (a CUDA GPU when there is one), cpu, cuda or cuda:N"""
     backend: Literal["auto", "cuda", "torch"] = "auto"

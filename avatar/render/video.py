@@ -22,14 +22,14 @@ import numpy as np
 from avatar.audio.io import audio_channels, iter_audio
 from avatar.audio.streaming import SampleReader, scan_audio
 from avatar.contracts.atomic import atomic_path
-from avatar.device import resolve_device
+from avatar.device import resolve_device, set_threads
 from avatar.errors import UserError
 from avatar.model.driving import blink_schedule, driving_windows, feature_extractor, pose_schedule, track_positions
 from avatar.render.config import RenderConfig
 from avatar.render.mux import AUDIO_RATE, VideoWriter
 
 if TYPE_CHECKING:
-    from avatar.model.talking_head import TalkingHead
+    from avatar.model.talking_head import FrameConditions, TalkingHead
 
 CONTAINERS = (".mp4", ".mov", ".mkv")
 COLOURS = {"black": (0, 0, 0), "white": (255, 255, 255), "grey": (128, 128, 128), "gray": (128, 128, 128),
@@ -66,6 +66,18 @@ class StageTimer:
             lines.append(f"  {stage:<16}{seconds:>9.2f}{frames / max(seconds, 1e-9):>10.1f}")
         lines.append(f"  {'total':<16}{total_s:>9.2f}{frames / max(total_s, 1e-9):>10.1f}")
         return "\n".join(lines)
+
+
+def refuse_overwriting_input(out: Path, audio: Path) -> None:
+    """The output must not replace the input it is made from (`--audio clip.mp4 --out clip.mp4`), also
+    through links."""
+    import os
+
+    out, audio = Path(out), Path(audio)
+    same = out.resolve() == audio.resolve() or (out.exists() and audio.exists() and os.path.samefile(out, audio))
+    if same:
+        raise UserError(f"--out {out}: is the input --audio {audio}; writing it would replace your input. "
+                        "Give another --out path.")
 
 
 def check_output(out: Path) -> Path:
@@ -124,6 +136,8 @@ def run(cfg: RenderConfig) -> Path:
     from avatar.model.talking_head import TalkingHead
 
     check_output(cfg.out)
+    refuse_overwriting_input(cfg.out, cfg.audio)
+    set_threads(cfg.threads)
     head = TalkingHead.load(cfg.run, device=resolve_device(cfg.device))
     head.spec.backend = cfg.backend
     return render_video(cfg, head)
@@ -134,14 +148,13 @@ def render_video(cfg: RenderConfig, head: "TalkingHead") -> Path:
     import cv2
     import torch
 
-    from avatar.model.talking_head import FrameConditions
-
     start = time.perf_counter()
     out = check_output(cfg.out)
     driving = head.driving
     timer = StageTimer()
+    extractor = feature_extractor(driving.features)
     with timer("audio features"):
-        scan = scan_audio(cfg.audio, feature_extractor(driving.features))
+        scan = scan_audio(cfg.audio, extractor)
         channels = audio_channels(cfg.audio)
     fps = float(cfg.fps or head.fps)
     if fps <= 0:
@@ -159,7 +172,7 @@ def render_video(cfg: RenderConfig, head: "TalkingHead") -> Path:
     background = torch.from_numpy(plate).to(device) if plate is not None else None
     blinks = blink_schedule(driving, num_frames, fps, cfg.blink, cfg.seed)
     windows = timer.timed("audio features", driving_windows(
-        scan, driving.features, fps, head.audio_context, cfg.chunk_frames))
+        scan, driving.features, fps, head.audio_context, cfg.chunk_frames, extractor))
     sound = SampleReader(iter_audio(cfg.audio, AUDIO_RATE, "mono" if channels == 1 else "stereo"),
                          1 if channels == 1 else 2)
     source = None
@@ -176,35 +189,24 @@ def render_video(cfg: RenderConfig, head: "TalkingHead") -> Path:
         with atomic_path(out) as tmp:
             writer = VideoWriter(tmp, width, height, fps, channels, cfg.crf, cfg.encoder_speed, cfg.audio_kbps)
             try:
-                first = 0
-                for chunk in windows:  # [b, C, W, F]
-                    for lo in range(0, len(chunk), cfg.batch_frames):
-                        frames = range(first + lo, first + min(len(chunk), lo + cfg.batch_frames))
-                        rotation, translation = pose_schedule(driving, len(frames), cfg.pose, fps, frames.start)
-                        cond = FrameConditions(
-                            audio=torch.from_numpy(np.ascontiguousarray(chunk[lo: lo + len(frames)])).to(device),
-                            rotation=torch.from_numpy(rotation).to(device),
-                            translation=torch.from_numpy(translation).to(device),
-                            blink=torch.from_numpy(blinks[frames.start: frames.stop]).to(device),
-                        )
-                        with timer("render"):
-                            rgb = head.render(cond, background=background)["rgb"]
-                            rgb = (rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()  # [B, H, W, 3]
-                        if resolution != rgb.shape[1] and not cfg.paste_back:
-                            with timer("resize"):
-                                interp = cv2.INTER_AREA if rgb.shape[1] > resolution else cv2.INTER_CUBIC
-                                rgb = np.stack([cv2.resize(im, (resolution, resolution), interpolation=interp) for im in rgb])
-                        if source is not None:
-                            with timer("paste-back"):
-                                shown = driving.source.first_frame + track_positions(
-                                    driving, len(frames), cfg.pose, fps, frames.start)
-                                rgb = np.stack([paste(im, source[j], driving.source.crop, weights)
-                                                for im, j in zip(rgb, shown)])
-                        with timer("encode"):
-                            writer.write_frames(rgb)
-                            writer.write_audio(sound.read(writer.samples_until(frames.stop) - writer.samples_written))
-                        progress.update(len(frames))
-                    first += len(chunk)
+                for frames, cond in driven_batches(head, windows, blinks, cfg.pose, fps, cfg.batch_frames):
+                    with timer("render"):
+                        rgb = head.render(cond, background=background)["rgb"]
+                        rgb = (rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()  # [B, H, W, 3]
+                    if resolution != rgb.shape[1] and not cfg.paste_back:
+                        with timer("resize"):
+                            interp = cv2.INTER_AREA if rgb.shape[1] > resolution else cv2.INTER_CUBIC
+                            rgb = np.stack([cv2.resize(im, (resolution, resolution), interpolation=interp) for im in rgb])
+                    if source is not None:
+                        with timer("paste-back"):
+                            shown = driving.source.first_frame + track_positions(
+                                driving, len(frames), cfg.pose, fps, frames.start)
+                            rgb = np.stack([paste(im, source[j], driving.source.crop, weights)
+                                            for im, j in zip(rgb, shown)])
+                    with timer("encode"):
+                        writer.write_frames(rgb)
+                        writer.write_audio(sound.read(writer.samples_until(frames.stop) - writer.samples_written))
+                    progress.update(len(frames))
                 with timer("encode"):
                     writer.close()
             except BaseException:
@@ -214,9 +216,32 @@ def render_video(cfg: RenderConfig, head: "TalkingHead") -> Path:
         progress.close()
         if source is not None:
             source.close()
+    if extractor.phonetic is not None:  # part of the audio features' time, shown on its own line
+        timer.seconds["audio features"] -= extractor.phonetic.seconds
+        timer.seconds["phone decoding"] = extractor.phonetic.seconds
     print(timer.report(num_frames, scan.duration_s, time.perf_counter() - start))
     print(f"wrote {out} ({num_frames} frames at {fps:g} fps, {width}x{height}, H.264 + AAC)")
     return out
+
+
+def driven_batches(head: "TalkingHead", windows: Iterator[np.ndarray], blinks: np.ndarray, pose: str, fps: float,
+                   batch_frames: int) -> Iterator[tuple[range, "FrameConditions"]]:
+    """(output frames, their FrameConditions) in batches of at most `batch_frames`, from chunks of feature
+    windows [b, C, W, F] of consecutive frames, the avatar's pose schedule and the blinks [N, 2]."""
+    import torch
+
+    from avatar.model.talking_head import FrameConditions
+
+    device = next(head.parameters()).device
+    tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a, np.float32)).to(device)  # noqa: E731
+    first = 0
+    for chunk in windows:
+        for lo in range(0, len(chunk), batch_frames):
+            frames = range(first + lo, first + min(len(chunk), lo + batch_frames))
+            rotation, translation = pose_schedule(head.driving, len(frames), pose, fps, frames.start)
+            yield frames, FrameConditions(audio=tensor(chunk[lo: lo + len(frames)]), rotation=tensor(rotation),
+                                          translation=tensor(translation), blink=tensor(blinks[frames.start: frames.stop]))
+        first += len(chunk)
 
 
 def _progress(total: int):

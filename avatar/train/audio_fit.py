@@ -3,7 +3,8 @@
 Heavy regularisation, sub-frame time-shift augmentation, an extra loss on the inner-lip opening, early
 stopping on a held-out slice of the TRAINING frames, and a few members trained on different held-out slices
 whose predictions are averaged; then the example memory's share and the motion gain are chosen on those
-held-out slices. benchmarks/bench_lipsync.py measures the result against a ridge baseline.
+held-out slices. The training audio is also heard in re-voiced copies (avatar.audio.revoice), so the
+mapping does not lean on the person's voice. benchmarks/bench_lipsync.py measures the result on other voices.
 """
 
 from __future__ import annotations
@@ -16,23 +17,64 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from avatar.audio.revoice import VoiceAugmentConfig
 from avatar.contracts.dataset import Dataset
+from avatar.errors import UserError
 from avatar.model.audio_encoder import AudioEncoder, AudioEncoderConfig, ExampleMemory, EncoderMember
 from avatar.train.context import StopRequested
 from avatar.train.expression import ExpressionSpace
 
 
-def _shifted_windows(dataset: Dataset, max_shift: int) -> np.ndarray:
-    """[2S+1, N, W, F] normalised windows of every frame with the audio moved by -S..S feature rows."""
-    from avatar.audio.features import frame_windows, normalize_features
+class AudioRows:
+    """Normalised feature rows of the training audio (copy 0) and its re-voiced copies [A, T, F], cut into
+    each frame's window on demand: all copies of a long clip fit in memory as rows, not as windows."""
 
-    f = dataset.manifest.features
-    feats = normalize_features(np.asarray(dataset.audio_features), dataset.feature_stats())
-    rows = np.arange(feats.shape[0])
-    return np.stack([
-        frame_windows(feats[np.clip(rows + s, 0, len(rows) - 1)], f.rate_hz, dataset.fps, dataset.num_frames, f.window)
-        for s in range(-max_shift, max_shift + 1)
-    ])
+    def __init__(self, rows: Tensor, window_rows: Tensor, silence_column: int = -1, energy_column: int = -1):
+        self.rows = rows  # [A, T, F]
+        self.window_rows = window_rows  # [N, W] row indices of each frame's window (avatar.audio.features)
+        self.silence_column = silence_column  # feature column of the phonetic pause class, -1: none
+        self.energy_column = energy_column  # feature column of the normalised log energy, -1: none
+
+    @property
+    def num_frames(self) -> int:
+        return self.window_rows.shape[0]
+
+    def windows(self, frames: Tensor, shift: Tensor | None = None, copy: Tensor | None = None) -> Tensor:
+        """[B, ...] frame ids -> [B, ..., W, F] windows, moved by `shift` [B] feature rows, from copy `copy` [B]."""
+        rows = self.window_rows[frames]  # [B, ..., W]
+        lead = (-1,) + (1,) * (rows.dim() - 1)
+        if shift is not None:
+            rows = (rows + shift.reshape(lead)).clamp(0, self.rows.shape[1] - 1)
+        copy = torch.zeros(1, dtype=torch.long) if copy is None else copy
+        return self.rows[copy.reshape(lead), rows]
+
+    @staticmethod
+    def of(dataset: Dataset, voices: VoiceAugmentConfig, seed: int, log: Callable | None = None) -> "AudioRows":
+        from avatar.audio.features import extractor_named, frame_window_rows, normalize_features
+        from avatar.audio.io import load_audio
+        from avatar.audio.revoice import revoiced_copies
+
+        f = dataset.manifest.features
+        clean = normalize_features(np.asarray(dataset.audio_features), dataset.feature_stats())
+        extractor = extractor_named(f.extractor)
+        if extractor is None:
+            raise UserError(f"{dataset.root}: its audio features {f.extractor!r} are not made by this version. "
+                            "Rebuild them with `avatar preprocess VIDEO --out DATASET` (only that step runs).")
+        if extractor.phonetic is None and log is not None:
+            log(f"note: {dataset.root} has no phonetic audio features ({f.extractor}); the mouth follows other voices "
+                "better with them: rerun `avatar preprocess VIDEO --out DATASET` (only the features step runs)")
+        copies = []
+        if voices.copies > 0:
+            start = time.perf_counter()
+            wave = load_audio(dataset.layout.audio)
+            copies = [c[: len(clean)] for c in revoiced_copies(wave, extractor, voices, seed)]
+            if log is not None:
+                log(f"audio encoder: {len(copies)} re-voiced copies of the training audio in "
+                    f"{time.perf_counter() - start:.1f} s")
+        rows = torch.from_numpy(np.stack([clean] + copies))
+        window_rows = frame_window_rows(f.rate_hz, dataset.fps, dataset.num_frames, f.window, 0, len(clean))
+        columns = [-1 if c is None else c for c in (extractor.silence_column, extractor.energy_column)]
+        return AudioRows(rows, torch.from_numpy(window_rows), *columns)
 
 
 def _context_index(frames: Tensor, context: int, limit: int) -> Tensor:
@@ -60,18 +102,18 @@ def _loss(pred: Tensor, target: Tensor, opening: Tensor, cfg: AudioEncoderConfig
     return (err**2).mean() + cfg.opening_weight * ((err @ opening) ** 2).mean()
 
 
-def _fit_member(member: EncoderMember, windows: Tensor, rows_per_frame: float, targets: Tensor, opening: Tensor,
+def _fit_member(member: EncoderMember, audio_rows: AudioRows, rows_per_frame: float, targets: Tensor, opening: Tensor,
                 rest: Tensor, fit_ids: np.ndarray, held_ids: np.ndarray, steps: int, cfg: AudioEncoderConfig,
                 gen: torch.Generator, log: Callable | None, tag: str, should_stop: Callable[[], bool]) -> dict:
-    """Train one member on `fit_ids`, keep the state with the lowest loss on `held_ids`. Raises
-    StopRequested between two steps once `should_stop()` says so (the member is then refitted on resume)."""
-    shifts, n = windows.shape[0], windows.shape[1]
-    max_shift = shifts // 2
+    """Train one member on `fit_ids` (each sample from the original audio or a random re-voiced copy), keep
+    the state with the lowest loss on `held_ids` of the original audio. Raises StopRequested between two
+    steps once `should_stop()` says so (the member is then refitted on resume)."""
+    n, max_shift, voices = audio_rows.num_frames, cfg.time_shift, audio_rows.rows.shape[0]
     opt = torch.optim.AdamW(member.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(steps, 1), pct_start=0.1)
     fit_t = torch.as_tensor(fit_ids)
     held_t = torch.as_tensor(held_ids)
-    held_audio = windows[max_shift][_context_index(held_t, cfg.context, n)]
+    held_audio = audio_rows.windows(_context_index(held_t, cfg.context, n))
     best = (float("inf"), copy.deepcopy(member.state_dict()), 0)
     bad = 0
     for step in range(1, steps + 1):
@@ -81,7 +123,8 @@ def _fit_member(member: EncoderMember, windows: Tensor, rows_per_frame: float, t
         frames = fit_t[torch.randint(len(fit_t), (cfg.batch_size,), generator=gen)]
         shift = torch.randint(-max_shift, max_shift + 1, (cfg.batch_size,), generator=gen)
         ctx = _context_index(frames, cfg.context, n)
-        audio = windows[(shift + max_shift)[:, None], ctx]  # [B, C, W, F]
+        voice = torch.randint(voices, (cfg.batch_size,), generator=gen)
+        audio = audio_rows.windows(ctx, shift, voice)  # [B, C, W, F]
         # The target at the shifted time: linear interpolation between neighbouring frames.
         frac = shift.float() / rows_per_frame
         nxt = (frames + torch.sign(shift)).clamp(0, n - 1)
@@ -164,13 +207,13 @@ def fit_audio_encoder(dataset: Dataset, space: ExpressionSpace, cfg: AudioEncode
     and the correlation over time of the predicted inner-lip opening with the tracked one ("val_lip_corr")."""
     start = time.perf_counter()
     torch.manual_seed(seed)
-    windows = torch.from_numpy(_shifted_windows(dataset, cfg.time_shift))  # [S, N, W, F]
+    audio_rows = AudioRows.of(dataset, cfg.voices, seed, log)
     targets = torch.from_numpy(space.targets)
     opening = torch.from_numpy(space.opening)
     rest = torch.from_numpy(space.rest)
     rows_per_frame = dataset.manifest.features.rate_hz / dataset.fps  # feature rows between video frames
     train = dataset.indices("train")
-    encoder = AudioEncoder(cfg, windows.shape[-1], windows.shape[-2], targets.shape[1])
+    encoder = AudioEncoder(cfg, audio_rows.rows.shape[-1], audio_rows.window_rows.shape[-1], targets.shape[1])
     held_len = max(1, int(round(len(train) * cfg.holdout_fraction)))
     finished = list(finished or [])
     splits = []
@@ -187,20 +230,22 @@ def fit_audio_encoder(dataset: Dataset, space: ExpressionSpace, cfg: AudioEncode
             continue
         torch.manual_seed(seed * 1000 + k)  # dropout draws from the global generator
         gen = torch.Generator().manual_seed(seed * 1000 + k)
-        fitted = _fit_member(member, windows, rows_per_frame, targets, opening, rest, fit, held, steps, cfg, gen, log,
+        fitted = _fit_member(member, audio_rows, rows_per_frame, targets, opening, rest, fit, held, steps, cfg, gen, log,
                              f"{k + 1}/{cfg.members}", should_stop)
         finished.append({"state": member.state_dict(), **fitted})
         if on_member is not None:
             on_member(finished)
     encoder.eval()
     span = dataset.window_span_frames()
-    plain = windows[windows.shape[0] // 2]  # [N, W, F] the unshifted windows
+    plain = audio_rows.windows(torch.arange(audio_rows.num_frames))  # [N, W, F] the original audio's windows
     blend = choose_memory_blend(encoder, plain, targets, opening, rest, splits, span, cfg)
     kept = train[np.linspace(0, len(train) - 1, min(len(train), cfg.memory_max)).round().astype(int)]
     kept_t = torch.as_tensor(kept)
     encoder.memory.fill(plain[kept_t], targets[kept_t], kept_t, rest, blend["memory_k"], span)
     encoder.memory.weight = torch.tensor(blend["memory_weight"])
     encoder.gain, encoder.closed = torch.tensor(blend["gain"]), rest.clone()
+    encoder.silence_column = torch.tensor(audio_rows.silence_column)
+    encoder.energy_column = torch.tensor(audio_rows.energy_column)
     train_t = torch.as_tensor(train)
     encoder.target_min, encoder.target_max = targets[train_t].min(0).values, targets[train_t].max(0).values
     if log is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import tyro
 
@@ -20,6 +20,8 @@ from avatar.model.torso import TorsoConfig
 @dataclass
 class TrainConfig:
     """Train a talking-head avatar from a dataset made by `avatar preprocess`."""
+
+    LIMITS: ClassVar[dict] = {"resolution": (16, 4096), "batch_size": (1, None), "audio_steps": (0, None), "canonical_steps": (0, None), "deform_steps": (0, None), "lpips_start": (0, None), "log_every": (1, None), "image_every": (1, None), "checkpoint_every": (1, None), "val_frames": (0, None), "cache_mb": (0, None), "threads": (1, None), "min_train_frames": (1, None), "teacher_prob": (0, 1)}  # checked by config_io.check_values
 
     dataset: Annotated[Path, tyro.conf.Positional] = tyro.MISSING  # type: ignore[assignment]
     """the dataset directory written by `avatar preprocess`"""

@@ -298,9 +298,10 @@ def _quat_to_matrix(wxyz: np.ndarray) -> np.ndarray:
 
 
 def run(cfg: ViewerConfig) -> None:
-    from avatar.device import resolve_device
+    from avatar.device import resolve_device, set_threads
     from avatar.model.talking_head import TalkingHead
 
+    set_threads(cfg.threads)
     head = TalkingHead.load(cfg.run, resolve_device(cfg.device))
     head.spec.backend = cfg.backend
     default_audio = Path(cfg.run) / "audio.wav"  # the training clip's sound, kept in the run

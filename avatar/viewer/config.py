@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, ClassVar, Literal, Optional
 
 import tyro
 
@@ -12,6 +12,8 @@ import tyro
 @dataclass
 class ViewerConfig:
     """Play a trained avatar live in the browser, driven by audio, from any viewpoint."""
+
+    LIMITS: ClassVar[dict] = {"port": (0, 65535), "resolution": (16, 4096), "threads": (1, None)}  # checked by config_io.check_values
 
     run: Annotated[Path, tyro.conf.Positional] = tyro.MISSING  # type: ignore[assignment]
     """the run directory written by `avatar train`"""
@@ -23,6 +25,8 @@ class ViewerConfig:
     """port; 0 picks a free one"""
     resolution: Optional[int] = None
     """rendered image height in pixels; default: the run's training resolution"""
+    threads: Optional[int] = None
+    """CPU threads torch may use; default half the cores (torch's all-core default crawls on a busy machine)"""
     device: str = "auto"
     """torch device: auto (a CUDA GPU when there is one), cpu, cuda or cuda:N"""
     backend: Literal["auto", "cuda", "torch"] = "auto"

@@ -1,0 +1,66 @@
+"""Every numeric option is checked before any work: one clear message naming the option, exit 2, nothing
+written; an output that is an input is refused."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from avatar.cli import main
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["render", "RUN", "--audio", "a.wav", "--batch-frames", "-1"], "--batch-frames -1"),
+    (["render", "RUN", "--audio", "a.wav", "--batch-frames", "0"], "--batch-frames 0"),
+    (["render", "RUN", "--audio", "a.wav", "--fps", "0"], "--fps 0.0"),
+    (["render", "RUN", "--audio", "a.wav", "--resolution", "0"], "--resolution 0"),
+    (["render", "RUN", "--audio", "a.wav", "--crf", "99"], "--crf 99"),
+    (["render", "RUN", "--audio", "a.wav", "--audio-kbps", "0"], "--audio-kbps 0"),
+    (["render", "RUN", "--audio", "a.wav", "--threads", "0"], "--threads 0"),
+    (["eval", "RUN", "--batch-size", "0"], "--batch-size 0"),
+    (["eval", "RUN", "--resolution", "7"], "--resolution 7"),
+    (["eval", "RUN", "--max-frames", "0"], "--max-frames 0"),
+    (["train", "DATASET", "--batch-size", "0"], "--batch-size 0"),
+    (["train", "DATASET", "--resolution", "0"], "--resolution 0"),
+    (["train", "DATASET", "--audio.lr", "nan"], "--audio.lr nan"),
+    (["view", "RUN", "--port", "70000"], "--port 70000"),
+    (["bench", "--frames", "0"], "--frames 0"),
+])
+def test_bad_numbers_are_refused_by_name(argv, flag, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {flag}:") and ("must be" in err or "finite" in err)
+    assert "Traceback" not in err
+
+
+def test_preprocess_nan_fps_leaves_nothing(tmp_path, capsys):
+    out = tmp_path / "dataset"
+    assert main(["preprocess", str(tmp_path / "clip.mp4"), "--out", str(out), "--fps", "nan"]) == 2
+    assert "--fps nan: give a finite number" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_render_refuses_to_replace_its_input(tmp_path, capsys):
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"the user's video")
+    link = tmp_path / "link.mp4"
+    os.symlink(clip, link)
+    for out in (clip, link):
+        assert main(["render", str(tmp_path / "run"), "--audio", str(clip), "--out", str(out)]) == 2
+        assert "would replace your input" in capsys.readouterr().err
+    assert clip.read_bytes() == b"the user's video"
+
+
+def test_default_threads_leave_cores_free():
+    import torch
+
+    from avatar.device import set_threads
+
+    before = torch.get_num_threads()
+    try:
+        assert set_threads(None) == max(1, (os.cpu_count() or 2) // 2) == torch.get_num_threads()
+        assert set_threads(1) == 1 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)

@@ -1,0 +1,106 @@
+"""`avatar eval RUN --drive DATASET / --drive-audio FILE`: the avatar driven by audio it was not trained on,
+on two short real datasets (Macron trains, the German anchor drives), and the measures on known series."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from avatar.errors import UserError
+from avatar.eval.cross_drive import (
+    Rendered, closed_threshold, lagged_correlation, pauses, quiet_frames, score,
+)
+from tests.conftest import cut_clip
+from tests.export_fixtures import write_wav
+from tests.train_fixtures import tiny_config, tiny_dataset  # noqa: F401 - the fixture
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_lagged_correlation_finds_the_shift():
+    rng = np.random.default_rng(0)
+    truth = np.convolve(rng.standard_normal(300), np.ones(5) / 5, mode="same")
+    late = np.roll(truth, 2)  # the avatar moves 2 frames after the person
+    lag0, best, lag = lagged_correlation(late, truth)
+    assert lag == 2 and best == pytest.approx(1.0, abs=0.02) and lag0 < best
+
+
+def test_pauses_and_closed_mouth_measures():
+    loud = np.full(60, -2.0)
+    loud[10:20] = -12.0  # a 400 ms pause at 25 fps
+    loud[40:42] = -12.0  # too short to count
+    quiet = quiet_frames(loud)
+    assert quiet[10:20].all() and not quiet[:10].any()
+    assert pauses(quiet, 5) == [(10, 20)]
+    own = np.linspace(0.0, 1.0, 101)
+    closed = closed_threshold(own)
+    assert closed == pytest.approx(0.1 + 0.25 * 0.8)
+    opening = np.full(60, 0.6)
+    opening[12:18] = 0.05  # closed inside the pause except its first and last 2 frames
+    m = score(Rendered(opening, 1.0), own, loudness=loud, vowels=(np.arange(60) % 3 == 0) & ~quiet)
+    assert m["pauses"] == 1 and m["pauses_closed"] == 1.0 and m["vowels_open"] == 1.0
+    opening[15] = 0.5
+    assert score(Rendered(opening, 1.0), own, loudness=loud)["pauses_closed"] == 0.0
+
+
+@pytest.fixture(scope="module")
+def avatar_and_driver(tiny_dataset, shared_data, clip_dir, tmp_path_factory):
+    """A tiny Macron avatar and a 4 s German-anchor dataset to drive it."""
+    from preprocess.build import run as preprocess
+    from preprocess.config import PreprocessConfig
+    from avatar.train.runner import run as train
+
+    root = tmp_path_factory.mktemp("cross_drive")
+    train(tiny_config(tiny_dataset.root, root / "run", audio_steps=40, resolution=96, canonical_steps=30))
+    clip = cut_clip(shared_data / "mimictalk_german_anchor_20s.mp4", clip_dir / "german_4s.mp4", 2.0, 4.0)
+    preprocess(PreprocessConfig(video=clip, out=root / "german", resolution=128, min_duration_s=2.0,
+                                crop_samples=8, preview_seconds=1.0, contact_sheet_frames=4))
+    return root / "run", root / "german"
+
+
+def test_eval_driven_by_another_persons_dataset(avatar_and_driver, tiny_dataset, tmp_path):
+    from avatar.eval.config import EvalConfig
+    from avatar.eval.evaluate import run as evaluate
+
+    run_dir, german = avatar_and_driver
+    result = evaluate(EvalConfig(run=run_dir, drive=german, max_frames=40, batch_size=8, out=tmp_path))
+    assert (tmp_path / "metrics.json").is_file() and result["drive"] == str(german)
+    import cv2
+
+    strip = cv2.imread(str(tmp_path / "mouth_strip.png"))
+    assert strip.shape == (2 * 64, 25 * 64, 3)  # 40 frames: two rows of mouth crops
+    methods = result["methods"]
+    assert set(methods) == {"avatar", "static_head", "driver_real", "own_voice"}
+    avatar = methods["avatar"]
+    assert avatar["frames"] == 40 and avatar["face_detected"] > 0.9
+    assert -1 <= avatar["corr_lag0"] <= avatar["corr_best"] <= 1 and abs(avatar["best_lag"]) <= 3
+    assert all(np.isfinite(m["motion_ratio"]) and m["frames"] == 40 for m in (avatar, methods["static_head"]))
+    real = methods["driver_real"]  # the driver's own tracked mouth against itself: the reference is wired right
+    assert real["corr_lag0"] == pytest.approx(1.0) and real["best_lag"] == 0
+    assert methods["own_voice"]["frames"] == len(tiny_dataset.indices("val"))  # on its own held-out voice
+
+
+def test_eval_driven_by_audio_alone(avatar_and_driver, shared_data, tmp_path):
+    from avatar.audio.io import SAMPLE_RATE, load_audio
+    from avatar.eval.config import EvalConfig
+    from avatar.eval.evaluate import run as evaluate
+
+    run_dir, _ = avatar_and_driver
+    tts = load_audio(shared_data / "espeak_en_us_female_12s.wav")[: 3 * SAMPLE_RATE]
+    wav = write_wav(tmp_path / "tts.wav", tts, SAMPLE_RATE)
+    result = evaluate(EvalConfig(run=run_dir, drive_audio=wav, out=tmp_path / "tts", baselines=False))
+    m = result["methods"]["avatar"]
+    assert m["frames"] == 75 and m["vowel_frames"] > 0 and np.isfinite(m["loudness_corr"])
+    assert 0 <= m["vowels_open"] <= 1 and "pauses_closed" in m and m["motion_ratio"] > 0
+
+    silent = write_wav(tmp_path / "silence.wav", np.zeros(2 * SAMPLE_RATE, np.float32), SAMPLE_RATE)
+    quiet = evaluate(EvalConfig(run=run_dir, drive_audio=silent, out=tmp_path / "silent"))["methods"]["avatar"]
+    assert quiet["vowel_frames"] == 0 and quiet["silent_frames"] == 50 and quiet["motion_ratio"] < 0.2
+
+    with pytest.raises(UserError, match="no such file"):
+        evaluate(EvalConfig(run=run_dir, drive_audio=tmp_path / "missing.wav"))
+    short = write_wav(tmp_path / "short.wav", tts[: SAMPLE_RATE // 20], SAMPLE_RATE)
+    with pytest.raises(UserError, match="shorter than 0.1 s"):
+        evaluate(EvalConfig(run=run_dir, drive_audio=short))
+    with pytest.raises(UserError, match="one of them"):
+        evaluate(EvalConfig(run=run_dir, drive_audio=wav, drive=tmp_path))
