@@ -33,7 +33,7 @@ class BenchConfig:
 
     LIMITS: ClassVar[dict] = {"frames": (1, None), "warmup": (0, None), "threads": (1, None)}  # checked by config_io.check_values
 
-    run: Annotated[Optional[Path], tyro.conf.Positional] = None
+    run: Annotated[Optional[Path], tyro.conf.Positional, tyro.conf.arg(metavar="RUN")] = None
     """a run directory written by `avatar train` (optional)"""
     quick: bool = False
     """fewer repetitions everywhere (a smoke test, not a measurement)"""

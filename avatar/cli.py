@@ -32,6 +32,33 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# what an interrupt leaves, per command (others: nothing, since outputs appear only when complete)
+INTERRUPTED = {
+    "preprocess": "finished steps are kept; run the same command again to resume.",
+    "train": "the last checkpoint is kept; run the same command with --resume to continue.",
+    "demo": "finished steps and checkpoints are kept; run the same command again to resume.",
+}
+
+
+def cpu_preset(name: str) -> str:
+    """`default` is the GPU preset; without a CUDA device, `avatar train` starts from `tiny` (and says so)."""
+    if name != "train":
+        return "default"
+    import torch
+
+    if torch.cuda.is_available() or "tiny" not in presets(name):
+        return "default"
+    print("note: no CUDA GPU here, so training uses --preset tiny (the CPU preset); give --preset default to "
+          "override.", file=sys.stderr)
+    return "tiny"
+
+
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
 def _resolve(spec: str):
     module, attr = spec.split(":")
     return getattr(importlib.import_module(module), attr)
@@ -52,14 +79,27 @@ def _pop_preset(args: list[str]) -> tuple[str | None, list[str]]:
     return None, args
 
 
+def _terminated(signum, frame):
+    """SIGTERM (a `kill`, a closed terminal session) unwinds like Ctrl-C, so temporaries are removed."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
     import tyro
+
+    if threading_main():
+        signal.signal(signal.SIGTERM, _terminated)
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(__doc__)
-        if argv and argv[0] not in ("-h", "--help"):
-            print(f"error: unknown command {argv[0]!r}; choose one of {', '.join(COMMANDS)}")
+        if not argv:
+            print(f"error: give a command: {', '.join(COMMANDS)}", file=sys.stderr)
+            return 2
+        if argv[0] not in ("-h", "--help"):
+            print(f"error: unknown command {argv[0]!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
             return 2
         return 0
     name, rest = argv[0], argv[1:]
@@ -68,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         config_cls, runner = command(name)
         default = load_preset(name, preset, config_cls) if preset else None
         if preset is None and presets(name) and "default" in presets(name):
-            default = load_preset(name, "default", config_cls)
+            preset = cpu_preset(name)
+            default = load_preset(name, preset, config_cls)
         cfg = tyro.cli(config_cls, args=rest, default=default, prog=f"avatar {name}",
                        description=(config_cls.__doc__ or "") + (f"\nPresets: {', '.join(presets(name))}" if presets(name) else ""))
         check_values(cfg)
@@ -77,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: finished steps and checkpoints are kept; run the same command again to resume.", file=sys.stderr)
+        print(f"interrupted: {INTERRUPTED.get(name, 'nothing half-written was left (outputs appear only when complete).')}",
+              file=sys.stderr)
         return 130
     return 0
 

@@ -57,8 +57,15 @@ def avatar_rows(run: Path, others: list[Path], clips: list[Path], max_frames: in
         add(Path(dataset).name, cross_driven(head, run, Path(dataset), None, max_frames, batch, None, static))
     for clip in clips:
         add(clip.stem, cross_driven(head, run, None, clip, max_frames, batch, None, static))
+    from avatar.errors import UserError
+
+    try:
+        own = evaluation_dataset(head, run, None)
+    except UserError as exc:
+        print(f"note: no own-voice row for {run}: {exc}")
+        return rows
     with FaceLandmarker() as landmarker:
-        m = own_voice(head, evaluation_dataset(head, run, None), landmarker, batch)
+        m = own_voice(head, own, landmarker, batch)
     rows.append({"avatar": name, "driver": "own held-out voice", "method": "avatar", "frames": m["frames"],
                  **{k: m.get(k) for k in COLUMNS}})
     return rows

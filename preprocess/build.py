@@ -8,6 +8,8 @@ by a few frames plus the per-frame tracking arrays.
 
 from __future__ import annotations
 
+import contextlib
+
 import importlib.metadata
 import platform
 import shutil
@@ -52,6 +54,19 @@ def _check_config(cfg: PreprocessConfig) -> None:
         raise UserError(f"--val-fraction must be in [0, 0.5) (got {cfg.val_fraction}).")
     if cfg.audio is not None and not Path(cfg.audio).is_file():
         raise UserError(f"{cfg.audio}: no such file (given with --audio). Give the path of an audio file.")
+
+
+SIDEWAYS_DEG = 60.0  # a median face roll beyond this means a sideways video
+
+
+def face_roll_deg(landmarks: np.ndarray) -> float:
+    """Median in-picture roll of the face over [N, 478, 2] landmarks: the angle of the line from the right to
+    the left outer eye corner (0 upright, +-90 sideways, 180 upside down)."""
+    from avatar.contracts.face_mesh import EYE_OUTER_CORNERS
+
+    right, left = landmarks[:, EYE_OUTER_CORNERS[0]], landmarks[:, EYE_OUTER_CORNERS[1]]
+    d = left - right
+    return float(np.degrees(np.arctan2(np.median(d[:, 1]), np.median(d[:, 0]))))
 
 
 def _check_output_dir(out: Path) -> bool:
@@ -207,8 +222,14 @@ class Builder:
         with atomic_dir(self.layout.tracking_dir) as tmp:
             for name in TRACKING_ARRAYS:
                 np.save(self.layout.tracking(name, tmp), np.asarray(result.arrays[name]))
+        roll = face_roll_deg(np.asarray(result.arrays["landmarks"]))
+        warnings = []
+        if abs(roll) > SIDEWAYS_DEG:
+            warnings.append(f"{self.cfg.video}: the face is rolled by {roll:.0f} degrees in the picture: the video is "
+                            "probably sideways (its pixels rotated without a rotation flag). Rotate it upright, e.g. "
+                            "`ffmpeg -i IN -vf transpose=1 OUT` (transpose=2 for the other way), and preprocess again.")
         return {"frames": det.num_frames, "blendshape_names": list(result.blendshape_names),
-                "stats": jsonable(result.stats)}
+                "stats": {**jsonable(result.stats), "median_roll_deg": round(roll, 1)}, "warnings": warnings}
 
     def step_masks(self, num_frames: int) -> dict:
         """Masks of every frame and, in the same pass over the frames, the background plate."""
@@ -365,7 +386,30 @@ def run(cfg: PreprocessConfig) -> Manifest:
     existed = out.exists()
     builder = Builder(cfg)  # probes the input: bad input fails here, before anything is written
     start = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        (out / MARKER_DIR).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot create the dataset directory there ({exc.strerror or exc}). "
+                        "Choose a writable --out path.") from exc
+    with build_lock(out):
+        return _build(cfg, builder, out, fresh, existed, start)
+
+
+@contextlib.contextmanager
+def build_lock(out: Path):
+    """One build of a dataset directory at a time (a second one would sweep the first one's temporaries)."""
+    import fcntl
+
+    with open(out / MARKER_DIR / "lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{out}: another `avatar preprocess` is building this dataset right now. Wait for it "
+                            "to finish (then rerun to check it is complete), or choose another --out.") from None
+        yield
+
+
+def _build(cfg: PreprocessConfig, builder: "Builder", out: Path, fresh: bool, existed: bool, start: float) -> Manifest:
     DatasetLayout(out).manifest.unlink(missing_ok=True)  # the dataset is incomplete until the last step
     for stale in out.glob(".*.*"):  # temporaries of a run that was killed
         if stale.name != MARKER_DIR:

@@ -4,6 +4,7 @@ oracle avatar whose answers are known (it shows each frame's own ground truth)."
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -30,6 +31,7 @@ class OracleHead:
 
     def __init__(self, dataset: Dataset):
         self.dataset = dataset
+        self.driving = SimpleNamespace(features=dataset.manifest.features)  # trained on this dataset's features
         self.windows = torch.from_numpy(dataset.audio_windows(self.audio_context))  # [N, C, W, F]
 
     def render(self, cond, deform: bool = True) -> dict:

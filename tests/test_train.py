@@ -108,3 +108,25 @@ def test_clear_errors(tiny_dataset, tmp_path):
     (tmp_path / "r" / "avatar.pt").write_bytes(b"not an avatar")
     with pytest.raises(UserError, match="not a readable avatar"):
         TalkingHead.load(tmp_path / "r")
+
+
+def test_a_new_run_needs_an_empty_place_and_resume_keeps_the_runs_settings(tiny_dataset, tmp_path):
+    from avatar.config_io import to_dict
+
+    with pytest.raises(UserError, match="is a dataset"):
+        Runner(tiny_config(tiny_dataset.root, tiny_dataset.root))
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("someone's file")
+    with pytest.raises(UserError, match="not empty and holds no run"):
+        Runner(tiny_config(tiny_dataset.root, busy))
+    run_dir = tmp_path / "started"  # what a started run holds when its settings are compared
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "latest.pt").write_bytes(b"checkpoint")
+    (run_dir / "config.json").write_text(json.dumps(to_dict(tiny_config(tiny_dataset.root, run_dir))))
+    (run_dir / "run.json").write_text('{"status": "done"}')
+    before = {p.name: p.read_bytes() for p in (run_dir / "config.json", run_dir / "run.json")}
+    with pytest.raises(UserError, match=r"--resolution 48 \(the run has 32\)"):
+        Runner(tiny_config(tiny_dataset.root, run_dir, resume=True, resolution=48))
+    assert {p.name: p.read_bytes() for p in (run_dir / "config.json", run_dir / "run.json")} == before
+    Runner(tiny_config(tiny_dataset.root, run_dir, resume=True, threads=1))  # where and how fast may change

@@ -20,6 +20,8 @@ def _open_audio(path: Path):
     """The container and its first audio stream, or a UserError naming what is wrong with the file."""
     import av
 
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory. Give the path of an audio or video file in it.")
     if not path.is_file():
         raise UserError(f"{path}: no such file. Give the path of an audio or video file.")
     try:

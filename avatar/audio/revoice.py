@@ -30,6 +30,7 @@ class VoiceAugmentConfig:
     each ingredient may go (0 turns an ingredient off; copies 0 turns augmentation off)."""
 
     copies: int = 6  # re-voiced copies, each with its own random voice
+    clean_share: float | None = None  # share of samples from the original audio; None: it is one voice among the copies
     pitch_semitones: float = 2.0  # size: pitch and formants scaled by up to this many semitones either way
     vtlp: float = 0.1  # vocal-tract length: formants alone moved by a factor within 1 +- this
     loudness_db: float = 6.0  # slow gain envelope within +- this many dB

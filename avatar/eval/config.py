@@ -16,7 +16,7 @@ class EvalConfig:
 
     LIMITS: ClassVar[dict] = {"resolution": (16, 4096), "max_frames": (3, None), "batch_size": (1, None), "video_size": (16, 4096), "threads": (1, None)}  # checked by config_io.check_values
 
-    run: Annotated[Path, tyro.conf.Positional] = tyro.MISSING  # type: ignore[assignment]
+    run: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="RUN")] = tyro.MISSING  # type: ignore[assignment]
     """the run directory written by `avatar train`"""
     dataset: Path | None = None
     """the dataset to score on; default the one the avatar was trained on (recorded in it, and checked to be unchanged)"""

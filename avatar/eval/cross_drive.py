@@ -207,10 +207,12 @@ def cross_driven(head, run: Path, drive_dataset: Path | None, drive_audio: Path 
     from avatar.audio.io import SAMPLE_RATE, load_audio, num_frames_for
     from avatar.eval.landmarks import FaceLandmarker
 
-    if head.driving.openings is None:
-        raise UserError(f"{run}: the avatar does not record its person's mouth openings (made by an older version). "
-                        "Retrain it to evaluate it driven by other audio.")
     own_open = head.driving.openings
+    if own_open is None:  # an avatar from before they were recorded: its dataset has them
+        if own is None:
+            raise UserError(f"{run}: the avatar does not record its person's mouth openings (made by an older "
+                            "version) and its dataset is not at hand. Give it with --dataset PATH, or retrain.")
+        own_open = mouth_opening(own.tracking("landmarks")[own.indices("train")]).astype(np.float32)
     truth = None
     if drive_dataset is not None:
         other = Dataset(drive_dataset)
@@ -242,8 +244,11 @@ def cross_driven(head, run: Path, drive_dataset: Path | None, drive_audio: Path 
         if truth is not None:
             methods["driver_real"] = score(Rendered(truth, 1.0), own_open, truth, frame_loudness(wave, fps, len(truth)),
                                            None, fps)
-        if own is not None:
+        if own is not None and own.manifest.features.extractor == head.driving.features.extractor:
             methods["own_voice"] = own_voice(head, own, landmarker, batch)
+        elif own is not None:
+            print(f"note: no own-voice row: {own.root} now holds {own.manifest.features.extractor!r} audio features, "
+                  f"the avatar was trained on {head.driving.features.extractor!r}.")
     return {"run": str(run), **source, "fps": fps, "max_lag": MAX_LAG, "methods": methods}
 
 
@@ -270,7 +275,10 @@ def own_voice(head, dataset: Dataset, landmarker, batch: int) -> dict:
     wave = load_audio(dataset.layout.audio)
     a = int(round(val[0] / dataset.fps * 16000))
     loud = frame_loudness(wave[a:], dataset.fps, len(val))
-    return {**score(rendered, head.driving.openings, truth, loud, None, dataset.fps), "frames": len(val)}
+    own_open = head.driving.openings
+    if own_open is None:
+        own_open = mouth_opening(dataset.tracking("landmarks")[dataset.indices("train")])
+    return {**score(rendered, own_open, truth, loud, None, dataset.fps), "frames": len(val)}
 
 
 def format_drive_table(result: dict) -> str:

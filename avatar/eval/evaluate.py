@@ -79,6 +79,11 @@ def evaluate(head, dataset: Dataset, indices: np.ndarray, cfg: EvalConfig, video
     if feature_window != head.feature_window:
         raise UserError(f"{cfg.run}: the avatar expects audio windows of {head.feature_window} rows, the dataset "
                         f"{dataset.root} has {feature_window}. Evaluate the avatar on the dataset it was trained on.")
+    trained_on, holds = head.driving.features.extractor, dataset.manifest.features.extractor
+    if trained_on != holds:
+        raise UserError(f"{dataset.root}: holds {holds!r} audio features, the avatar {cfg.run} was trained on "
+                        f"{trained_on!r}. Rebuild the features with `avatar preprocess VIDEO --out {dataset.root} "
+                        "--features ...` (only that step runs), or retrain the avatar.")
     audio = dataset.audio_windows(context=head.audio_context)  # [N, C, W, F], the clip's own statistics
     sources: dict[str, FrameSource] = {"avatar": lambda idx, cond, truth: render_frames(head, cond, size)}
     if cfg.baselines:

@@ -196,6 +196,12 @@ class AudioEncoder(nn.Module):
         self.register_buffer("silence_column", torch.tensor(-1))
         self.register_buffer("energy_column", torch.tensor(-1))
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # avatars saved before the pause gate have no phonetic columns: they load with the gate off
+        for name in ("silence_column", "energy_column"):
+            state_dict.setdefault(prefix + name, torch.tensor(-1))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def forward(self, audio: Tensor, frames: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """`frames` [B]: dataset frame ids of training-set stacks, so the memory skips their own neighbourhood."""
         outputs = [m(audio) for m in self.members]

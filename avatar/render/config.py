@@ -15,7 +15,7 @@ class RenderConfig:
 
     LIMITS: ClassVar[dict] = {"fps": (1, 240), "resolution": (16, 8192), "crf": (0, 51), "audio_kbps": (16, 512), "batch_frames": (1, None), "chunk_frames": (1, None), "blink": (0, 1), "threads": (1, None)}  # checked by config_io.check_values
 
-    run: Annotated[Path, tyro.conf.Positional] = tyro.MISSING  # type: ignore[assignment]
+    run: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="RUN")] = tyro.MISSING  # type: ignore[assignment]
     """the run directory written by `avatar train`"""
     audio: Path = tyro.MISSING  # type: ignore[assignment]
     """the speech to say: wav, mp3, flac, m4a/aac, ogg, or a video file whose sound is taken; any rate, mono or stereo"""

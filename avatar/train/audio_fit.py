@@ -123,7 +123,12 @@ def _fit_member(member: EncoderMember, audio_rows: AudioRows, rows_per_frame: fl
         frames = fit_t[torch.randint(len(fit_t), (cfg.batch_size,), generator=gen)]
         shift = torch.randint(-max_shift, max_shift + 1, (cfg.batch_size,), generator=gen)
         ctx = _context_index(frames, cfg.context, n)
-        voice = torch.randint(voices, (cfg.batch_size,), generator=gen)
+        clean = cfg.voices.clean_share
+        if clean is None:  # the original audio is one voice among the copies
+            voice = torch.randint(voices, (cfg.batch_size,), generator=gen)
+        else:  # the original with probability `clean`, else a re-voiced copy
+            voice = torch.randint(1, max(voices, 2), (cfg.batch_size,), generator=gen)
+            voice[(torch.rand(cfg.batch_size, generator=gen) < clean) | (voices == 1)] = 0
         audio = audio_rows.windows(ctx, shift, voice)  # [B, C, W, F]
         # The target at the shifted time: linear interpolation between neighbouring frames.
         frac = shift.float() / rows_per_frame

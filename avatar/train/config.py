@@ -23,7 +23,7 @@ class TrainConfig:
 
     LIMITS: ClassVar[dict] = {"resolution": (16, 4096), "batch_size": (1, None), "audio_steps": (0, None), "canonical_steps": (0, None), "deform_steps": (0, None), "lpips_start": (0, None), "log_every": (1, None), "image_every": (1, None), "checkpoint_every": (1, None), "val_frames": (0, None), "cache_mb": (0, None), "threads": (1, None), "min_train_frames": (1, None), "teacher_prob": (0, 1)}  # checked by config_io.check_values
 
-    dataset: Annotated[Path, tyro.conf.Positional] = tyro.MISSING  # type: ignore[assignment]
+    dataset: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="DATASET")] = tyro.MISSING  # type: ignore[assignment]
     """the dataset directory written by `avatar preprocess`"""
     out: Path = Path("runs/avatar")
     """the run directory (checkpoints, tensorboard logs, the final avatar.pt)"""

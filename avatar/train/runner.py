@@ -46,6 +46,55 @@ def open_training_dataset(cfg: TrainConfig) -> Dataset:
     return dataset
 
 
+# options that may differ on --resume: where and how fast it runs, how often it reports
+RESUMABLE_CHANGES = frozenset({"resume", "threads", "device", "out", "dataset", "log_every", "image_every",
+                               "checkpoint_every", "cache_mb"})
+
+
+def refuse_occupied(out: Path) -> None:
+    """A new run goes into an empty or new directory, never over a dataset or someone's files."""
+    from avatar.contracts.dataset import DatasetLayout
+
+    if DatasetLayout(out).manifest.is_file():
+        raise UserError(f"--out {out}: is a dataset (it has manifest.json). Give a new directory for the run, "
+                        f"e.g. --out {out.parent / 'run'}.")
+    leftovers = {"config.json", "run.json", "tb", "checkpoints"}  # a start that ended before its first checkpoint
+    if out.is_dir() and any(p.name not in leftovers for p in out.iterdir()):
+        raise UserError(f"--out {out}: is not empty and holds no run. Give a new or empty directory for the run.")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file. Give a directory for the run.")
+
+
+def refuse_changed_settings(out: Path, cfg: TrainConfig) -> None:
+    """--resume continues the run as it was started: refuse, before anything is written, settings that differ
+    from the run's config.json (a different preset or resolution would not fit its checkpoint)."""
+    import json
+
+    saved_path = out / "config.json"
+    if not saved_path.is_file():
+        return
+    saved, current = _flat(json.loads(saved_path.read_text())), _flat(to_dict(cfg))
+    changed = [f"--{k.replace('_', '-')} {current[k]} (the run has {saved[k]})"
+               for k in sorted(set(saved) | set(current))
+               if k.split(".")[0] not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)]
+    if changed:
+        shown = "; ".join(changed[:6]) + (f"; and {len(changed) - 6} more" if len(changed) > 6 else "")
+        preset = saved.get("preset")
+        raise UserError(f"{out}: --resume with settings that differ from the run's: {shown}. Resume with the run's "
+                        f"own settings (the command that started it{f', --preset {preset}' if preset else ''}), or "
+                        "train into a new --out.")
+
+
+def _flat(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 class Runner:
     def __init__(self, cfg: TrainConfig, on_step: Callable[["Runner", str, int], None] | None = None):
         self.cfg = cfg
@@ -59,6 +108,10 @@ class Runner:
             raise UserError(f"{self.out}: already holds a run. Add --resume to continue it, or choose another --out.")
         if cfg.resume and not self.ckpt_path.exists():
             raise UserError(f"{self.ckpt_path}: no checkpoint to resume from. Start the run without --resume.")
+        if not cfg.resume:
+            refuse_occupied(self.out)
+        else:
+            refuse_changed_settings(self.out, cfg)
         torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
         self._stop_requested = False

@@ -43,6 +43,15 @@ def free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
 def training_fov_y(head) -> float:
     """Vertical field of view (radians) of the training camera."""
     return float(2 * np.arctan(0.5 * head.intrinsics.height / head.intrinsics.fy))
@@ -118,6 +127,9 @@ class ViewerApp:
         self._dirty = threading.Event()
         self._stop = threading.Event()
         port = cfg.port or free_port(cfg.host)
+        if cfg.port and not port_is_free(cfg.host, cfg.port):
+            raise UserError(f"--port {cfg.port}: in use on {cfg.host} (another viewer or server?). Give another "
+                            "--port, or leave it out for a free one.")
         self.server = viser.ViserServer(host=cfg.host, port=port, verbose=False)
         self.url = f"http://{cfg.host}:{self.server.get_port()}"
         self._build_gui()

@@ -15,7 +15,7 @@ class ViewerConfig:
 
     LIMITS: ClassVar[dict] = {"port": (0, 65535), "resolution": (16, 4096), "threads": (1, None)}  # checked by config_io.check_values
 
-    run: Annotated[Path, tyro.conf.Positional] = tyro.MISSING  # type: ignore[assignment]
+    run: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="RUN")] = tyro.MISSING  # type: ignore[assignment]
     """the run directory written by `avatar train`"""
     audio: Optional[Path] = None
     """speech to play (any audio or video file); default: the training video's own audio"""

@@ -1,0 +1,113 @@
+"""Bad places and concurrent use get one clear message: unwritable --out, a second build of the same
+dataset, an audio directory, a busy viewer port, a sideways video, an interrupt, no subcommand."""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pytest
+
+from avatar.cli import main
+from avatar.errors import UserError
+from tests.conftest import cut_clip
+
+
+@pytest.fixture(scope="module")
+def clip(shared_data, clip_dir):
+    return cut_clip(shared_data / "mimictalk_german_anchor_20s.mp4", clip_dir / "german_3s.mp4", 1.0, 3.0)
+
+
+def test_preprocess_into_an_unwritable_place(clip, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    for out in ("/proc/avatar_dataset", str(blocker / "sub")):
+        assert main(["preprocess", str(clip), "--out", out, "--min-duration-s", "1"]) == 2
+        err = capsys.readouterr().err
+        assert f"--out {out}: cannot create the dataset directory" in err and "Traceback" not in err
+
+
+def test_a_second_build_of_the_same_dataset_is_refused(clip, tmp_path):
+    from preprocess.build import build_lock, run
+    from preprocess.config import PreprocessConfig
+    from preprocess.steps import MARKER_DIR
+
+    out = tmp_path / "ds"
+    (out / MARKER_DIR).mkdir(parents=True)
+    with build_lock(out):  # as if another process were building it
+        with pytest.raises(UserError, match="another `avatar preprocess` is building"):
+            run(PreprocessConfig(video=clip, out=out, min_duration_s=1.0))
+
+
+def test_sideways_faces_are_noticed():
+    from preprocess.build import SIDEWAYS_DEG, face_roll_deg
+
+    upright = np.zeros((5, 478, 2))
+    upright[:, 33], upright[:, 263] = (100, 200), (300, 205)
+    assert abs(face_roll_deg(upright)) < 5
+    sideways = np.stack([upright[..., 1], -upright[..., 0]], -1)  # pixels turned by 90 degrees
+    assert abs(face_roll_deg(sideways)) > SIDEWAYS_DEG
+
+
+def test_audio_directory_is_named_as_a_directory(tmp_path):
+    from avatar.audio.io import load_audio
+
+    with pytest.raises(UserError, match="is a directory"):
+        load_audio(tmp_path)
+
+
+def test_a_busy_port_is_reported():
+    from avatar.viewer.app import port_is_free
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert not port_is_free("127.0.0.1", port)
+
+
+def test_no_subcommand_prints_help_and_fails(capsys):
+    assert main([]) == 2
+    out = capsys.readouterr()
+    assert "avatar preprocess" in out.out and "give a command" in out.err
+    assert main(["--help"]) == 0
+
+
+def test_an_interrupted_render_does_not_talk_about_checkpoints(monkeypatch, capsys):
+    import avatar.render.video
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(avatar.render.video, "run", interrupted)
+    assert main(["render", "RUN", "--audio", "a.wav"]) == 130
+    err = capsys.readouterr().err
+    assert "nothing half-written" in err and "checkpoint" not in err
+
+
+def test_sigterm_during_render_leaves_no_temporary(tmp_path):
+    """A render killed with SIGTERM unwinds like Ctrl-C: its temporary output is removed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script = f"""
+import sys, time
+import avatar.render.video as video
+from avatar.contracts.atomic import atomic_path
+def slow(cfg):
+    with atomic_path(cfg.out) as tmp:
+        tmp.write_bytes(b"partial")
+        print("writing", flush=True)
+        time.sleep(30)
+video.run = slow
+from avatar.cli import main
+sys.exit(main(["render", "RUN", "--audio", "a.wav", "--out", {str(tmp_path / 'out.mp4')!r}]))
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "interrupted" in err
+    assert list(tmp_path.iterdir()) == []
