@@ -111,3 +111,20 @@ sys.exit(main(["render", "RUN", "--audio", "a.wav", "--out", {str(tmp_path / 'ou
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130 and "interrupted" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_mediapipe_start_up_noise_is_silenced_and_real_messages_pass():
+    import subprocess
+    import sys
+
+    script = """
+import os, sys, numpy as np
+from avatar.contracts.face_mesh import FaceMesh, quiet_native_stderr
+with FaceMesh(static=True) as mesh:
+    mesh.faces(np.zeros((64, 64, 3), np.uint8))
+with quiet_native_stderr():
+    os.write(2, b"a real native warning\\n")
+"""
+    err = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stderr
+    assert "W0000" not in err and "XNNPACK" not in err and "absl::InitializeLog" not in err
+    assert "a real native warning" in err

@@ -8,7 +8,9 @@ mediapipe is imported in one place, `solutions()`, and only when a detector is m
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -100,6 +102,35 @@ def solutions():
     return mp.solutions
 
 
+# What mediapipe's native code prints, harmlessly, when a graph starts (TFLite delegate, absl start-up,
+# the feedback-tensor notice): dropped, so progress lines and real warnings stay readable.
+NATIVE_NOISE = ("Created TensorFlow Lite XNNPACK delegate", "All log messages before absl::InitializeLog",
+                "inference_feedback_manager", "gl_context", "GL version")
+
+
+@contextlib.contextmanager
+def quiet_native_stderr():
+    """Route the process's stderr (file descriptor 2, where native libraries write) to a temporary file for
+    the block, then pass on every line that is not known noise."""
+    import sys
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            for line in capture.read().decode(errors="replace").splitlines():
+                if line.strip() and not any(noise in line for noise in NATIVE_NOISE):
+                    print(line, file=sys.stderr)
+
+
 class FaceMesh:
     """mediapipe FaceMesh with refined landmarks (478, irises included) on [H, W, 3] uint8 RGB images.
 
@@ -107,15 +138,22 @@ class FaceMesh:
     it tracks through a clip and runs its face detector only when the track is lost."""
 
     def __init__(self, static: bool, max_faces: int = 1, min_detection_confidence: float = 0.5):
-        self._mesh = solutions().face_mesh.FaceMesh(static_image_mode=static, max_num_faces=max_faces,
-                                                    refine_landmarks=True,
-                                                    min_detection_confidence=min_detection_confidence,
-                                                    min_tracking_confidence=0.5)
+        with quiet_native_stderr():
+            self._mesh = solutions().face_mesh.FaceMesh(static_image_mode=static, max_num_faces=max_faces,
+                                                        refine_landmarks=True,
+                                                        min_detection_confidence=min_detection_confidence,
+                                                        min_tracking_confidence=0.5)
+        self._started = False  # the graph's first frames print its start-up notices
 
     def faces(self, image: np.ndarray) -> list[np.ndarray]:
         """Every face found: [478, 3] float32 each, x and y in pixels of `image`, z in the same pixel scale."""
         height, width = image.shape[:2]
-        result = self._mesh.process(np.ascontiguousarray(image))
+        if self._started:
+            result = self._mesh.process(np.ascontiguousarray(image))
+        else:
+            with quiet_native_stderr():
+                result = self._mesh.process(np.ascontiguousarray(image))
+            self._started = True
         scale = np.array([width, height, width], np.float32)
         return [np.array([(p.x, p.y, p.z) for p in face.landmark], np.float32) * scale
                 for face in (result.multi_face_landmarks or [])]
