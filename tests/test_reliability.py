@@ -128,3 +128,18 @@ with quiet_native_stderr():
     err = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stderr
     assert "W0000" not in err and "XNNPACK" not in err and "absl::InitializeLog" not in err
     assert "a real native warning" in err
+
+
+def test_stale_render_temporaries_are_swept_and_fresh_ones_kept(tmp_path):
+    import os
+    import time
+
+    from avatar.render.video import STALE_S, check_output
+
+    stale, fresh = tmp_path / ".talk.abc123.mp4", tmp_path / ".talk.def456.mp4"
+    stale.write_bytes(b"left by a killed render")
+    fresh.write_bytes(b"another render, still writing")
+    old = time.time() - STALE_S - 60
+    os.utime(stale, (old, old))
+    check_output(tmp_path / "talk.mp4")
+    assert not stale.exists() and fresh.exists()

@@ -94,7 +94,24 @@ def check_output(out: Path) -> Path:
             pass
     except OSError as exc:
         raise UserError(f"{out}: cannot write there ({exc.strerror or exc}). Choose a writable --out path.") from exc
+    sweep_stale_temporaries(out)
     return out
+
+
+STALE_S = 600.0  # a render writes its temporary continuously; one untouched this long was left by a killed render
+
+
+def sweep_stale_temporaries(out: Path) -> list[Path]:
+    """Remove the temporaries (`.NAME.XXXX.mp4`) that killed renders of `out` left behind; returns them."""
+    removed = []
+    for path in out.parent.glob(f".{out.stem}.*{out.suffix}"):
+        try:
+            if time.time() - path.stat().st_mtime > STALE_S:
+                path.unlink()
+                removed.append(path)
+        except OSError:
+            continue
+    return removed
 
 
 def background_image(spec: str, resolution: int) -> np.ndarray | None:
