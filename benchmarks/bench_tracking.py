@@ -33,18 +33,14 @@ def _frames(path: Path, max_frames: int | None):
 
 def jaw_energy_correlation(jaw: np.ndarray, path: Path, max_lag: int = 4) -> tuple[float, float, int]:
     """(corr at lag 0, best corr, its lag in frames) of jawOpen with the log energy at each frame's centre."""
-    from avatar.audio.features import MelFeatures
+    from avatar.audio.features import frame_log_energy
     from avatar.audio.io import load_audio
+    from avatar.metrics.lip_sync import lagged_pearson
 
-    wave = load_audio(path)
-    extractor = MelFeatures()
-    energy_rows = extractor(wave)[:, extractor.n_mels]  # log energy, 100 rows/s
-    rows = np.clip(np.round((np.arange(len(jaw)) + 0.5) / FPS * extractor.rate_hz).astype(int), 0, len(energy_rows) - 1)
-    energy = energy_rows[rows]
+    energy = frame_log_energy(load_audio(path), FPS, len(jaw))
 
     def corr(lag: int) -> float:  # lag > 0: jaw[i] against energy[i + lag]
-        a, b = (jaw[: len(jaw) - lag], energy[lag:]) if lag >= 0 else (jaw[-lag:], energy[:lag])
-        return float(np.corrcoef(a, b)[0, 1])
+        return lagged_pearson(jaw, energy, lag)
 
     best = max(range(-max_lag, max_lag + 1), key=corr)
     return corr(0), corr(best), best

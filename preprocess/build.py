@@ -21,13 +21,14 @@ import cv2
 import numpy as np
 
 from avatar.contracts.atomic import atomic_dir, atomic_path, jsonable, save_npy, sha256_of, write_json
-from avatar.audio.features import MelFeatures, feature_stats, speech_features
+from avatar.audio.features import feature_stats, frame_log_energy, speech_features
 from avatar.audio.io import SAMPLE_RATE, num_frames_for, save_wav
 from avatar.contracts.camera import Intrinsics
 from avatar.contracts.dataset import (
     FORMAT_VERSION, MASK_BITS, TRACKING_ARRAYS, Crop, DatasetLayout, FeatureInfo, Manifest, Split,
 )
 from avatar.contracts.face_mesh import mouth_opening
+from avatar.metrics.lip_sync import lagged_pearson
 from avatar.errors import UserError
 from preprocess.audio import require_audio, time_origin
 from preprocess.config import PreprocessConfig
@@ -339,12 +340,6 @@ class Builder:
         }
 
 
-def _lagged_corr(a: np.ndarray, b: np.ndarray, lag: int) -> float:
-    """Pearson correlation of a[i] with b[i + lag]."""
-    a, b = (a[: len(a) - lag], b[lag:]) if lag >= 0 else (a[-lag:], b[: len(b) + lag])
-    return float(np.corrcoef(a, b)[0, 1]) if a.std() > 1e-8 and b.std() > 1e-8 else float("nan")
-
-
 def speech_motion(root: Path, num_frames: int, fps: float, names: list[str], max_lag: int = 8) -> dict:
     """How the mouth moves with the sound's energy (log energy at each frame's centre): the correlation of
     jawOpen with it, and the lag at which the mouth opening correlates best. The mouth opens slightly before
@@ -353,16 +348,13 @@ def speech_motion(root: Path, num_frames: int, fps: float, names: list[str], max
 
     layout = DatasetLayout(root)
     wave, _ = sf.read(str(layout.audio), dtype="float32")
-    loudness = MelFeatures()
-    rms = loudness.frame_rms(wave)
-    rows = np.clip(np.round((np.arange(num_frames) + 0.5) / fps * loudness.rate_hz).astype(int), 0, len(rms) - 1)
-    energy = np.log(rms[rows].astype(np.float64) + 1e-5)
+    energy = frame_log_energy(wave, fps, num_frames)
     opening = mouth_opening(np.load(layout.tracking("landmarks"), mmap_mode="r"))
-    by_lag = {lag: _lagged_corr(opening, energy, lag) for lag in range(-max_lag, max_lag + 1)}
+    by_lag = {lag: lagged_pearson(opening, energy, lag) for lag in range(-max_lag, max_lag + 1)}
     best = max(by_lag, key=lambda k: -np.inf if np.isnan(by_lag[k]) else by_lag[k])
     jaw = None
     if "jawOpen" in names:
-        jaw = _lagged_corr(np.load(layout.tracking("blendshapes"))[:, names.index("jawOpen")], energy, 0)
+        jaw = lagged_pearson(np.load(layout.tracking("blendshapes"))[:, names.index("jawOpen")], energy, 0)
     return {"jaw_open_energy_correlation": None if jaw is None or np.isnan(jaw) else round(jaw, 3),
             "lip_gap_energy_correlation": round(by_lag[0], 3),
             "lip_gap_energy_best_lag_frames": int(best), "lip_gap_energy_best_correlation": round(by_lag[best], 3)}

@@ -166,6 +166,15 @@ def extractor_named(name: str) -> SpeechFeatures | None:
     return next((e for e in map(speech_features, FEATURE_SETS) if e.name == name), None)
 
 
+def frame_log_energy(wave: np.ndarray, fps: float, num_frames: int) -> np.ndarray:
+    """[num_frames] float64 log RMS of the 25 ms around each video frame's centre (the mel part's log-energy
+    column, read at the frames): the loudness envelope the lip-sync measures compare the mouth with."""
+    loudness = MelFeatures()
+    rms = loudness.frame_rms(wave)
+    rows = np.clip(np.round((np.arange(num_frames) + 0.5) / fps * loudness.rate_hz).astype(int), 0, len(rms) - 1)
+    return np.log(rms[rows].astype(np.float64) + 1e-5)
+
+
 def feature_stats(features: np.ndarray, normalized: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-dimension mean and std [F] of a clip's features (for clip-level normalisation); columns from
     `normalized` on (the phonetic classes of `SpeechFeatures`) keep mean 0 and std 1."""

@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from avatar.audio.features import SpeechFeatures, context_windows, frame_window_rows, normalize_features, unnormalized_after
+from avatar.audio.features import SpeechFeatures, context_windows, frame_window_rows, normalize_features
 from avatar.audio.io import SAMPLE_RATE, is_silent, iter_audio, num_frames_for
 from avatar.errors import UserError
 
@@ -174,9 +174,9 @@ def clip_feature_stats(scan: AudioScan, extractor: SpeechFeatures) -> tuple[np.n
         squares += (block**2).sum(0)
         rows += len(block)
     mel_mean = total / rows
-    mean[:extractor.normalized] = mel_mean
+    mean[:extractor.normalized] = mel_mean  # the class columns after them keep mean 0 and std 1
     std[:extractor.normalized] = np.sqrt(np.maximum(squares / rows - mel_mean**2, 0.0)) + 1e-4
-    return unnormalized_after(mean, std, extractor.normalized)
+    return mean, std
 
 
 def window_chunks(scan: AudioScan, extractor: SpeechFeatures, stats: tuple[np.ndarray, np.ndarray], fps: float,

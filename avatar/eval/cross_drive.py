@@ -25,7 +25,8 @@ import numpy as np
 from avatar.contracts.dataset import Dataset
 from avatar.contracts.face_mesh import mouth_opening
 from avatar.errors import UserError
-from avatar.metrics.lip_sync import motion_ratio, pearson
+from avatar.audio.features import frame_log_energy as frame_loudness
+from avatar.metrics.lip_sync import lagged_pearson, motion_ratio, pearson
 
 MAX_LAG = 3  # frames either way for the best-lag correlation
 PAUSE_S = 0.2  # a pause is at least this long
@@ -43,23 +44,10 @@ def closed_threshold(openings: np.ndarray) -> float:
 
 def lagged_correlation(pred: np.ndarray, truth: np.ndarray, max_lag: int = MAX_LAG) -> tuple[float, float, int]:
     """(correlation at lag 0, the best within +-max_lag, its lag): lag > 0 means the avatar moves later."""
-    by_lag = {}
-    for lag in range(-max_lag, max_lag + 1):
-        a, b = (pred[lag:], truth[: len(truth) - lag]) if lag >= 0 else (pred[:lag], truth[-lag:])
-        by_lag[lag] = pearson(a, b)
+    by_lag = {lag: lagged_pearson(truth, pred, lag) for lag in range(-max_lag, max_lag + 1)}
     finite = {k: v for k, v in by_lag.items() if np.isfinite(v)}
     best = max(finite, key=finite.get) if finite else 0
     return by_lag[0], by_lag[best], best
-
-
-def frame_loudness(wave: np.ndarray, fps: float, num_frames: int) -> np.ndarray:
-    """[num_frames] log RMS of the 25 ms around each video frame's centre."""
-    from avatar.audio.features import MelFeatures
-
-    loudness = MelFeatures()
-    rms = loudness.frame_rms(wave)
-    rows = np.clip(np.round((np.arange(num_frames) + 0.5) / fps * loudness.rate_hz).astype(int), 0, len(rms) - 1)
-    return np.log(rms[rows].astype(np.float64) + 1e-5)
 
 
 def quiet_frames(loudness: np.ndarray) -> np.ndarray:

@@ -36,3 +36,10 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a - a.mean(), b - b.mean()
     denom = math.sqrt(float((a * a).sum() * (b * b).sum()))
     return float((a * b).sum() / denom) if denom > 0 else float("nan")
+
+
+def lagged_pearson(a: np.ndarray, b: np.ndarray, lag: int) -> float:
+    """`pearson` of a[i] with b[i + lag] over the overlap."""
+    a, b = np.asarray(a), np.asarray(b)
+    a, b = (a[: len(a) - lag], b[lag:]) if lag >= 0 else (a[-lag:], b[: len(b) + lag])
+    return pearson(a, b)

@@ -241,5 +241,6 @@ def audio_windows(path: Path | str, driving: DrivingData, context: int, fps: flo
     """Chunks of [b, 2 * context + 1, W, F] normalised feature windows of the frames that `path` drives at
     `fps` (default the training video's), with the clip's own normalisation statistics; memory stays
     bounded for any length of audio. UserError for missing, undecodable, or empty audio."""
-    scan = scan_audio(path, feature_extractor(driving.features))
-    return driving_windows(scan, driving.features, fps or driving.fps, context, chunk_frames)
+    extractor = feature_extractor(driving.features)
+    scan = scan_audio(path, extractor)
+    return driving_windows(scan, driving.features, fps or driving.fps, context, chunk_frames, extractor)
