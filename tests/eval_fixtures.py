@@ -21,21 +21,28 @@ NUM_FRAMES = 90  # 3 s of the Macron address: 81 training frames, 9 validation f
 
 def write_eval_dataset(root: Path, video: Path) -> Dataset:
     """A minimal dataset in the contract's format, from the first 3 s of a real video: real frames, real audio
-    features, a fixed elliptical head mask and a still pose (only what the evaluation reads)."""
+    features, real landmarks, a fixed elliptical head over elliptical shoulders and a still pose (only what
+    the evaluation reads)."""
     import av
     import cv2
+
+    from avatar.eval.landmarks import LANDMARK_SCALE, FaceLandmarker
 
     (root / "frames").mkdir(parents=True)
     (root / "masks").mkdir()
     yy, xx = np.mgrid[:SIZE, :SIZE]
     head = ((xx - 64) / 30) ** 2 + ((yy - 56) / 40) ** 2 <= 1
-    with av.open(str(video)) as container:
+    torso = (((xx - 64) / 60) ** 2 + ((yy - 140) / 50) ** 2 <= 1) & ~head
+    bits = (head << MASK_BITS["head"]) | (torso << MASK_BITS["torso"]) | ((head | torso) << MASK_BITS["person"])
+    landmarks = []
+    with av.open(str(video)) as container, FaceLandmarker() as detect:
         for i, frame in enumerate(container.decode(video=0)):
             if i == NUM_FRAMES:
                 break
             rgb = cv2.resize(frame.to_ndarray(format="rgb24"), (SIZE, SIZE), interpolation=cv2.INTER_AREA)
             cv2.imwrite(str(root / "frames" / f"{frame_name(i)}.jpg"), rgb[:, :, ::-1])
-            cv2.imwrite(str(root / "masks" / f"{frame_name(i)}.png"), (head << MASK_BITS["head"]).astype(np.uint8))
+            cv2.imwrite(str(root / "masks" / f"{frame_name(i)}.png"), bits.astype(np.uint8))
+            landmarks.append(detect(rgb) * (SIZE / LANDMARK_SCALE))
     wave = load_audio(video)[: int(NUM_FRAMES / FPS * 16000)]
     save_wav(root / "audio.wav", wave)
     extractor = MelFeatures()
@@ -46,6 +53,7 @@ def write_eval_dataset(root: Path, video: Path) -> Dataset:
     np.save(root / "tracking" / "rotation.npy", np.tile(np.eye(3, dtype=np.float32), (NUM_FRAMES, 1, 1)))
     np.save(root / "tracking" / "translation.npy", np.tile(np.float32([0, 0, 1.2]), (NUM_FRAMES, 1)))
     np.save(root / "tracking" / "blendshapes.npy", np.zeros((NUM_FRAMES, 2), np.float32))
+    np.save(root / "tracking" / "landmarks.npy", np.stack(landmarks).astype(np.float32))
     n_val = NUM_FRAMES // 10
     manifest = Manifest(
         format_version=FORMAT_VERSION, source={"path": str(video)}, fps=FPS, num_frames=NUM_FRAMES, resolution=SIZE,

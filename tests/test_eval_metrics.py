@@ -10,7 +10,7 @@ import torch
 
 from avatar.contracts.face_mesh import lip_contour_ids, mouth_opening
 from avatar.eval.landmarks import LANDMARK_SCALE, FaceLandmarker
-from avatar.eval.scorer import SequenceScorer, square_box
+from avatar.eval.scorer import FrameRegions, SequenceScorer, mouth_boxes
 from avatar.metrics.image import psnr, ssim
 from avatar.metrics.lip_sync import landmark_distance, motion_ratio, pearson
 
@@ -64,16 +64,22 @@ def test_ssim_mask_ignores_outside():
     assert ssim(a, b).item() < 0.9
 
 
-def test_square_box_covers_union_and_stays_inside():
-    masks = torch.zeros(3, 64, 64, dtype=torch.bool)
-    masks[0, 10:20, 30:40] = True
-    masks[2, 15:40, 35:45] = True
-    y0, y1, x0, x1 = square_box(masks, margin=0.0)
-    assert y1 - y0 == x1 - x0 == 30
-    assert y0 <= 10 and y1 >= 40 and x0 <= 30 and x1 >= 45
-    masks[1, 0:64, 60:64] = True  # touches the border: the square is clamped inside
-    y0, y1, x0, x1 = square_box(masks)
-    assert 0 <= y0 < y1 <= 64 and 0 <= x0 < x1 <= 64
+def test_mouth_boxes_one_side_centred_on_the_lips_and_inside():
+    lips = np.zeros((3, 4, 2))
+    lips[0] = [[30, 40], [50, 40], [40, 36], [40, 46]]  # 20 wide: the widest mouth of the sequence
+    lips[1] = lips[0] * 0.5 + [20, 20]  # 10 wide, elsewhere
+    lips[2] = lips[0] + [50, 50]  # near the corner of a 96-pixel image
+    boxes = mouth_boxes(lips, 96)
+    sides = boxes[:, 1] - boxes[:, 0]
+    assert (sides == 30).all() and (boxes[:, 3] - boxes[:, 2] == 30).all()
+    assert abs((boxes[0, 0] + boxes[0, 1]) / 2 - 41) <= 1 and abs((boxes[0, 2] + boxes[0, 3]) / 2 - 40) <= 1
+    assert boxes.min() >= 0 and boxes[:, [1, 3]].max() <= 96
+
+
+def _regions(head: torch.Tensor, b: int = 1) -> FrameRegions:
+    """The head mask as given, everything else torso, no background; a mouth box in the head's middle."""
+    return FrameRegions({"head": head, "torso": ~head, "background": torch.zeros_like(head)},
+                        np.array([[40, 56, 40, 56]] * b))
 
 
 def test_lmd_of_a_shifted_landmark_set():
@@ -156,33 +162,36 @@ def test_sequence_scorer_perfect_prediction(real_frame):
     mask[..., 20:100, 30:98] = True
     with FaceLandmarker() as detect:
         gt_lm = detect(gt_np)
-        scorer = SequenceScorer(LPIPS("alex"), detect, square_box(mask[:, 0]))
+        scorer = SequenceScorer(LPIPS("alex"), detect)
         for _ in range(3):
-            scorer.add(gt, gt, mask, [gt_lm])
+            scorer.add(gt, gt, _regions(mask), [gt_lm])
         s = scorer.summary()
     assert s["frames"] == 3 and s["face_detected"] == 1.0 and s["lip_frames"] == 3
-    assert math.isinf(s["psnr"]) and math.isinf(s["psnr_head"])
-    assert s["ssim"] == pytest.approx(1.0, abs=1e-5) and s["lpips"] == pytest.approx(0.0, abs=1e-6)
-    assert s["lpips_head"] == pytest.approx(0.0, abs=1e-6)
+    for region in ("", "_head", "_torso", "_mouth"):
+        assert math.isinf(s[f"psnr{region}"]) and s[f"ssim{region}"] == pytest.approx(1.0, abs=1e-5)
+        assert s[f"lpips{region}"] == pytest.approx(0.0, abs=1e-6)
+    assert s["psnr_background"] is None and s["lpips_background"] is None  # no background in these frames
     assert s["lmd"] == pytest.approx(0.0, abs=1e-4)
     assert math.isnan(s["mouth_corr"]) and math.isnan(s["mouth_motion"])  # a constant mouth: no correlation
 
 
-def test_head_region_metrics_ignore_changes_outside_the_head():
+def test_region_metrics_see_only_their_region():
     gt = _images(3, b=1, h=96, w=96)
     pred = gt.clone()
-    pred[..., :, 80:] = 0.0  # damage a band right of the head only
+    pred[..., :, 80:] = 0.0  # damage a band right of the head only (torso here)
     mask = torch.zeros(1, 1, 96, 96, dtype=torch.bool)
     mask[..., 20:70, 20:70] = True
     from avatar.metrics.lpips import LPIPS
 
     with FaceLandmarker() as detect:
-        scorer = SequenceScorer(LPIPS("alex"), detect, square_box(mask[:, 0]))
-        scorer.add(pred, gt, mask, [None])
+        scorer = SequenceScorer(LPIPS("alex"), detect)
+        scorer.add(pred, gt, _regions(mask), [None])
     s = scorer.summary()
     assert math.isinf(s["psnr_head"]) and s["ssim_head"] == pytest.approx(1.0, abs=1e-5)
-    assert s["lpips_head"] == pytest.approx(0.0, abs=1e-6) and s["lpips"] > 0.01
-    assert s["psnr"] < 20 and s["lip_frames"] == 0 and s["lmd"] is None
+    assert math.isinf(s["psnr_mouth"]) and s["lpips_mouth"] == pytest.approx(0.0, abs=1e-6)
+    # the head's LPIPS sees some of the band through the deep layers' receptive field, far less than the torso's
+    assert s["lpips_head"] < 0.5 * s["lpips_torso"] and s["lpips"] > 0.01
+    assert s["psnr_torso"] < s["psnr"] < 20 and s["lip_frames"] == 0 and s["lmd"] is None
 
 
 def test_lpips_of_tiny_images_works():
@@ -192,7 +201,9 @@ def test_lpips_of_tiny_images_works():
     mask = torch.zeros(1, 1, 32, 32, dtype=torch.bool)
     mask[..., 8:20, 10:22] = True
     with FaceLandmarker() as detect:
-        scorer = SequenceScorer(LPIPS("alex"), detect, square_box(mask[:, 0]))
-        scorer.add(gt.flip(-1), gt, mask, [None])
+        scorer = SequenceScorer(LPIPS("alex"), detect)
+        regions = FrameRegions({"head": mask, "torso": ~mask, "background": torch.zeros_like(mask)},
+                               np.array([[8, 24, 8, 24]]))
+        scorer.add(gt.flip(-1), gt, regions, [None])
     s = scorer.summary()
-    assert s["lpips"] > 0 and s["lpips_head"] > 0
+    assert s["lpips"] > 0 and s["lpips_head"] > 0 and s["lpips_mouth"] > 0

@@ -18,16 +18,18 @@ import torch
 
 from avatar.contracts.atomic import atomic_path, write_json
 from avatar.contracts.dataset import Dataset, DatasetLayout
+from avatar.contracts.face_mesh import lip_contour_ids
 from avatar.device import resolve_device
 from avatar.errors import UserError
 from avatar.eval.config import EvalConfig
 from avatar.eval.frames import render_frames, resize_mask, resize_rgb, to_chw
 from avatar.eval.landmarks import LANDMARK_SCALE, FaceLandmarker
-from avatar.eval.scorer import SequenceScorer, square_box
+from avatar.eval.scorer import REGIONS, FrameRegions, SequenceScorer, mouth_boxes
 
 # metric -> True when higher is better; margins are signed so that positive means "the avatar is better"
-HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False, "psnr_head": True, "ssim_head": True,
-                    "lpips_head": False, "lmd": False, "lmd_centred": False, "mouth_corr": True}
+HIGHER_IS_BETTER = {**{f"{metric}{suffix}": metric != "lpips" for suffix in ("", *(f"_{r}" for r in REGIONS))
+                       for metric in ("psnr", "ssim", "lpips")},
+                    "lmd": False, "lmd_centred": False, "mouth_corr": True}
 LIP_SYNC_METRICS = ("lmd", "mouth_corr")  # the avatar must beat both baselines on these
 # the ground truth itself at the evaluation resolution, scored like a method: the best score reachable at this
 # resolution (its LMD is the landmark detector's noise floor once images are this small). Not a baseline.
@@ -51,6 +53,18 @@ def frame_conditions(dataset: Dataset, indices: np.ndarray, audio: np.ndarray, d
         translation=tensor(dataset.tracking("translation")[indices]),
         blink=tensor(dataset.blinks()[indices]),
     )
+
+
+def frame_regions(dataset: Dataset, indices: np.ndarray, boxes: np.ndarray, size: int,
+                  device: torch.device) -> FrameRegions:
+    """The regions of dataset frames `indices` at the evaluation size: head, torso and background from the
+    dataset's masks, and their mouth boxes."""
+    def masks(name: str, invert: bool = False) -> torch.Tensor:
+        stack = np.stack([resize_mask(dataset.mask(i, name), size) != invert for i in indices])
+        return torch.from_numpy(stack)[:, None].to(device)
+
+    return FrameRegions({"head": masks("head"), "torso": masks("torso"), "background": masks("person", invert=True)},
+                        boxes)
 
 
 def _margins(methods: dict[str, dict]) -> dict[str, dict[str, float | None]]:
@@ -92,12 +106,12 @@ def evaluate(head, dataset: Dataset, indices: np.ndarray, cfg: EvalConfig, video
         sources["nearest_audio"] = lambda idx, cond, truth: nearest(idx)
     sources[REFERENCE] = lambda idx, cond, truth: truth
 
-    head_masks = torch.from_numpy(np.stack([resize_mask(dataset.mask(i, "head"), size) for i in indices]))
-    box = square_box(head_masks)
+    lips = dataset.tracking("landmarks")[indices][:, lip_contour_ids()] * (size / dataset.manifest.resolution)
+    boxes = mouth_boxes(lips, size)
     lpips = LPIPS(cfg.lpips_net).to(device)
     seconds = dict.fromkeys(sources, 0.0)
     with FaceLandmarker() as landmarker:
-        scorers = {name: SequenceScorer(lpips, landmarker, box) for name in sources}
+        scorers = {name: SequenceScorer(lpips, landmarker) for name in sources}
         with _side_by_side(video_path, dataset, indices, cfg.video_size) as write_video:
             for start in range(0, len(indices), cfg.batch_size):
                 idx = indices[start : start + cfg.batch_size]
@@ -105,13 +119,13 @@ def evaluate(head, dataset: Dataset, indices: np.ndarray, cfg: EvalConfig, video
                 gt_landmarks = [landmarker(f) for f in gt_full]
                 truth = np.stack([resize_rgb(f, size) for f in gt_full])
                 gt = to_chw(truth, device)
-                mask = head_masks[start : start + len(idx), None].to(device)
+                regions = frame_regions(dataset, idx, boxes[start : start + len(idx)], size, device)
                 cond = frame_conditions(dataset, idx, audio, device)
                 for name, source in sources.items():
                     t0 = time.perf_counter()
                     frames = source(idx, cond, truth)  # [B, size, size, 3] uint8
                     seconds[name] += time.perf_counter() - t0
-                    scorers[name].add(to_chw(frames, device), gt, mask, gt_landmarks)
+                    scorers[name].add(to_chw(frames, device), gt, regions, gt_landmarks)
                     if name == "avatar" and write_video is not None:
                         write_video(np.stack([np.concatenate([resize_rgb(truth, cfg.video_size),
                                                               resize_rgb(pred, cfg.video_size)], axis=1)
@@ -122,7 +136,7 @@ def evaluate(head, dataset: Dataset, indices: np.ndarray, cfg: EvalConfig, video
     result = {
         "run": str(cfg.run), "dataset": str(dataset.root), "split": cfg.split,
         "frames": [int(indices[0]), int(indices[-1]) + 1], "resolution": size, "landmark_scale": LANDMARK_SCALE,
-        "head_box": list(box), "lpips_net": cfg.lpips_net, "methods": methods,
+        "mouth_box_side": int(boxes[0, 1] - boxes[0, 0]), "lpips_net": cfg.lpips_net, "methods": methods,
     }
     if cfg.baselines:
         margins = _margins(methods)
@@ -170,14 +184,17 @@ def _side_by_side(path: Path | None, dataset: Dataset, indices: np.ndarray, pane
 
 
 def format_table(result: dict) -> str:
-    """The methods as rows, the main metrics as columns."""
-    cols = ["psnr", "ssim", "lpips", "psnr_head", "ssim_head", "lpips_head", "lmd", "lmd_centred", "mouth_corr",
-            "mouth_motion", "face_detected"]
-    lines = [f"{'method':<14}" + "".join(f"{c:>14}" for c in cols)]
-    for name, m in result["methods"].items():
-        cells = "".join(f"{m[c]:>14.4f}" if isinstance(m.get(c), float) else f"{str(m.get(c)):>14}" for c in cols)
-        lines.append(f"{name:<14}" + cells)
-    return "\n".join(lines)
+    """The methods as rows, the main metrics as columns; then PSNR / SSIM / LPIPS per region."""
+    def table(cols: list[str], width: int = 12) -> list[str]:
+        lines = [f"{'method':<14}" + "".join(f"{c:>{width}}" for c in cols)]
+        for name, m in result["methods"].items():
+            lines.append(f"{name:<14}" + "".join(f"{m[c]:>{width}.4f}" if isinstance(m.get(c), float)
+                                                 else f"{str(m.get(c)):>{width}}" for c in cols))
+        return lines
+
+    main = table(["psnr", "ssim", "lpips", "lmd", "lmd_centred", "mouth_corr", "mouth_motion", "face_detected"], 14)
+    regions = table([f"{metric}_{r}" for r in REGIONS for metric in ("psnr", "ssim", "lpips")], 11)
+    return "\n".join(main + ["", "per region (head, torso incl. neck, background, mouth box):"] + regions)
 
 
 def evaluation_dataset(head, run: Path, override: Path | None) -> Dataset:

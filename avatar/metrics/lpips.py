@@ -111,8 +111,10 @@ class LPIPS(nn.Module):
             feats.append(x)
         return feats
 
-    def forward(self, img0: Tensor, img1: Tensor) -> Tensor:
-        """img0, img1: [B, 3, H, W] in 0..1 -> [B] distances (0 for identical images)."""
+    def forward(self, img0: Tensor, img1: Tensor, mask: Tensor | None = None) -> Tensor:
+        """img0, img1: [B, 3, H, W] in 0..1 -> [B] distances (0 for identical images). With `mask`
+        [B, 1, H, W], each layer's distance map is averaged over the mask's share of its cells (the spatial
+        LPIPS of a region; NaN where the mask is empty)."""
         if img0.shape != img1.shape or img0.dim() != 4 or img0.shape[1] != 3:
             raise ValueError(f"LPIPS expects two [B, 3, H, W] images of one shape, got {tuple(img0.shape)} and {tuple(img1.shape)}")
         feats = self._features(torch.cat([img0, img1], dim=0))
@@ -121,5 +123,10 @@ class LPIPS(nn.Module):
         for feat, head in zip(feats, self.heads):
             unit = feat / (feat.pow(2).sum(dim=1, keepdim=True).sqrt() + 1e-10)
             diff_sq = (unit[:batch] - unit[batch:]).pow(2)          # [B, C, h, w]
-            total = total + F.conv2d(diff_sq, head.to(diff_sq.dtype)).mean(dim=(1, 2, 3))
+            layer = F.conv2d(diff_sq, head.to(diff_sq.dtype))  # [B, 1, h, w]
+            if mask is None:
+                total = total + layer.mean(dim=(1, 2, 3))
+            else:
+                share = F.interpolate(mask.to(layer.dtype), size=layer.shape[-2:], mode="area")
+                total = total + (layer * share).sum(dim=(1, 2, 3)) / share.sum(dim=(1, 2, 3))
         return total
