@@ -13,7 +13,7 @@ from typing import Iterable
 
 import numpy as np
 
-from avatar.contracts.face_mesh import NUM_LANDMARKS, FaceMesh, solutions
+from avatar.contracts.face_mesh import NUM_LANDMARKS, FaceMesh, Solution
 from avatar.errors import UserError
 
 
@@ -82,7 +82,8 @@ def detect_landmarks(frames: Iterable[np.ndarray], *, max_missing_fraction: floa
     previous = None
     meshes = {1: FaceMesh(static=False, max_faces=1)}  # faces asked for -> FaceMesh; the two-face one when needed
     counted = 1
-    with solutions().face_detection.FaceDetection(model_selection=0, min_detection_confidence=0.5) as detector:
+    detector = Solution(lambda mp: mp.face_detection.FaceDetection(model_selection=0, min_detection_confidence=0.5))
+    with detector:
         for i, frame in enumerate(tqdm(frames, desc="landmarks", unit="frame", total=total, disable=not show_progress)):
             frame = np.ascontiguousarray(frame)
             if i % count_faces_every == 0:

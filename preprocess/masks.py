@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from avatar.contracts.dataset import MASK_BITS
-from avatar.contracts.face_mesh import CHIN, FACE_OVAL, FACE_SIDES, FOREHEAD, INNER_LIP_LOOP, JAW_ANGLES, solutions
+from avatar.contracts.face_mesh import CHIN, FACE_OVAL, FACE_SIDES, FOREHEAD, INNER_LIP_LOOP, JAW_ANGLES, Solution
 
 FACE_OVAL_IDS, INNER_LIP_IDS = list(FACE_OVAL), list(INNER_LIP_LOOP)  # as index lists for numpy
 HEAD_HALF_WIDTH = 0.85  # head band half-width in face widths (hair and ears stick out past the face oval)
@@ -64,11 +64,11 @@ class MaskMaker:
 
     def __init__(self):
         # model 0: the general 256x256 model, suited to square head-and-shoulders frames
-        self._segmenter = solutions().selfie_segmentation.SelfieSegmentation(model_selection=0)
+        self._segmenter = Solution(lambda mp: mp.selfie_segmentation.SelfieSegmentation(model_selection=0))
 
     def person(self, frame_rgb: np.ndarray) -> np.ndarray:
         """[H, W, 3] uint8 RGB -> [H, W] bool person mask."""
-        probability = self._segmenter.process(np.ascontiguousarray(frame_rgb)).segmentation_mask
+        probability = self._segmenter.process(frame_rgb).segmentation_mask
         return probability > PERSON_THRESHOLD
 
     def __call__(self, frame_rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray:

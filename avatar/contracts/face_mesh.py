@@ -3,7 +3,8 @@
 The dataset's landmarks are mediapipe's 478 (468 mesh points + 10 iris points), so every module that
 names a landmark (tracking, masks, blendshapes, the mouth interior, the audio encoder's targets, the
 lip-sync metrics) takes the ids from here. "Right"/"left" are the person's own, as in ARKit.
-mediapipe is imported in one place, `solutions()`, and only when a detector is made.
+mediapipe is imported in one place, `solutions()`, and only when a detector is made; every detector is a
+`Solution`, which keeps mediapipe's native start-up noise out of the output.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import warnings
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -131,38 +133,47 @@ def quiet_native_stderr():
                     print(line, file=sys.stderr)
 
 
-class FaceMesh:
+class Solution:
+    """A mediapipe solution (`make(mediapipe.solutions)`: face mesh, face detection, selfie segmentation) that
+    keeps its native start-up notices out of stderr. A graph prints them from its own threads while it starts,
+    which goes on after the constructor returns, until its first image is through: so the solution is made and
+    given a blank image (which leaves no state: later results are bit-identical) under `quiet_native_stderr`."""
+
+    def __init__(self, make: Callable[[Any], Any]):
+        with quiet_native_stderr():
+            self._solution = make(solutions())
+            self._solution.process(np.zeros((64, 64, 3), np.uint8))
+
+    def process(self, image: np.ndarray):
+        """mediapipe's result for one [H, W, 3] uint8 RGB image."""
+        return self._solution.process(np.ascontiguousarray(image))
+
+    def close(self) -> None:
+        self._solution.close()
+
+    def __enter__(self) -> "Solution":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class FaceMesh(Solution):
     """mediapipe FaceMesh with refined landmarks (478, irises included) on [H, W, 3] uint8 RGB images.
 
     `static` detects every image on its own (no smoothing across frames: metrics, crop scans); otherwise
     it tracks through a clip and runs its face detector only when the track is lost."""
 
     def __init__(self, static: bool, max_faces: int = 1, min_detection_confidence: float = 0.5):
-        with quiet_native_stderr():
-            self._mesh = solutions().face_mesh.FaceMesh(static_image_mode=static, max_num_faces=max_faces,
-                                                        refine_landmarks=True,
-                                                        min_detection_confidence=min_detection_confidence,
-                                                        min_tracking_confidence=0.5)
-        self._started = False  # the graph's first frames print its start-up notices
+        super().__init__(lambda mp: mp.face_mesh.FaceMesh(static_image_mode=static, max_num_faces=max_faces,
+                                                          refine_landmarks=True,
+                                                          min_detection_confidence=min_detection_confidence,
+                                                          min_tracking_confidence=0.5))
 
     def faces(self, image: np.ndarray) -> list[np.ndarray]:
         """Every face found: [478, 3] float32 each, x and y in pixels of `image`, z in the same pixel scale."""
         height, width = image.shape[:2]
-        if self._started:
-            result = self._mesh.process(np.ascontiguousarray(image))
-        else:
-            with quiet_native_stderr():
-                result = self._mesh.process(np.ascontiguousarray(image))
-            self._started = True
+        result = self.process(image)
         scale = np.array([width, height, width], np.float32)
         return [np.array([(p.x, p.y, p.z) for p in face.landmark], np.float32) * scale
                 for face in (result.multi_face_landmarks or [])]
-
-    def close(self) -> None:
-        self._mesh.close()
-
-    def __enter__(self) -> "FaceMesh":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
