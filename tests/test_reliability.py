@@ -56,14 +56,15 @@ def test_audio_directory_is_named_as_a_directory(tmp_path):
         load_audio(tmp_path)
 
 
-def test_a_busy_port_is_reported():
-    from avatar.viewer.app import port_is_free
-
+def test_a_busy_port_or_a_foreign_host_is_said_before_the_avatar_loads(tmp_path, capsys):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        assert not port_is_free("127.0.0.1", port)
+        assert main(["view", str(tmp_path / "no_run"), "--port", str(port)]) == 2
+        assert f"--port {port}: in use on 127.0.0.1" in capsys.readouterr().err
+    assert main(["view", str(tmp_path / "no_run"), "--host", "192.0.2.1"]) == 2  # TEST-NET: no machine's own
+    assert "--host 192.0.2.1: cannot listen there" in capsys.readouterr().err
 
 
 def test_no_subcommand_prints_help_and_fails(capsys):

