@@ -70,6 +70,18 @@ def face_roll_deg(landmarks: np.ndarray) -> float:
     return float(np.degrees(np.arctan2(np.median(d[:, 1]), np.median(d[:, 0]))))
 
 
+def sideways_warning(video: Path, roll_deg: float) -> str | None:
+    """A warning with the ffmpeg command that turns the video upright, when its faces are rolled by more than
+    SIDEWAYS_DEG: +90 is a picture turned clockwise, so it is turned back counter-clockwise (transpose=2)."""
+    if abs(roll_deg) <= SIDEWAYS_DEG:
+        return None
+    upside_down = abs(roll_deg) > 180 - SIDEWAYS_DEG
+    turn = "hflip,vflip" if upside_down else "transpose=2" if roll_deg > 0 else "transpose=1"
+    return (f"{video}: the face is rolled by {roll_deg:.0f} degrees in the picture: the video is probably "
+            f"{'upside down' if upside_down else 'sideways'} (its pixels turned without a rotation flag). Turn it "
+            f"upright, `ffmpeg -i {video} -vf {turn} -c:a copy upright.mp4`, and preprocess upright.mp4 instead.")
+
+
 def _check_output_dir(out: Path) -> bool:
     """True when `out` is new or empty. Refuses to write into a non-empty directory that is not a dataset."""
     if not out.exists():
@@ -224,13 +236,10 @@ class Builder:
             for name in TRACKING_ARRAYS:
                 np.save(self.layout.tracking(name, tmp), np.asarray(result.arrays[name]))
         roll = face_roll_deg(np.asarray(result.arrays["landmarks"]))
-        warnings = []
-        if abs(roll) > SIDEWAYS_DEG:
-            warnings.append(f"{self.cfg.video}: the face is rolled by {roll:.0f} degrees in the picture: the video is "
-                            "probably sideways (its pixels rotated without a rotation flag). Rotate it upright, e.g. "
-                            "`ffmpeg -i IN -vf transpose=1 OUT` (transpose=2 for the other way), and preprocess again.")
+        warning = sideways_warning(self.cfg.video, roll)
         return {"frames": det.num_frames, "blendshape_names": list(result.blendshape_names),
-                "stats": {**jsonable(result.stats), "median_roll_deg": round(roll, 1)}, "warnings": warnings}
+                "stats": {**jsonable(result.stats), "median_roll_deg": round(roll, 1)},
+                "warnings": [warning] if warning else []}
 
     def step_masks(self, num_frames: int) -> dict:
         """Masks of every frame and, in the same pass over the frames, the background plate."""

@@ -39,14 +39,23 @@ def test_a_second_build_of_the_same_dataset_is_refused(clip, tmp_path):
             run(PreprocessConfig(video=clip, out=out, min_duration_s=1.0))
 
 
-def test_sideways_faces_are_noticed():
-    from preprocess.build import SIDEWAYS_DEG, face_roll_deg
+def test_sideways_faces_are_noticed_with_the_turn_that_fixes_them():
+    from preprocess.build import face_roll_deg, sideways_warning
 
     upright = np.zeros((5, 478, 2))
-    upright[:, 33], upright[:, 263] = (100, 200), (300, 205)
-    assert abs(face_roll_deg(upright)) < 5
-    sideways = np.stack([upright[..., 1], -upright[..., 0]], -1)  # pixels turned by 90 degrees
-    assert abs(face_roll_deg(sideways)) > SIDEWAYS_DEG
+    upright[:, 33], upright[:, 263] = (100, 200), (300, 205)  # the person's right and left outer eye corners
+    assert sideways_warning("v.mp4", face_roll_deg(upright)) is None
+    size = 512
+    clockwise = np.stack([size - 1 - upright[..., 1], upright[..., 0]], -1)  # what ffmpeg's transpose=1 does
+    roll = face_roll_deg(clockwise)
+    warning = sideways_warning("v.mp4", roll)
+    assert "sideways" in warning and "ffmpeg -i v.mp4 -vf transpose=2 " in warning
+    turned_back = np.stack([clockwise[..., 1], size - 1 - clockwise[..., 0]], -1)  # transpose=2: counter-clockwise
+    assert abs(face_roll_deg(turned_back)) < 5
+    counter = np.stack([upright[..., 1], size - 1 - upright[..., 0]], -1)
+    assert "-vf transpose=1 " in sideways_warning("v.mp4", face_roll_deg(counter))
+    upside_down = size - 1 - upright
+    assert "upside down" in sideways_warning("v.mp4", face_roll_deg(upside_down))
 
 
 def test_audio_directory_is_named_as_a_directory(tmp_path):
