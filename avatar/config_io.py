@@ -55,27 +55,39 @@ def from_dict(cls: type[T], data: dict, base: T | None = None) -> T:
     return dataclasses.replace(base, **kwargs)
 
 
-def check_values(cfg: Any, prefix: str = "") -> None:
+def check_values(cfg: Any, prefix: str = "", limits: dict | None = None) -> None:
     """Refuse bad numbers before any work: every float option must be finite, and the options a config
-    class lists in its `LIMITS` (field -> (lowest, highest), None for open) must lie in their range. Nested
-    configs are checked too (`--audio.lr` style names)."""
+    class lists in its `LIMITS` (field -> (lowest, highest), None for open) must lie in their range; a tuple
+    option's every element is checked. Nested configs are checked too (`--audio.lr` style names), against
+    their own `LIMITS` and the dotted names of their parent's (`"audio.lr"`: the nested configs belong to the
+    model, the ranges a command accepts to the command). Then `cfg.check()`, when the class has one, checks
+    rules between options."""
     import math
 
-    limits = getattr(type(cfg), "LIMITS", {})
+    limits = {**getattr(type(cfg), "LIMITS", {}), **(limits or {})}
+    names = {f.name for f in dataclasses.fields(cfg)}
+    unknown = {key.split(".")[0] for key in limits} - names
+    if unknown:
+        raise ValueError(f"{type(cfg).__name__}.LIMITS names no option: {sorted(unknown)}")
     for f in dataclasses.fields(cfg):
         value, flag = getattr(cfg, f.name), f"--{prefix}{f.name.replace('_', '-')}"
         if dataclasses.is_dataclass(value):
-            check_values(value, f"{prefix}{f.name}.")
+            inner = {key.split(".", 1)[1]: v for key, v in limits.items() if key.startswith(f"{f.name}.")}
+            check_values(value, f"{prefix}{f.name}.", inner)
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        if isinstance(value, float) and not math.isfinite(value):
-            raise UserError(f"{flag} {value}: give a finite number.")
+        shown = " ".join(map(str, value)) if isinstance(value, tuple) else value
         low, high = limits.get(f.name, (None, None))
-        if low is not None and value < low:
-            raise UserError(f"{flag} {value}: must be at least {low}" + (f" and at most {high}." if high is not None else "."))
-        if high is not None and value > high:
-            raise UserError(f"{flag} {value}: must be at most {high}" + (f" and at least {low}." if low is not None else "."))
+        for number in value if isinstance(value, tuple) else (value,):
+            if isinstance(number, bool) or not isinstance(number, (int, float)):
+                continue
+            if isinstance(number, float) and not math.isfinite(number):
+                raise UserError(f"{flag} {shown}: give a finite number.")
+            if low is not None and number < low:
+                raise UserError(f"{flag} {shown}: must be at least {low}" + (f" and at most {high}." if high is not None else "."))
+            if high is not None and number > high:
+                raise UserError(f"{flag} {shown}: must be at most {high}" + (f" and at least {low}." if low is not None else "."))
+    if hasattr(cfg, "check"):
+        cfg.check()
 
 
 def presets(command: str) -> list[str]:

@@ -24,6 +24,17 @@ from avatar.cli import main
     (["train", "DATASET", "--batch-size", "0"], "--batch-size 0"),
     (["train", "DATASET", "--resolution", "0"], "--resolution 0"),
     (["train", "DATASET", "--audio.lr", "nan"], "--audio.lr nan"),
+    (["train", "DATASET", "--lr-means", "-1"], "--lr-means -1.0"),
+    (["train", "DATASET", "--seed", "-1"], "--seed -1"),
+    (["train", "DATASET", "--val-frames", "0"], "--val-frames 0"),
+    (["train", "DATASET", "--head.num-face", "0"], "--head.num-face 0"),
+    (["train", "DATASET", "--head.sh-degree", "9"], "--head.sh-degree 9"),
+    (["train", "DATASET", "--audio.members", "0"], "--audio.members 0"),
+    (["train", "DATASET", "--audio.dropout", "1.5"], "--audio.dropout 1.5"),
+    (["train", "DATASET", "--audio.memory-k", "3", "0"], "--audio.memory-k 3 0"),
+    (["train", "DATASET", "--densify.every", "0"], "--densify.every 0"),
+    (["train", "DATASET", "--triplane.num-levels", "0"], "--triplane.num-levels 0"),
+    (["render", "RUN", "--audio", "a.wav", "--seed", "-1"], "--seed -1"),
     (["view", "RUN", "--port", "70000"], "--port 70000"),
     (["bench", "--frames", "0"], "--frames 0"),
 ])
@@ -33,6 +44,24 @@ def test_bad_numbers_are_refused_by_name(argv, flag, capsys, tmp_path, monkeypat
     err = capsys.readouterr().err.strip().splitlines()[-1]  # train may first note that it picked the CPU preset
     assert err.startswith(f"error: {flag}:") and ("must be" in err or "finite" in err)
     assert "Traceback" not in err
+
+
+def test_options_that_must_agree_are_refused_together(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "DATASET", "--audio.embed-dim", "64", "--audio.heads", "3"]) == 2
+    assert "--audio.heads must divide --audio.embed-dim" in capsys.readouterr().err
+    assert main(["train", "DATASET", "--triplane.base-resolution", "64", "--triplane.max-resolution", "32"]) == 2
+    assert "--triplane.max-resolution 32: must be at least --triplane.base-resolution (64)" in capsys.readouterr().err
+
+
+def test_every_range_names_an_option_and_every_preset_is_in_range():
+    from avatar.cli import COMMANDS, command
+    from avatar.config_io import check_values, load_preset, presets
+
+    for name in COMMANDS:
+        cls = command(name)[0]
+        for cfg in [load_preset(name, preset, cls) for preset in presets(name)] or [cls()]:
+            check_values(cfg)  # a range that names no option is a ValueError
 
 
 def test_preprocess_nan_fps_leaves_nothing(tmp_path, capsys):

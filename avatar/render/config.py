@@ -13,7 +13,7 @@ import tyro
 class RenderConfig:
     """Make a trained avatar say new audio: a lip-synced mp4 (H.264 + AAC) of any length."""
 
-    LIMITS: ClassVar[dict] = {"fps": (1, 240), "resolution": (16, 8192), "crf": (0, 51), "audio_kbps": (16, 512), "batch_frames": (1, None), "chunk_frames": (1, None), "blink": (0, 1), "threads": (1, None)}  # checked by config_io.check_values
+    LIMITS: ClassVar[dict] = {"fps": (1, 240), "resolution": (16, 8192), "crf": (0, 51), "audio_kbps": (16, 512), "batch_frames": (1, None), "chunk_frames": (1, None), "blink": (0, 1), "seed": (0, None), "threads": (1, None)}  # checked by config_io.check_values
 
     run: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="RUN")] = tyro.MISSING  # type: ignore[assignment]
     """the run directory written by `avatar train`"""
