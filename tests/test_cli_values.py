@@ -74,9 +74,10 @@ def test_preprocess_nan_fps_leaves_nothing(tmp_path, capsys):
 def test_render_refuses_to_replace_its_input(tmp_path, capsys):
     clip = tmp_path / "clip.mp4"
     clip.write_bytes(b"the user's video")
-    link = tmp_path / "link.mp4"
+    link, hard = tmp_path / "link.mp4", tmp_path / "hard.mp4"
     os.symlink(clip, link)
-    for out in (clip, link):
+    os.link(clip, hard)
+    for out in (clip, link, hard):
         assert main(["render", str(tmp_path / "run"), "--audio", str(clip), "--out", str(out)]) == 2
         assert "would replace your input" in capsys.readouterr().err
     assert clip.read_bytes() == b"the user's video"

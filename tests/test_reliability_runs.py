@@ -54,6 +54,46 @@ def _tensor_bytes(path) -> int:
     return start + entry.file_size // 2 // 4 * 4
 
 
+def test_a_damaged_avatar_is_refused_not_rendered(trained, speech, tmp_path, capsys):
+    from avatar.model.talking_head import payload_checksum
+
+    flipped = tmp_path / "flipped"  # bytes overwritten inside a tensor: the zip still opens, the values are finite
+    shutil.copytree(trained, flipped)
+    with open(flipped / "avatar.pt", "r+b") as f:
+        f.seek(_tensor_bytes(flipped / "avatar.pt"))
+        f.write(np.ones(64, np.float32).tobytes())
+    nan = tmp_path / "nan"  # a NaN weight under a checksum that matches it
+    shutil.copytree(trained, nan)
+    data = torch.load(nan / "avatar.pt", weights_only=False)
+    weight = next(v for v in data["state_dict"].values() if v.is_floating_point() and v.numel() > 1)
+    weight.view(-1)[0] = float("nan")
+    data["checksum"] = payload_checksum(data["state_dict"], data["driving"])
+    torch.save(data, nan / "avatar.pt")
+    for damaged in (flipped, nan):
+        out = tmp_path / "out" / f"{damaged.name}.mp4"
+        assert _render(damaged, speech, out) == 2
+        err = capsys.readouterr().err
+        assert f"{damaged / 'avatar.pt'}: the avatar file is damaged" in err and "Traceback" not in err
+        assert not out.exists() and not list(out.parent.glob(".*"))
+
+
+def test_render_never_replaces_the_training_video_paste_back_reads(trained, speech, capsys):
+    from avatar.model.talking_head import TalkingHead
+
+    source = TalkingHead.load(trained).driving.source.path
+    before = open(source, "rb").read()
+    assert _render(trained, speech, source, "--paste-back") == 2
+    assert "is the training video that --paste-back reads" in capsys.readouterr().err
+    assert open(source, "rb").read() == before
+
+
+def test_five_one_sound_comes_out_stereo(trained, tmp_path):
+    wave = speech_like(0.6, 48000)
+    surround = write_wav(tmp_path / "surround.wav", np.stack([wave] * 6, 1), 48000)
+    assert _render(trained, surround, tmp_path / "out.mp4") == 0
+    assert probe(tmp_path / "out.mp4")["audio_channels"] == 2
+
+
 def test_the_viewer_opens_a_run_at_its_own_small_resolution(trained):
     from avatar.model.talking_head import TalkingHead
     from avatar.viewer.app import ViewerApp

@@ -31,7 +31,7 @@ def _open_audio(path: Path):
     streams = [s for s in container.streams if s.type == "audio"]
     if not streams:
         container.close()
-        raise UserError(f"{path}: has no audio track. Give a file with sound (or --audio FILE).")
+        raise UserError(f"{path}: has no audio track. Give a file with sound.")
     return container, streams[0]
 
 
@@ -77,7 +77,7 @@ def load_audio(path: Path | str, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     chunks = list(iter_audio(path, sample_rate))
     wave = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
     if wave.size < sample_rate // 10:
-        raise UserError(f"{path}: the audio track is empty or shorter than 0.1 s.")
+        raise UserError(f"{path}: the audio track is empty or shorter than 0.1 s. Give a file with speech in it.")
     return wave
 
 

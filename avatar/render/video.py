@@ -68,15 +68,15 @@ class StageTimer:
         return "\n".join(lines)
 
 
-def refuse_overwriting_input(out: Path, audio: Path) -> None:
-    """The output must not replace the input it is made from (`--audio clip.mp4 --out clip.mp4`), also
-    through links."""
+def refuse_overwriting_input(out: Path, source: Path, what: str = "the input --audio") -> None:
+    """The output must not replace an input it is made from (`--audio clip.mp4 --out clip.mp4`, or the training
+    video that --paste-back reads), also through links."""
     import os
 
-    out, audio = Path(out), Path(audio)
-    same = out.resolve() == audio.resolve() or (out.exists() and audio.exists() and os.path.samefile(out, audio))
+    out, source = Path(out), Path(source)
+    same = out.resolve() == source.resolve() or (out.exists() and source.exists() and os.path.samefile(out, source))
     if same:
-        raise UserError(f"--out {out}: is the input --audio {audio}; writing it would replace your input. "
+        raise UserError(f"--out {out}: is {what} {source}; writing it would replace your input. "
                         "Give another --out path.")
 
 
@@ -156,6 +156,8 @@ def run(cfg: RenderConfig) -> Path:
     refuse_overwriting_input(cfg.out, cfg.audio)
     set_threads(cfg.threads)
     head = TalkingHead.load(cfg.run, device=resolve_device(cfg.device))
+    if cfg.paste_back:
+        refuse_overwriting_input(cfg.out, Path(head.driving.source.path), "the training video that --paste-back reads")
     head.spec.backend = cfg.backend
     return render_video(cfg, head)
 
@@ -169,6 +171,9 @@ def render_video(cfg: RenderConfig, head: "TalkingHead") -> Path:
     out = check_output(cfg.out)
     driving = head.driving
     timer = StageTimer()
+    resolution = int(cfg.resolution or head.resolution)
+    if resolution < 16 or resolution % 2:
+        raise UserError(f"--resolution {resolution}: give an even number of pixels, at least 16.")
     extractor = feature_extractor(driving.features)
     with timer("audio features"):
         scan = scan_audio(cfg.audio, extractor)
@@ -181,9 +186,6 @@ def render_video(cfg: RenderConfig, head: "TalkingHead") -> Path:
         raise UserError(f"{cfg.audio}: {scan.duration_s:.3f} s of audio is shorter than half a frame at {fps:g} fps.")
     if scan.silent:
         print(f"{cfg.audio}: the audio is silent; the avatar keeps a still, closed mouth.", file=sys.stderr)
-    resolution = int(cfg.resolution or head.resolution)
-    if resolution < 16 or resolution % 2:
-        raise UserError(f"--resolution {resolution}: give an even number of pixels, at least 16.")
     device = next(head.parameters()).device
     plate = background_image(cfg.background, head.resolution)
     background = torch.from_numpy(plate).to(device) if plate is not None else None
