@@ -8,8 +8,6 @@ by a few frames plus the per-frame tracking arrays.
 
 from __future__ import annotations
 
-import contextlib
-
 import importlib.metadata
 import platform
 import shutil
@@ -20,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from avatar.contracts.atomic import atomic_dir, atomic_path, jsonable, save_npy, sha256_of, write_json
+from avatar.contracts.atomic import atomic_dir, atomic_path, exclusive, jsonable, save_npy, sha256_of, write_json
 from avatar.audio.features import feature_stats, frame_log_energy, speech_features
 from avatar.audio.io import SAMPLE_RATE, num_frames_for, save_wav
 from avatar.contracts.camera import Intrinsics
@@ -396,18 +394,10 @@ def run(cfg: PreprocessConfig) -> Manifest:
         return _build(cfg, builder, out, fresh, existed, start)
 
 
-@contextlib.contextmanager
 def build_lock(out: Path):
     """One build of a dataset directory at a time (a second one would sweep the first one's temporaries)."""
-    import fcntl
-
-    with open(out / MARKER_DIR / "lock", "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"{out}: another `avatar preprocess` is building this dataset right now. Wait for it "
-                            "to finish (then rerun to check it is complete), or choose another --out.") from None
-        yield
+    return exclusive(out / MARKER_DIR, f"{out}: another `avatar preprocess` is building this dataset right now. Wait "
+                     "for it to finish (then rerun to check it is complete), or choose another --out.")
 
 
 def _build(cfg: PreprocessConfig, builder: "Builder", out: Path, fresh: bool, existed: bool, start: float) -> Manifest:

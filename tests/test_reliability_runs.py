@@ -94,6 +94,44 @@ def test_five_one_sound_comes_out_stereo(trained, tmp_path):
     assert probe(tmp_path / "out.mp4")["audio_channels"] == 2
 
 
+def test_ctrl_c_while_the_audio_stage_re_voices_stops_at_once_with_a_checkpoint(tiny_dataset, tmp_path, monkeypatch):
+    import avatar.audio.revoice
+
+    went_on = []
+
+    def interrupted(*args, **kwargs):
+        signal.raise_signal(signal.SIGINT)  # the user's Ctrl-C, in the middle of the re-voicing
+        went_on.append(True)
+        return []
+
+    monkeypatch.setattr(avatar.audio.revoice, "revoiced_copies", interrupted)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_config(tiny_dataset.root, out))
+    assert went_on == []
+    assert Checkpoint.load(out / "checkpoints" / "latest.pt").stage == "audio"
+    Runner(tiny_config(tiny_dataset.root, out, resume=True))  # --resume takes it
+
+
+def test_ctrl_c_in_an_image_stage_checkpoints_that_step_and_twice_stops_at_once(tiny_dataset, tmp_path):
+    def ctrl_c_at(stage: str, step: int, times: int):
+        def hook(runner, name, current):
+            if (name, current) == (stage, step):
+                for _ in range(times):
+                    signal.raise_signal(signal.SIGINT)
+        return hook
+
+    out = tmp_path / "run"
+    with pytest.raises(StopRequested):
+        Runner(tiny_config(tiny_dataset.root, out), on_step=ctrl_c_at("canonical", 2, 1)).train()
+    saved = Checkpoint.load(out / "checkpoints" / "latest.pt")
+    assert (saved.stage, saved.progress["step"]) == ("canonical", 2)
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        Runner(tiny_config(tiny_dataset.root, out, resume=True), on_step=ctrl_c_at("canonical", 3, 2)).train()
+    assert not isinstance(stopped.value, StopRequested)  # the second Ctrl-C did not wait for a checkpoint
+    assert Checkpoint.load(out / "checkpoints" / "latest.pt").progress["step"] == 2
+
+
 def test_the_viewer_opens_a_run_at_its_own_small_resolution(trained):
     from avatar.model.talking_head import TalkingHead
     from avatar.viewer.app import ViewerApp

@@ -58,6 +58,26 @@ def atomic_dir(final: Path | str) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def exclusive(directory: Path | str, busy: str) -> Iterator[None]:
+    """Hold an exclusive lock on `directory` for the block: one writer at a time (two would sweep each other's
+    temporaries and overwrite each other's files); a UserError saying `busy` when another process holds it. The
+    lock belongs to the open directory, so a killed process leaves none behind."""
+    import fcntl
+
+    from avatar.errors import UserError
+
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(busy) from None
+        yield
+    finally:
+        os.close(fd)
+
+
 def jsonable(value: Any) -> Any:
     """Plain JSON data from what the pipeline records: numpy scalars and arrays become numbers and lists,
     paths strings, and inf / nan (not JSON) null."""

@@ -1,7 +1,8 @@
 """`avatar train`: the Runner owns the loop over the stages (avatar.train.stages), checkpoints, resume and logging.
 
-Each stage gets a StageContext and nothing else of the runner. Between stages the runner writes a
-checkpoint at the next stage's start; inside a stage the stage writes its own progress through the context.
+Each stage gets a StageContext and nothing else of the runner. The runner writes a checkpoint when the run
+starts and, between stages, at the next stage's start; inside a stage the stage writes its own progress through
+the context. One `avatar train` at a time holds a run directory (a lock on it).
 At the end the run directory holds the self-contained avatar (`avatar.pt`, with its driving data), the
 training clip's sound (`audio.wav`, for the viewer and the benchmark), `head.ply`, `run.json`, `config.json`,
 the checkpoints and the tensorboard logs.
@@ -9,6 +10,7 @@ the checkpoints and the tensorboard logs.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 from pathlib import Path
@@ -17,14 +19,14 @@ from typing import Callable
 import torch
 
 from avatar.config_io import to_dict
-from avatar.contracts.atomic import atomic_path, write_json
+from avatar.contracts.atomic import atomic_path, exclusive, write_json
 from avatar.contracts.dataset import Dataset
 from avatar.device import resolve_device
 from avatar.errors import UserError
 from avatar.train.checkpoint import RUN_FORMAT_VERSION, Checkpoint
 from avatar.train.config import TrainConfig
-from avatar.train.context import StageContext
-from avatar.train.stages import AudioStage, CanonicalStage, DeformStage, Stage
+from avatar.train.context import StageContext, StopRequested
+from avatar.train.stages import AudioStage, CanonicalStage, DeformStage, ImageStage, Stage
 
 __all__ = ["RUN_FORMAT_VERSION", "Runner", "run"]
 
@@ -63,6 +65,12 @@ def refuse_occupied(out: Path) -> None:
         raise UserError(f"--out {out}: is not empty and holds no run. Give a new or empty directory for the run.")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: is a file. Give a directory for the run.")
+
+
+def training_lock(out: Path):
+    """One `avatar train` per run directory at a time (two would write over each other's checkpoints)."""
+    return exclusive(out, f"--out {out}: another `avatar train` is training this run right now. Wait for it to "
+                          "finish, or choose another --out.")
 
 
 def refuse_changed_settings(out: Path, cfg: TrainConfig) -> None:
@@ -104,6 +112,9 @@ class Runner:
         self.dataset = open_training_dataset(cfg)
         self.out = Path(cfg.out)
         self.ckpt_path = self.out / "checkpoints" / "latest.pt"
+        if self.out.is_dir():
+            with training_lock(self.out):  # a run in training is said first (not "add --resume")
+                pass
         if self.ckpt_path.exists() and not cfg.resume:
             raise UserError(f"{self.out}: already holds a run. Add --resume to continue it, or choose another --out.")
         if cfg.resume and not self.ckpt_path.exists():
@@ -115,12 +126,23 @@ class Runner:
         torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
         self._stop_requested = False
+        self._stage: Stage | None = None  # the stage running now
         self.run_info: dict = {}
 
     # ------------------------------------------------------------------ control
     def request_stop(self) -> None:
         """Stop after the current step, with a checkpoint (what Ctrl-C does)."""
         self._stop_requested = True
+
+    def _interrupt(self, signum, frame) -> None:
+        """Ctrl-C: an image stage stops after its current step, with a checkpoint of that step. The audio stage
+        checkpoints whole encoder members only (a stop request would lose the member in progress just the same,
+        after its re-voicing or memory search had run on), and a second Ctrl-C means now: those stop at once,
+        from the last checkpoint."""
+        if self._stop_requested or not isinstance(self._stage, ImageStage):
+            raise KeyboardInterrupt
+        self.request_stop()
+        os.write(2, b"\nstopping after this step with a checkpoint (Ctrl-C again stops at once, from the last one)\n")
 
     @staticmethod
     def log(message: str) -> None:
@@ -129,6 +151,12 @@ class Runner:
         tqdm.write(message)
 
     def train(self) -> Path:
+        checkpoint = Checkpoint.load(self.ckpt_path) if self.cfg.resume else None
+        self.out.mkdir(parents=True, exist_ok=True)
+        with training_lock(self.out):
+            return self._train(checkpoint)
+
+    def _train(self, checkpoint: Checkpoint | None) -> Path:
         from torch.utils.tensorboard import SummaryWriter
 
         from avatar.data.batches import TrainingData
@@ -136,15 +164,16 @@ class Runner:
         from avatar.train.expression import ExpressionSpace
 
         cfg = self.cfg
-        checkpoint = Checkpoint.load(self.ckpt_path) if cfg.resume else None
-        self.out.mkdir(parents=True, exist_ok=True)
         write_json(self.out / "config.json", to_dict(cfg))
         self.run_info = checkpoint.run_info if checkpoint else {
             "format_version": RUN_FORMAT_VERSION, "dataset": str(Path(cfg.dataset).resolve()),
             "dataset_manifest_sha256": self.dataset.manifest_sha256(), "preset": cfg.preset,
             "status": "training", "stage_seconds": {}, "stage_cpu_seconds": {}, "metrics": {},
         }
-        self._write_run_info()
+        if checkpoint is None:  # from its start on, a run has a checkpoint to --resume from
+            self._save(self.stages[0].name, None, {})
+        else:
+            self._write_run_info()
         expression = ExpressionSpace.fit(self.dataset)
         writer = SummaryWriter(str(self.out / "tb"))
         ctx = StageContext(
@@ -158,16 +187,20 @@ class Runner:
         model = None
         if checkpoint is not None and checkpoint.model is not None:
             model = TalkingHead.from_state(checkpoint.spec, checkpoint.model).to(self.device)
-        previous = signal.signal(signal.SIGINT, lambda *_: self.request_stop())
+        previous = signal.signal(signal.SIGINT, self._interrupt)
         try:
             for k, stage in enumerate(self.stages):
                 if current == "done" or names.index(current) > k:
                     continue
                 progress = checkpoint.progress if checkpoint is not None and checkpoint.stage == stage.name else {}
+                self._stage = stage
                 model = stage.run(ctx, model, progress).to(self.device)
                 self._save(names[k + 1] if k + 1 < len(names) else "done", model, {})
+                if self._stop_requested:  # asked during the stage's validation, which does not stop
+                    raise StopRequested
             return self._finish(model)
         finally:
+            self._stage = None
             signal.signal(signal.SIGINT, previous)
             writer.close()
 
