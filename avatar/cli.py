@@ -53,6 +53,52 @@ def cpu_preset(name: str) -> str:
     return "tiny"
 
 
+# fields naming a directory or file of a given kind: a run, a dataset, a video
+PLACES = {"run": "run", "dataset": "dataset", "drive": "dataset", "video": "video"}
+
+
+def refuse_swapped_places(name: str, cfg) -> None:
+    """A dataset given where a run is expected, or a run where a dataset or a video is, gets one message with
+    the command that takes it (the readers would only find their own files missing, and talk of unfinished
+    preprocessing or training); so does a run that an `avatar train` is still writing."""
+    import json
+    from pathlib import Path
+
+    from avatar.contracts.atomic import exclusive
+    from avatar.contracts.dataset import DatasetLayout
+
+    for field, wanted in PLACES.items():
+        path = getattr(cfg, field, None)
+        if not isinstance(path, Path) or not path.is_dir():
+            continue
+        if DatasetLayout(path).manifest.is_file():
+            if wanted == "run":
+                raise UserError(f"{path}: is a dataset (made by `avatar preprocess`), not a trained run. Train an "
+                                f"avatar on it first, `avatar train {path} --out RUN`, and give that RUN to `avatar {name}`.")
+            if wanted == "video":
+                raise UserError(f"{path}: is a dataset already (made by `avatar preprocess`). Train an avatar on it: "
+                                f"`avatar train {path} --out RUN`.")
+        elif (path / "run.json").is_file():
+            if wanted == "run" and not (path / "avatar.pt").is_file():
+                with exclusive(path, f"{path}: is still being trained (an `avatar train` is writing it). Wait for it "
+                                     f"to finish, then run `avatar {name}` again."):
+                    pass
+            if wanted == "dataset":
+                try:
+                    recorded = json.loads((path / "run.json").read_text()).get("dataset")
+                except (OSError, ValueError, AttributeError):
+                    recorded = None
+                resume = f"; to continue training it, `avatar train {recorded or 'DATASET'} --out {path} --resume`"
+                raise UserError(f"{path}: is a run (made by `avatar train`), not a dataset. Give a dataset made by "
+                                f"`avatar preprocess`" + (f" (this run was trained on {recorded})" if recorded else "")
+                                + (resume if name == "train" else "") + ".")
+            if wanted == "video":
+                raise UserError(f"{path}: is a trained run, not a video. Make it talk: `avatar render {path} --audio "
+                                "FILE --out OUT.mp4`.")
+        elif wanted == "video":
+            raise UserError(f"{path}: is a directory. Give the path of a video file.")
+
+
 def threading_main() -> bool:
     import threading
 
@@ -113,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = tyro.cli(config_cls, args=rest, default=default, prog=f"avatar {name}",
                        description=(config_cls.__doc__ or "") + (f"\nPresets: {', '.join(presets(name))}" if presets(name) else ""))
         check_values(cfg)
+        refuse_swapped_places(name, cfg)
         runner(cfg)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

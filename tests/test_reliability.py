@@ -1,5 +1,6 @@
 """Bad places and concurrent use get one clear message: unwritable --out, a second build of the same
-dataset, an audio directory, a busy viewer port, a sideways video, an interrupt, no subcommand."""
+dataset, an audio directory, a busy viewer port, a sideways video, an interrupt, no subcommand; --help names
+what each command takes, --device is one option, train picks the CPU preset without a GPU."""
 
 from __future__ import annotations
 
@@ -81,6 +82,46 @@ def test_no_subcommand_prints_help_and_fails(capsys):
     out = capsys.readouterr()
     assert "avatar preprocess" in out.out and "give a command" in out.err
     assert main(["--help"]) == 0
+
+
+@pytest.mark.parametrize("name, positional", [("preprocess", "VIDEO"), ("train", "DATASET"), ("render", "RUN"),
+                                              ("view", "RUN"), ("eval", "RUN"), ("bench", "RUN")])
+def test_help_names_what_each_command_takes(name, positional, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([name, "--help"])
+    assert done.value.code == 0
+    usage = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("usage:"))
+    assert usage.split()[-1] == positional and "PATH" not in usage
+
+
+def test_device_is_one_option_everywhere():
+    import typing
+
+    from avatar.cli import COMMANDS, command
+    from avatar.device import resolve_device
+
+    with_device = [name for name in COMMANDS if "device" in typing.get_type_hints(command(name)[0])]
+    assert set(with_device) == {"train", "render", "view", "eval", "bench"}
+    for name in with_device:
+        cls = command(name)[0]
+        assert typing.get_type_hints(cls)["device"] is str and cls.device == "auto"
+    for name in ("tpu", "mps"):
+        with pytest.raises(UserError, match=f"--device {name}: .*[Uu]se auto, cpu, cuda or cuda:N"):
+            resolve_device(name)
+
+
+@pytest.mark.parametrize("gpu, preset", [(False, "tiny"), (True, "default")])
+def test_train_starts_from_the_cpu_preset_without_a_gpu_and_says_so(gpu, preset, monkeypatch, capsys):
+    import torch
+
+    import avatar.train.runner
+
+    seen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    monkeypatch.setattr(avatar.train.runner, "run", seen.append)
+    assert main(["train", "DATASET"]) == 0
+    assert seen[0].preset == preset
+    assert ("training uses --preset tiny" in capsys.readouterr().err) == (not gpu)
 
 
 def test_an_interrupted_render_does_not_talk_about_checkpoints(monkeypatch, capsys):

@@ -94,6 +94,40 @@ def test_five_one_sound_comes_out_stereo(trained, tmp_path):
     assert probe(tmp_path / "out.mp4")["audio_channels"] == 2
 
 
+def test_a_dataset_and_a_run_given_for_each_other_get_the_right_command(trained, tiny_dataset, speech, tmp_path,
+                                                                        capsys):
+    dataset = tiny_dataset.root
+    for argv in (["render", str(dataset), "--audio", str(speech), "--out", str(tmp_path / "o.mp4")],
+                 ["view", str(dataset)], ["eval", str(dataset)], ["bench", str(dataset)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"{dataset}: is a dataset" in err and f"`avatar train {dataset} --out RUN`" in err, argv
+    assert main(["train", str(trained), "--out", str(tmp_path / "new")]) == 2
+    err = capsys.readouterr().err
+    assert f"{trained}: is a run" in err and f"`avatar train {dataset.resolve()} --out {trained} --resume`" in err
+    assert main(["eval", str(trained), "--drive", str(trained)]) == 2
+    assert f"{trained}: is a run" in capsys.readouterr().err
+    for place, hint in ((trained, f"`avatar render {trained} --audio"), (dataset, f"`avatar train {dataset} --out"),
+                        (tmp_path, "is a directory. Give the path of a video file")):
+        assert main(["preprocess", str(place), "--out", str(tmp_path / "ds")]) == 2
+        assert hint in capsys.readouterr().err
+    assert not (tmp_path / "new").exists() and not (tmp_path / "ds").exists()
+
+
+def test_a_run_in_training_is_said_to_be_one(tiny_dataset, speech, tmp_path, capsys):
+    from avatar.contracts.atomic import exclusive
+
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "run.json").write_text(json.dumps({"status": "training"}))
+    with exclusive(busy, "held by this test"):  # as `avatar train` holds it
+        assert main(["render", str(busy), "--audio", str(speech), "--out", str(tmp_path / "o.mp4")]) == 2
+        assert f"{busy}: is still being trained" in capsys.readouterr().err
+        with pytest.raises(UserError, match="another `avatar train` is training this run"):
+            Runner(tiny_config(tiny_dataset.root, busy, resume=True))
+    assert [p.name for p in busy.iterdir()] == ["run.json"]
+
+
 def test_ctrl_c_while_the_audio_stage_re_voices_stops_at_once_with_a_checkpoint(tiny_dataset, tmp_path, monkeypatch):
     import avatar.audio.revoice
 
