@@ -94,3 +94,16 @@ def test_default_threads_leave_cores_free():
         assert set_threads(1) == 1 == torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("argv", [["render", "RUN", "--audio", "a.wav"], ["view", "RUN"]])
+def test_render_and_view_set_their_threads_before_the_avatar_loads(argv, tmp_path, monkeypatch):
+    import avatar.device
+    import avatar.render.video
+
+    seen = []
+    for module in (avatar.device, avatar.render.video):
+        monkeypatch.setattr(module, "set_threads", seen.append)
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2 and main([*argv, "--threads", "1"]) == 2  # then: no such run
+    assert seen == [None, 1]  # None: set_threads' default, half the cores
