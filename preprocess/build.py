@@ -18,6 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from avatar.config_io import check_values
 from avatar.contracts.atomic import atomic_dir, atomic_path, exclusive, jsonable, save_npy, sha256_of, write_json
 from avatar.audio.features import feature_stats, frame_log_energy, speech_features
 from avatar.audio.io import SAMPLE_RATE, num_frames_for, save_wav
@@ -46,13 +47,19 @@ def dataset_intrinsics(cfg: PreprocessConfig, crop: Crop) -> Intrinsics:
     return Intrinsics(cfg.focal_px * s, cfg.focal_px * s, float(cx), float(cy), crop.resolution, crop.resolution)
 
 
+STILL_IMAGES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
 def _check_config(cfg: PreprocessConfig) -> None:
-    if cfg.fps <= 0 or cfg.resolution < 16:
-        raise UserError(f"--fps must be > 0 and --resolution >= 16 (got {cfg.fps}, {cfg.resolution}).")
-    if not 0 <= cfg.val_fraction < 0.5:
-        raise UserError(f"--val-fraction must be in [0, 0.5) (got {cfg.val_fraction}).")
+    """The command line's checks, also for callers that make the config themselves (`avatar demo`), and the
+    inputs a user mixes up."""
+    check_values(cfg)
     if cfg.audio is not None and not Path(cfg.audio).is_file():
-        raise UserError(f"{cfg.audio}: no such file (given with --audio). Give the path of an audio file.")
+        what = "is a directory" if Path(cfg.audio).is_dir() else "no such file"
+        raise UserError(f"{cfg.audio}: {what} (given with --audio). Give the path of an audio file.")
+    if Path(cfg.video).suffix.lower() in STILL_IMAGES:
+        raise UserError(f"{cfg.video}: is a still image. Give a video of the person talking (at least "
+                        f"{cfg.min_duration_s:g} s).")
 
 
 SIDEWAYS_DEG = 60.0  # a median face roll beyond this means a sideways video
@@ -309,9 +316,7 @@ class Builder:
         feats = run("features", {"window": cfg.feature_window, "features": cfg.features}, self.step_features,
                     (layout.features.name,))
 
-        n_val = int(round(n * cfg.val_fraction))
-        if cfg.val_fraction > 0:
-            n_val = max(1, n_val)
+        n_val = max(1, int(round(n * cfg.val_fraction)))
         manifest = Manifest(
             format_version=FORMAT_VERSION,
             source={"path": str(Path(cfg.video).resolve()), "sha256": self.source_sha,

@@ -13,7 +13,7 @@ import tyro
 class PreprocessConfig:
     """Build a training dataset from one talking video of one person."""
 
-    LIMITS: ClassVar[dict] = {"fps": (1, 120), "resolution": (64, 4096), "val_fraction": (0, 0.5), "fov_deg": (1, 150), "focal_px": (1, None), "crop_scale": (1, 10), "crop_face_y": (0, 1), "crop_samples": (1, None), "min_duration_s": (0, None), "max_missing_face": (0, 1), "feature_window": (4, 64), "jpeg_quality": (1, 100), "preview_seconds": (0, None), "contact_sheet_frames": (1, None)}  # checked by config_io.check_values
+    LIMITS: ClassVar[dict] = {"fps": (1, 120), "resolution": (64, 4096), "val_fraction": (0.01, 0.5), "fov_deg": (1, 150), "focal_px": (1, None), "crop_scale": (1, 10), "crop_face_y": (0, 1), "crop_samples": (1, None), "min_duration_s": (0, None), "max_missing_face": (0, 1), "feature_window": (4, 64), "jpeg_quality": (1, 100), "preview_seconds": (0, None), "contact_sheet_frames": (1, None)}  # checked by config_io.check_values
 
     video: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="VIDEO")] = tyro.MISSING  # type: ignore
     """the input video (mp4, mov, mkv, webm, ...; constant or variable frame rate, any resolution)"""
@@ -26,7 +26,7 @@ class PreprocessConfig:
     audio: Optional[Path] = None
     """audio file to use instead of the video's own soundtrack (needed when the video has none)"""
     val_fraction: float = 0.1
-    """share of the frames, at the end of the clip, held out as the validation split"""
+    """share of the frames, at the end of the clip, held out as the validation split (training measures itself on it)"""
     fov_deg: float = 20.0
     """vertical field of view of the dataset image, used when --focal-px is not given (20 deg: a
     telephoto-like 1450 px focal at 512 px, close to the 1200 px at 450 px of AD-NeRF/ER-NeRF datasets)"""

@@ -35,6 +35,7 @@ from avatar.cli import main
     (["train", "DATASET", "--densify.every", "0"], "--densify.every 0"),
     (["train", "DATASET", "--triplane.num-levels", "0"], "--triplane.num-levels 0"),
     (["render", "RUN", "--audio", "a.wav", "--seed", "-1"], "--seed -1"),
+    (["preprocess", "VIDEO", "--val-fraction", "0"], "--val-fraction 0.0"),  # training needs validation frames
     (["view", "RUN", "--port", "70000"], "--port 70000"),
     (["bench", "--frames", "0"], "--frames 0"),
 ])

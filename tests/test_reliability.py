@@ -28,6 +28,20 @@ def test_preprocess_into_an_unwritable_place(clip, tmp_path, capsys):
         assert f"--out {out}: cannot create the dataset directory" in err and "Traceback" not in err
 
 
+def test_preprocess_names_the_inputs_a_user_mixes_up(tmp_path, capsys):
+    from preprocess.build import run
+    from preprocess.config import PreprocessConfig
+
+    out = tmp_path / "ds"
+    assert main(["preprocess", str(tmp_path / "face.png"), "--out", str(out)]) == 2
+    assert "face.png: is a still image. Give a video" in capsys.readouterr().err
+    assert main(["preprocess", str(tmp_path / "talk.mp4"), "--audio", str(tmp_path), "--out", str(out)]) == 2
+    assert f"{tmp_path}: is a directory (given with --audio)" in capsys.readouterr().err
+    with pytest.raises(UserError, match="--resolution 0: must be at least"):  # `avatar demo` makes its own config
+        run(PreprocessConfig(video=tmp_path / "talk.mp4", out=out, resolution=0))
+    assert not out.exists()
+
+
 def test_a_second_build_of_the_same_dataset_is_refused(clip, tmp_path):
     from preprocess.build import build_lock, run
     from preprocess.config import PreprocessConfig
