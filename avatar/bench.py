@@ -31,7 +31,7 @@ BENCHMARK_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 class BenchConfig:
     """Print a table of speed and memory: the component benchmarks, and a trained avatar when RUN is given."""
 
-    LIMITS: ClassVar[dict] = {"frames": (1, None), "warmup": (0, None), "threads": (1, None)}  # checked by config_io.check_values
+    LIMITS: ClassVar[dict] = {"frames": (1, None), "warmup": (0, None), "threads": (1, None), "resolutions": (16, 4096)}  # checked by config_io.check_values
 
     run: Annotated[Optional[Path], tyro.conf.Positional, tyro.conf.arg(metavar="RUN")] = None
     """a run directory written by `avatar train` (optional)"""

@@ -13,6 +13,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from avatar.errors import UserError
 
@@ -22,6 +23,8 @@ SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 @dataclass
 class DemoConfig:
     """Preprocess a shared video, train a `tiny` avatar on it, and make it say a speech clip it never heard."""
+
+    LIMITS: ClassVar[dict] = {"dataset_resolution": (64, 4096), "train_resolution": (16, 4096), "train_scale": (0.01, 100)}  # checked by config_io.check_values
 
     video: Path = SHARED_DATA / "mimictalk_german_anchor_20s.mp4"
     """the talking video to learn the person from"""

@@ -38,6 +38,9 @@ from avatar.cli import main
     (["preprocess", "VIDEO", "--val-fraction", "0"], "--val-fraction 0.0"),  # training needs validation frames
     (["view", "RUN", "--port", "70000"], "--port 70000"),
     (["bench", "--frames", "0"], "--frames 0"),
+    (["bench", "--resolutions", "0"], "--resolutions 0"),
+    (["demo", "--train-resolution", "0"], "--train-resolution 0"),
+    (["demo", "--train-scale", "-1"], "--train-scale -1.0"),
 ])
 def test_bad_numbers_are_refused_by_name(argv, flag, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -108,3 +111,12 @@ def test_render_and_view_set_their_threads_before_the_avatar_loads(argv, tmp_pat
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2 and main([*argv, "--threads", "1"]) == 2  # then: no such run
     assert seen == [None, 1]  # None: set_threads' default, half the cores
+
+
+def test_eval_refuses_a_file_as_its_out_and_a_directory_as_drive_audio(tmp_path, capsys):
+    taken = tmp_path / "metrics.json"
+    taken.write_text("{}")
+    assert main(["eval", str(tmp_path / "run"), "--out", str(taken)]) == 2
+    assert f"--out {taken}: is a file" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "run"), "--drive-audio", str(tmp_path)]) == 2
+    assert f"--drive-audio {tmp_path}: is a directory" in capsys.readouterr().err

@@ -62,18 +62,18 @@ def test_a_damaged_avatar_is_refused_not_rendered(trained, speech, tmp_path, cap
     with open(flipped / "avatar.pt", "r+b") as f:
         f.seek(_tensor_bytes(flipped / "avatar.pt"))
         f.write(np.ones(64, np.float32).tobytes())
-    nan = tmp_path / "nan"  # a NaN weight under a checksum that matches it
+    nan = tmp_path / "nan"  # a NaN weight under a checksum that matches it (a diverged training)
     shutil.copytree(trained, nan)
     data = torch.load(nan / "avatar.pt", weights_only=False)
     weight = next(v for v in data["state_dict"].values() if v.is_floating_point() and v.numel() > 1)
     weight.view(-1)[0] = float("nan")
     data["checksum"] = payload_checksum(data["state_dict"], data["driving"])
     torch.save(data, nan / "avatar.pt")
-    for damaged in (flipped, nan):
+    for damaged, said in ((flipped, "the avatar file is damaged"), (nan, "the avatar holds weights that are not finite numbers")):
         out = tmp_path / "out" / f"{damaged.name}.mp4"
         assert _render(damaged, speech, out) == 2
         err = capsys.readouterr().err
-        assert f"{damaged / 'avatar.pt'}: the avatar file is damaged" in err and "Traceback" not in err
+        assert f"{damaged / 'avatar.pt'}: {said}" in err and "Traceback" not in err
         assert not out.exists() and not list(out.parent.glob(".*"))
 
 

@@ -221,10 +221,6 @@ def run_cross_driven(cfg: EvalConfig, head) -> dict:
     """`avatar eval RUN --drive DATASET` or `--drive-audio FILE` (avatar.eval.cross_drive)."""
     from avatar.eval.cross_drive import cross_driven, format_drive_table
 
-    if cfg.drive is not None and cfg.drive_audio is not None:
-        raise UserError("--drive and --drive-audio: give one of them (a dataset, or an audio file).")
-    if cfg.drive_audio is not None and not Path(cfg.drive_audio).is_file():
-        raise UserError(f"--drive-audio {cfg.drive_audio}: no such file. Give an audio file (wav, mp3, flac, ...).")
     try:
         own = evaluation_dataset(head, Path(cfg.run), cfg.dataset)
     except UserError as exc:
@@ -245,6 +241,13 @@ def run(cfg: EvalConfig) -> dict:
 
     device = resolve_device(cfg.device)
     torch.set_num_threads(cfg.threads)
+    if cfg.out is not None and cfg.out.exists() and not cfg.out.is_dir():
+        raise UserError(f"--out {cfg.out}: is a file; the evaluation writes a directory there. Give a directory path.")
+    if cfg.drive is not None and cfg.drive_audio is not None:
+        raise UserError("--drive and --drive-audio: give one of them (a dataset, or an audio file).")
+    if cfg.drive_audio is not None and not Path(cfg.drive_audio).is_file():
+        what = "is a directory" if Path(cfg.drive_audio).is_dir() else "no such file"
+        raise UserError(f"--drive-audio {cfg.drive_audio}: {what}. Give an audio file (wav, mp3, flac, ...).")
     head = TalkingHead.load(cfg.run, device=device)
     if cfg.drive is not None or cfg.drive_audio is not None:
         return run_cross_driven(cfg, head)

@@ -210,11 +210,13 @@ class TalkingHead(nn.Module):
         data = load_versioned(path, AVATAR_FORMAT_VERSION, "avatar file",
                               "Retrain the avatar with this version of `avatar train`.")
         state, driving = data["state_dict"], data["driving"]
-        damaged = data.get("checksum") != payload_checksum(state, driving) or any(
-            torch.isnan(t).any() for t in state.values() if t.is_floating_point())
-        if damaged:
+        if data.get("checksum") != payload_checksum(state, driving):
             raise UserError(f"{path}: the avatar file is damaged (its content does not match the checksum written "
                             "when it was saved). Copy it again from a good source, or retrain with `avatar train`.")
+        bad = [name for name, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+        if bad:
+            raise UserError(f"{path}: the avatar holds weights that are not finite numbers ({', '.join(bad[:3])}): its "
+                            "training diverged. Retrain it (a lower learning rate, or another --seed).")
         try:
             head = cls.from_state(data["spec"], state, DrivingData.from_dict(driving))
         except (KeyError, TypeError, RuntimeError) as exc:
