@@ -128,3 +128,22 @@ def test_load_refuses_a_damaged_file(tmp_path):
     path.write_bytes(bytes(raw))
     with pytest.raises(UserError, match="damaged|not a readable avatar"):
         TalkingHead.load(tmp_path / "run")
+
+
+def test_new_audio_never_moves_the_torso(tmp_path):
+    """The same pose with two different audio clips: every pixel the head does not cover is identical (the torso
+    layer and the plate know nothing of audio), while the deformed head itself changes."""
+    head = small_head(tmp_path)
+    with torch.no_grad():
+        head.torso.alpha_logits.normal_(0, 2.0)  # a torso with structure, visible through the head's surroundings
+        head.torso.rgb_logits.normal_(0, 2.0)
+        head.torso.nonlinear[2].weight.normal_(0, 0.5)  # a warp that depends on the pose
+    frames = []
+    for seed in (0, 1):
+        cond = conditions(1, seed)
+        embedding, expression = head.audio_encoder(cond.audio)
+        frames.append(head(embedding, expression, cond.blink, cond.rotation, cond.translation, head.plate))
+    uncovered = (frames[0]["head_alpha"] == 0) & (frames[1]["head_alpha"] == 0)
+    assert uncovered.float().mean() > 0.3 and (frames[0]["alpha"] - frames[0]["head_alpha"]).abs().max() > 0.1
+    assert torch.equal(frames[0]["rgb"] * uncovered, frames[1]["rgb"] * uncovered)
+    assert not torch.equal(frames[0]["rgb"], frames[1]["rgb"])

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def trained(tiny_dataset, tmp_path_factory):
     """A run of two steps per stage (what it renders does not matter here)."""
     out = tmp_path_factory.mktemp("reliability") / "run"
-    run(tiny_config(tiny_dataset.root, out, audio_steps=2, canonical_steps=2, deform_steps=2, val_frames=1))
+    run(tiny_config(tiny_dataset.root, out, audio_steps=2, canonical_steps=2, torso_steps=2, deform_steps=2, val_frames=1))
     return out
 
 
@@ -69,7 +69,7 @@ def test_a_damaged_avatar_is_refused_not_rendered(trained, speech, tmp_path, cap
     weight.view(-1)[0] = float("nan")
     data["checksum"] = payload_checksum(data["state_dict"], data["driving"])
     torch.save(data, nan / "avatar.pt")
-    for damaged, said in ((flipped, "the avatar file is damaged"), (nan, "the avatar holds weights that are not finite numbers")):
+    for damaged, said in ((flipped, "the avatar file is damaged"), (nan, "the avatar holds weights that are not numbers")):
         out = tmp_path / "out" / f"{damaged.name}.mp4"
         assert _render(damaged, speech, out) == 2
         err = capsys.readouterr().err

@@ -213,9 +213,9 @@ class TalkingHead(nn.Module):
         if data.get("checksum") != payload_checksum(state, driving):
             raise UserError(f"{path}: the avatar file is damaged (its content does not match the checksum written "
                             "when it was saved). Copy it again from a good source, or retrain with `avatar train`.")
-        bad = [name for name, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all()]
-        if bad:
-            raise UserError(f"{path}: the avatar holds weights that are not finite numbers ({', '.join(bad[:3])}): its "
+        bad = [name for name, t in state.items() if t.is_floating_point() and torch.isnan(t).any()]  # (an unbounded
+        if bad:  # clamp is a legitimate infinity)
+            raise UserError(f"{path}: the avatar holds weights that are not numbers (NaN: {', '.join(bad[:3])}): its "
                             "training diverged. Retrain it (a lower learning rate, or another --seed).")
         try:
             head = cls.from_state(data["spec"], state, DrivingData.from_dict(driving))
