@@ -37,8 +37,7 @@ class DemoConfig:
     dataset_resolution: int = 256
     """side of the dataset images (quick to write; the demo trains at up to this size)"""
     train_resolution: int = 256
-    """training and video resolution: the `tiny` preset's own 128 px trains a minute faster, 256 px gives a
-    visibly sharper face (eyes, hair, collar) on this CPU in about 3.5 minutes of training"""
+    """training and video resolution (the `tiny` preset's own); 128 trains a minute faster and blurrier"""
     pose: str = "track"
     """head motion of the video: track, still or smooth (see `avatar render --help`)"""
     train_scale: float = 1.0
@@ -54,7 +53,7 @@ def scaled_steps(cfg, scale: float):
     densify = dataclasses.replace(cfg.densify, start_step=n(cfg.densify.start_step), every=n(cfg.densify.every),
                                   stop_step=n(cfg.densify.stop_step))
     return dataclasses.replace(cfg, audio_steps=n(cfg.audio_steps), canonical_steps=n(cfg.canonical_steps),
-                               deform_steps=n(cfg.deform_steps), lpips_start=n(cfg.lpips_start), densify=densify)
+                               torso_steps=n(cfg.torso_steps), deform_steps=n(cfg.deform_steps), lpips_start=n(cfg.lpips_start), densify=densify)
 
 
 def _check_inputs(cfg: DemoConfig) -> None:

@@ -5,7 +5,7 @@
 # $OUT/gpu_check.log (all output); prints one line per step. A failed step is recorded and the next one runs.
 #   GPU machine (carry .whl/ from scripts/gpu_wheels.sh and .gpu/dataset):  bash scripts/gpu_check.sh
 #   here, on CPU, to test this script (torch backend, tiny run, no installs or builds):  bash scripts/gpu_check.sh --dry-run
-# Step counts and the time budget can be overridden: AUDIO_STEPS, CANONICAL_STEPS, DEFORM_STEPS, BUDGET_S.
+# Step counts and the time budget can be overridden: AUDIO_STEPS, CANONICAL_STEPS, TORSO_STEPS, DEFORM_STEPS, BUDGET_S.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -36,14 +36,14 @@ if [ "$mode" = gpu ]; then
   # Builds live in the (git-ignored) working copy, which the GPU tool keeps between calls: a rerun loads them.
   export TORCH_EXTENSIONS_DIR=$repo/.gpu/torch_extensions XDG_CACHE_HOME=$repo/.gpu/cache
   export DATASET=${DATASET:-$repo/.gpu/dataset}
-  export AUDIO_STEPS=${AUDIO_STEPS:-200} CANONICAL_STEPS=${CANONICAL_STEPS:-600} DEFORM_STEPS=${DEFORM_STEPS:-400}
+  export AUDIO_STEPS=${AUDIO_STEPS:-200} CANONICAL_STEPS=${CANONICAL_STEPS:-600} TORSO_STEPS=${TORSO_STEPS:-400} DEFORM_STEPS=${DEFORM_STEPS:-400}
   device=(--device cuda); backend=(--backend cuda --triplane.implementation cuda)
   train_size=(); bench_size=()
   budget=${BUDGET_S:-450}  # the whole check stays under 8 minutes
 else
   export PYTHONPATH=$repo${PYTHONPATH:+:$PYTHONPATH}
   export DATASET=$work/dataset
-  export AUDIO_STEPS=${AUDIO_STEPS:-5} CANONICAL_STEPS=${CANONICAL_STEPS:-4} DEFORM_STEPS=${DEFORM_STEPS:-4}
+  export AUDIO_STEPS=${AUDIO_STEPS:-5} CANONICAL_STEPS=${CANONICAL_STEPS:-4} TORSO_STEPS=${TORSO_STEPS:-3} DEFORM_STEPS=${DEFORM_STEPS:-4}
   device=(--device cpu); backend=(--backend torch --triplane.implementation torch)
   # one torch thread: on a shared 2-core machine two threads spin against each other (and other jobs)
   train_size=(--resolution 64 --val-frames 4 --head.num-face 1000 --head.num-shell 500 --mouth.num-gaussians 200 --threads 1)
@@ -137,7 +137,7 @@ step pytest_cuda 90 cuda_tests
 if [ "$mode" = gpu ]; then step dataset 5 carried_dataset; else step dataset 90 make_dataset; fi
 # no re-voiced copies: they need the audio packages (librosa, pocketsphinx) the GPU machine is not given
 step train 240 "$PY" -m avatar.cli train "$DATASET" --out "$work/run" --preset default --audio-steps "$AUDIO_STEPS" \
-  --audio.voices.copies 0 --canonical-steps "$CANONICAL_STEPS" --deform-steps "$DEFORM_STEPS" "${device[@]}" "${backend[@]}" "${train_size[@]}"
+  --audio.voices.copies 0 --canonical-steps "$CANONICAL_STEPS" --torso-steps "$TORSO_STEPS" --deform-steps "$DEFORM_STEPS" "${device[@]}" "${backend[@]}" "${train_size[@]}"
 step bench 150 "$PY" -m avatar.cli bench "$work/run" "${device[@]}" --out "$work/bench.json" "${bench_size[@]}"
 
 export NVCC_VERSION=$(nvcc --version 2>/dev/null | tail -n 1 || true)

@@ -31,7 +31,7 @@ def tiny_run(shared_data, clip_dir, tmp_path_factory) -> Path:
     clip = cut_clip(shared_data / "mimictalk_german_anchor_20s.mp4", clip_dir / "german_6s.mp4", 2.0, 6.0)
     preprocess(PreprocessConfig(video=clip, out=root / "dataset", resolution=128))
     base = load_preset("train", "tiny", TrainConfig) if "tiny" in presets("train") else TrainConfig()
-    short = dict(resolution=32, audio_steps=2, canonical_steps=1, deform_steps=1, lpips_start=10**6, val_frames=1,
+    short = dict(resolution=32, audio_steps=2, canonical_steps=1, torso_steps=1, deform_steps=1, lpips_start=10**6, val_frames=1,
                  checkpoint_every=10**6, image_every=10**6, threads=2)
     short = {k: v for k, v in short.items() if hasattr(base, k)}
     train(dataclasses.replace(base, dataset=root / "dataset", out=root / "run", **short))

@@ -33,7 +33,7 @@ def tiny_dataset(shared_data, clip_dir, tmp_path_factory) -> Dataset:
 def tiny_config(dataset: Path, out: Path, **overrides) -> TrainConfig:
     """A few steps of every stage at 32 px with a few hundred Gaussians: seconds, not minutes."""
     base = dict(
-        dataset=dataset, out=out, resolution=32, batch_size=2, audio_steps=3, canonical_steps=4, deform_steps=4,
+        dataset=dataset, out=out, resolution=32, batch_size=2, audio_steps=3, canonical_steps=4, torso_steps=3, deform_steps=4,
         lpips_start=2, log_every=1, image_every=2, checkpoint_every=3, val_frames=2, min_train_frames=20,
         head=HeadConfig(num_face=200, num_shell=100, max_gaussians=400),
         mouth=MouthConfig(num_gaussians=30),

@@ -25,7 +25,7 @@ class TrainConfig:
     # checked by config_io.check_values; the nested configs' ranges are named with dots
     LIMITS: ClassVar[dict] = {
         "seed": (0, None), "resolution": (16, 4096), "batch_size": (1, None), "audio_steps": (0, None),
-        "canonical_steps": (0, None), "deform_steps": (0, None), "lr_means": (0, None), "lr_scales": (0, None),
+        "canonical_steps": (0, None), "deform_steps": (0, None), "torso_steps": (0, None), "torso_batch_size": (1, None), "lr_means": (0, None), "lr_scales": (0, None),
         "lr_quats": (0, None), "lr_opacity": (0, None), "lr_colours": (0, None), "lr_network": (0, None),
         "lr_torso": (0, None), "gaussian_lr_factor": (0, None), "ssim_weight": (0, 1), "lpips_weight": (0, None),
         "lpips_start": (0, None), "mouth_weight": (0, None), "alpha_weight": (0, None), "teacher_prob": (0, 1),
@@ -73,6 +73,10 @@ class TrainConfig:
     """steps of the audio -> expression encoder fit (per ensemble member; it may stop earlier)"""
     canonical_steps: int = 400
     """steps of the canonical head fit (tracked expressions drive the landmark prior, no network)"""
+    torso_steps: int = 300
+    """steps of the torso layer's own fit to the frames outside the head (no Gaussians rendered: cheap)"""
+    torso_batch_size: int = 8
+    """frames per step of the torso fit"""
     deform_steps: int = 600
     """steps of the audio-driven deformation stage"""
     lr_means: float = 2e-4

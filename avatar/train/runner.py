@@ -26,7 +26,7 @@ from avatar.errors import UserError
 from avatar.train.checkpoint import RUN_FORMAT_VERSION, Checkpoint
 from avatar.train.config import TrainConfig
 from avatar.train.context import StageContext, StopRequested
-from avatar.train.stages import AudioStage, CanonicalStage, DeformStage, ImageStage, Stage
+from avatar.train.stages import AudioStage, CanonicalStage, DeformStage, ImageStage, Stage, TorsoStage
 
 __all__ = ["RUN_FORMAT_VERSION", "Runner", "run"]
 
@@ -107,7 +107,7 @@ class Runner:
     def __init__(self, cfg: TrainConfig, on_step: Callable[["Runner", str, int], None] | None = None):
         self.cfg = cfg
         # fresh stage objects per run: an image stage keeps its optimizer and sampler while it runs
-        self.stages: tuple[Stage, ...] = (AudioStage(), CanonicalStage(), DeformStage())
+        self.stages: tuple[Stage, ...] = (AudioStage(), CanonicalStage(), TorsoStage(), DeformStage())
         self.on_step = on_step  # called after every completed step (used by tests to simulate Ctrl-C)
         self.dataset = open_training_dataset(cfg)
         self.out = Path(cfg.out)

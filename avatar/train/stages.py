@@ -1,10 +1,13 @@
-"""The three training stages behind one protocol: each gets the model and, when resuming, its own progress.
+"""The four training stages behind one protocol: each gets the model and, when resuming, its own progress.
 
 1. audio     -> expression: the audio encoder learns the tracked expression (avatar.train.audio_fit); the
              untrained avatar is then built around it (avatar.train.initialize).
 2. canonical the Gaussian head is fitted to the frames, moved by the landmark prior with the TRACKED
              expression; rendered over the plate with the person's body taken from the frame; densified.
-3. deform    the spatial-audio attention, hash tri-plane and torso layer learn, conditioned on the tracked
+3. torso     the torso layer alone is fitted to the frames outside the head, in batches: no Gaussian is
+             rendered, so it gets many frames per second and a sharper, better-placed body than the deformation
+             stage's one frame per step could give it.
+4. deform    the spatial-audio attention, hash tri-plane and torso layer learn, conditioned on the tracked
              expression (teacher) or on the audio-predicted one, with extra weight on the mouth and LPIPS late.
 
 A stage talks to the runner only through its StageContext: it saves progress with `ctx.save`, reports its
@@ -61,7 +64,7 @@ class AudioStage:
         from avatar.train.initialize import initial_model
 
         cfg, clock = ctx.cfg, _Clock(progress)
-        ctx.log(f"stage 1/3 audio -> expression ({cfg.audio_steps} steps per member)")
+        ctx.log(f"stage 1/4 audio -> expression ({cfg.audio_steps} steps per member)")
         encoder, metrics = fit_audio_encoder(
             ctx.dataset, ctx.expression, cfg.audio, cfg.audio_steps, cfg.seed, log=ctx.log,
             should_stop=ctx.should_stop, finished=progress.get("members"),
@@ -91,7 +94,7 @@ class ImageStage:
         self.ctx, self.cfg, self.model = ctx, cfg, model
         self.steps = getattr(cfg, f"{self.name}_steps")
         self.data = ctx.data
-        self.sampler = FrameSampler(ctx.dataset.indices("train"), cfg.batch_size, cfg.seed + self.seed_offset)
+        self.sampler = FrameSampler(ctx.dataset.indices("train"), self.batch_size(), cfg.seed + self.seed_offset)
         self.generator = torch.Generator().manual_seed(cfg.seed + self.seed_offset + 1)
         self.step = 0
         model.train()
@@ -108,7 +111,8 @@ class ImageStage:
         self.loop(_Clock(progress))
         return model
 
-    # ----- hooks for the two stages
+    # ----- hooks for the image stages
+    def batch_size(self) -> int: return self.cfg.batch_size
     def setup(self) -> None: ...
     def param_groups(self) -> list[dict]: raise NotImplementedError
     def train_step(self, batch: FrameBatch) -> tuple[Tensor, dict[str, Tensor], Tensor]: raise NotImplementedError
@@ -264,6 +268,38 @@ class CanonicalStage(ImageStage):
         metrics.update({f"static_{k}": v for k, v in self.measure(lambda b: self.render(b, "static")["rgb"]).items()})
         metrics["num_gaussians"] = len(self.model.head) + len(self.model.mouth)
         return metrics
+
+
+class TorsoStage(ImageStage):
+    """Fit the torso layer (its image and its pose warp) to the frames outside the head mask, over the plate."""
+
+    name = "torso"
+    seed_offset = 300
+
+    def batch_size(self) -> int:
+        return self.cfg.torso_batch_size
+
+    def param_groups(self) -> list[dict]:
+        torso = self.model.torso
+        return [{"params": [*torso.linear.parameters(), *torso.nonlinear.parameters()], "lr": self.cfg.lr_network},
+                {"params": [torso.rgb_logits, torso.alpha_logits], "lr": self.cfg.lr_torso}]
+
+    def render(self, batch: FrameBatch) -> tuple[Tensor, Tensor]:
+        """[B, H, W, 3] the torso layer over the plate with the frame itself inside the head mask, and the
+        layer's coverage [B, H, W, 1]."""
+        rgb, alpha = self.model.torso(batch.rotation, batch.translation)
+        head = batch.mask("head")
+        return head * batch.rgb + (1 - head) * (alpha * rgb + (1 - alpha) * self.model.plate), alpha
+
+    def train_step(self, batch: FrameBatch):
+        pred, alpha = self.render(batch)
+        outside = 1 - batch.mask("head")
+        l1 = weighted_l1(pred, batch.rgb, outside)
+        coverage = ((alpha - batch.mask("torso")).abs() * outside).mean()
+        return l1 + self.cfg.alpha_weight * coverage, {"rgb": pred}, {"l1": l1.detach(), "alpha": coverage.detach()}
+
+    def validate(self) -> dict:
+        return {f"body_{k}": v for k, v in self.measure(lambda b: self.render(b)[0]).items()}
 
 
 class DeformStage(ImageStage):
