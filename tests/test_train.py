@@ -35,8 +35,9 @@ def trained_run(tiny_dataset, tmp_path_factory):
 def test_tiny_train_writes_a_complete_run(trained_run, tiny_dataset):
     info = json.loads((trained_run / "run.json").read_text())
     assert info["status"] == "done" and info["format_version"] == RUN_FORMAT_VERSION
-    assert set(info["stage_seconds"]) == {"audio", "canonical", "deform"}
+    assert set(info["stage_seconds"]) == {"audio", "canonical", "torso", "deform"}
     assert info["metrics"]["canonical"]["prior_psnr"] > 10 and "audio_psnr" in info["metrics"]["deform"]
+    assert info["metrics"]["torso"]["body_psnr"] > 10
     assert json.loads((trained_run / "config.json").read_text())["resolution"] == 32
     assert (trained_run / "head.ply").read_bytes().startswith(b"ply\n") and any((trained_run / "tb").iterdir())
 
