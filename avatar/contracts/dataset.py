@@ -173,6 +173,11 @@ class DatasetLayout:
         return (directory or self.tracking_dir) / f"{name}.npy"
 
 
+def bit_mask(bits: np.ndarray, name: str) -> np.ndarray:
+    """[H, W] bool mask `name` (one of MASK_BITS) of a frame's [H, W] uint8 mask bits."""
+    return (bits >> MASK_BITS[name] & 1).astype(bool)
+
+
 def read_rgb(path: Path) -> np.ndarray:
     """[H, W, 3] uint8 RGB of an image file, or a UserError that says the dataset is damaged."""
     import cv2
@@ -248,7 +253,7 @@ class Dataset:
 
     def mask(self, i: int, name: str) -> np.ndarray:
         """[H, W] bool mask `name` (one of MASK_BITS) of frame i."""
-        return (self.mask_bits(i) >> MASK_BITS[name] & 1).astype(bool)
+        return bit_mask(self.mask_bits(i), name)
 
     @cached_property
     def background(self) -> np.ndarray:

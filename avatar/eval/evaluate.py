@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from avatar.contracts.atomic import atomic_path, write_json
-from avatar.contracts.dataset import Dataset, DatasetLayout
+from avatar.contracts.dataset import Dataset, DatasetLayout, bit_mask
 from avatar.contracts.face_mesh import lip_contour_ids
 from avatar.device import resolve_device
 from avatar.errors import UserError
@@ -58,9 +58,11 @@ def frame_conditions(dataset: Dataset, indices: np.ndarray, audio: np.ndarray, d
 def frame_regions(dataset: Dataset, indices: np.ndarray, boxes: np.ndarray, size: int,
                   device: torch.device) -> FrameRegions:
     """The regions of dataset frames `indices` at the evaluation size: head, torso and background from the
-    dataset's masks, and their mouth boxes."""
+    dataset's masks (each mask file read once), and their mouth boxes."""
+    bits = [dataset.mask_bits(i) for i in indices]
+
     def masks(name: str, invert: bool = False) -> torch.Tensor:
-        stack = np.stack([resize_mask(dataset.mask(i, name), size) != invert for i in indices])
+        stack = np.stack([resize_mask(bit_mask(b, name), size) != invert for b in bits])
         return torch.from_numpy(stack)[:, None].to(device)
 
     return FrameRegions({"head": masks("head"), "torso": masks("torso"), "background": masks("person", invert=True)},
