@@ -54,6 +54,14 @@ class TorsoLayer(nn.Module):
         self.register_buffer("reference_translation", reference_translation.float())
         self.register_buffer("K", K.float())
 
+    def warp_parameters(self) -> list[nn.Parameter]:
+        """The pose-to-warp function's weights (trained like the other networks)."""
+        return [*self.linear.parameters(), *self.nonlinear.parameters()]
+
+    def image_parameters(self) -> list[nn.Parameter]:
+        """The torso image: colour and coverage logits (trained at their own rate)."""
+        return [self.rgb_logits, self.alpha_logits]
+
     @torch.no_grad()
     def init_from_frames(self, frames: Tensor, torso_masks: Tensor, plate: Tensor) -> None:
         """Start from the mean torso of some frames [F, H, W, 3] with masks [F, H, W] (0..1) over plate [H, W, 3]."""

@@ -281,8 +281,8 @@ class TorsoStage(ImageStage):
 
     def param_groups(self) -> list[dict]:
         torso = self.model.torso
-        return [{"params": [*torso.linear.parameters(), *torso.nonlinear.parameters()], "lr": self.cfg.lr_network},
-                {"params": [torso.rgb_logits, torso.alpha_logits], "lr": self.cfg.lr_torso}]
+        return [{"params": torso.warp_parameters(), "lr": self.cfg.lr_network},
+                {"params": torso.image_parameters(), "lr": self.cfg.lr_torso}]
 
     def render(self, batch: FrameBatch) -> tuple[Tensor, Tensor]:
         """[B, H, W, 3] the torso layer over the plate with the frame itself inside the head mask, and the
@@ -324,9 +324,9 @@ class DeformStage(ImageStage):
         m, cfg = self.model, self.cfg
         groups = gaussian_groups(m.head, cfg, cfg.gaussian_lr_factor) + gaussian_groups(m.mouth, cfg, cfg.gaussian_lr_factor)
         networks = [*m.triplane.parameters(), *m.head_deform.parameters(), *m.mouth_deform.parameters(),
-                    *m.torso.linear.parameters(), *m.torso.nonlinear.parameters()]
+                    *m.torso.warp_parameters()]
         return groups + [{"params": networks, "lr": cfg.lr_network},
-                         {"params": [m.torso.rgb_logits, m.torso.alpha_logits], "lr": cfg.lr_torso}]
+                         {"params": m.torso.image_parameters(), "lr": cfg.lr_torso}]
 
     def conditions(self, batch: FrameBatch, teacher: Tensor) -> tuple[Tensor, Tensor]:
         """Audio embedding and expression of the batch; rows where `teacher` [B] is True use the tracked expression."""
