@@ -124,6 +124,8 @@ class EnergyMouthHead(torch.nn.Module):
         self.intrinsics = Intrinsics.from_fov(20.0, RES, RES)
         self.spec = SimpleNamespace(backend="auto")
         self.anchor = torch.nn.Parameter(torch.zeros(1))
+        # the clip's motion gain is left at 1: the double's mouth follows the energy as it is
+        self.audio_encoder = SimpleNamespace(clip_gain=lambda chunks: 1.0)
         self.calls = 0
         self.fail_at_call = fail_at_call
 

@@ -14,7 +14,7 @@ from avatar.audio.io import SAMPLE_RATE, save_wav
 from avatar.contracts.dataset import Dataset
 from avatar.contracts.face_mesh import EYE_OUTER_CORNERS, INNER_LIP_LOWER, INNER_LIP_UPPER, NOSE_TIP
 from avatar.model.audio_encoder import AudioEncoder, AudioEncoderConfig, ExampleMemory
-from avatar.train.audio_fit import fit_audio_encoder, predict_expression
+from avatar.train.audio_fit import _augment, fit_audio_encoder, predict_expression
 from avatar.train.expression import ExpressionSpace
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -203,3 +203,67 @@ def test_a_quiet_decoded_pause_closes_the_mouth_and_speech_is_left_alone():
     torch.testing.assert_close(gated[3], enc.closed + (1 - 0.5 * 0.5) * (free[3] - enc.closed))
     enc.cfg.pause_closes = False
     torch.testing.assert_close(enc(audio)[1], free)
+
+
+def test_voice_dropout_hides_the_voice_columns_of_some_samples_and_keeps_the_phones():
+    cfg = AudioEncoderConfig(feature_noise=0.0, freq_mask=0, voice_dropout=0.5)
+    audio = torch.randn(400, 3, 16, 10) + 5.0  # no column is zero by chance
+    out = _augment(audio.clone(), cfg, torch.Generator().manual_seed(0), voice_columns=6)
+    dropped = (out[..., :6] == 0).flatten(1).all(1)
+    kept = (out[..., :6] == audio[..., :6]).flatten(1).all(1)
+    assert bool((dropped ^ kept).all())  # a sample hears the whole voice or none of it
+    assert 0.4 < float(dropped.float().mean()) < 0.6
+    torch.testing.assert_close(out[..., 6:], audio[..., 6:])  # the phonetic columns are always there
+    # mel-only features have nothing to fall back on: no dropout
+    torch.testing.assert_close(_augment(audio.clone(), cfg, torch.Generator().manual_seed(0), voice_columns=0), audio)
+
+
+class _ScaledEncoder(AudioEncoder):
+    """An encoder whose blend is the closed mouth plus the audio's first feature on the opening direction."""
+
+    def _blend(self, audio, frames):
+        expression = self.closed + audio[:, audio.shape[1] // 2, 8, :1] * self.opening
+        return torch.zeros(len(audio), self.embed_dim), expression
+
+
+def _clip(amplitude: float, frames: int = 200, paused: int = 0, seed: int = 0) -> torch.Tensor:
+    audio = torch.zeros(frames, 3, 16, 4)
+    audio[:, :, :, 0] = amplitude * torch.randn(frames, generator=torch.Generator().manual_seed(seed))[:, None, None]
+    audio[:paused, :, :, 3] = 1.0  # the decoder's pause class ...
+    audio[:paused, :, :, 1] = -3.0  # ... in quiet audio: a pause
+    return audio
+
+
+def test_a_clip_that_moves_the_mouth_less_than_the_persons_voice_is_amplified_up_to_the_limit():
+    cfg = AudioEncoderConfig(context=1, channels=8, embed_dim=8, heads=2, members=1, max_clip_gain=1.3)
+    enc = _ScaledEncoder(cfg, feature_dim=4, window=16, expression_dim=3).eval()
+    enc.closed, enc.opening, enc.gain = torch.tensor([0.5, 0.0, -1.0]), torch.tensor([1.0, 0.0, 0.0]), torch.tensor(1.2)
+    assert enc.clip_gain([_clip(1.0)]) == 1.0  # no reference recorded (an older avatar): off
+    enc.speech_spread = torch.tensor(enc.speaking_spread([_clip(1.0, seed=1)]))
+    assert enc.speech_spread == pytest.approx(1.2, rel=0.15)  # the gained opening's spread
+    assert enc.clip_gain([_clip(1.0, seed=2)]) == pytest.approx(1.0, abs=0.15)  # like the person's voice
+    assert enc.clip_gain([_clip(0.9, seed=3)[:100], _clip(0.9, seed=3)[100:]]) == pytest.approx(1 / 0.9, rel=0.15)
+    assert enc.clip_gain([_clip(0.3)]) == 1.3  # a lazy clip: at most max_clip_gain
+    assert enc.clip_gain([_clip(3.0)]) == 1.0  # more motion than the person's: left as it is
+    assert enc.clip_gain([_clip(0.3, frames=20)]) == 1.0  # under a second of speech: not measured
+    enc.silence_column, enc.energy_column = torch.tensor(3), torch.tensor(1)
+    lazy_with_pauses = _clip(0.9, frames=400, paused=200, seed=3)
+    lazy_with_pauses[:200, :, :, 0] *= 10  # loud motion inside pauses does not count: they are closed anyway
+    assert enc.clip_gain([lazy_with_pauses]) == pytest.approx(1 / 0.9, rel=0.15)
+    audio = _clip(0.5, frames=8)  # the gain scales the departure from the closed mouth
+    _, once = enc(audio)
+    _, amplified = enc(audio, clip_gain=1.3)
+    torch.testing.assert_close(amplified - enc.closed, 1.3 * (once - enc.closed))
+
+
+def test_training_records_the_persons_speaking_spread_and_older_avatars_load_without_it(dataset):
+    space = ExpressionSpace.fit(dataset)
+    encoder, _ = fit_audio_encoder(dataset, space, SMALL, steps=40, seed=0)
+    torch.testing.assert_close(encoder.opening, torch.from_numpy(space.opening))
+    assert float(encoder.speech_spread) > 0
+    windows = torch.from_numpy(dataset.audio_windows(context=SMALL.context)[dataset.indices("train")])
+    assert encoder.clip_gain([windows]) == pytest.approx(1.0, abs=0.1)  # its own voice is not amplified
+    state = {k: v for k, v in encoder.state_dict().items() if k not in ("opening", "speech_spread")}
+    old = AudioEncoder(SMALL, encoder.members[0].window_encoder.convs[0].in_channels, 16, space.dim)
+    old.load_state_dict(state)
+    assert float(old.speech_spread) == 0 and old.clip_gain([windows]) == 1.0

@@ -33,6 +33,7 @@ class OracleHead:
         self.dataset = dataset
         self.driving = SimpleNamespace(features=dataset.manifest.features)  # trained on this dataset's features
         self.windows = torch.from_numpy(dataset.audio_windows(self.audio_context))  # [N, C, W, F]
+        self.audio_encoder = SimpleNamespace(clip_gain=lambda chunks: 1.0)  # no motion gain on exact frames
 
     def render(self, cond, deform: bool = True) -> dict:
         frames = []

@@ -178,9 +178,10 @@ def drive(head, audio: Path, num_frames: int, fps: float, batch: int, landmarker
             seen += len(chunk)
 
     blinks = blink_schedule(head.driving, num_frames, fps, None)
+    clip_gain = head.audio_encoder.clip_gain(limited())
 
     def images():
-        for frames, cond in driven_batches(head, limited(), blinks, "track", fps, batch):
+        for frames, cond in driven_batches(head, limited(), blinks, "track", fps, batch, clip_gain):
             with torch.no_grad():
                 yield quantize(head.render(cond, deform=deform)["rgb"])
             print(f"[eval] {'avatar' if deform else 'static head'}: {frames.stop}/{num_frames} frames", flush=True)
@@ -251,12 +252,13 @@ def own_voice(head, dataset: Dataset, landmarker, batch: int) -> dict:
     val = dataset.indices("val")
     audio = dataset.audio_windows(context=head.audio_context)
     device = next(head.parameters()).device
+    clip_gain = head.audio_encoder.clip_gain([audio[val]])
 
     def images():
         for start in range(0, len(val), batch):
             idx = val[start: start + batch]
             with torch.no_grad():
-                yield quantize(head.render(frame_conditions(dataset, idx, audio, device))["rgb"])
+                yield quantize(head.render(frame_conditions(dataset, idx, audio, device, clip_gain))["rgb"])
 
     rendered = rendered_openings(images(), landmarker)
     truth = mouth_opening(dataset.tracking("landmarks")[val]).astype(np.float64)

@@ -15,7 +15,9 @@ closed-mouth expression (`ExpressionSpace.rest`), and is constant over time, so 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterable
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -37,6 +39,7 @@ class AudioEncoderConfig:
     weight_decay: float = 0.05  # AdamW weight decay
     batch_size: int = 64  # frames per step
     feature_noise: float = 0.15  # std of Gaussian noise added to the normalised features while training
+    voice_dropout: float = 0.5  # share of training samples whose voice (mel) columns are zeroed: phones alone
     freq_mask: int = 12  # SpecAugment: up to this many adjacent feature bins zeroed per sample while training
     time_shift: int = 2  # sub-frame augmentation: audio shifted by up to this many feature rows (10 ms each)
     silence_fraction: float = 0.05  # share of each batch replaced by all-zero audio with the closed-mouth target
@@ -54,9 +57,14 @@ class AudioEncoderConfig:
     # Amplify only a prediction this well correlated on the held-out slices: below it the prediction is mostly
     # noise, and amplifying it makes the lips chatter (Obama, held-out 0.42: gain 1.47 raised LMD 3.4 -> 4.1 px).
     gain_min_corr: float = 0.5
+    # A voice the encoder never heard moves the mouth less than the person's own (it hedges); each clip's
+    # motion is amplified by up to this factor to the spread the person's own voice gives (1: off).
+    max_clip_gain: float = 1.3
     pause_closes: bool = True  # where the phone decoder hears a pause in quiet audio, the mouth closes
     voices: VoiceAugmentConfig = field(default_factory=VoiceAugmentConfig)  # re-voiced copies of the training audio
 
+
+MIN_SPEAKING_FRAMES = 25  # a second of speech at 25 fps before a clip's motion is measured
 
 # ------------------------------------------------------------------------------------------------- model
 class WindowEncoder(nn.Module):
@@ -195,26 +203,70 @@ class AudioEncoder(nn.Module):
         # also hears "silence" in voiced stretches of speech it cannot parse, such as other languages).
         self.register_buffer("silence_column", torch.tensor(-1))
         self.register_buffer("energy_column", torch.tensor(-1))
+        # The inner-lip opening direction of the targets (ExpressionSpace.opening), and the spread of the
+        # opening while the person's own training voice speaks (0: no clip gain, see clip_gain).
+        self.register_buffer("opening", torch.zeros(expression_dim))
+        self.register_buffer("speech_spread", torch.tensor(0.0))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # avatars saved before the pause gate have no phonetic columns: they load with the gate off
+        # avatars saved before the pause gate have no phonetic columns: they load with the gate off; those
+        # saved before the clip gain load without it
         for name in ("silence_column", "energy_column"):
             state_dict.setdefault(prefix + name, torch.tensor(-1))
+        state_dict.setdefault(prefix + "opening", torch.zeros_like(self.opening))
+        state_dict.setdefault(prefix + "speech_spread", torch.tensor(0.0))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def forward(self, audio: Tensor, frames: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """`frames` [B]: dataset frame ids of training-set stacks, so the memory skips their own neighbourhood."""
+    def _blend(self, audio: Tensor, frames: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(embedding, the members' mean expression blended with the memory's), before any gain."""
         outputs = [m(audio) for m in self.members]
         embedding = torch.cat([e for e, _ in outputs], dim=-1)
         expression = torch.stack([x for _, x in outputs]).mean(0)
         if self.memory.active:
             w = self.memory.weight.to(expression.dtype)
             expression = (1 - w) * expression + w * self.memory(audio, frames)
-        expression = self.closed + self.gain * (expression - self.closed)
+        return embedding, expression
+
+    def forward(self, audio: Tensor, frames: Tensor | None = None, clip_gain: float = 1.0) -> tuple[Tensor, Tensor]:
+        """`frames` [B]: dataset frame ids of training-set stacks, so the memory skips their own neighbourhood;
+        `clip_gain`: the driving clip's gain (`clip_gain`)."""
+        embedding, expression = self._blend(audio, frames)
+        expression = self.closed + self.gain * clip_gain * (expression - self.closed)
         if self.cfg.pause_closes and int(self.silence_column) >= 0:
             expression = self.closed + (1 - self.pause(audio)[:, None]) * (expression - self.closed)
         expression = torch.minimum(torch.maximum(expression, self.target_min), self.target_max)
         return embedding, expression
+
+    @torch.no_grad()
+    def speaking_spread(self, chunks: Iterable[Tensor | np.ndarray], frames: Iterable[Tensor | None] = ()) -> float:
+        """Standard deviation of the gained lip opening over the frames of `chunks` ([b, 2K+1, W, F] window
+        stacks of consecutive frames) that are not pauses; nan with fewer than MIN_SPEAKING_FRAMES of them.
+        `frames`: the chunks' dataset frame ids (for the training clip, see `forward`)."""
+        total = torch.zeros(3, dtype=torch.float64)  # count, sum, sum of squares
+        frames = iter(frames)
+        for chunk in chunks:
+            audio = torch.as_tensor(np.array(chunk, np.float32) if isinstance(chunk, np.ndarray) else chunk,
+                                    device=self.opening.device)
+            opening = (self.gain * (self._blend(audio, next(frames, None))[1] - self.closed)) @ self.opening
+            if int(self.silence_column) >= 0:
+                opening = opening[self.pause(audio) < 0.5]
+            opening = opening.double()
+            total += torch.stack([torch.tensor(float(len(opening)), dtype=torch.float64), opening.sum(), (opening**2).sum()]).cpu()
+        count, s, sq = total.tolist()
+        if count < MIN_SPEAKING_FRAMES:
+            return float("nan")
+        return float(np.sqrt(max(sq / count - (s / count) ** 2, 0.0)))
+
+    def clip_gain(self, chunks: Iterable[Tensor | np.ndarray]) -> float:
+        """How much a driving clip's motion is amplified: the person's own speaking spread over the clip's,
+        within 1 .. max_clip_gain (a voice the encoder never heard gives hedged, lazy predictions; a clip
+        that already moves as much is left as it is, and a clip with too little speech gets 1)."""
+        if float(self.speech_spread) <= 0 or self.cfg.max_clip_gain <= 1:
+            return 1.0
+        spread = self.speaking_spread(chunks)
+        if not np.isfinite(spread) or spread <= 0:
+            return 1.0
+        return float(np.clip(float(self.speech_spread) / spread, 1.0, self.cfg.max_clip_gain))
 
     def pause(self, audio: Tensor) -> Tensor:
         """[B, 2K+1, W, F] -> [B] in 0..1: how surely the frame's centre (+-20 ms) is in a pause: the

@@ -221,19 +221,21 @@ def feature_extractor(info: FeatureInfo) -> SpeechFeatures:
 
 
 def driving_windows(scan: AudioScan, features: FeatureInfo, fps: float, context: int,
-                    chunk_frames: int, extractor: SpeechFeatures | None = None) -> Iterator[np.ndarray]:
+                    chunk_frames: int, extractor: SpeechFeatures | None = None,
+                    stats: tuple[np.ndarray, np.ndarray] | None = None) -> Iterator[np.ndarray]:
     """Chunks of [b, 2 * context + 1, window, F] windows for the scan's frames at `fps`: the clip's own
-    normalised features; for a silent clip all zeros, the input the audio encoder is trained to answer with
-    the person's closed mouth (a digitally silent clip normalises to exactly that; near-silence, whose
-    noise normalisation would blow up to speech level, is given it too)."""
+    normalised features (`stats`: the clip's statistics when already computed); for a silent clip all zeros,
+    the input the audio encoder is trained to answer with the person's closed mouth (a digitally silent clip
+    normalises to exactly that; near-silence, whose noise normalisation would blow up to speech level, is
+    given it too)."""
     num_frames = scan.num_frames(fps)
     if scan.silent:
         rest = np.zeros((2 * context + 1, features.window, features.dim), np.float32)
         return (np.broadcast_to(rest, (min(chunk_frames, num_frames - first),) + rest.shape)
                 for first in range(0, num_frames, chunk_frames))
     extractor = extractor or feature_extractor(features)
-    return window_chunks(scan, extractor, clip_feature_stats(scan, extractor), fps, features.window, context,
-                         chunk_frames)
+    stats = stats if stats is not None else clip_feature_stats(scan, extractor)
+    return window_chunks(scan, extractor, stats, fps, features.window, context, chunk_frames)
 
 
 def audio_windows(path: Path | str, driving: DrivingData, context: int, fps: float | None = None,

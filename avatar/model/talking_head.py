@@ -45,6 +45,7 @@ class FrameConditions:
     rotation: Tensor  # [B, 3, 3] head-to-camera rotation
     translation: Tensor  # [B, 3]
     blink: Tensor  # [B, 2] eyeBlinkLeft, eyeBlinkRight in 0..1
+    clip_gain: float = 1.0  # the driving clip's motion gain (AudioEncoder.clip_gain)
 
 
 @dataclass
@@ -175,7 +176,7 @@ class TalkingHead(nn.Module):
         one sees the head from there (its world frame is the canonical head frame); the torso layer and the
         plate stay those of the training camera."""
         self.eval()
-        embedding, expression = self.audio_encoder(cond.audio)
+        embedding, expression = self.audio_encoder(cond.audio, clip_gain=cond.clip_gain)
         out = self.forward(embedding, expression, cond.blink, cond.rotation, cond.translation,
                            self.plate if background is None else background, "full" if deform else "static",
                            show_torso, camera)

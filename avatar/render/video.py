@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 
 from avatar.audio.io import audio_channels, iter_audio
-from avatar.audio.streaming import SampleReader, scan_audio
+from avatar.audio.streaming import SampleReader, clip_feature_stats, scan_audio
 from avatar.contracts.atomic import atomic_path
 from avatar.device import resolve_device, set_threads
 from avatar.errors import UserError
@@ -190,8 +190,15 @@ def render_video(cfg: RenderConfig, head: "TalkingHead") -> Path:
     plate = background_image(cfg.background, head.resolution)
     background = torch.from_numpy(plate).to(device) if plate is not None else None
     blinks = blink_schedule(driving, num_frames, fps, cfg.blink, cfg.seed)
+    with timer("audio features"):
+        stats = None if scan.silent else clip_feature_stats(scan, extractor)
+    with timer("motion gain"):  # a pass over the whole clip first: how lazily this voice moves the mouth
+        clip_gain = head.audio_encoder.clip_gain(driving_windows(
+            scan, driving.features, fps, head.audio_context, cfg.chunk_frames, extractor, stats))
+    print(f"motion gain of this clip: {clip_gain:.2f}")
+    phones_before = extractor.phonetic.seconds if extractor.phonetic is not None else 0.0  # the first pass's
     windows = timer.timed("audio features", driving_windows(
-        scan, driving.features, fps, head.audio_context, cfg.chunk_frames, extractor))
+        scan, driving.features, fps, head.audio_context, cfg.chunk_frames, extractor, stats))
     sound = SampleReader(iter_audio(cfg.audio, AUDIO_RATE, "mono" if channels == 1 else "stereo"),
                          1 if channels == 1 else 2)
     source = None
@@ -208,7 +215,7 @@ def render_video(cfg: RenderConfig, head: "TalkingHead") -> Path:
         with atomic_path(out) as tmp:
             writer = VideoWriter(tmp, width, height, fps, channels, cfg.crf, cfg.encoder_speed, cfg.audio_kbps)
             try:
-                for frames, cond in driven_batches(head, windows, blinks, cfg.pose, fps, cfg.batch_frames):
+                for frames, cond in driven_batches(head, windows, blinks, cfg.pose, fps, cfg.batch_frames, clip_gain):
                     with timer("render"):
                         rgb = head.render(cond, background=background)["rgb"]
                         rgb = (rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()  # [B, H, W, 3]
@@ -236,17 +243,18 @@ def render_video(cfg: RenderConfig, head: "TalkingHead") -> Path:
         if source is not None:
             source.close()
     if extractor.phonetic is not None:  # part of the audio features' time, shown on its own line
-        timer.seconds["audio features"] -= extractor.phonetic.seconds
-        timer.seconds["phone decoding"] = extractor.phonetic.seconds
+        timer.seconds["audio features"] -= extractor.phonetic.seconds - phones_before
+        timer.seconds["phone decoding"] = extractor.phonetic.seconds - phones_before
     print(timer.report(num_frames, scan.duration_s, time.perf_counter() - start))
     print(f"wrote {out} ({num_frames} frames at {fps:g} fps, {width}x{height}, H.264 + AAC)")
     return out
 
 
 def driven_batches(head: "TalkingHead", windows: Iterator[np.ndarray], blinks: np.ndarray, pose: str, fps: float,
-                   batch_frames: int) -> Iterator[tuple[range, "FrameConditions"]]:
+                   batch_frames: int, clip_gain: float = 1.0) -> Iterator[tuple[range, "FrameConditions"]]:
     """(output frames, their FrameConditions) in batches of at most `batch_frames`, from chunks of feature
-    windows [b, C, W, F] of consecutive frames, the avatar's pose schedule and the blinks [N, 2]."""
+    windows [b, C, W, F] of consecutive frames, the avatar's pose schedule, the blinks [N, 2] and the clip's
+    motion gain."""
     import torch
 
     from avatar.model.talking_head import FrameConditions
@@ -259,7 +267,8 @@ def driven_batches(head: "TalkingHead", windows: Iterator[np.ndarray], blinks: n
             frames = range(first + lo, first + min(len(chunk), lo + batch_frames))
             rotation, translation = pose_schedule(head.driving, len(frames), pose, fps, frames.start)
             yield frames, FrameConditions(audio=tensor(chunk[lo: lo + len(frames)]), rotation=tensor(rotation),
-                                          translation=tensor(translation), blink=tensor(blinks[frames.start: frames.stop]))
+                                          translation=tensor(translation), blink=tensor(blinks[frames.start: frames.stop]),
+                                          clip_gain=clip_gain)
         first += len(chunk)
 
 

@@ -29,8 +29,10 @@ class AudioRows:
     """Normalised feature rows of the training audio (copy 0) and its re-voiced copies [A, T, F], cut into
     each frame's window on demand: all copies of a long clip fit in memory as rows, not as windows."""
 
-    def __init__(self, rows: Tensor, window_rows: Tensor, silence_column: int = -1, energy_column: int = -1):
+    def __init__(self, rows: Tensor, window_rows: Tensor, silence_column: int = -1, energy_column: int = -1,
+                 voice_columns: int = 0):
         self.rows = rows  # [A, T, F]
+        self.voice_columns = voice_columns  # the first columns describe the voice (mel, energy, pitch)
         self.window_rows = window_rows  # [N, W] row indices of each frame's window (avatar.audio.features)
         self.silence_column = silence_column  # feature column of the phonetic pause class, -1: none
         self.energy_column = energy_column  # feature column of the normalised log energy, -1: none
@@ -74,7 +76,8 @@ class AudioRows:
         rows = torch.from_numpy(np.stack([clean] + copies))
         window_rows = frame_window_rows(f.rate_hz, dataset.fps, dataset.num_frames, f.window, 0, len(clean))
         columns = [-1 if c is None else c for c in (extractor.silence_column, extractor.energy_column)]
-        return AudioRows(rows, torch.from_numpy(window_rows), *columns)
+        voice = extractor.normalized if extractor.phonetic is not None else 0  # without phones nothing would be left
+        return AudioRows(rows, torch.from_numpy(window_rows), *columns, voice_columns=voice)
 
 
 def _context_index(frames: Tensor, context: int, limit: int) -> Tensor:
@@ -82,10 +85,15 @@ def _context_index(frames: Tensor, context: int, limit: int) -> Tensor:
     return (frames[:, None] + torch.arange(-context, context + 1)).clamp(0, limit - 1)
 
 
-def _augment(audio: Tensor, cfg: AudioEncoderConfig, gen: torch.Generator) -> Tensor:
-    """Feature noise and one SpecAugment-style band of zeroed feature bins per sample."""
+def _augment(audio: Tensor, cfg: AudioEncoderConfig, gen: torch.Generator, voice_columns: int = 0) -> Tensor:
+    """Feature noise, one SpecAugment-style band of zeroed feature bins per sample, and for a share of the
+    samples the first `voice_columns` (the voice's sound) zeroed, their clip mean: the encoder must then read
+    what is said from the phonetic columns alone, and leans less on the voice it was trained on."""
     b, _, _, f = audio.shape
     audio = audio + cfg.feature_noise * torch.randn(audio.shape, generator=gen)
+    if cfg.voice_dropout > 0 and voice_columns > 0:
+        dropped = torch.rand(b, generator=gen) < cfg.voice_dropout
+        audio[dropped, ..., :voice_columns] = 0.0
     if cfg.freq_mask > 0:
         width = torch.randint(0, cfg.freq_mask + 1, (b, 1), generator=gen)
         start = (torch.rand(b, 1, generator=gen) * (f - width)).long()
@@ -135,7 +143,7 @@ def _fit_member(member: EncoderMember, audio_rows: AudioRows, rows_per_frame: fl
         nxt = (frames + torch.sign(shift)).clamp(0, n - 1)
         a = frac.abs()[:, None]
         target = (1 - a) * targets[frames] + a * targets[nxt]
-        audio = _augment(audio, cfg, gen)
+        audio = _augment(audio, cfg, gen, audio_rows.voice_columns)
         silent = torch.rand(cfg.batch_size, generator=gen) < cfg.silence_fraction
         audio[silent] = 0.0
         target[silent] = rest
@@ -253,6 +261,11 @@ def fit_audio_encoder(dataset: Dataset, space: ExpressionSpace, cfg: AudioEncode
     encoder.energy_column = torch.tensor(audio_rows.energy_column)
     train_t = torch.as_tensor(train)
     encoder.target_min, encoder.target_max = targets[train_t].min(0).values, targets[train_t].max(0).values
+    encoder.opening = opening.clone()
+    if cfg.max_clip_gain > 1:
+        parts = torch.split(train_t, 256)
+        stacks = (plain[_context_index(part, cfg.context, audio_rows.num_frames)] for part in parts)
+        encoder.speech_spread = torch.tensor(encoder.speaking_spread(stacks, parts))
     if log is not None:
         log(f"audio encoder: example memory share {blend['memory_weight']:.2f} with k={blend['memory_k']} "
             f"(held-out lip-opening correlation {blend['memory_held_out_corr']:.3f}, network alone "

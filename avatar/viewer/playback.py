@@ -29,8 +29,18 @@ class Playback:
         self.head = head
         self.audio_path = Path(audio)
         context = head.audio_context
-        chunks = audio_windows(self.audio_path, head.driving, context)
-        self.windows = np.concatenate([chunk[:, context] for chunk in chunks])  # [N, W, F]
+        centres = []
+
+        def kept(chunks):
+            for chunk in chunks:
+                centres.append(chunk[:, context])
+                yield chunk
+
+        chunks = kept(audio_windows(self.audio_path, head.driving, context))
+        self.clip_gain = head.audio_encoder.clip_gain(chunks)  # see AudioEncoder.clip_gain
+        for _ in chunks:  # the clip gain may not need every chunk
+            pass
+        self.windows = np.concatenate(centres)  # [N, W, F]
         self.num_frames = len(self.windows)
         self.fps = head.fps
         self._poses = {mode: pose_schedule(head.driving, self.num_frames, mode) for mode in ("track", "still", "smooth")}
@@ -82,4 +92,4 @@ class Playback:
         device = self.head.K.device
         as_tensor = lambda a: torch.as_tensor(np.asarray(a, np.float32), device=device)[None]  # noqa: E731
         return FrameConditions(as_tensor(self.windows[neighbours]), as_tensor(rotation), as_tensor(translation),
-                               as_tensor(blinks))
+                               as_tensor(blinks), self.clip_gain)
