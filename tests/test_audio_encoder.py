@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -258,7 +259,8 @@ def test_a_clip_that_moves_the_mouth_less_than_the_persons_voice_is_amplified_up
 
 def test_training_records_the_persons_speaking_spread_and_older_avatars_load_without_it(dataset):
     space = ExpressionSpace.fit(dataset)
-    encoder, _ = fit_audio_encoder(dataset, space, SMALL, steps=40, seed=0)
+    encoder, metrics = fit_audio_encoder(dataset, space, replace(SMALL, gain_min_corr=-1), steps=40, seed=0)
+    assert metrics["reliable"]
     torch.testing.assert_close(encoder.opening, torch.from_numpy(space.opening))
     assert float(encoder.speech_spread) > 0
     windows = torch.from_numpy(dataset.audio_windows(context=SMALL.context)[dataset.indices("train")])
@@ -267,3 +269,13 @@ def test_training_records_the_persons_speaking_spread_and_older_avatars_load_wit
     old = AudioEncoder(SMALL, encoder.members[0].window_encoder.convs[0].in_channels, 16, space.dim)
     old.load_state_dict(state)
     assert float(old.speech_spread) == 0 and old.clip_gain([windows]) == 1.0
+
+
+def test_an_unreliable_encoder_amplifies_no_clip(dataset):
+    """Below `gain_min_corr` on the held-out slices the prediction is mostly noise: no gain of either kind."""
+    space = ExpressionSpace.fit(dataset)
+    encoder, metrics = fit_audio_encoder(dataset, space, replace(SMALL, gain_min_corr=1.0), steps=40, seed=0)
+    assert not metrics["reliable"] and metrics["gain"] == 1.0
+    assert float(encoder.speech_spread) == 0
+    quiet = torch.from_numpy(dataset.audio_windows(context=SMALL.context)[dataset.indices("train")]) * 0.5
+    assert encoder.clip_gain([quiet]) == 1.0

@@ -54,8 +54,8 @@ class AudioEncoderConfig:
     # (5 min) cost ~8 ms a frame on a 2-core CPU and 39 MB.
     memory_max: int = 7500
     max_gain: float = 2.0  # at most this amplification of the predicted motion (see AudioEncoder.gain)
-    # Amplify only a prediction this well correlated on the held-out slices: below it the prediction is mostly
-    # noise, and amplifying it makes the lips chatter (Obama, held-out 0.42: gain 1.47 raised LMD 3.4 -> 4.1 px).
+    # Amplify only a prediction this well correlated on the held-out slices (by `max_gain` or `max_clip_gain`):
+    # below it the prediction is mostly noise, and amplifying it makes the lips chatter.
     gain_min_corr: float = 0.5
     # A voice the encoder never heard moves the mouth less than the person's own (it hedges); each clip's
     # motion is amplified by up to this factor to the spread the person's own voice gives (1: off).

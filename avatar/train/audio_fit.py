@@ -178,8 +178,9 @@ def choose_memory_blend(encoder: AudioEncoder, windows: Tensor, targets: Tensor,
     For each member, its held-out slice is predicted by that member (which never saw it) and by a memory of
     the frames the member was fitted on, so both are judged on audio they did not hold. Returns
     "memory_k", "memory_weight", the mean held-out correlations of the chosen blend and of the network, and
-    "gain": how much the blend's lip opening must be amplified to move as much as the tracked one there (1
-    when the blend's correlation there is below `cfg.gain_min_corr`).
+    "gain": how much the blend's lip opening must be amplified to move as much as the tracked one there, and
+    "reliable": whether the blend's correlation there reaches `cfg.gain_min_corr` (if not, neither this gain
+    nor the per-clip gain amplifies anything).
     """
     n = windows.shape[0]
     scores: dict[tuple[int, float], list[tuple[float, float, float]]] = {}  # (k, share) -> (corr, spreads)
@@ -203,7 +204,7 @@ def choose_memory_blend(encoder: AudioEncoder, windows: Tensor, targets: Tensor,
     reliable = mean[(k, w)] >= cfg.gain_min_corr
     gain = float(np.clip(truth_std / max(predicted_std, 1e-9), 1.0, cfg.max_gain)) if reliable else 1.0
     return {"memory_k": int(k), "memory_weight": float(w), "memory_held_out_corr": mean[(k, w)],
-            "network_held_out_corr": mean[(cfg.memory_k[0], 0.0)], "gain": gain}
+            "network_held_out_corr": mean[(cfg.memory_k[0], 0.0)], "gain": gain, "reliable": bool(reliable)}
 
 
 def fit_audio_encoder(dataset: Dataset, space: ExpressionSpace, cfg: AudioEncoderConfig, steps: int, seed: int,
@@ -262,14 +263,15 @@ def fit_audio_encoder(dataset: Dataset, space: ExpressionSpace, cfg: AudioEncode
     train_t = torch.as_tensor(train)
     encoder.target_min, encoder.target_max = targets[train_t].min(0).values, targets[train_t].max(0).values
     encoder.opening = opening.clone()
-    if cfg.max_clip_gain > 1:
+    if cfg.max_clip_gain > 1 and blend["reliable"]:
         parts = torch.split(train_t, 256)
         stacks = (plain[_context_index(part, cfg.context, audio_rows.num_frames)] for part in parts)
         encoder.speech_spread = torch.tensor(encoder.speaking_spread(stacks, parts))
     if log is not None:
         log(f"audio encoder: example memory share {blend['memory_weight']:.2f} with k={blend['memory_k']} "
             f"(held-out lip-opening correlation {blend['memory_held_out_corr']:.3f}, network alone "
-            f"{blend['network_held_out_corr']:.3f}); motion gain {blend['gain']:.2f}")
+            f"{blend['network_held_out_corr']:.3f}); motion gain {blend['gain']:.2f}"
+            + ("" if blend["reliable"] else " (too unreliable to amplify: no per-clip gain either)"))
     metrics = {
         "train_seconds": time.perf_counter() - start,
         "held_out_loss": float(np.mean([m["held_out_loss"] for m in finished])),
