@@ -60,6 +60,17 @@ def _final_state(run_dir) -> dict:
 
 
 @pytest.mark.slow
+def test_the_deform_stage_keeps_the_torso_warp_the_torso_stage_fitted(trained_run, tiny_dataset, tmp_path):
+    out = tmp_path / "no_deform"
+    run(tiny_config(tiny_dataset.root, out, deform_steps=0))
+    before, after = _final_state(out), _final_state(trained_run)
+    warp = [k for k in after if k.startswith(("torso.linear.", "torso.nonlinear."))]
+    assert len(warp) == 6 and all(torch.equal(before[k], after[k]) for k in warp)
+    assert not torch.equal(before["torso.rgb_logits"], after["torso.rgb_logits"])  # its image learns on
+    assert not all(torch.equal(before[k], after[k]) for k in after if k.startswith("head_deform."))
+
+
+@pytest.mark.slow
 def test_resume_after_interrupts_equals_an_uninterrupted_run(trained_run, tiny_dataset, tmp_path):
     out = tmp_path / "interrupted"
     cfg = tiny_config(tiny_dataset.root, out)

@@ -14,7 +14,9 @@ import torch
 
 from avatar.contracts.atomic import atomic_path, load_versioned
 
-RUN_FORMAT_VERSION = 3  # follows the avatar format (talking_head.AVATAR_FORMAT_VERSION)
+# Bumped with the avatar format (talking_head.AVATAR_FORMAT_VERSION) and when a stage's saved progress changes
+# shape (4: the deform stage no longer trains the torso's warp, so its optimizer holds other parameters).
+RUN_FORMAT_VERSION = 4
 
 
 @dataclass

@@ -7,8 +7,9 @@
 3. torso     the torso layer alone is fitted to the frames outside the head, in batches: no Gaussian is
              rendered, so it gets many frames per second and a sharper, better-placed body than the deformation
              stage's one frame per step could give it.
-4. deform    the spatial-audio attention, hash tri-plane and torso layer learn, conditioned on the tracked
-             expression (teacher) or on the audio-predicted one, with extra weight on the mouth and LPIPS late.
+4. deform    the spatial-audio attention, hash tri-plane and torso image learn (the torso's warp is kept),
+             conditioned on the tracked expression (teacher) or on the audio-predicted one, extra weight on the
+             mouth, LPIPS late.
 
 A stage talks to the runner only through its StageContext: it saves progress with `ctx.save`, reports its
 validation with `ctx.record`, and checks `ctx.should_stop()` between steps (then checkpoints and raises
@@ -303,12 +304,16 @@ class TorsoStage(ImageStage):
 
 
 class DeformStage(ImageStage):
-    """Learn the audio-driven deformation, the hash tri-plane and the torso layer (full frames over the plate)."""
+    """Learn the audio-driven deformation, the hash tri-plane and the torso image (full frames over the plate)."""
 
     name = "deform"
     seed_offset = 200
 
     def setup(self) -> None:
+        # The torso's pose warp stays as the torso stage fitted it on many frames a step: refitted here on one
+        # full frame a step it moved the body of held-out poses (see README, "Results"). Its image learns on.
+        for parameter in self.model.torso.warp_parameters():
+            parameter.requires_grad_(False)
         with torch.no_grad():  # the audio encoder is frozen: its outputs for every frame are computed once
             windows = self.ctx.dataset.audio_windows(context=self.model.audio_context)
             device = self.ctx.device
@@ -323,8 +328,7 @@ class DeformStage(ImageStage):
     def param_groups(self) -> list[dict]:
         m, cfg = self.model, self.cfg
         groups = gaussian_groups(m.head, cfg, cfg.gaussian_lr_factor) + gaussian_groups(m.mouth, cfg, cfg.gaussian_lr_factor)
-        networks = [*m.triplane.parameters(), *m.head_deform.parameters(), *m.mouth_deform.parameters(),
-                    *m.torso.warp_parameters()]
+        networks = [*m.triplane.parameters(), *m.head_deform.parameters(), *m.mouth_deform.parameters()]
         return groups + [{"params": networks, "lr": cfg.lr_network},
                          {"params": m.torso.image_parameters(), "lr": cfg.lr_torso}]
 
