@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from avatar.audio.phonetic import HOP, PHONES, SAMPLE_RATE, SILENCE, PhoneticFeatures, decode_phones, num_rows, row_labels
+from avatar.audio.grid import HOP, num_rows
+from avatar.audio.phonetic import PHONES, SAMPLE_RATE, SILENCE, PhoneticFeatures, decode_phones, row_labels
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / ".." / "shared" / "data"

@@ -116,6 +116,7 @@ class Builder:
         self.source_sha = sha256_of(Path(cfg.video))
         self.audio_sha = sha256_of(Path(cfg.audio)) if cfg.audio is not None else None
         self.steps = StepRunner(self.root, cfg.force)
+        self.extractor = speech_features(cfg.features, cfg.speech_model, cfg.speech_model_layer)
 
     def _stated_duration(self) -> float:
         """Seconds from the time origin to the end of the video, as the container states it (NaN: unknown)."""
@@ -273,13 +274,14 @@ class Builder:
         import soundfile as sf
 
         wave, _ = sf.read(str(self.layout.audio), dtype="float32")
-        extractor = speech_features(self.cfg.features)
+        extractor = self.extractor
         feats = extractor(wave)
         save_npy(self.layout.features, feats)
         mean, std = feature_stats(feats, extractor.normalized)
         info = FeatureInfo(file=self.layout.features.name, extractor=extractor.name, rate_hz=extractor.rate_hz,
                            dim=extractor.dim, window=self.cfg.feature_window,
-                           mean=[float(x) for x in mean], std=[float(x) for x in std])
+                           mean=[float(x) for x in mean], std=[float(x) for x in std],
+                           speech_model=extractor.learned.path if extractor.learned is not None else "")
         return {"features": info.__dict__, "rows": int(feats.shape[0])}
 
     def step_preview(self, num_frames: int, intrinsics: Intrinsics) -> dict:
@@ -313,8 +315,10 @@ class Builder:
         run("preview", {"seconds": cfg.preview_seconds, "sheet": cfg.contact_sheet_frames},
             lambda: self.step_preview(n, intrinsics), (layout.preview.name, layout.contact_sheet.name))
         # last: changing the feature set of a built dataset recomputes only this step
-        feats = run("features", {"window": cfg.feature_window, "features": cfg.features}, self.step_features,
-                    (layout.features.name,))
+        learned = self.extractor.learned
+        speech_model = {} if learned is None else {"speech_model": learned.path, "speech_part": learned.name}
+        feats = run("features", {"window": cfg.feature_window, "features": cfg.features, **speech_model},
+                    self.step_features, (layout.features.name,))
 
         n_val = max(1, int(round(n * cfg.val_fraction)))
         manifest = Manifest(

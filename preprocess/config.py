@@ -50,6 +50,12 @@ class PreprocessConfig:
     """audio features the avatar learns from: log-mel/energy/pitch (the voice's sound) and/or phonetic classes
     decoded by pocketsphinx's speaker-independent acoustic model (what is said: visemes = mouth-shape classes,
     phones = the 39 English phones). Changing it on an existing dataset recomputes only the features"""
+    speech_model: Optional[Path] = None
+    """optional: a folder holding a pretrained speech encoder (HuBERT, wav2vec2, WavLM saved with Hugging Face
+    save_pretrained; needs `pip install transformers`). One hidden layer of it joins the features; rendering
+    then needs the same folder. Nothing is downloaded"""
+    speech_model_layer: int = -1
+    """which hidden layer of --speech-model (0: the convolutional frontend's output, -1: the last)"""
     jpeg_quality: int = 95
     """JPEG quality of the stored frames"""
     preview_seconds: float = 10.0

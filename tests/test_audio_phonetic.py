@@ -7,9 +7,8 @@ import pytest
 
 pytest.importorskip("pocketsphinx")
 
-from avatar.audio.phonetic import (  # noqa: E402
-    PHONES, SILENCE, VISEME_NAMES, PhoneticFeatures, decode_phones, num_rows,
-)
+from avatar.audio.grid import num_rows  # noqa: E402
+from avatar.audio.phonetic import PHONES, SILENCE, VISEME_NAMES, PhoneticFeatures, decode_phones  # noqa: E402
 
 SR = 16000
 SIL_VISEME = VISEME_NAMES.index("silence")

@@ -15,20 +15,26 @@ Alignment contract:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from avatar.audio.io import SAMPLE_RATE
+from avatar.errors import UserError
+
+SPEECH_MODEL_PREFIX = "speech-"  # the name of a speech-encoder part starts so (SpeechModelFeatures.name)
 
 if TYPE_CHECKING:
     from avatar.audio.phonetic import PhoneticFeatures
+    from avatar.audio.speech_model import SpeechModelFeatures
 
 
 class FeatureExtractor(Protocol):
-    """Turns 16 kHz mono audio into a feature sequence. Implementations: `MelFeatures` (built in);
-    a pretrained speech encoder (HuBERT, wav2vec2, Whisper) can implement it when its weights are local."""
+    """Turns 16 kHz mono audio into a feature sequence: `MelFeatures`, `PhoneticFeatures`, and
+    `SpeechModelFeatures` (a local pretrained speech encoder, optional), combined by `SpeechFeatures`."""
 
     name: str
     rate_hz: float  # feature rows per second
@@ -93,21 +99,28 @@ class MelFeatures:
 class SpeechFeatures:
     """The avatar's audio rows: log-mel/energy/pitch (`MelFeatures`, the voice's sound) beside soft
     phonetic classes (`avatar.audio.phonetic.PhoneticFeatures`, what is said, decoded by a speaker-
-    independent acoustic model), row-aligned at 100 Hz. Either part may be left out. Only the mel columns
-    (the first `normalized`) are normalised per clip: class probabilities already mean the same for every
-    voice, and a clip's share of pauses must not shift them."""
+    independent acoustic model) and, when the user has one, a pretrained speech encoder's hidden layer
+    (`avatar.audio.speech_model.SpeechModelFeatures`), row-aligned at 100 Hz, in that column order. Any part
+    may be left out. Only the mel columns (the first `normalized`) are normalised per clip: class
+    probabilities already mean the same for every voice, and a clip's share of pauses must not shift them;
+    the speech encoder's rows are standardised on their own."""
 
     mel: MelFeatures | None
     phonetic: PhoneticFeatures | None
+    learned: SpeechModelFeatures | None = None
     rate_hz: float = 100.0
 
     @property
+    def parts(self) -> list:
+        return [part for part in (self.mel, self.phonetic, self.learned) if part is not None]
+
+    @property
     def name(self) -> str:
-        return "+".join(part.name for part in (self.mel, self.phonetic) if part is not None)
+        return "+".join(part.name for part in self.parts)
 
     @property
     def dim(self) -> int:
-        return sum(part.dim for part in (self.mel, self.phonetic) if part is not None)
+        return sum(part.dim for part in self.parts)
 
     @property
     def hop(self) -> int:
@@ -138,8 +151,7 @@ class SpeechFeatures:
         parts = []
         if self.mel is not None:
             parts.append(self.mel(wave, voicing_rms, warp))
-        if self.phonetic is not None:
-            parts.append(self.phonetic(wave))
+        parts += [part(wave) for part in (self.phonetic, self.learned) if part is not None]
         rows = min(len(p) for p in parts)
         return np.concatenate([p[:rows] for p in parts], axis=1).astype(np.float32)
 
@@ -148,9 +160,11 @@ class SpeechFeatures:
 FEATURE_SETS = ("mel+phones+visemes", "mel+visemes", "mel", "visemes", "mel+phones")
 
 
-def speech_features(kind: str) -> SpeechFeatures:
-    """The extractor of one of FEATURE_SETS."""
+def speech_features(kind: str, speech_model: str | Path | None = None, layer: int = -1) -> SpeechFeatures:
+    """The extractor of one of FEATURE_SETS, with the hidden layer `layer` of the speech encoder saved in the
+    folder `speech_model` when one is given (UserError when it is not a usable model folder)."""
     from avatar.audio.phonetic import PhoneticFeatures
+    from avatar.audio.speech_model import SpeechModelFeatures
 
     parts = kind.split("+")
     classes = {("visemes",): "visemes", ("phones",): "phones", ("phones", "visemes"): "both"}.get(
@@ -158,12 +172,26 @@ def speech_features(kind: str) -> SpeechFeatures:
     if kind not in FEATURE_SETS:
         raise ValueError(f"unknown feature set {kind!r}; known: {', '.join(FEATURE_SETS)}")
     return SpeechFeatures(MelFeatures() if "mel" in parts else None,
-                          PhoneticFeatures(classes=classes) if classes else None)
+                          PhoneticFeatures(classes=classes) if classes else None,
+                          SpeechModelFeatures(str(speech_model), layer) if speech_model else None)
 
 
-def extractor_named(name: str) -> SpeechFeatures | None:
-    """The extractor whose `name` is `name` (as recorded in a dataset or an avatar), or None."""
-    return next((e for e in map(speech_features, FEATURE_SETS) if e.name == name), None)
+def extractor_named(name: str, speech_model: str = "") -> SpeechFeatures | None:
+    """The extractor whose `name` is `name` (as recorded in a dataset or an avatar), or None. A name with a
+    speech-encoder part needs the model's folder (`speech_model`, as recorded beside the name), holding the
+    same files as when the name was recorded."""
+    base, learned, _ = name.partition("+" + SPEECH_MODEL_PREFIX)
+    if not learned:
+        return next((e for e in map(speech_features, FEATURE_SETS) if e.name == name), None)
+    kind = next((k for k in FEATURE_SETS if speech_features(k).name == base), None)
+    layer = re.search(r"-l(-?\d+)-", name[len(base):])
+    if kind is None or not speech_model or layer is None:
+        return None
+    try:
+        extractor = speech_features(kind, speech_model, int(layer.group(1)))
+    except UserError:  # the folder is gone or no longer a model
+        return None
+    return extractor if extractor.name == name else None
 
 
 def frame_log_energy(wave: np.ndarray, fps: float, num_frames: int) -> np.ndarray:

@@ -9,11 +9,9 @@ Alignment: row t is centred at t / 100 s and a wave of n samples at 16 kHz gives
 rows librosa's centred frames give for hop 160 (so these rows line up with the mel rows of the same wave).
 A pocketsphinx frame f covers samples [160 f, 160 f + 410), centred 1.28 rows after row f.
 
-The rows of a clip are defined by decoding it in windows of `window_s` on a fixed grid (one every
-`window_s - overlap_s`, each giving the rows of its middle), not as one utterance: the acoustic model
-normalises each decoded utterance by its own cepstral mean (its feat.params fixes batch CMN), so a
-whole-clip decode could not be reproduced by a stream in bounded memory. On the fixed grid a training
-clip, a render-time stream and the viewer give the same rows, whatever the chunking of the audio.
+The rows of a clip are decoded on the fixed window grid of `avatar.audio.grid`, not as one utterance:
+the acoustic model normalises each decoded utterance by its own cepstral mean (its feat.params fixes batch
+CMN), so a whole-clip decode could not be reproduced by a stream in bounded memory.
 pocketsphinx is imported only when phones are decoded.
 """
 
@@ -26,10 +24,9 @@ from typing import Iterable, Iterator, Literal
 
 import numpy as np
 
+from avatar.audio.grid import RATE_HZ, grid_rows, num_rows
 from avatar.audio.io import SAMPLE_RATE
 
-RATE_HZ = 100.0
-HOP = 160  # samples per row
 FRAME_TO_ROW_SHIFT = 1  # pocketsphinx frame f is centred at row f + 1.28
 DECODER_FRAME = 410  # samples in one pocketsphinx analysis window
 DITHER_LSB = 4.0  # int16 steps (-78 dBFS): below any recording's noise floor
@@ -64,11 +61,6 @@ PHONE_TO_VISEME: dict[str, str] = {p: v for v, phones in VISEMES.items() for p i
 assert sorted(PHONE_TO_VISEME) == sorted(PHONES), "every phone needs exactly one viseme"
 
 Segment = tuple[str, int, int]  # (phone in PHONES, first row, end row exclusive)
-
-
-def num_rows(num_samples: int) -> int:
-    """Feature rows of a 16 kHz wave of `num_samples` (librosa's centred frame count for hop 160)."""
-    return 1 + num_samples // HOP
 
 
 def normalize_phone(label: str) -> str:
@@ -211,22 +203,5 @@ class PhoneticFeatures:
 
     def stream(self, chunks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         """Consecutive blocks of the rows of audio given as consecutive sample chunks, holding at most
-        `window_s` of samples. Windows of `window_s` start every `window_s - overlap_s`; each gives the rows
-        of its middle, so every row comes from a window that extends at least `overlap_s / 2` beyond it on
-        both sides (except at the ends of the audio). Concatenated, the blocks are `__call__`'s rows."""
-        step = int(round((self.window_s - self.overlap_s) * self.rate_hz))  # rows
-        half = int(round(self.overlap_s / 2 * self.rate_hz))
-        window = (step + 2 * half) * HOP  # samples
-        if step <= 0 or half <= 0:
-            raise ValueError("need window_s > overlap_s > 0")
-        buffer = np.zeros(0, np.float32)
-        first, offset = True, 0
-        for chunk in chunks:
-            buffer = np.concatenate([buffer, np.asarray(chunk, np.float32).reshape(-1)])
-            while buffer.size >= window:
-                rows = self.rows(buffer[:window], offset)
-                yield rows[0 if first else half:step + half]
-                buffer = buffer[step * HOP:]
-                first, offset = False, offset + step * HOP
-        rows = self.rows(buffer, offset)
-        yield rows[0 if first else half:]
+        `window_s` of samples; concatenated, they are `__call__`'s rows (see `grid_rows`)."""
+        return grid_rows(chunks, self.rows, self.window_s, self.overlap_s, self.rate_hz)

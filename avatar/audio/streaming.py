@@ -6,8 +6,8 @@ Three passes over the file, each streaming decoded audio with bounded memory:
 3. `window_chunks`: normalised [b, 2K+1, W, F] windows for consecutive chunks of frames.
 A mel row t is centred on sample t * hop and depends only on samples within `MARGIN_ROWS * hop` of its
 centre (see `MelFeatures`), so chunks that overlap by that margin reproduce the all-at-once rows exactly;
-the phonetic rows are decoded on their own fixed window grid (`PhoneticFeatures.stream`), which a stream
-reproduces exactly too. Only the mel columns are normalised, so the second pass reads only them.
+the phonetic rows and a speech encoder's are made on their own fixed window grid (`avatar.audio.grid`),
+which a stream reproduces exactly too. Only the mel columns are normalised, so the second pass reads only them.
 """
 
 from __future__ import annotations
@@ -143,20 +143,24 @@ def _mel_rows(scan: AudioScan, extractor: SpeechFeatures) -> Iterator[np.ndarray
 
 
 def feature_rows(scan: AudioScan, extractor: SpeechFeatures) -> Iterator[np.ndarray]:
-    """Consecutive blocks of the clip's raw [T, F] features (T = 1 + num_samples // hop)."""
-    if extractor.phonetic is None:
-        yield from _mel_rows(scan, extractor)
+    """Consecutive blocks of the clip's raw [T, F] features (T = 1 + num_samples // hop): each part's own
+    stream, cut to the blocks of the first."""
+    streams = [_mel_rows(scan, extractor)] if extractor.mel is not None else []
+    streams += [part.stream(iter_audio(scan.path)) for part in (extractor.phonetic, extractor.learned)
+                if part is not None]
+    if len(streams) == 1:
+        yield from streams[0]
         return
-    phonetic = extractor.phonetic.stream(iter_audio(scan.path))
-    if extractor.mel is None:
-        yield from phonetic
-        return
-    pending = np.zeros((0, extractor.phonetic.dim), np.float32)
-    for block in _mel_rows(scan, extractor):
-        while len(pending) < len(block):
-            pending = np.concatenate([pending, next(phonetic)])
-        yield np.concatenate([block, pending[:len(block)]], axis=1)
-        pending = pending[len(block):]
+    pending = [np.zeros((0, 0), np.float32) for _ in streams[1:]]
+    for block in streams[0]:
+        parts = [block]
+        for k, stream in enumerate(streams[1:]):
+            while len(pending[k]) < len(block):
+                more = next(stream)
+                pending[k] = np.concatenate([pending[k], more]) if len(pending[k]) else more
+            parts.append(pending[k][:len(block)])
+            pending[k] = pending[k][len(block):]
+        yield np.concatenate(parts, axis=1)
 
 
 def clip_feature_stats(scan: AudioScan, extractor: SpeechFeatures) -> tuple[np.ndarray, np.ndarray]:

@@ -84,6 +84,7 @@ class FeatureInfo:
     window: int  # feature rows per video frame window (see avatar.audio.features.frame_windows)
     mean: list[float] = field(default_factory=list)  # clip statistics for normalisation, [dim]
     std: list[float] = field(default_factory=list)
+    speech_model: str = ""  # folder of the speech encoder that made the extractor's speech-* part, if any
 
 
 @dataclass

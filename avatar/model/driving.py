@@ -211,7 +211,12 @@ def blink_schedule(driving: DrivingData, num_frames: int, fps: float, value: flo
 
 def feature_extractor(info: FeatureInfo) -> SpeechFeatures:
     """The extractor that made the training features, so new audio is featurised by the same code."""
-    extractor = extractor_named(info.extractor)
+    extractor = extractor_named(info.extractor, info.speech_model)
+    if extractor is None and info.speech_model:
+        raise UserError(
+            f"the avatar hears audio through the speech model saved in {info.speech_model} ({info.extractor!r}); "
+            "that folder is missing or holds other files now. Put the same model back there."
+        )
     if extractor is None or info.rate_hz != extractor.rate_hz or info.dim != extractor.dim:
         raise UserError(
             f"the avatar was trained on {info.extractor!r} audio features ({info.dim} at {info.rate_hz} Hz), which "

@@ -196,7 +196,10 @@ def render_video(cfg: RenderConfig, head: "TalkingHead") -> Path:
         clip_gain = head.audio_encoder.clip_gain(driving_windows(
             scan, driving.features, fps, head.audio_context, cfg.chunk_frames, extractor, stats))
     print(f"motion gain of this clip: {clip_gain:.2f}")
-    phones_before = extractor.phonetic.seconds if extractor.phonetic is not None else 0.0  # the first pass's
+    # the analyses with their own line in the table, and their time so far (the motion gain's pass)
+    analyses = {label: part for label, part in (("phone decoding", extractor.phonetic),
+                                                ("speech model", extractor.learned)) if part is not None}
+    seconds_before = {label: part.seconds for label, part in analyses.items()}
     windows = timer.timed("audio features", driving_windows(
         scan, driving.features, fps, head.audio_context, cfg.chunk_frames, extractor, stats))
     sound = SampleReader(iter_audio(cfg.audio, AUDIO_RATE, "mono" if channels == 1 else "stereo"),
@@ -242,9 +245,9 @@ def render_video(cfg: RenderConfig, head: "TalkingHead") -> Path:
         progress.close()
         if source is not None:
             source.close()
-    if extractor.phonetic is not None:  # part of the audio features' time, shown on its own line
-        timer.seconds["audio features"] -= extractor.phonetic.seconds - phones_before
-        timer.seconds["phone decoding"] = extractor.phonetic.seconds - phones_before
+    for label, part in analyses.items():  # part of the audio features' time, shown on its own line
+        timer.seconds["audio features"] -= part.seconds - seconds_before[label]
+        timer.seconds[label] = part.seconds - seconds_before[label]
     print(timer.report(num_frames, scan.duration_s, time.perf_counter() - start))
     print(f"wrote {out} ({num_frames} frames at {fps:g} fps, {width}x{height}, H.264 + AAC)")
     return out

@@ -58,7 +58,11 @@ class AudioRows:
 
         f = dataset.manifest.features
         clean = normalize_features(np.asarray(dataset.audio_features), dataset.feature_stats())
-        extractor = extractor_named(f.extractor)
+        extractor = extractor_named(f.extractor, f.speech_model)
+        if extractor is None and f.speech_model:
+            raise UserError(f"{dataset.root}: its audio features come from the speech model saved in {f.speech_model}, "
+                            "which is missing or holds other files now. Put the same model back there, or rebuild "
+                            "the features with `avatar preprocess VIDEO --out DATASET --speech-model DIR`.")
         if extractor is None:
             raise UserError(f"{dataset.root}: its audio features {f.extractor!r} are not made by this version. "
                             "Rebuild them with `avatar preprocess VIDEO --out DATASET` (only that step runs).")
