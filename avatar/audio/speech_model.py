@@ -119,7 +119,8 @@ class SpeechModelFeatures:
         import torch
         from transformers import AutoModel
 
-        model = AutoModel.from_pretrained(self.path, local_files_only=True).eval()
+        device = "cuda" if torch.cuda.is_available() else "cpu"  # a transformer is the one costly analysis
+        model = AutoModel.from_pretrained(self.path, local_files_only=True).eval().to(device)
         layers = model.config.num_hidden_layers
         if not -layers - 1 <= self.layer <= layers:
             raise UserError(f"--speech-model-layer {self.layer}: the model in {self.path} has hidden states 0..{layers}.")
@@ -144,8 +145,8 @@ class SpeechModelFeatures:
             padded = (padded - padded.mean()) / np.sqrt(padded.var() + 1e-7)
         start = time.perf_counter()
         with torch.no_grad():
-            out = model(torch.from_numpy(padded)[None], output_hidden_states=True)
-        hidden = out.hidden_states[self.layer][0].float().numpy()  # [frames, D]
+            out = model(torch.from_numpy(padded)[None].to(model.device), output_hidden_states=True)
+        hidden = out.hidden_states[self.layer][0].float().cpu().numpy()  # [frames, D]
         self.seconds += time.perf_counter() - start
         rows = frames_to_rows(hidden, stride, field_, num_rows(wave.size))
         rows -= rows.mean(1, keepdims=True)
