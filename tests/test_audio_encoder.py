@@ -274,8 +274,11 @@ def test_training_records_the_persons_speaking_spread_and_older_avatars_load_wit
 def test_an_unreliable_encoder_amplifies_no_clip(dataset):
     """Below `gain_min_corr` on the held-out slices the prediction is mostly noise: no gain of either kind."""
     space = ExpressionSpace.fit(dataset)
-    encoder, metrics = fit_audio_encoder(dataset, space, replace(SMALL, gain_min_corr=1.0), steps=40, seed=0)
+    lines = []
+    encoder, metrics = fit_audio_encoder(dataset, space, replace(SMALL, gain_min_corr=1.0), steps=40, seed=0,
+                                         log=lines.append)
     assert not metrics["reliable"] and metrics["gain"] == 1.0
+    assert any("follow new audio weakly" in line and "1-3 minutes" in line for line in lines)  # the user is told
     assert float(encoder.speech_spread) == 0
     quiet = torch.from_numpy(dataset.audio_windows(context=SMALL.context)[dataset.indices("train")]) * 0.5
     assert encoder.clip_gain([quiet]) == 1.0

@@ -275,7 +275,10 @@ def fit_audio_encoder(dataset: Dataset, space: ExpressionSpace, cfg: AudioEncode
         log(f"audio encoder: example memory share {blend['memory_weight']:.2f} with k={blend['memory_k']} "
             f"(held-out lip-opening correlation {blend['memory_held_out_corr']:.3f}, network alone "
             f"{blend['network_held_out_corr']:.3f}); motion gain {blend['gain']:.2f}"
-            + ("" if blend["reliable"] else " (too unreliable to amplify: no per-clip gain either)"))
+            + ("" if blend["reliable"] else
+               f" (too unreliable to amplify: no per-clip gain either). Warning: with {len(train) / dataset.fps:.0f} s "
+               "of training speech the mouth will follow new audio weakly; a video of 1-3 minutes of the person "
+               "talking gives the audio encoder enough to learn from"))
     metrics = {
         "train_seconds": time.perf_counter() - start,
         "held_out_loss": float(np.mean([m["held_out_loss"] for m in finished])),
