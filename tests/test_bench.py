@@ -64,8 +64,9 @@ def test_render_rows_time_every_resolution(eval_dataset):
     from avatar.eval.evaluate import frame_conditions
 
     head = BlankHead()
-    audio = dataset.audio_windows(context=head.audio_context)
-    conds = [frame_conditions(dataset, dataset.indices("val")[i: i + 1], audio, torch.device("cpu")) for i in range(3)]
+    val = dataset.indices("val")[:3]
+    audio = dataset.audio_windows(head.audio_context, val)
+    conds = [frame_conditions(dataset, val[i: i + 1], audio[i: i + 1], torch.device("cpu")) for i in range(3)]
     rows = render_rows(head, conds, warmup=1, resolutions=(64, 96), device=torch.device("cpu"))
     assert [r["name"] for r in rows] == ["render 32 (training camera, torso)", "render 64 (head only)",
                                          "render 96 (head only)"]

@@ -36,3 +36,19 @@ def test_batches_and_resumable_sampler(tiny_dataset):
     again.load_state_dict(state)
     assert all(torch.equal(a, b) for a, b in zip(rest, [again.next() for _ in range(5)]))
     assert len(torch.cat(first).unique()) == 6  # no repeats within a pass
+
+
+def test_audio_windows_of_some_frames_are_those_of_all(tiny_dataset):
+    """The windows cut from the rows for a few frames (what evaluation and training batches ask for) equal
+    the whole clip's windows with their neighbours (edges repeated), and the training batches carry them."""
+    from avatar.audio.features import context_windows, frame_windows, normalize_features
+
+    f = tiny_dataset.manifest.features
+    rows = normalize_features(np.asarray(tiny_dataset.audio_features), tiny_dataset.feature_stats())
+    whole = context_windows(frame_windows(rows, f.rate_hz, tiny_dataset.fps, tiny_dataset.num_frames, f.window), 2)
+    some = np.array([0, 1, 40, tiny_dataset.num_frames - 1])
+    np.testing.assert_array_equal(tiny_dataset.audio_windows(2, some), whole[some])
+    np.testing.assert_array_equal(tiny_dataset.audio_windows(2), whole)
+    np.testing.assert_array_equal(tiny_dataset.audio_windows(), whole[:, 2])
+    data = TrainingData(tiny_dataset, 32, context=2, expression=ExpressionSpace.fit(tiny_dataset).targets)
+    np.testing.assert_array_equal(data.batch(some).audio.numpy(), whole[some])

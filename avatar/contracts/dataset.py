@@ -299,12 +299,21 @@ class Dataset:
         f = self.manifest.features
         return int(np.ceil(f.window / f.rate_hz * self.fps))
 
-    def audio_windows(self, context: int = 0) -> np.ndarray:
-        """Normalised feature windows of all frames: [N, W, F], or [N, 2 * context + 1, W, F] with the
-        neighbouring frames' windows when context > 0 (see avatar.audio.features)."""
-        from avatar.audio.features import context_windows, frame_windows, normalize_features
+    def audio_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """(normalised feature rows [T, F], each frame's window as row indices [N, W]): the frames' windows
+        are `rows[window_rows]` (see avatar.audio.features), held as rows to keep memory to one copy."""
+        from avatar.audio.features import frame_window_rows, normalize_features
 
         f = self.manifest.features
         feats = normalize_features(np.asarray(self.audio_features), self.feature_stats())
-        windows = frame_windows(feats, f.rate_hz, self.fps, self.num_frames, f.window)
-        return context_windows(windows, context) if context > 0 else windows
+        return feats, frame_window_rows(f.rate_hz, self.fps, self.num_frames, f.window, 0, len(feats))
+
+    def audio_windows(self, context: int = 0, frames: np.ndarray | None = None) -> np.ndarray:
+        """Normalised feature windows of `frames` (default all): [n, W, F], or [n, 2 * context + 1, W, F] with
+        the neighbouring frames' windows when context > 0. Only the asked frames' windows are made: all of
+        them hold each feature row about W * (2 * context + 1) times."""
+        feats, rows = self.audio_rows()
+        frames = np.arange(self.num_frames) if frames is None else np.asarray(frames, np.int64)
+        if context > 0:  # neighbours, edges repeated as avatar.audio.features.context_windows repeats them
+            frames = np.clip(frames[:, None] + np.arange(-context, context + 1), 0, self.num_frames - 1)
+        return feats[rows[frames]]

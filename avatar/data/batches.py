@@ -35,7 +35,8 @@ class FrameBatch:
 
 class TrainingData:
     """Everything per frame that training reads; images come through the bounded FrameStore, the small
-    per-frame arrays (pose, expression, audio windows: a few MB) are held in memory."""
+    per-frame arrays (pose, expression, and the normalised audio rows that the windows are cut from) are
+    held in memory."""
 
     def __init__(self, dataset: Dataset, resolution: int, context: int, expression: np.ndarray, cache_mb: float = 512):
         self.dataset = dataset
@@ -46,7 +47,8 @@ class TrainingData:
         self.blink = torch.from_numpy(dataset.blinks())
         self.expression = torch.from_numpy(np.asarray(expression, np.float32))
         self.code = torch.from_numpy(np.array(dataset.tracking("expression_pca"), np.float32))
-        self.windows = torch.from_numpy(dataset.audio_windows(context=0))  # [N, W, F]
+        rows, window_rows = dataset.audio_rows()
+        self.audio_rows, self.window_rows = torch.from_numpy(rows), torch.from_numpy(window_rows)  # [T, F], [N, W]
 
     def batch(self, indices) -> FrameBatch:
         idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
@@ -55,7 +57,8 @@ class TrainingData:
         masks = torch.from_numpy(np.stack([m for _, m in items])).float() / 255
         ctx = (idx[:, None] + torch.arange(-self.context, self.context + 1)).clamp(0, self.dataset.num_frames - 1)
         return FrameBatch(idx, rgb, masks, self.rotation[idx], self.translation[idx], self.blink[idx],
-                          self.expression[idx], self.code[idx], self.windows[ctx])
+                          self.expression[idx], self.code[idx],
+                          self.audio_rows[self.window_rows[ctx]])
 
 
 class FrameSampler:

@@ -250,15 +250,16 @@ def own_voice(head, dataset: Dataset, landmarker, batch: int) -> dict:
     from avatar.eval.frames import quantize
 
     val = dataset.indices("val")
-    audio = dataset.audio_windows(context=head.audio_context)
+    audio = dataset.audio_windows(head.audio_context, val)
     device = next(head.parameters()).device
-    clip_gain = head.audio_encoder.clip_gain([audio[val]])
+    clip_gain = head.audio_encoder.clip_gain([audio])
 
     def images():
         for start in range(0, len(val), batch):
             idx = val[start: start + batch]
             with torch.no_grad():
-                yield quantize(head.render(frame_conditions(dataset, idx, audio, device, clip_gain))["rgb"])
+                cond = frame_conditions(dataset, idx, audio[start: start + len(idx)], device, clip_gain)
+                yield quantize(head.render(cond)["rgb"])
 
     rendered = rendered_openings(images(), landmarker)
     truth = mouth_opening(dataset.tracking("landmarks")[val]).astype(np.float64)

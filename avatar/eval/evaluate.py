@@ -41,15 +41,15 @@ FrameSource = Callable[[np.ndarray, object, np.ndarray], np.ndarray]
 
 def frame_conditions(dataset: Dataset, indices: np.ndarray, audio: np.ndarray, device: torch.device,
                      clip_gain: float = 1.0):
-    """The tracked conditions of dataset frames `indices` [B]: their audio windows (rows of `audio`
-    [N, C, W, F]), head pose and eye blinks, and the motion gain of the clip they belong to."""
+    """The tracked conditions of dataset frames `indices` [B]: their audio windows `audio` [B, C, W, F],
+    head pose and eye blinks, and the motion gain of the clip they belong to."""
     from avatar.model.talking_head import FrameConditions
 
     def tensor(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array, np.float32)).to(device)
 
     return FrameConditions(
-        audio=tensor(audio[indices]),
+        audio=tensor(audio),
         rotation=tensor(dataset.tracking("rotation")[indices]),
         translation=tensor(dataset.tracking("translation")[indices]),
         blink=tensor(dataset.blinks()[indices]),
@@ -102,8 +102,8 @@ def evaluate(head, dataset: Dataset, indices: np.ndarray, cfg: EvalConfig, video
         raise UserError(f"{dataset.root}: holds {holds!r} audio features, the avatar {cfg.run} was trained on "
                         f"{trained_on!r}. Rebuild the features with `avatar preprocess VIDEO --out {dataset.root} "
                         "--features ...` (only that step runs), or retrain the avatar.")
-    audio = dataset.audio_windows(context=head.audio_context)  # [N, C, W, F], the clip's own statistics
-    clip_gain = head.audio_encoder.clip_gain([audio[indices]])  # the evaluated frames heard as one clip
+    audio = dataset.audio_windows(head.audio_context, indices)  # [n, C, W, F], the clip's own statistics
+    clip_gain = head.audio_encoder.clip_gain([audio])  # the evaluated frames heard as one clip
     sources: dict[str, FrameSource] = {"avatar": lambda idx, cond, truth: render_frames(head, cond, size)}
     if cfg.baselines:
         nearest = NearestAudioBaseline(dataset, indices, size)
@@ -125,7 +125,7 @@ def evaluate(head, dataset: Dataset, indices: np.ndarray, cfg: EvalConfig, video
                 truth = np.stack([resize_rgb(f, size) for f in gt_full])
                 gt = to_chw(truth, device)
                 regions = frame_regions(dataset, idx, boxes[start : start + len(idx)], size, device)
-                cond = frame_conditions(dataset, idx, audio, device, clip_gain)
+                cond = frame_conditions(dataset, idx, audio[start: start + len(idx)], device, clip_gain)
                 for name, source in sources.items():
                     t0 = time.perf_counter()
                     frames = source(idx, cond, truth)  # [B, size, size, 3] uint8

@@ -52,12 +52,12 @@ class AudioRows:
 
     @staticmethod
     def of(dataset: Dataset, voices: VoiceAugmentConfig, seed: int, log: Callable | None = None) -> "AudioRows":
-        from avatar.audio.features import extractor_named, frame_window_rows, normalize_features
+        from avatar.audio.features import extractor_named
         from avatar.audio.io import load_audio
         from avatar.audio.revoice import revoiced_copies
 
         f = dataset.manifest.features
-        clean = normalize_features(np.asarray(dataset.audio_features), dataset.feature_stats())
+        clean, window_rows = dataset.audio_rows()
         extractor = extractor_named(f.extractor, f.speech_model)
         if extractor is None and f.speech_model:
             raise UserError(f"{dataset.root}: its audio features come from the speech model saved in {f.speech_model}, "
@@ -78,7 +78,6 @@ class AudioRows:
                 log(f"audio encoder: {len(copies)} re-voiced copies of the training audio in "
                     f"{time.perf_counter() - start:.1f} s")
         rows = torch.from_numpy(np.stack([clean] + copies))
-        window_rows = frame_window_rows(f.rate_hz, dataset.fps, dataset.num_frames, f.window, 0, len(clean))
         columns = [-1 if c is None else c for c in (extractor.silence_column, extractor.energy_column)]
         voice = extractor.normalized if extractor.phonetic is not None else 0  # without phones nothing would be left
         return AudioRows(rows, torch.from_numpy(window_rows), *columns, voice_columns=voice)
@@ -302,7 +301,7 @@ def predict_expression(encoder: AudioEncoder, audio_windows: np.ndarray, batch: 
 def evaluate_encoder(encoder: AudioEncoder, dataset: Dataset, space: ExpressionSpace) -> dict:
     """Validation-frame MSE of the targets and correlation over time of the inner-lip opening."""
     val = dataset.indices("val")
-    pred = predict_expression(encoder, dataset.audio_windows(context=encoder.context)[val])
+    pred = predict_expression(encoder, dataset.audio_windows(encoder.context, val))
     tracked = space.opening_of_codes(np.asarray(dataset.tracking("expression_pca"))[val])
     predicted = space.opening_of_codes(space.to_codes(pred))
     corr = float(np.corrcoef(tracked, predicted)[0, 1]) if len(val) > 2 and predicted.std() > 0 else float("nan")

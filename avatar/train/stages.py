@@ -315,13 +315,13 @@ class DeformStage(ImageStage):
         for parameter in self.model.torso.warp_parameters():
             parameter.requires_grad_(False)
         with torch.no_grad():  # the audio encoder is frozen: its outputs for every frame are computed once
-            windows = self.ctx.dataset.audio_windows(context=self.model.audio_context)
-            device = self.ctx.device
+            dataset, device = self.ctx.dataset, self.ctx.device
             # Frame ids let the example memory skip each training frame's own neighbourhood, so these
             # predictions are as good as on unheard audio, not better.
-            outs = [self.model.audio_encoder(torch.from_numpy(np.ascontiguousarray(windows[i:i + 256])).to(device),
-                                             torch.arange(i, min(i + 256, len(windows)), device=device))
-                    for i in range(0, len(windows), 256)]
+            parts = [np.arange(i, min(i + 256, dataset.num_frames)) for i in range(0, dataset.num_frames, 256)]
+            outs = [self.model.audio_encoder(
+                torch.from_numpy(dataset.audio_windows(self.model.audio_context, part)).to(device),
+                torch.from_numpy(part).to(device)) for part in parts]
         self.embedding = torch.cat([e for e, _ in outs])
         self.predicted = torch.cat([x for _, x in outs])
 
