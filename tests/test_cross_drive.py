@@ -64,7 +64,7 @@ def test_eval_driven_by_another_persons_dataset(avatar_and_driver, tiny_dataset,
 
     run_dir, german = avatar_and_driver
     result = evaluate(EvalConfig(run=run_dir, drive=german, max_frames=40, batch_size=8, out=tmp_path))
-    assert (tmp_path / "metrics.json").is_file() and result["drive"] == str(german)
+    assert (tmp_path / "metrics.json").is_file() and result["drive"] == str(german) and result["pose"] == "track"
     import cv2
 
     strip = cv2.imread(str(tmp_path / "mouth_strip.png"))
@@ -92,6 +92,14 @@ def test_eval_driven_by_audio_alone(avatar_and_driver, shared_data, tmp_path):
     m = result["methods"]["avatar"]
     assert m["frames"] == 75 and m["vowel_frames"] > 0 and np.isfinite(m["loudness_corr"])
     assert 0 <= m["vowels_open"] <= 1 and "pauses_closed" in m and m["motion_ratio"] > 0
+
+    # the static head's mouth never moves: what its detected opening does is the head motion's doing
+    track, still = (evaluate(EvalConfig(run=run_dir, drive_audio=wav, out=tmp_path / pose, pose=pose, max_frames=50))
+                    for pose in ("track", "still"))
+    assert still["pose"] == "still" and track["pose"] == "track"
+    print("static head motion, track / still:", track["methods"]["static_head"]["motion_ratio"],
+          still["methods"]["static_head"]["motion_ratio"])
+    assert still["methods"]["static_head"]["motion_ratio"] < track["methods"]["static_head"]["motion_ratio"]
 
     silent = write_wav(tmp_path / "silence.wav", np.zeros(2 * SAMPLE_RATE, np.float32), SAMPLE_RATE)
     quiet = evaluate(EvalConfig(run=run_dir, drive_audio=silent, out=tmp_path / "silent"))["methods"]["avatar"]

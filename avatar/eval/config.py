@@ -26,6 +26,9 @@ class EvalConfig:
     drive_audio: Path | None = None
     """score the avatar driven by an audio file without video (a TTS voice): motion, closed mouth in pauses,
     open on vowels, correlation with loudness"""
+    pose: Literal["track", "still", "smooth"] = "track"
+    """head motion of the --drive / --drive-audio renders, as `avatar render --pose` (default its default): `still`
+    scores the mouth without the landmark detector's noise that head motion adds to the detected opening"""
     split: Literal["val", "train"] = "val"
     """frames to score: `val` (the last 10 % of the clip, never trained on: the published protocol) or `train`"""
     out: Path | None = None

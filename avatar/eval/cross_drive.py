@@ -160,8 +160,8 @@ def score(rendered: Rendered, own: np.ndarray, truth: np.ndarray | None = None, 
 
 
 def drive(head, audio: Path, num_frames: int, fps: float, batch: int, landmarker, deform: bool,
-          keep_crops: int = 0) -> Rendered:
-    """Render the first `num_frames` frames of `audio` as `avatar render` would (pose track, the person's
+          keep_crops: int = 0, pose: str = "track") -> Rendered:
+    """Render the first `num_frames` frames of `audio` as `avatar render --pose POSE` would (the person's
     blinks) and detect their openings."""
     import torch
 
@@ -181,7 +181,7 @@ def drive(head, audio: Path, num_frames: int, fps: float, batch: int, landmarker
     clip_gain = head.audio_encoder.clip_gain(limited())
 
     def images():
-        for frames, cond in driven_batches(head, limited(), blinks, "track", fps, batch, clip_gain):
+        for frames, cond in driven_batches(head, limited(), blinks, pose, fps, batch, clip_gain):
             with torch.no_grad():
                 yield quantize(head.render(cond, deform=deform)["rgb"])
             print(f"[eval] {'avatar' if deform else 'static head'}: {frames.stop}/{num_frames} frames", flush=True)
@@ -190,9 +190,10 @@ def drive(head, audio: Path, num_frames: int, fps: float, batch: int, landmarker
 
 
 def cross_driven(head, run: Path, drive_dataset: Path | None, drive_audio: Path | None, max_frames: int | None,
-                 batch: int, own: Dataset | None, baselines: bool = True, strip: Path | None = None) -> dict:
+                 batch: int, own: Dataset | None, baselines: bool = True, strip: Path | None = None,
+                 pose: str = "track") -> dict:
     """metrics.json's dict of a cross-driven evaluation (see the module docstring); `strip`: where to write
-    the avatar's mouth crops of the first STRIP_FRAMES frames as a PNG."""
+    the avatar's mouth crops of the first STRIP_FRAMES frames as a PNG; `pose`: the renders' head motion."""
     from avatar.audio.io import SAMPLE_RATE, load_audio, num_frames_for
     from avatar.eval.landmarks import FaceLandmarker
 
@@ -222,7 +223,7 @@ def cross_driven(head, run: Path, drive_dataset: Path | None, drive_audio: Path 
     methods = {}
     with FaceLandmarker() as landmarker:
         for name, deform in (("avatar", True), ("static_head", False))[: 2 if baselines else 1]:
-            rendered = drive(head, audio, count, fps, batch, landmarker, deform, STRIP_FRAMES if deform else 0)
+            rendered = drive(head, audio, count, fps, batch, landmarker, deform, STRIP_FRAMES if deform else 0, pose)
             if deform and strip is not None and rendered.crops:
                 write_strip(rendered.crops, strip)
             n = len(rendered.openings)
@@ -238,7 +239,7 @@ def cross_driven(head, run: Path, drive_dataset: Path | None, drive_audio: Path 
         elif own is not None:
             print(f"note: no own-voice row: {own.root} now holds {own.manifest.features.extractor!r} audio features, "
                   f"the avatar was trained on {head.driving.features.extractor!r}.")
-    return {"run": str(run), **source, "fps": fps, "max_lag": MAX_LAG, "methods": methods}
+    return {"run": str(run), **source, "fps": fps, "pose": pose, "max_lag": MAX_LAG, "methods": methods}
 
 
 def own_voice(head, dataset: Dataset, landmarker, batch: int) -> dict:

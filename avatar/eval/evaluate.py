@@ -234,7 +234,7 @@ def run_cross_driven(cfg: EvalConfig, head) -> dict:
     name = Path(cfg.drive or cfg.drive_audio).stem
     out = cfg.out or Path(cfg.run) / "eval" / f"drive_{name}"
     result = cross_driven(head, Path(cfg.run), cfg.drive, cfg.drive_audio, cfg.max_frames, cfg.batch_size, own,
-                          cfg.baselines, out / "mouth_strip.png")
+                          cfg.baselines, out / "mouth_strip.png", cfg.pose)
     write_json(out / "metrics.json", result)
     print(format_drive_table(result))
     print(f"wrote {out / 'metrics.json'} and {out / 'mouth_strip.png'} (the avatar's mouth, frame by frame)")
