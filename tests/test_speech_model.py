@@ -102,6 +102,8 @@ def test_bad_model_folders_are_named(tmp_path, model_dir, monkeypatch):
     (tmp_path / "text" / "config.json").write_text('{"model_type": "bert", "hidden_size": 8}')
     with pytest.raises(UserError, match="not a speech encoder"):
         speech_features("mel", tmp_path / "text")
+    with pytest.raises(UserError, match=r"has hidden states 0\.\.2"):  # before any audio is processed
+        speech_features("mel", model_dir, layer=5)
     import importlib.util
 
     real = importlib.util.find_spec

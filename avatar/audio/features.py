@@ -115,6 +115,11 @@ class SpeechFeatures:
         return [part for part in (self.mel, self.phonetic, self.learned) if part is not None]
 
     @property
+    def windowed_parts(self) -> list:
+        """The parts made on the fixed window grid of avatar.audio.grid (each has `stream`)."""
+        return [part for part in (self.phonetic, self.learned) if part is not None]
+
+    @property
     def name(self) -> str:
         return "+".join(part.name for part in self.parts)
 
@@ -151,7 +156,7 @@ class SpeechFeatures:
         parts = []
         if self.mel is not None:
             parts.append(self.mel(wave, voicing_rms, warp))
-        parts += [part(wave) for part in (self.phonetic, self.learned) if part is not None]
+        parts += [part(wave) for part in self.windowed_parts]
         rows = min(len(p) for p in parts)
         return np.concatenate([p[:rows] for p in parts], axis=1).astype(np.float32)
 
@@ -181,11 +186,11 @@ def extractor_named(name: str, speech_model: str = "") -> SpeechFeatures | None:
     speech-encoder part needs the model's folder (`speech_model`, as recorded beside the name), holding the
     same files as when the name was recorded."""
     base, learned, _ = name.partition("+" + SPEECH_MODEL_PREFIX)
-    if not learned:
-        return next((e for e in map(speech_features, FEATURE_SETS) if e.name == name), None)
     kind = next((k for k in FEATURE_SETS if speech_features(k).name == base), None)
+    if kind is None or not learned:
+        return speech_features(kind) if kind is not None else None
     layer = re.search(r"-l(-?\d+)-", name[len(base):])
-    if kind is None or not speech_model or layer is None:
+    if not speech_model or layer is None:
         return None
     try:
         extractor = speech_features(kind, speech_model, int(layer.group(1)))

@@ -101,6 +101,9 @@ class SpeechModelFeatures:
         if importlib.util.find_spec("transformers") is None:
             raise UserError(f"--speech-model {self.path}: needs the `transformers` package. Install it with "
                             "`.venv/bin/pip install transformers`, or leave --speech-model out.")
+        layers = int(self._config.get("num_hidden_layers", 0))
+        if not -layers - 1 <= self.layer <= layers:
+            raise UserError(f"--speech-model-layer {self.layer}: the model in {self.path} has hidden states 0..{layers}.")
 
     @cached_property
     def digest(self) -> str:
@@ -121,12 +124,9 @@ class SpeechModelFeatures:
 
         device = "cuda" if torch.cuda.is_available() else "cpu"  # a transformer is the one costly analysis
         model = AutoModel.from_pretrained(self.path, local_files_only=True).eval().to(device)
-        layers = model.config.num_hidden_layers
-        if not -layers - 1 <= self.layer <= layers:
-            raise UserError(f"--speech-model-layer {self.layer}: the model in {self.path} has hidden states 0..{layers}.")
         return model, torch
 
-    @property
+    @cached_property
     def _normalize_input(self) -> bool:
         processor = Path(self.path) / "preprocessor_config.json"
         return bool(json.loads(processor.read_text()).get("do_normalize", False)) if processor.is_file() else False

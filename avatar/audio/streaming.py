@@ -146,8 +146,7 @@ def feature_rows(scan: AudioScan, extractor: SpeechFeatures) -> Iterator[np.ndar
     """Consecutive blocks of the clip's raw [T, F] features (T = 1 + num_samples // hop): each part's own
     stream, cut to the blocks of the first."""
     streams = [_mel_rows(scan, extractor)] if extractor.mel is not None else []
-    streams += [part.stream(iter_audio(scan.path)) for part in (extractor.phonetic, extractor.learned)
-                if part is not None]
+    streams += [part.stream(iter_audio(scan.path)) for part in extractor.windowed_parts]
     if len(streams) == 1:
         yield from streams[0]
         return

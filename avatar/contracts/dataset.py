@@ -301,7 +301,12 @@ class Dataset:
 
     def audio_rows(self) -> tuple[np.ndarray, np.ndarray]:
         """(normalised feature rows [T, F], each frame's window as row indices [N, W]): the frames' windows
-        are `rows[window_rows]` (see avatar.audio.features), held as rows to keep memory to one copy."""
+        are `rows[window_rows]` (see avatar.audio.features), held as rows to keep memory to one copy.
+        Normalised once per Dataset; callers read them and do not write."""
+        return self._audio_rows
+
+    @cached_property
+    def _audio_rows(self) -> tuple[np.ndarray, np.ndarray]:
         from avatar.audio.features import frame_window_rows, normalize_features
 
         f = self.manifest.features
