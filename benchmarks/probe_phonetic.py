@@ -35,24 +35,20 @@ LAMBDAS = 10.0 ** np.arange(-1, 5.5, 0.5)
 
 
 def lip_openings(video: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(times [N] s, opening [N]) per decoded frame: inner-lip gap |13 - 14| over the eye-corner distance
-    |33 - 263| (scale-free), NaN where no face was found. Time = frame timestamp + half a frame (centre)."""
+    """(times [N] s, opening [N]) per decoded frame: `face_mesh.mouth_opening` of the 3D landmarks, NaN where
+    no face was found. Time = frame timestamp + half a frame (centre)."""
     import av
-    from mediapipe.python.solutions.face_mesh import FaceMesh
+
+    from avatar.contracts.face_mesh import FaceMesh, mouth_opening
 
     times, opening = [], []
-    with av.open(str(video)) as container, FaceMesh(static_image_mode=False, refine_landmarks=True,
-                                                    max_num_faces=1) as mesh:
+    with av.open(str(video)) as container, FaceMesh(static=False) as mesh:
         stream = container.streams.video[0]
         half_frame = 0.5 / float(stream.average_rate)
         for frame in container.decode(stream):
-            result = mesh.process(frame.to_ndarray(format="rgb24"))
+            faces = mesh.faces(frame.to_ndarray(format="rgb24"))
             times.append(float(frame.time) + half_frame)
-            if not result.multi_face_landmarks:
-                opening.append(np.nan)
-                continue
-            lm = np.array([(p.x, p.y) for p in result.multi_face_landmarks[0].landmark])
-            opening.append(np.linalg.norm(lm[13] - lm[14]) / np.linalg.norm(lm[33] - lm[263]))
+            opening.append(float(mouth_opening(faces[0])) if faces else np.nan)
     return np.array(times), np.array(opening)
 
 

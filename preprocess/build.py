@@ -365,7 +365,7 @@ def speech_motion(root: Path, num_frames: int, fps: float, names: list[str], max
     layout = DatasetLayout(root)
     wave, _ = sf.read(str(layout.audio), dtype="float32")
     energy = frame_log_energy(wave, fps, num_frames)
-    opening = mouth_opening(np.load(layout.tracking("landmarks"), mmap_mode="r"))
+    opening = mouth_opening(np.load(layout.tracking("landmarks_mp3d"), mmap_mode="r"))
     by_lag = {lag: lagged_pearson(opening, energy, lag) for lag in range(-max_lag, max_lag + 1)}
     best = max(by_lag, key=lambda k: -np.inf if np.isnan(by_lag[k]) else by_lag[k])
     jaw = None

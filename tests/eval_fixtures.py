@@ -53,7 +53,8 @@ def write_eval_dataset(root: Path, video: Path) -> Dataset:
     np.save(root / "tracking" / "rotation.npy", np.tile(np.eye(3, dtype=np.float32), (NUM_FRAMES, 1, 1)))
     np.save(root / "tracking" / "translation.npy", np.tile(np.float32([0, 0, 1.2]), (NUM_FRAMES, 1)))
     np.save(root / "tracking" / "blendshapes.npy", np.zeros((NUM_FRAMES, 2), np.float32))
-    np.save(root / "tracking" / "landmarks.npy", np.stack(landmarks).astype(np.float32))
+    np.save(root / "tracking" / "landmarks_mp3d.npy", np.stack(landmarks).astype(np.float32))
+    np.save(root / "tracking" / "landmarks.npy", np.stack(landmarks)[..., :2].astype(np.float32))
     n_val = NUM_FRAMES // 10
     manifest = Manifest(
         format_version=FORMAT_VERSION, source={"path": str(video)}, fps=FPS, num_frames=NUM_FRAMES, resolution=SIZE,

@@ -79,10 +79,11 @@ def make_dataset(root: Path, num_frames: int = 100) -> Path:
     blinks = np.full(num_frames, 0.05)
     for start in (20, 55, 80):
         blinks[start: start + 5] = [0.3, 0.8, 0.95, 0.7, 0.25]
-    landmarks = np.zeros((num_frames, 478, 2), np.float32)  # only the mouth-opening points matter here
-    landmarks[:, 33], landmarks[:, 263] = (40.0, 50.0), (90.0, 50.0)
+    landmarks = np.zeros((num_frames, 478, 3), np.float32)  # only the mouth-opening points matter here
+    landmarks[:, 33, :2], landmarks[:, 263, :2] = (40.0, 50.0), (90.0, 50.0)
     landmarks[:, 13, 1], landmarks[:, 14, 1] = 90.0, 90.0 + 5 * (1 + np.sin(i / 3.0))
-    np.save(root / "tracking" / "landmarks.npy", landmarks)
+    np.save(root / "tracking" / "landmarks_mp3d.npy", landmarks)
+    np.save(root / "tracking" / "landmarks.npy", landmarks[..., :2])
     np.save(root / "tracking" / "rotation.npy", rotation.astype(np.float32))
     np.save(root / "tracking" / "translation.npy", translation.astype(np.float32))
     np.save(root / "tracking" / "blendshapes.npy", np.stack([blinks, blinks * 0.9, np.zeros(num_frames)], 1).astype(np.float32))

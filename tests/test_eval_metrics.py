@@ -110,6 +110,19 @@ def test_mouth_opening_and_correlation_of_known_signals():
     assert math.isnan(pearson(sig, np.ones_like(sig)))
     assert motion_ratio(0.5 * sig + 3, sig) == pytest.approx(0.5)  # half the motion, whatever the offset
     assert math.isnan(motion_ratio(sig, np.ones_like(sig)))
+    assert math.isnan(pearson(sig, np.full_like(sig, 0.1)))  # equal values whose mean is not exactly them
+
+
+def test_the_mouth_opening_in_3d_does_not_change_when_the_head_nods(real_frame):
+    """Why the lip-sync metrics take the detector's 3D landmarks: a nod shrinks the 2D gap, not the 3D one."""
+    with FaceLandmarker() as detect:
+        points = detect(real_frame)
+    centre = points.mean(0)
+    a = np.deg2rad(20)
+    pitch = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    nodded = (points - centre) @ pitch.T + centre
+    assert mouth_opening(nodded) == pytest.approx(mouth_opening(points), rel=1e-6)
+    assert abs(mouth_opening(nodded[:, :2]) / mouth_opening(points[:, :2]) - 1) > 0.03
 
 
 def test_lpips_identical_is_zero():
@@ -141,14 +154,14 @@ def test_mediapipe_landmarks_on_a_real_frame_and_a_downscaled_copy(real_frame):
         full = detect(real_frame)
         small = detect(cv2.resize(real_frame, (128, 128), interpolation=cv2.INTER_AREA))  # upscaled to 512 inside
         assert detect(np.zeros((128, 128, 3), np.uint8)) is None
-    assert full is not None and full.shape == (478, 2) and small is not None
+    assert full is not None and full.shape == (478, 3) and small is not None
     mouth = lip_contour_ids()
     assert len(mouth) == 40
     centre = full[mouth].mean(0)
     assert 0.3 * LANDMARK_SCALE < centre[0] < 0.7 * LANDMARK_SCALE  # mouth near the middle, lower half
     assert centre[1] > full[[33, 263]].mean(0)[1]  # below the eyes
     # the 128-px copy costs some accuracy, but the mouth stays within a few pixels at 512 scale
-    assert landmark_distance(small[mouth], full[mouth]) < 8.0
+    assert landmark_distance(small[mouth, :2], full[mouth, :2]) < 8.0
 
 
 def test_sequence_scorer_perfect_prediction(real_frame):

@@ -283,6 +283,14 @@ class Dataset:
         shapes = self.tracking("blendshapes")
         return np.stack([np.asarray(shapes[:, names.index(n)], np.float32) for n in BLINK_NAMES], 1)
 
+    def mouth_openings(self, frames: np.ndarray | None = None) -> np.ndarray:
+        """[n] float64 inner-lip opening of `frames` (default all; `face_mesh.mouth_opening`) from the tracked
+        3D landmarks: measured in 3D it does not shrink when the head nods or turns, as the 2D gap does."""
+        from avatar.contracts.face_mesh import mouth_opening
+
+        points = self.tracking("landmarks_mp3d")
+        return mouth_opening(points if frames is None else points[np.asarray(frames)]).astype(np.float64)
+
     def manifest_sha256(self) -> str:
         """Fingerprint of this build of the dataset (the manifest is written last and records every step)."""
         from avatar.contracts.atomic import sha256_of

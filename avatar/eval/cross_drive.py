@@ -2,8 +2,9 @@
 
 This is how the product is used (a TTS voice, another speaker, a dub), so it is scored as well as the
 own-voice validation. The avatar renders the other audio exactly as `avatar render` does (its own pose
-track and blinks); the inner-lip opening (`face_mesh.mouth_opening`) is detected on every rendered frame
-by the evaluation's landmark detector and compared with:
+track and blinks); the inner-lip opening (`face_mesh.mouth_opening` of the 3D landmarks, which the head's
+pose does not change) is detected on every rendered frame by the evaluation's landmark detector and
+compared with:
 - `--drive`: the other person's tracked opening on their own video: correlation at lag 0 and the best
   within +-3 frames (and that lag), and the share of silent frames with a closed mouth;
 - `--drive-audio`: the audio itself: the share of pauses (200 ms or more) with a closed mouth, of vowel
@@ -88,7 +89,7 @@ def mouth_crop(image: np.ndarray, points: np.ndarray, size: int = 64) -> np.ndar
     from avatar.eval.landmarks import LANDMARK_SCALE
 
     scale = image.shape[0] / LANDMARK_SCALE
-    mouth = points[[INNER_LIP_UPPER, INNER_LIP_LOWER, *MOUTH_CORNERS]] * scale
+    mouth = points[[INNER_LIP_UPPER, INNER_LIP_LOWER, *MOUTH_CORNERS], :2] * scale
     centre = mouth.mean(0)
     half = 0.8 * np.linalg.norm(mouth[2] - mouth[3]) + 1.0
     x0, y0 = (centre - half).round().astype(int)
@@ -198,16 +199,16 @@ def cross_driven(head, run: Path, drive_dataset: Path | None, drive_audio: Path 
     from avatar.eval.landmarks import FaceLandmarker
 
     own_open = head.driving.openings
-    if own_open is None:  # an avatar from before they were recorded: its dataset has them
+    if own_open is None:  # an avatar from before they were recorded in 3D: its dataset has them
         if own is None:
             raise UserError(f"{run}: the avatar does not record its person's mouth openings (made by an older "
                             "version) and its dataset is not at hand. Give it with --dataset PATH, or retrain.")
-        own_open = mouth_opening(own.tracking("landmarks")[own.indices("train")]).astype(np.float32)
+        own_open = own.mouth_openings(own.indices("train"))
     truth = None
     if drive_dataset is not None:
         other = Dataset(drive_dataset)
         audio, fps = other.layout.audio, other.fps
-        truth = mouth_opening(other.tracking("landmarks")).astype(np.float64)
+        truth = other.mouth_openings()
         source = {"drive": str(other.root), "driver_video": other.manifest.source["path"]}
     else:
         audio, fps = Path(drive_audio), head.fps
@@ -263,13 +264,13 @@ def own_voice(head, dataset: Dataset, landmarker, batch: int) -> dict:
                 yield quantize(head.render(cond)["rgb"])
 
     rendered = rendered_openings(images(), landmarker)
-    truth = mouth_opening(dataset.tracking("landmarks")[val]).astype(np.float64)
+    truth = dataset.mouth_openings(val)
     wave = load_audio(dataset.layout.audio)
     a = int(round(val[0] / dataset.fps * 16000))
     loud = frame_loudness(wave[a:], dataset.fps, len(val))
     own_open = head.driving.openings
     if own_open is None:
-        own_open = mouth_opening(dataset.tracking("landmarks")[dataset.indices("train")])
+        own_open = dataset.mouth_openings(dataset.indices("train"))
     return {**score(rendered, own_open, truth, loud, None, dataset.fps), "frames": len(val)}
 
 

@@ -15,7 +15,9 @@ LANDMARK_SCALE = 512  # images are resized to this square size before detection;
 
 
 class FaceLandmarker(FaceMesh):
-    """[H, W, 3] uint8 RGB of any size -> [478, 2] pixels at LANDMARK_SCALE, or None when no face is found."""
+    """[H, W, 3] uint8 RGB of any size -> [478, 3] landmarks at LANDMARK_SCALE (x, y in pixels, z depth in the
+    same scale), or None when no face is found. Distances in the image (LMD) take x and y; the mouth opening
+    takes all three, so the head's pose does not change it (see Dataset.mouth_openings)."""
 
     def __init__(self, min_detection_confidence: float = 0.5):
         super().__init__(static=True, max_faces=1, min_detection_confidence=min_detection_confidence)
@@ -28,4 +30,4 @@ class FaceLandmarker(FaceMesh):
             interp = cv2.INTER_CUBIC if max(h, w) < LANDMARK_SCALE else cv2.INTER_AREA
             image = cv2.resize(image, (LANDMARK_SCALE, LANDMARK_SCALE), interpolation=interp)
         faces = self.faces(image)
-        return faces[0][:, :2] if faces else None
+        return faces[0] if faces else None

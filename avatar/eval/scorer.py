@@ -96,7 +96,7 @@ class SequenceScorer:
 
     @torch.no_grad()
     def add(self, pred: Tensor, gt: Tensor, regions: FrameRegions, gt_landmarks: list[np.ndarray | None]) -> None:
-        """pred, gt: [B, 3, H, W] 0..1; regions of the B frames; gt_landmarks: B arrays [478, 2] or None."""
+        """pred, gt: [B, 3, H, W] 0..1; regions of the B frames; gt_landmarks: B arrays [478, 3] or None."""
         values = self._image_metrics(pred, gt, None, "")
         for name, mask in regions.masks.items():
             values.update(self._image_metrics(pred, gt, mask, f"_{name}"))
@@ -122,8 +122,9 @@ class SequenceScorer:
         if both:
             pred_lm, gt_lm = (np.stack(x) for x in zip(*both))
             mouth = lip_contour_ids()
-            out["lmd"] = float(landmark_distance(pred_lm[:, mouth], gt_lm[:, mouth]).mean())
-            out["lmd_centred"] = float(landmark_distance(pred_lm[:, mouth], gt_lm[:, mouth], centred=True).mean())
+            pred_xy, gt_xy = pred_lm[:, mouth, :2], gt_lm[:, mouth, :2]  # LMD: distances in the image
+            out["lmd"] = float(landmark_distance(pred_xy, gt_xy).mean())
+            out["lmd_centred"] = float(landmark_distance(pred_xy, gt_xy, centred=True).mean())
             out["mouth_corr"] = pearson(mouth_opening(pred_lm), mouth_opening(gt_lm))
             out["mouth_motion"] = motion_ratio(mouth_opening(pred_lm), mouth_opening(gt_lm))
         else:

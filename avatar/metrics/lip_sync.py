@@ -19,19 +19,24 @@ def landmark_distance(pred: np.ndarray, gt: np.ndarray, centred: bool = False) -
     return np.linalg.norm(pred - gt, axis=-1).mean(-1)
 
 
+def _constant(series: np.ndarray) -> bool:
+    """No spread beyond the rounding noise of equal values (the mean of equal floats need not equal them)."""
+    return float(np.std(series)) <= 1e-9 * float(np.abs(series).max(initial=0.0))
+
+
 def motion_ratio(pred: np.ndarray, truth: np.ndarray) -> float:
     """Spread of the predicted series over that of the true one: 1 moves as much as the person, below 1 the
     mouth is lazy (correlation cannot see that: it ignores scale); nan when the truth is constant."""
     truth = np.asarray(truth, np.float64)
-    spread = float(np.std(truth))
-    constant = spread <= 1e-9 * float(np.abs(truth).max(initial=0.0))  # rounding noise of equal values
-    return float(np.std(pred)) / spread if truth.size >= 3 and spread > 0 and not constant else float("nan")
+    if truth.size < 3 or _constant(truth):
+        return float("nan")
+    return float(np.std(pred)) / float(np.std(truth))
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
     """Pearson correlation of two series; nan when either is constant or shorter than 3."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a.size < 3:
+    if a.size < 3 or _constant(a) or _constant(b):
         return float("nan")
     a, b = a - a.mean(), b - b.mean()
     denom = math.sqrt(float((a * a).sum() * (b * b).sum()))

@@ -16,7 +16,6 @@ import numpy as np
 from avatar.audio.features import SpeechFeatures, extractor_named
 from avatar.audio.streaming import AudioScan, clip_feature_stats, scan_audio, window_chunks
 from avatar.contracts.dataset import Crop, Dataset, FeatureInfo
-from avatar.contracts.face_mesh import mouth_opening
 from avatar.errors import UserError
 
 PoseMode = Literal["track", "still", "smooth"]
@@ -47,7 +46,9 @@ class DrivingData:
     features: FeatureInfo  # the extractor, its rate, window and the training clip's statistics
     source: SourceVideo
     dataset: dict  # {"path", "manifest_sha256"}: the dataset it was trained on (for `avatar eval`)
-    openings: np.ndarray | None = None  # [n] float32 tracked mouth opening (face_mesh.mouth_opening), for eval
+    # [n] float32 tracked mouth opening (Dataset.mouth_openings, 3D), for eval. Avatars before the 3D measure
+    # stored the 2D one under another key: not read, so eval takes it from their dataset instead.
+    openings: np.ndarray | None = None
 
     @staticmethod
     def from_dataset(dataset: Dataset) -> "DrivingData":
@@ -63,7 +64,7 @@ class DrivingData:
             translations=np.array(dataset.tracking("translation")[train], np.float32),
             blinks=dataset.blinks()[train], features=m.features, source=source,
             dataset={"path": str(dataset.root.resolve()), "manifest_sha256": dataset.manifest_sha256()},
-            openings=mouth_opening(dataset.tracking("landmarks")[train]).astype(np.float32),
+            openings=dataset.mouth_openings(train).astype(np.float32),
         )
 
     def to_dict(self) -> dict:
@@ -72,7 +73,7 @@ class DrivingData:
         return {"fps": self.fps, "rotations": self.rotations, "translations": self.translations, "blinks": self.blinks,
                 "features": dataclasses.asdict(self.features),
                 "source": {**dataclasses.asdict(self.source), "crop": dataclasses.asdict(self.source.crop)},
-                "dataset": dict(self.dataset), "openings": self.openings}
+                "dataset": dict(self.dataset), "mouth_openings": self.openings}
 
     @staticmethod
     def from_dict(data: dict) -> "DrivingData":
@@ -82,7 +83,7 @@ class DrivingData:
                            translations=np.asarray(data["translations"], np.float32),
                            blinks=np.asarray(data["blinks"], np.float32), features=FeatureInfo(**data["features"]),
                            source=SourceVideo(**source), dataset=dict(data["dataset"]),
-                           openings=None if data.get("openings") is None else np.asarray(data["openings"], np.float32))
+                           openings=None if data.get("mouth_openings") is None else np.asarray(data["mouth_openings"], np.float32))
 
     def __len__(self) -> int:
         return len(self.rotations)
