@@ -35,6 +35,7 @@ COLUMNS = ("corr_lag0", "corr_best", "best_lag", "motion_ratio", "silent_closed"
 
 def avatar_rows(run: Path, others: list[Path], clips: list[Path], max_frames: int | None, static: bool,
                 batch: int = 8) -> list[dict]:
+    from avatar.errors import UserError
     from avatar.eval.cross_drive import cross_driven, own_voice
     from avatar.eval.evaluate import evaluation_dataset
     from avatar.eval.landmarks import FaceLandmarker
@@ -52,17 +53,18 @@ def avatar_rows(run: Path, others: list[Path], clips: list[Path], max_frames: in
                 rows.append({"avatar": name, "driver": driver, "method": method, "frames": m["frames"],
                              **{k: m.get(k) for k in COLUMNS}})
 
-    for other in others:
-        dataset = TalkingHead.load(other).driving.dataset["path"]
-        add(Path(dataset).name, cross_driven(head, run, Path(dataset), None, max_frames, batch, None, static))
-    for clip in clips:
-        add(clip.stem, cross_driven(head, run, None, clip, max_frames, batch, None, static))
-    from avatar.errors import UserError
-
     try:
         own = evaluation_dataset(head, run, None)
     except UserError as exc:
         print(f"note: no own-voice row for {run}: {exc}")
+        own = None
+    for other in others:
+        dataset = TalkingHead.load(other).driving.dataset["path"]
+        add(Path(dataset).name, cross_driven(head, run, Path(dataset), None, max_frames, batch, own, static,
+                                             own_voice_row=False))
+    for clip in clips:
+        add(clip.stem, cross_driven(head, run, None, clip, max_frames, batch, own, static, own_voice_row=False))
+    if own is None:
         return rows
     with FaceLandmarker() as landmarker:
         m = own_voice(head, own, landmarker, batch)

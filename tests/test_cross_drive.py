@@ -112,3 +112,22 @@ def test_eval_driven_by_audio_alone(avatar_and_driver, shared_data, tmp_path):
         evaluate(EvalConfig(run=run_dir, drive_audio=short))
     with pytest.raises(UserError, match="one of them"):
         evaluate(EvalConfig(run=run_dir, drive_audio=wav, drive=tmp_path))
+
+
+def test_an_avatar_without_recorded_openings_takes_them_from_its_dataset(avatar_and_driver, tiny_dataset):
+    """Avatars from before the 3D measure recorded 2D openings under another key: not read; the dataset's are."""
+    from avatar.eval.cross_drive import person_openings
+    from avatar.model.driving import DrivingData
+    from avatar.model.talking_head import TalkingHead
+
+    run_dir, _ = avatar_and_driver
+    head = TalkingHead.load(run_dir)
+    recorded = person_openings(head, run_dir, None)
+    assert np.array_equal(recorded, tiny_dataset.mouth_openings(tiny_dataset.indices("train")).astype(np.float32))
+    older = head.driving.to_dict()
+    older["openings"] = older.pop("mouth_openings")
+    head.driving = DrivingData.from_dict(older)
+    assert head.driving.openings is None
+    assert np.allclose(person_openings(head, run_dir, tiny_dataset), recorded)
+    with pytest.raises(UserError, match="does not record its person's mouth openings"):
+        person_openings(head, run_dir, None)

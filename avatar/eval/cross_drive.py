@@ -190,20 +190,27 @@ def drive(head, audio: Path, num_frames: int, fps: float, batch: int, landmarker
     return rendered_openings(images(), landmarker, keep_crops)
 
 
+def person_openings(head, run: Path, own: Dataset | None) -> np.ndarray:
+    """The avatar's person's tracked openings over the training frames: recorded in the avatar, or for an
+    avatar from before they were recorded (in 3D) read from its dataset `own`."""
+    if head.driving.openings is not None:
+        return head.driving.openings
+    if own is None:
+        raise UserError(f"{run}: the avatar does not record its person's mouth openings (made by an older "
+                        "version) and its dataset is not at hand. Give it with --dataset PATH, or retrain.")
+    return own.mouth_openings(own.indices("train"))
+
+
 def cross_driven(head, run: Path, drive_dataset: Path | None, drive_audio: Path | None, max_frames: int | None,
                  batch: int, own: Dataset | None, baselines: bool = True, strip: Path | None = None,
-                 pose: str = "track") -> dict:
+                 pose: str = "track", own_voice_row: bool = True) -> dict:
     """metrics.json's dict of a cross-driven evaluation (see the module docstring); `strip`: where to write
-    the avatar's mouth crops of the first STRIP_FRAMES frames as a PNG; `pose`: the renders' head motion."""
+    the avatar's mouth crops of the first STRIP_FRAMES frames as a PNG; `pose`: the renders' head motion;
+    `own_voice_row`: also score the avatar on its own held-out voice when `own` is given."""
     from avatar.audio.io import SAMPLE_RATE, load_audio, num_frames_for
     from avatar.eval.landmarks import FaceLandmarker
 
-    own_open = head.driving.openings
-    if own_open is None:  # an avatar from before they were recorded in 3D: its dataset has them
-        if own is None:
-            raise UserError(f"{run}: the avatar does not record its person's mouth openings (made by an older "
-                            "version) and its dataset is not at hand. Give it with --dataset PATH, or retrain.")
-        own_open = own.mouth_openings(own.indices("train"))
+    own_open = person_openings(head, run, own)
     truth = None
     if drive_dataset is not None:
         other = Dataset(drive_dataset)
@@ -235,11 +242,12 @@ def cross_driven(head, run: Path, drive_dataset: Path | None, drive_audio: Path 
         if truth is not None:
             methods["driver_real"] = score(Rendered(truth, 1.0), own_open, truth, frame_loudness(wave, fps, len(truth)),
                                            None, fps)
-        if own is not None and own.manifest.features.extractor == head.driving.features.extractor:
-            methods["own_voice"] = own_voice(head, own, landmarker, batch)
-        elif own is not None:
-            print(f"note: no own-voice row: {own.root} now holds {own.manifest.features.extractor!r} audio features, "
-                  f"the avatar was trained on {head.driving.features.extractor!r}.")
+        if own_voice_row and own is not None:
+            if own.manifest.features.extractor == head.driving.features.extractor:
+                methods["own_voice"] = own_voice(head, own, landmarker, batch)
+            else:
+                print(f"note: no own-voice row: {own.root} now holds {own.manifest.features.extractor!r} audio "
+                      f"features, the avatar was trained on {head.driving.features.extractor!r}.")
     return {"run": str(run), **source, "fps": fps, "pose": pose, "max_lag": MAX_LAG, "methods": methods}
 
 
@@ -268,9 +276,7 @@ def own_voice(head, dataset: Dataset, landmarker, batch: int) -> dict:
     wave = load_audio(dataset.layout.audio)
     a = int(round(val[0] / dataset.fps * 16000))
     loud = frame_loudness(wave[a:], dataset.fps, len(val))
-    own_open = head.driving.openings
-    if own_open is None:
-        own_open = dataset.mouth_openings(dataset.indices("train"))
+    own_open = person_openings(head, dataset.root, dataset)
     return {**score(rendered, own_open, truth, loud, None, dataset.fps), "frames": len(val)}
 
 
