@@ -117,6 +117,26 @@ def test_example_memory_recalls_neighbours_but_never_a_frame_itself():
     assert torch.equal(copy.keys, memory.keys) and int(copy.k) == 1
 
 
+def test_the_memory_finds_what_was_said_more_than_how_it_sounded():
+    """Two voice columns, then two phone columns: the query sounds like B and says what A said."""
+    said_a, said_b = torch.tensor([4.0, 3.0]), torch.tensor([3.0, 4.0])
+    a, b = torch.cat([torch.zeros(2), said_a]), torch.cat([torch.full((2,), 2.0), said_b])
+    query = torch.cat([torch.full((2,), 2.0), said_a])
+    windows, targets, rest = torch.stack([a, b])[:, None], torch.tensor([[1.0], [2.0]]), torch.tensor([0.0])
+    recalled = {}
+    for weight in (1.0, 0.25):
+        memory = ExampleMemory(AudioEncoderConfig(memory_sigma=1e-3, memory_voice_weight=weight))
+        memory.fill(windows, targets, torch.arange(2), rest, k=1, span=1, voice_columns=2)
+        recalled[weight] = float(memory(query[None, None, None])[0, 0])
+    assert recalled == {1.0: 2.0, 0.25: 1.0}
+    # an avatar saved before the voice was weighted keeps its lookup: every column alike
+    older = {k: v for k, v in memory.state_dict().items() if k not in ("voice_columns", "voice_weight")}
+    older["keys"] = torch.cat([windows[:, 0], torch.zeros(1, 4)])
+    loaded = ExampleMemory(AudioEncoderConfig(memory_sigma=1e-3))
+    loaded.load_state_dict(older)
+    assert float(loaded.voice_weight) == 1.0 and float(loaded(query[None, None, None])[0, 0]) == 2.0
+
+
 def test_targets_are_low_dimensional_and_decode_to_the_tracked_mouth(dataset):
     space = ExpressionSpace.fit(dataset)
     targets = space.targets

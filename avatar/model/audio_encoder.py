@@ -50,6 +50,9 @@ class AudioEncoderConfig:
     memory_k: tuple[int, ...] = (3, 5, 8)  # neighbour counts the example memory may use (chosen on held-out slices)
     memory_weights: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)  # memory shares it may use (0: network only)
     memory_sigma: float = 1.0  # frames: the memory's predictions are smoothed over neighbours with this Gaussian
+    # Weight of the voice columns (mel, energy, pitch) in the memory's distances: below 1 it finds the training
+    # frames that said the same more than those that sounded the same, so another voice finds the right ones.
+    memory_voice_weight: float = 0.5
     # At most this many training frames in the memory (evenly spaced), so long videos keep it cheap: 7500 entries
     # (5 min) cost ~8 ms a frame on a 2-core CPU and 39 MB.
     memory_max: int = 7500
@@ -116,7 +119,8 @@ class ExampleMemory(nn.Module):
     both. The share of each is chosen on held-out slices of the training frames (`choose_memory_blend`), so a
     dataset where the lookup does not help gets the network alone. Predictions are smoothed over the
     neighbouring frames of the window stack. Silence (the all-zero window) is stored as k entries with the
-    closed-mouth expression, so a silent clip still gives a still, closed mouth.
+    closed-mouth expression, so a silent clip still gives a still, closed mouth. The voice columns weigh
+    `memory_voice_weight` in the distances (avatars made before it was introduced: 1).
     """
 
     def __init__(self, cfg: AudioEncoderConfig):
@@ -129,12 +133,17 @@ class ExampleMemory(nn.Module):
         self.register_buffer("k", torch.tensor(5))
         self.register_buffer("span", torch.tensor(0))  # frames apart before two windows share no audio
         self.register_buffer("weight", torch.tensor(0.0))  # share of the memory in the blend with the network
+        self.register_buffer("voice_columns", torch.tensor(0))  # the first feature columns describe the voice
+        self.register_buffer("voice_weight", torch.tensor(float(cfg.memory_voice_weight)))
 
-    def fill(self, windows: Tensor, targets: Tensor, frames: Tensor, rest: Tensor, k: int, span: int) -> None:
+    def fill(self, windows: Tensor, targets: Tensor, frames: Tensor, rest: Tensor, k: int, span: int,
+             voice_columns: int = 0) -> None:
         """[M, W, F] windows, [M, E] targets and [M] frame ids of the training frames; [E] closed mouth;
-        `span`: frames apart before two windows share no audio sample."""
+        `span`: frames apart before two windows share no audio sample; `voice_columns`: the first columns
+        of the features that describe the voice."""
+        self.voice_columns = torch.tensor(voice_columns)
         silence = torch.zeros(k, *windows.shape[1:], dtype=windows.dtype)
-        self.keys = torch.cat([windows, silence]).flatten(1).float().contiguous()
+        self.keys = self._weighted(torch.cat([windows, silence])).flatten(1).float().contiguous()
         self.values = torch.cat([targets, rest.expand(k, -1)]).float()
         self.frames = torch.cat([frames.long(), torch.full((k,), -1, dtype=torch.long)])
         self.k = torch.tensor(k)
@@ -144,7 +153,16 @@ class ExampleMemory(nn.Module):
         for name in ("keys", "values", "frames"):
             if prefix + name in state_dict:
                 setattr(self, name, torch.empty_like(state_dict[prefix + name]))
+        if prefix + "voice_columns" not in state_dict:  # made before the voice was weighted: all columns alike
+            state_dict[prefix + "voice_columns"], state_dict[prefix + "voice_weight"] = torch.tensor(0), torch.tensor(1.0)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _weighted(self, windows: Tensor) -> Tensor:
+        """[..., W, F] windows with their voice columns times `voice_weight`."""
+        v = int(self.voice_columns)
+        if v == 0:
+            return windows
+        return torch.cat([windows[..., :v] * self.voice_weight.to(windows.dtype), windows[..., v:]], -1)
 
     @property
     def active(self) -> bool:
@@ -159,7 +177,7 @@ class ExampleMemory(nn.Module):
         offsets = torch.arange(c, device=audio.device) - c // 2
         weights = torch.exp(-0.5 * (offsets / max(self.sigma, 1e-6)) ** 2)
         use = weights > 0.05  # context frames that matter for the smoothing
-        queries = audio[:, use].flatten(2)  # [B, C', W*F]
+        queries = self._weighted(audio[:, use]).flatten(2)  # [B, C', W*F]
         flat = queries.reshape(-1, queries.shape[-1])
         dist = torch.cdist(flat, self.keys.to(audio.dtype)).reshape(b, -1, len(self.keys))  # [B, C', M]
         if frames is not None:

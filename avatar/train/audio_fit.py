@@ -175,7 +175,8 @@ def _fit_member(member: EncoderMember, audio_rows: AudioRows, rows_per_frame: fl
 
 @torch.no_grad()
 def choose_memory_blend(encoder: AudioEncoder, windows: Tensor, targets: Tensor, opening: Tensor, rest: Tensor,
-                        splits: list[tuple[np.ndarray, np.ndarray]], span: int, cfg: AudioEncoderConfig) -> dict:
+                        splits: list[tuple[np.ndarray, np.ndarray]], span: int, voice_columns: int,
+                        cfg: AudioEncoderConfig) -> dict:
     """The example memory's k and share that best follow the lip opening on the members' held-out slices.
 
     For each member, its held-out slice is predicted by that member (which never saw it) and by a memory of
@@ -193,7 +194,7 @@ def choose_memory_blend(encoder: AudioEncoder, windows: Tensor, targets: Tensor,
         net = member(stacks)[1]
         memory = ExampleMemory(cfg)
         fit_t = torch.as_tensor(fit)
-        memory.fill(windows[fit_t], targets[fit_t], fit_t, rest, max(cfg.memory_k), span)
+        memory.fill(windows[fit_t], targets[fit_t], fit_t, rest, max(cfg.memory_k), span, voice_columns)
         truth = targets[held_t] @ opening
         for k in cfg.memory_k:
             recalled = memory(stacks, held_t, k)
@@ -255,10 +256,11 @@ def fit_audio_encoder(dataset: Dataset, space: ExpressionSpace, cfg: AudioEncode
     encoder.eval()
     span = dataset.window_span_frames()
     plain = audio_rows.windows(torch.arange(audio_rows.num_frames))  # [N, W, F] the original audio's windows
-    blend = choose_memory_blend(encoder, plain, targets, opening, rest, splits, span, cfg)
+    blend = choose_memory_blend(encoder, plain, targets, opening, rest, splits, span, audio_rows.voice_columns, cfg)
     kept = train[np.linspace(0, len(train) - 1, min(len(train), cfg.memory_max)).round().astype(int)]
     kept_t = torch.as_tensor(kept)
-    encoder.memory.fill(plain[kept_t], targets[kept_t], kept_t, rest, blend["memory_k"], span)
+    encoder.memory.fill(plain[kept_t], targets[kept_t], kept_t, rest, blend["memory_k"], span,
+                        audio_rows.voice_columns)
     encoder.memory.weight = torch.tensor(blend["memory_weight"])
     encoder.gain, encoder.closed = torch.tensor(blend["gain"]), rest.clone()
     encoder.silence_column = torch.tensor(audio_rows.silence_column)
