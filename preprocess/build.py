@@ -1,13 +1,14 @@
 """`avatar preprocess`: video -> dataset directory (format: avatar.contracts.dataset), step by step.
 
 Steps, each cached and atomic (preprocess.steps): audio -> crop -> frames -> landmarks -> track -> masks
-(and the background plate) -> features -> preview; manifest.json is written last, so a directory without it
+(and the background plate) -> preview -> body motion -> features; manifest.json is written last, so a directory without it
 is never mistaken for a finished dataset. Frames stream from disk through every step: memory stays bounded
 by a few frames plus the per-frame tracking arrays.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import platform
 import shutil
@@ -24,12 +25,14 @@ from avatar.audio.features import feature_stats, frame_log_energy, speech_featur
 from avatar.audio.io import SAMPLE_RATE, num_frames_for, save_wav
 from avatar.contracts.camera import Intrinsics
 from avatar.contracts.dataset import (
-    FORMAT_VERSION, MASK_BITS, TRACKING_ARRAYS, Crop, DatasetLayout, FeatureInfo, Manifest, Split,
+    FORMAT_VERSION, MASK_BITS, TRACKING_ARRAYS, Crop, DatasetLayout, FeatureInfo, Manifest, Split, read_mask_bits,
+    read_rgb,
 )
 from avatar.contracts.face_mesh import mouth_opening
 from avatar.metrics.lip_sync import lagged_pearson
 from avatar.errors import UserError
 from preprocess.audio import require_audio, time_origin
+from preprocess.body_motion import BodyMotionConfig
 from preprocess.config import PreprocessConfig
 from preprocess.frame_io import ThreadedImageWriter, progress, stored_frames
 from preprocess.steps import MARKER_DIR, StepRunner
@@ -284,6 +287,17 @@ class Builder:
                            speech_model=extractor.learned.path if extractor.learned is not None else "")
         return {"features": info.__dict__, "rows": int(feats.shape[0])}
 
+    def step_body(self, num_frames: int, split: Split) -> dict:
+        from preprocess.body_motion import track_body
+
+        read_frame = lambda i: read_rgb(self.layout.frame(i))  # noqa: E731
+        read_mask = lambda i: read_mask_bits(self.layout.mask(i))  # noqa: E731
+        motion, record = track_body(read_frame, read_mask, stored_frames(self.root, num_frames, "body motion"),
+                                    num_frames, split.train[1], self.cfg.fps, BodyMotionConfig())
+        with atomic_path(self.layout.body_motion) as tmp:
+            motion.save(tmp)
+        return {"frames": num_frames, "stats": record}
+
     def step_preview(self, num_frames: int, intrinsics: Intrinsics) -> dict:
         from preprocess.preview import write_contact_sheet, write_preview
 
@@ -314,13 +328,15 @@ class Builder:
         masks = run("masks", {}, lambda: self.step_masks(n), (layout.masks_dir.name, layout.background.name))
         run("preview", {"seconds": cfg.preview_seconds, "sheet": cfg.contact_sheet_frames},
             lambda: self.step_preview(n, intrinsics), (layout.preview.name, layout.contact_sheet.name))
+        split = Split.of(n, cfg.val_fraction)
+        body = run("body", {"split": split.train, **dataclasses.asdict(BodyMotionConfig())},
+                   lambda: self.step_body(n, split), (layout.body_motion.name,))
         # last: changing the feature set of a built dataset recomputes only this step
         learned = self.extractor.learned
         speech_model = {} if learned is None else {"speech_model": learned.path, "speech_part": learned.name}
         feats = run("features", {"window": cfg.feature_window, "features": cfg.features, **speech_model},
                     self.step_features, (layout.features.name,))
 
-        n_val = max(1, int(round(n * cfg.val_fraction)))
         manifest = Manifest(
             format_version=FORMAT_VERSION,
             source={"path": str(Path(cfg.video).resolve()), "sha256": self.source_sha,
@@ -329,17 +345,17 @@ class Builder:
                     "audio_path": str(Path(cfg.audio).resolve()) if cfg.audio else None,
                     "audio_sha256": self.audio_sha, "time_origin_s": self.origin_s},
             fps=cfg.fps, num_frames=n, resolution=cfg.resolution, crop=crop, intrinsics=intrinsics,
-            split=Split(train=(0, n - n_val), val=(n - n_val, n)),
+            split=split,
             audio={"file": layout.audio.name, "sample_rate": SAMPLE_RATE, "num_samples": audio["num_samples"]},
             features=FeatureInfo(**feats["features"]),
             blendshape_names=track["blendshape_names"],
             versions=library_versions(),
-            stats=self._stats(n, audio, lm, track, masks),
+            stats=self._stats(n, audio, lm, track, masks, body),
         )
         write_json(layout.manifest, manifest.to_json())
         return manifest
 
-    def _stats(self, n: int, audio: dict, lm: dict, track: dict, masks: dict) -> dict:
+    def _stats(self, n: int, audio: dict, lm: dict, track: dict, masks: dict, body: dict) -> dict:
         records = self.steps.records
         video_s, audio_s = n / self.cfg.fps, audio["num_samples"] / SAMPLE_RATE
         return {
@@ -350,6 +366,7 @@ class Builder:
                      "audio_minus_video_frames": (audio_s - video_s) * self.cfg.fps},
             **speech_motion(self.root, n, self.cfg.fps, track["blendshape_names"]),
             "mask_mean_area": masks["mean_area"],
+            "body_motion": body["stats"],
             "steps": {name: {k: r[k] for k in ("seconds", "cpu_seconds", "frames_per_s", "frames_per_cpu_s") if k in r}
                       for name, r in records.items()},
             "warnings": [w for r in records.values() for w in r.get("warnings", [])],

@@ -11,8 +11,8 @@ import pytest
 from avatar.audio.features import MelFeatures, feature_stats
 from avatar.audio.io import load_audio, save_wav
 from avatar.contracts.camera import Intrinsics
-from avatar.contracts.dataset import (FORMAT_VERSION, MASK_BITS, Crop, Dataset, FeatureInfo, Manifest, Split,
-                                      frame_name)
+from avatar.contracts.dataset import (FORMAT_VERSION, MASK_BITS, BodyMotion, Crop, Dataset, FeatureInfo, Manifest,
+                                      Split, frame_name)
 
 SIZE = 128
 FPS = 30.0
@@ -55,6 +55,7 @@ def write_eval_dataset(root: Path, video: Path) -> Dataset:
     np.save(root / "tracking" / "blendshapes.npy", np.zeros((NUM_FRAMES, 2), np.float32))
     np.save(root / "tracking" / "landmarks_mp3d.npy", np.stack(landmarks).astype(np.float32))
     np.save(root / "tracking" / "landmarks.npy", np.stack(landmarks)[..., :2].astype(np.float32))
+    still_body(NUM_FRAMES).save(root / "body_motion.npz")
     n_val = NUM_FRAMES // 10
     manifest = Manifest(
         format_version=FORMAT_VERSION, source={"path": str(video)}, fps=FPS, num_frames=NUM_FRAMES, resolution=SIZE,
@@ -67,6 +68,12 @@ def write_eval_dataset(root: Path, video: Path) -> Dataset:
     )
     (root / "manifest.json").write_text(json.dumps(manifest.to_json()))
     return Dataset(root)
+
+
+def still_body(num_frames: int) -> BodyMotion:
+    """The tracked motion of a body that never moves: one mode, no flow."""
+    return BodyMotion(codes=np.zeros((num_frames, 1), np.float32), mean=np.zeros((2, 4, 4), np.float32),
+                      basis=np.zeros((1, 2, 4, 4), np.float32))
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from avatar.contracts.atomic import write_json
 from avatar.audio.features import MelFeatures, feature_stats
 from avatar.audio.io import SAMPLE_RATE, load_audio
 from avatar.contracts.camera import Intrinsics
-from avatar.contracts.dataset import FORMAT_VERSION, Crop, FeatureInfo, Manifest, Split
+from avatar.contracts.dataset import FORMAT_VERSION, BodyMotion, Crop, FeatureInfo, Manifest, Split
 
 FPS = 25.0
 RES = 64
@@ -63,8 +63,8 @@ def write_source_video(path: Path, num_frames: int, fps: float = FPS, with_audio
 
 
 def make_dataset(root: Path, num_frames: int = 100) -> Path:
-    """A minimal dataset directory (manifest, tracking, background, features) of a head that turns slowly
-    and blinks three times."""
+    """A minimal dataset directory (manifest, tracking, body motion, background, features) of a head that
+    turns slowly and blinks three times, and a body that sways at its own pace."""
     import cv2
 
     (root / "tracking").mkdir(parents=True)
@@ -87,6 +87,9 @@ def make_dataset(root: Path, num_frames: int = 100) -> Path:
     np.save(root / "tracking" / "rotation.npy", rotation.astype(np.float32))
     np.save(root / "tracking" / "translation.npy", translation.astype(np.float32))
     np.save(root / "tracking" / "blendshapes.npy", np.stack([blinks, blinks * 0.9, np.zeros(num_frames)], 1).astype(np.float32))
+    sway = (0.02 * np.sin(2 * np.pi * i / 50))[:, None].astype(np.float32)  # the body sways on its own
+    BodyMotion(codes=sway, mean=np.zeros((2, 4, 4), np.float32), basis=np.ones((1, 2, 4, 4), np.float32)).save(
+        root / "body_motion.npz")
     plate = np.zeros((RES, RES, 3), np.uint8)
     plate[..., 1] = 200
     cv2.imwrite(str(root / "background.png"), plate[..., ::-1])

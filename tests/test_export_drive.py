@@ -76,9 +76,10 @@ def test_track_pose_loops_back_and_forth_without_a_jump(dataset, driving):
     frames = track_positions(driving, 3 * len(train), "track")
     assert frames[0] == 0 and frames[len(train) - 1] == len(train) - 1 and frames[len(train)] == len(train) - 2
     assert np.abs(np.diff(frames)).max() == 1
-    rotation, translation = pose_schedule(driving, 3 * len(train), "track")
+    rotation, translation, body = pose_schedule(driving, 3 * len(train), "track")
     step = np.abs(np.diff(np.asarray(dataset.tracking("translation"))[train], axis=0)).max()
     assert np.abs(np.diff(translation, axis=0)).max() <= step + 1e-7
+    np.testing.assert_array_equal(body, dataset.body_motion().codes[train][frames])  # the body of the same rows
     assert rotation.shape == (3 * len(train), 3, 3) and translation.dtype == np.float32
     # chunks of the schedule equal the whole schedule
     part = pose_schedule(driving, 40, "track", first_frame=200)[1]
@@ -86,8 +87,8 @@ def test_track_pose_loops_back_and_forth_without_a_jump(dataset, driving):
 
 
 def test_still_and_smooth_poses(dataset, driving):
-    rotation, translation = pose_schedule(driving, 30, "still")
-    assert np.all(translation == translation[0]) and np.all(rotation == rotation[0])
+    rotation, translation, body = pose_schedule(driving, 30, "still")
+    assert np.all(translation == translation[0]) and np.all(rotation == rotation[0]) and np.all(body == body[0])
     assert track_positions(driving, 1, "still")[0] == typical_pose_index(driving)
     n = 400
     track = pose_schedule(driving, n, "track")[1]
@@ -95,6 +96,8 @@ def test_still_and_smooth_poses(dataset, driving):
     jerk = lambda x: np.abs(np.diff(x, 2, axis=0)).mean()  # noqa: E731
     assert jerk(smooth) < 0.5 * jerk(track)
     assert np.abs(np.diff(smooth, axis=0)).max() < np.abs(np.diff(track, axis=0)).max()
+    body_track, body_smooth = pose_schedule(driving, n, "track")[2], pose_schedule(driving, n, "smooth")[2]
+    assert np.abs(np.diff(body_smooth, axis=0)).max() < np.abs(np.diff(body_track, axis=0)).max()
     rot = pose_schedule(driving, n, "smooth")[0]
     np.testing.assert_allclose(rot @ rot.transpose(0, 2, 1), np.broadcast_to(np.eye(3), rot.shape), atol=1e-5)
 

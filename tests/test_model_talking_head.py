@@ -20,6 +20,7 @@ from avatar.model.talking_head import FrameConditions, HeadSpec, TalkingHead
 from tests.test_model_gaussians import synthetic_face
 
 SIZE = 32
+BODY_MODES = 3
 
 
 def small_head(tmp_path) -> TalkingHead:
@@ -40,7 +41,9 @@ def small_head(tmp_path) -> TalkingHead:
     head.expression_basis.normal_(0, 0.01)
     head.to_code.normal_()
     head.plate.fill_(0.3)
-    head.torso.reference_translation.copy_(torch.tensor([0.0, 0.0, 1.0]))
+    head.reference_translation.copy_(torch.tensor([0.0, 0.0, 1.0]))
+    g = torch.Generator().manual_seed(1)  # a body lattice of 3 modes on 8 x 8 cells, moving a few pixels
+    head.torso.set_body_motion(0.02 * torch.randn(2, 8, 8, generator=g), 0.05 * torch.randn(BODY_MODES, 2, 8, 8, generator=g))
     with torch.no_grad():
         head.head_deform.out.weight.normal_(0, 0.1)  # a trained-looking network, so deformation shows
     return head.eval()
@@ -50,7 +53,8 @@ def synthetic_driving(tmp_path, frames: int = 10) -> DrivingData:
     """A still head, open eyes, 10-dimensional features in windows of 4 rows."""
     return DrivingData(
         fps=25.0, rotations=np.tile(np.eye(3, dtype=np.float32), (frames, 1, 1)),
-        translations=np.tile(np.array([0.0, 0.0, 1.0], np.float32), (frames, 1)), blinks=np.zeros((frames, 2), np.float32),
+        translations=np.tile(np.array([0.0, 0.0, 1.0], np.float32), (frames, 1)),
+        body=np.zeros((frames, BODY_MODES), np.float32), blinks=np.zeros((frames, 2), np.float32),
         features=FeatureInfo("audio_features.npy", "test", 100.0, 10, 4, [0.0] * 10, [1.0] * 10),
         source=SourceVideo(str(tmp_path / "source.mp4"), "", 64, 64, 0.0, Crop(0, 0, 64, 64, 64, SIZE), 0),
         dataset={"path": str(tmp_path / "dataset"), "manifest_sha256": ""})
@@ -59,7 +63,8 @@ def synthetic_driving(tmp_path, frames: int = 10) -> DrivingData:
 def conditions(b: int, seed: int = 0) -> FrameConditions:
     g = torch.Generator().manual_seed(seed)
     return FrameConditions(audio=torch.randn(b, 3, 4, 10, generator=g), rotation=torch.eye(3).expand(b, 3, 3),
-                           translation=torch.tensor([[0.0, 0.0, 1.0]]).expand(b, 3), blink=torch.zeros(b, 2))
+                           translation=torch.tensor([[0.0, 0.0, 1.0]]).expand(b, 3), blink=torch.zeros(b, 2),
+                           body=torch.linspace(-1, 1, b * BODY_MODES).reshape(b, BODY_MODES))
 
 
 def test_save_load_round_trip_renders_the_same(tmp_path):
@@ -131,18 +136,18 @@ def test_load_refuses_a_damaged_file(tmp_path):
 
 
 def test_new_audio_never_moves_the_torso(tmp_path):
-    """The same pose with two different audio clips: every pixel the head does not cover is identical (the torso
-    layer and the plate know nothing of audio), while the deformed head itself changes."""
+    """The same pose (head pose and body codes) with two different audio clips: every pixel the head does not
+    cover is identical (the torso layer and the plate know nothing of audio), while the deformed head itself
+    changes."""
     head = small_head(tmp_path)
     with torch.no_grad():
         head.torso.alpha_logits.normal_(0, 2.0)  # a torso with structure, visible through the head's surroundings
         head.torso.rgb_logits.normal_(0, 2.0)
-        head.torso.nonlinear[2].weight.normal_(0, 0.5)  # a warp that depends on the pose
     frames = []
     for seed in (0, 1):
         cond = conditions(1, seed)
         embedding, expression = head.audio_encoder(cond.audio)
-        frames.append(head(embedding, expression, cond.blink, cond.rotation, cond.translation, head.plate))
+        frames.append(head(embedding, expression, cond.blink, cond.rotation, cond.translation, cond.body, head.plate))
     uncovered = (frames[0]["head_alpha"] == 0) & (frames[1]["head_alpha"] == 0)
     assert uncovered.float().mean() > 0.3 and (frames[0]["alpha"] - frames[0]["head_alpha"]).abs().max() > 0.1
     assert torch.equal(frames[0]["rgb"] * uncovered, frames[1]["rgb"] * uncovered)

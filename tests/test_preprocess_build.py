@@ -66,7 +66,8 @@ def test_manifest_describes_the_dataset(dataset, sync_clip):
     assert m.features.mean[82:] == [0.0] * classes and m.features.std[82:] == [1.0] * classes  # left as they are
     assert {"numpy", "av", "mediapipe", "librosa", "python"} <= set(m.versions)
     steps = m.stats["steps"]
-    assert set(steps) == {"audio", "crop", "frames", "landmarks", "track", "masks", "features", "preview"}
+    assert set(steps) == {"audio", "crop", "frames", "landmarks", "track", "masks", "features", "preview",
+                          "body"}
     assert steps["landmarks"]["frames_per_s"] > 0
     assert m.stats["tracking"]["reprojection_error_px_at_512"] < 1.0
     assert -8 <= m.stats["lip_gap_energy_best_lag_frames"] <= 8 and "jaw_open_energy_correlation" in m.stats
@@ -89,6 +90,11 @@ def test_files_and_arrays_match_the_manifest(dataset):
     windows = dataset.audio_windows()
     assert windows.shape == (n, 16, 133) and np.isfinite(windows).all()
     assert (root / "preview.mp4").stat().st_size > 0 and (root / "contact_sheet.png").stat().st_size > 0
+    body = dataset.body_motion()
+    k, g = body.basis.shape[0], body.basis.shape[-1]
+    assert body.codes.shape == (n, k) and body.mean.shape == (2, g, g) and body.basis.shape == (k, 2, g, g)
+    assert np.isfinite(body.codes).all() and np.abs(body.codes[: dataset.indices("train")[-1] + 1].mean(0)).max() < 1e-3
+    assert 0.5 < dataset.manifest.stats["body_motion"]["explained_variance"] <= 1.0
 
 
 def test_short_face_gap_is_interpolated_and_reported(dataset):
@@ -140,6 +146,22 @@ def test_resume_after_an_interrupted_step(dataset, tmp_path, monkeypatch):
     assert (out / ".steps" / "frames.json").stat().st_mtime_ns == frames_marker  # skipped, not redone
     assert manifest.num_frames == dataset.num_frames
     assert Dataset(out).mask_bits(0).shape == (128, 128)
+
+
+def test_a_dataset_without_the_body_motion_gets_it_from_a_rerun(dataset, tmp_path):
+    """A dataset made before the body's motion was tracked: reading it says what to do, and the rerun it
+    advises tracks the body and leaves the other steps as they were."""
+    out = tmp_path / "older"
+    shutil.copytree(dataset.root, out)
+    (out / "body_motion.npz").unlink()
+    (out / ".steps" / "body.json").unlink()
+    with pytest.raises(UserError, match="no body_motion.npz.*avatar preprocess"):
+        Dataset(out).body_motion()
+    markers = {p.name: p.stat().st_mtime_ns for p in (out / ".steps").glob("*.json")}
+    run(_config(Path(dataset.manifest.source["path"]), out, min_duration_s=2.0))
+    changed = {p.name for p in (out / ".steps").glob("*.json") if p.name not in markers or p.stat().st_mtime_ns != markers[p.name]}
+    assert changed == {"body.json"}
+    assert np.array_equal(Dataset(out).body_motion().codes, dataset.body_motion().codes)
 
 
 def test_another_feature_set_recomputes_only_the_features(dataset, tmp_path):

@@ -9,6 +9,7 @@ Layout of a dataset directory (format version `FORMAT_VERSION`):
     audio.wav                16 kHz mono PCM16, the clip's audio from time 0 (frame 0 starts at 0)
     audio_features.npy       [T, F] float32 raw features (see avatar.audio.features), `features.rate_hz` rows/s
     tracking/*.npy           per-frame arrays, `TRACKING_ARRAYS` below (N = num_frames)
+    body_motion.npz          the body's tracked motion, `BodyMotion` below (preprocess.body_motion)
     preview.mp4, contact_sheet.png   for people to look at
 
 Camera and pose conventions: avatar.contracts.camera.
@@ -48,6 +49,24 @@ TRACKING_ARRAYS = {
 
 
 @dataclass
+class BodyMotion:
+    """The body's motion per frame as a flow field: frame(x) ~ template(x + flow(x)), in grid_sample's
+    normalised image units (-1..1 across the frame), flow = mean + codes[i] @ basis, on a G x G lattice."""
+
+    codes: np.ndarray  # [N, K] float32, smoothed in time
+    mean: np.ndarray  # [2, G, G] float32 (x, y)
+    basis: np.ndarray  # [K, 2, G, G] float32
+
+    def save(self, path: Path) -> None:
+        np.savez(path, codes=self.codes, mean=self.mean, basis=self.basis)
+
+    @staticmethod
+    def load(path: Path) -> "BodyMotion":
+        with np.load(path) as data:
+            return BodyMotion(codes=data["codes"], mean=data["mean"], basis=data["basis"])
+
+
+@dataclass
 class Crop:
     """The square crop [x0, x0 + size) x [y0, y0 + size) of the source frame, resized to `resolution`.
     Source pixel (u, v) maps to dataset pixel ((u - x0), (v - y0)) * resolution / size. The crop may
@@ -73,6 +92,11 @@ class Split:
 
     train: tuple[int, int]
     val: tuple[int, int]
+
+    @staticmethod
+    def of(num_frames: int, val_fraction: float) -> "Split":
+        n_val = max(1, int(round(num_frames * val_fraction)))
+        return Split(train=(0, num_frames - n_val), val=(num_frames - n_val, num_frames))
 
 
 @dataclass
@@ -154,6 +178,10 @@ class DatasetLayout:
     @property
     def features(self) -> Path:
         return self.root / "audio_features.npy"
+
+    @property
+    def body_motion(self) -> Path:
+        return self.root / "body_motion.npz"
 
     @property
     def preview(self) -> Path:
@@ -282,6 +310,17 @@ class Dataset:
                             "`avatar preprocess ... --force`.")
         shapes = self.tracking("blendshapes")
         return np.stack([np.asarray(shapes[:, names.index(n)], np.float32) for n in BLINK_NAMES], 1)
+
+    def body_motion(self) -> BodyMotion:
+        """The body's tracked motion (UserError for a dataset made before it was tracked)."""
+        path = self.layout.body_motion
+        if not path.is_file():
+            raise UserError(f"{self.root}: no body_motion.npz (a dataset made before the body's motion was tracked). "
+                            f"Run the same `avatar preprocess VIDEO --out {self.root}` again: it adds what is missing and keeps the rest.")
+        try:
+            return BodyMotion.load(path)
+        except (OSError, ValueError, KeyError) as exc:
+            raise UserError(f"{path}: unreadable ({exc}). Re-run preprocessing with --force.") from exc
 
     def mouth_openings(self, frames: np.ndarray | None = None) -> np.ndarray:
         """[n] float64 inner-lip opening of `frames` (default all; `face_mesh.mouth_opening`) from the tracked

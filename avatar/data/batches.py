@@ -20,6 +20,7 @@ class FrameBatch:
     rotation: Tensor  # [B, 3, 3]
     translation: Tensor  # [B, 3]
     blink: Tensor  # [B, 2]
+    body: Tensor  # [B, K] the body's tracked motion codes (avatar.contracts.dataset.BodyMotion)
     expression: Tensor  # [B, E] tracked expression targets (normalised, see avatar.train.expression)
     code: Tensor  # [B, P] tracked expression PCA code of the dataset
     audio: Tensor  # [B, 2K+1, W, F] normalised audio windows of the frame and its neighbours
@@ -45,6 +46,7 @@ class TrainingData:
         self.rotation = torch.from_numpy(np.array(dataset.tracking("rotation"), np.float32))
         self.translation = torch.from_numpy(np.array(dataset.tracking("translation"), np.float32))
         self.blink = torch.from_numpy(dataset.blinks())
+        self.body = torch.from_numpy(dataset.body_motion().codes)
         self.expression = torch.from_numpy(np.asarray(expression, np.float32))
         self.code = torch.from_numpy(np.array(dataset.tracking("expression_pca"), np.float32))
         rows, window_rows = dataset.audio_rows()
@@ -56,7 +58,7 @@ class TrainingData:
         rgb = torch.from_numpy(np.stack([im for im, _ in items])).float() / 255
         masks = torch.from_numpy(np.stack([m for _, m in items])).float() / 255
         ctx = (idx[:, None] + torch.arange(-self.context, self.context + 1)).clamp(0, self.dataset.num_frames - 1)
-        return FrameBatch(idx, rgb, masks, self.rotation[idx], self.translation[idx], self.blink[idx],
+        return FrameBatch(idx, rgb, masks, self.rotation[idx], self.translation[idx], self.blink[idx], self.body[idx],
                           self.expression[idx], self.code[idx],
                           self.audio_rows[self.window_rows[ctx]])
 

@@ -42,7 +42,7 @@ FrameSource = Callable[[np.ndarray, object, np.ndarray], np.ndarray]
 def frame_conditions(dataset: Dataset, indices: np.ndarray, audio: np.ndarray, device: torch.device,
                      clip_gain: float = 1.0):
     """The tracked conditions of dataset frames `indices` [B]: their audio windows `audio` [B, C, W, F],
-    head pose and eye blinks, and the motion gain of the clip they belong to."""
+    head pose, body codes and eye blinks, and the motion gain of the clip they belong to."""
     from avatar.model.talking_head import FrameConditions
 
     def tensor(array: np.ndarray) -> torch.Tensor:
@@ -53,6 +53,7 @@ def frame_conditions(dataset: Dataset, indices: np.ndarray, audio: np.ndarray, d
         rotation=tensor(dataset.tracking("rotation")[indices]),
         translation=tensor(dataset.tracking("translation")[indices]),
         blink=tensor(dataset.blinks()[indices]),
+        body=tensor(dataset.body_motion().codes[indices]),
         clip_gain=clip_gain,
     )
 

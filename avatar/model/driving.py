@@ -1,4 +1,5 @@
-"""What drives a trained avatar on new audio, saved inside it: the person's head-pose track, their blinks,
+"""What drives a trained avatar on new audio, saved inside it: the person's pose track (head pose and the
+body's motion codes), their blinks,
 the audio-feature settings and where the training video is; and the schedules made from them.
 
 `avatar render`, the live viewer and `avatar bench` drive the avatar from this alone (the dataset it was
@@ -42,6 +43,7 @@ class DrivingData:
     fps: float
     rotations: np.ndarray  # [n, 3, 3] float32 smoothed head-to-camera rotations of the training frames
     translations: np.ndarray  # [n, 3] float32
+    body: np.ndarray  # [n, K] float32 the body's tracked motion codes (avatar.contracts.dataset.BodyMotion)
     blinks: np.ndarray  # [n, 2] float32 tracked eyeBlinkLeft / eyeBlinkRight
     features: FeatureInfo  # the extractor, its rate, window and the training clip's statistics
     source: SourceVideo
@@ -62,6 +64,7 @@ class DrivingData:
             fps=float(dataset.fps),
             rotations=np.array(dataset.tracking("rotation")[train], np.float32),
             translations=np.array(dataset.tracking("translation")[train], np.float32),
+            body=np.array(dataset.body_motion().codes[train], np.float32),
             blinks=dataset.blinks()[train], features=m.features, source=source,
             dataset={"path": str(dataset.root.resolve()), "manifest_sha256": dataset.manifest_sha256()},
             openings=dataset.mouth_openings(train).astype(np.float32),
@@ -70,7 +73,8 @@ class DrivingData:
     def to_dict(self) -> dict:
         import dataclasses
 
-        return {"fps": self.fps, "rotations": self.rotations, "translations": self.translations, "blinks": self.blinks,
+        return {"fps": self.fps, "rotations": self.rotations, "translations": self.translations, "body": self.body,
+                "blinks": self.blinks,
                 "features": dataclasses.asdict(self.features),
                 "source": {**dataclasses.asdict(self.source), "crop": dataclasses.asdict(self.source.crop)},
                 "dataset": dict(self.dataset), "mouth_openings": self.openings}
@@ -81,6 +85,7 @@ class DrivingData:
         source["crop"] = Crop(**source["crop"])
         return DrivingData(fps=float(data["fps"]), rotations=np.asarray(data["rotations"], np.float32),
                            translations=np.asarray(data["translations"], np.float32),
+                           body=np.asarray(data["body"], np.float32),
                            blinks=np.asarray(data["blinks"], np.float32), features=FeatureInfo(**data["features"]),
                            source=SourceVideo(**source), dataset=dict(data["dataset"]),
                            openings=None if data.get("mouth_openings") is None else np.asarray(data["mouth_openings"], np.float32))
@@ -120,8 +125,8 @@ def typical_pose_index(driving: DrivingData) -> int:
     return int(np.argmin((z**2).sum(1)))
 
 
-def _smoothed_track(driving: DrivingData) -> tuple[np.ndarray, np.ndarray]:
-    """Rotations [n, 3, 3] and translations [n, 3] Gaussian-smoothed over time. The ends are mirrored, which
+def _smoothed_track(driving: DrivingData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rotations [n, 3, 3], translations [n, 3] and body codes [n, K] Gaussian-smoothed over time. The ends are mirrored, which
     is exactly how the back-and-forth loop continues them, so the loop stays smooth."""
     from scipy.ndimage import gaussian_filter1d
     from scipy.spatial.transform import Rotation
@@ -132,19 +137,20 @@ def _smoothed_track(driving: DrivingData) -> tuple[np.ndarray, np.ndarray]:
     quats = gaussian_filter1d(quats, sigma, axis=0, mode="mirror")
     rotation = Rotation.from_quat(quats / np.linalg.norm(quats, axis=1, keepdims=True)).as_matrix()
     translation = gaussian_filter1d(driving.translations.astype(np.float64), sigma, axis=0, mode="mirror")
-    return rotation, translation
+    body = gaussian_filter1d(driving.body.astype(np.float64), sigma, axis=0, mode="mirror")
+    return rotation, translation, body
 
 
 def pose_schedule(driving: DrivingData, num_frames: int, mode: PoseMode, fps: float | None = None,
-                  first_frame: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Head-to-camera rotations [num_frames, 3, 3] and translations [num_frames, 3] (float32) of output frames
-    first_frame.. : the training poses looped back and forth ("track"), one typical pose ("still"), or the
-    loop of a smoothed track ("smooth")."""
+                  first_frame: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Head-to-camera rotations [num_frames, 3, 3], translations [num_frames, 3] and body codes [num_frames, K]
+    (float32) of output frames first_frame.. : the training poses looped back and forth ("track"), one
+    typical pose ("still"), or the loop of a smoothed track ("smooth")."""
     if mode not in ("track", "still", "smooth"):
         raise UserError(f"--pose {mode!r}: choose track, still or smooth.")
     rows = track_positions(driving, num_frames, mode, fps, first_frame)
-    rotation, translation = _smoothed_track(driving) if mode == "smooth" else (driving.rotations, driving.translations)
-    return rotation[rows].astype(np.float32), translation[rows].astype(np.float32)
+    track = _smoothed_track(driving) if mode == "smooth" else (driving.rotations, driving.translations, driving.body)
+    return tuple(part[rows].astype(np.float32) for part in track)
 
 
 # ----- eye blinks

@@ -1,4 +1,4 @@
-"""The trained avatar: audio + blink + head pose -> image. Everything a renderer needs is in `RUN/avatar.pt`:
+"""The trained avatar: audio + blink + pose (head pose, body codes) -> image. Everything a renderer needs is in `RUN/avatar.pt`:
 the modules' settings and weights and the driving data (the person's pose track, blinks, feature settings).
 
 Per frame: the audio encoder predicts the expression; the landmark prior moves every Gaussian with the
@@ -27,13 +27,14 @@ from avatar.model.driving import DrivingData
 from avatar.model.gaussians import GaussianSet, HeadConfig, skinned_displacement
 from avatar.model.hash_triplane import HashTriplane, HashTriplaneConfig
 from avatar.model.mouth import MouthConfig
-from avatar.model.torso import TorsoConfig, TorsoLayer
+from avatar.model.torso import TorsoLayer
 from avatar.rasterizer.compose import Layer
 from avatar.rasterizer.rasterize import rasterize
 from avatar.rasterizer.types import Camera, Gaussians
 
-# 3: self-contained (driving data inside, no dataset path), payload checksum
-AVATAR_FORMAT_VERSION = 3
+# 3: self-contained (driving data inside, no dataset path), payload checksum; 4: the torso follows the body's
+# tracked motion (body codes in the pose track) instead of a warp from the head pose
+AVATAR_FORMAT_VERSION = 4
 Mode = Literal["static", "prior", "full"]  # canonical head only | + landmark prior | + attention offsets
 
 
@@ -45,6 +46,7 @@ class FrameConditions:
     rotation: Tensor  # [B, 3, 3] head-to-camera rotation
     translation: Tensor  # [B, 3]
     blink: Tensor  # [B, 2] eyeBlinkLeft, eyeBlinkRight in 0..1
+    body: Tensor  # [B, K] the body's motion codes of the pose track's rows (avatar.model.torso)
     clip_gain: float = 1.0  # the driving clip's motion gain (AudioEncoder.clip_gain)
 
 
@@ -64,7 +66,6 @@ class HeadSpec:
     head: HeadConfig = field(default_factory=HeadConfig)
     mouth: MouthConfig = field(default_factory=MouthConfig)
     deform: DeformConfig = field(default_factory=DeformConfig)
-    torso: TorsoConfig = field(default_factory=TorsoConfig)
     triplane: HashTriplaneConfig = field(default_factory=HashTriplaneConfig)
     audio: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
     backend: Literal["auto", "cuda", "torch"] = "auto"
@@ -95,9 +96,9 @@ class TalkingHead(nn.Module):
         args = (spec.deform, self.triplane.out_dim, self.audio_encoder.embed_dim, spec.expression_dim)
         self.head_deform = SpatialAudioAttention(*args)
         self.mouth_deform = SpatialAudioAttention(*args)
-        K = torch.as_tensor(self.intrinsics.K, dtype=torch.float32)
-        self.torso = TorsoLayer(spec.torso, spec.resolution, torch.eye(3), torch.zeros(3), K)
-        self.register_buffer("K", K)
+        self.torso = TorsoLayer(spec.resolution)
+        self.register_buffer("K", torch.as_tensor(self.intrinsics.K, dtype=torch.float32))
+        self.register_buffer("reference_translation", torch.zeros(3))  # the training frames' mean head position
         self.register_buffer("canonical_face", torch.zeros(478, 3))
         self.register_buffer("expression_basis", torch.zeros(spec.code_dim, 478, 3))
         self.register_buffer("to_code", torch.zeros(spec.expression_dim, spec.code_dim))  # see audio_encoder.expression_to_code
@@ -134,13 +135,13 @@ class TalkingHead(nn.Module):
 
     # ------------------------------------------------------------------ rendering
     def forward(self, embedding: Tensor, expression: Tensor, blink: Tensor, rotation: Tensor, translation: Tensor,
-                background: Tensor, mode: Mode = "full", show_torso: bool = True,
+                body: Tensor, background: Tensor, mode: Mode = "full", show_torso: bool = True,
                 camera: Camera | None = None, code: Tensor | None = None) -> dict[str, Tensor]:
         """Differentiable render of B frames.
 
         embedding [B, A] audio embedding; expression [B, E] normalised expression (audio-predicted, or the
         tracked targets while training); blink [B, 2]; rotation [B, 3, 3], translation [B, 3] head pose;
-        background [H, W, 3] or [B, H, W, 3]; code [B, P] overrides the expression code the landmark prior
+        body [B, K] the body's motion codes; background [H, W, 3] or [B, H, W, 3]; code [B, P] overrides the expression code the landmark prior
         uses (the canonical fit passes the tracked one). Returns "rgb" [B, H, W, 3], "alpha" [B, H, W, 1] (head and
         torso coverage) and "head_alpha" [B, H, W, 1]."""
         b = rotation.shape[0]
@@ -151,7 +152,7 @@ class TalkingHead(nn.Module):
             displacement = [skinned_displacement(lm, s.skin_index, s.skin_weight) for s in (self.head, self.mouth)]
         if mode == "full":
             head_features, mouth_features = self.gaussian_features()
-            pose = pose_features(rotation, translation, self.torso.reference_translation)
+            pose = pose_features(rotation, translation, self.reference_translation)
             tokens = self.head_deform.tokens(embedding, expression, blink, pose)
             offsets = [self.head_deform(head_features, tokens)[0],
                        self.mouth_deform(mouth_features, self.mouth_deform.tokens(embedding, expression, blink, pose))[0]]
@@ -165,7 +166,7 @@ class TalkingHead(nn.Module):
             colours.append(out.rgb)
             alphas.append(out.alpha)
         head = Layer(torch.stack(colours), torch.stack(alphas))
-        stacked = head.over(Layer.from_image(*self.torso(rotation, translation))) if show_torso else head
+        stacked = head.over(Layer.from_image(*self.torso(body))) if show_torso else head
         return {"rgb": stacked.onto(background), "alpha": stacked.alpha, "head_alpha": head.alpha}
 
     @torch.no_grad()
@@ -177,7 +178,7 @@ class TalkingHead(nn.Module):
         plate stay those of the training camera."""
         self.eval()
         embedding, expression = self.audio_encoder(cond.audio, clip_gain=cond.clip_gain)
-        out = self.forward(embedding, expression, cond.blink, cond.rotation, cond.translation,
+        out = self.forward(embedding, expression, cond.blink, cond.rotation, cond.translation, cond.body,
                            self.plate if background is None else background, "full" if deform else "static",
                            show_torso, camera)
         return {"rgb": out["rgb"].clamp(0, 1), "alpha": out["alpha"]}

@@ -268,9 +268,10 @@ def driven_batches(head: "TalkingHead", windows: Iterator[np.ndarray], blinks: n
     for chunk in windows:
         for lo in range(0, len(chunk), batch_frames):
             frames = range(first + lo, first + min(len(chunk), lo + batch_frames))
-            rotation, translation = pose_schedule(head.driving, len(frames), pose, fps, frames.start)
+            rotation, translation, body = pose_schedule(head.driving, len(frames), pose, fps, frames.start)
             yield frames, FrameConditions(audio=tensor(chunk[lo: lo + len(frames)]), rotation=tensor(rotation),
                                           translation=tensor(translation), blink=tensor(blinks[frames.start: frames.stop]),
+                                          body=tensor(body),
                                           clip_gain=clip_gain)
         first += len(chunk)
 

@@ -15,7 +15,6 @@ from avatar.train.densify import DensifyConfig
 from avatar.model.gaussians import HeadConfig
 from avatar.model.hash_triplane import HashTriplaneConfig
 from avatar.model.mouth import MouthConfig
-from avatar.model.torso import TorsoConfig
 
 
 @dataclass
@@ -39,7 +38,6 @@ class TrainConfig:
         "densify.grow_fraction": (0, 1), "densify.split_scale_m": (0, None), "densify.prune_opacity": (0, 1),
         "densify.prune_scale_m": (0, None),
         "deform.token_dim": (1, None), "deform.hidden": (1, None), "deform.position_scale_m": (0, None),
-        "torso.warp_hidden": (1, None),
         "triplane.num_levels": (1, None), "triplane.features_per_level": (1, None),
         "triplane.log2_hashmap_size": (4, 30), "triplane.base_resolution": (2, None), "triplane.max_resolution": (2, None),
         "audio.context": (0, None), "audio.channels": (1, None), "audio.embed_dim": (1, None), "audio.heads": (1, None),
@@ -93,7 +91,7 @@ class TrainConfig:
     lr_network: float = 2e-3
     """... of the attention networks and the hash tri-plane"""
     lr_torso: float = 1e-2
-    """... of the torso layer's image; its pose warp learns at lr_network"""
+    """... of the torso layer's image"""
     gaussian_lr_factor: float = 0.3
     """the Gaussians' learning rates are scaled by this in the deformation stage (they are nearly fitted)"""
     ssim_weight: float = 0.2
@@ -131,7 +129,6 @@ class TrainConfig:
     mouth: MouthConfig = field(default_factory=MouthConfig)
     densify: DensifyConfig = field(default_factory=DensifyConfig)
     deform: DeformConfig = field(default_factory=DeformConfig)
-    torso: TorsoConfig = field(default_factory=TorsoConfig)
     triplane: HashTriplaneConfig = field(default_factory=HashTriplaneConfig)
     audio: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
 

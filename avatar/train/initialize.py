@@ -19,13 +19,6 @@ from avatar.train.expression import ExpressionSpace
 SAMPLE_FRAMES = 24  # training frames averaged for the initial colours and torso
 
 
-def mean_rotation(rotations: np.ndarray) -> np.ndarray:
-    """The rotation closest to the mean of [N, 3, 3] rotations."""
-    u, _, vt = np.linalg.svd(rotations.mean(0))
-    r = u @ vt
-    return r if np.linalg.det(r) > 0 else u @ np.diag([1, 1, -1]) @ vt
-
-
 def initial_model(dataset: Dataset, cfg: TrainConfig, encoder: AudioEncoder, space: ExpressionSpace,
                   store: FrameStore) -> TalkingHead:
     face = np.asarray(dataset.tracking("canonical_face"), np.float64)
@@ -42,7 +35,7 @@ def initial_model(dataset: Dataset, cfg: TrainConfig, encoder: AudioEncoder, spa
         feature_dim=dataset.manifest.features.dim, feature_window=dataset.manifest.features.window,
         expression_dim=space.dim, code_dim=basis.shape[0],
         bbox_min=(lo - pad).tolist(), bbox_max=(hi + pad).tolist(), head=cfg.head, mouth=cfg.mouth, deform=cfg.deform,
-        torso=cfg.torso, triplane=cfg.triplane, audio=cfg.audio, backend=cfg.backend,
+        triplane=cfg.triplane, audio=cfg.audio, backend=cfg.backend,
     )
     model = TalkingHead(spec)
     model.head, model.mouth = head, mouth
@@ -63,8 +56,9 @@ def initial_model(dataset: Dataset, cfg: TrainConfig, encoder: AudioEncoder, spa
     with torch.no_grad():
         rgb = sample_colours(head.means, frames, torch.from_numpy(rotation[ids]), torch.from_numpy(translation[ids]), model.K)
         head.sh[:, 0] = (rgb - 0.5) / SH_C0
-        model.torso.reference_rotation.copy_(torch.from_numpy(mean_rotation(rotation[train])).float())
-        model.torso.reference_translation.copy_(torch.from_numpy(translation[train].mean(0)))
-        body = masks[..., MASK_NAMES.index("person")] * (1 - masks[..., MASK_NAMES.index("head")])
-        model.torso.init_from_frames(frames, body, model.plate)
+        model.reference_translation.copy_(torch.from_numpy(translation[train].mean(0)))
+        motion = dataset.body_motion()
+        model.torso.set_body_motion(torch.from_numpy(motion.mean), torch.from_numpy(motion.basis))
+        outside_head = masks[..., MASK_NAMES.index("person")] * (1 - masks[..., MASK_NAMES.index("head")])
+        model.torso.init_from_frames(frames, outside_head, model.plate, torch.from_numpy(motion.codes[ids]))
     return model

@@ -246,7 +246,7 @@ class CanonicalStage(ImageStage):
     def render(self, batch: FrameBatch, mode: str = "prior") -> dict[str, Tensor]:
         b = len(batch.indices)
         no_audio = torch.zeros(b, self.model.audio_encoder.embed_dim, device=batch.rgb.device)
-        return self.model(no_audio, batch.expression, batch.blink, batch.rotation, batch.translation,
+        return self.model(no_audio, batch.expression, batch.blink, batch.rotation, batch.translation, batch.body,
                           head_background(batch, self.model.plate), mode=mode, show_torso=False, code=batch.code)
 
     def train_step(self, batch: FrameBatch):
@@ -272,7 +272,8 @@ class CanonicalStage(ImageStage):
 
 
 class TorsoStage(ImageStage):
-    """Fit the torso layer (its image and its pose warp) to the frames outside the head mask, over the plate."""
+    """Fit the torso layer's image, moved by each frame's body codes, to the frames outside the head mask,
+    over the plate."""
 
     name = "torso"
     seed_offset = 300
@@ -281,14 +282,12 @@ class TorsoStage(ImageStage):
         return self.cfg.torso_batch_size
 
     def param_groups(self) -> list[dict]:
-        torso = self.model.torso
-        return [{"params": torso.warp_parameters(), "lr": self.cfg.lr_network},
-                {"params": torso.image_parameters(), "lr": self.cfg.lr_torso}]
+        return [{"params": self.model.torso.image_parameters(), "lr": self.cfg.lr_torso}]
 
     def render(self, batch: FrameBatch) -> tuple[Tensor, Tensor]:
         """[B, H, W, 3] the torso layer over the plate with the frame itself inside the head mask, and the
         layer's coverage [B, H, W, 1]."""
-        rgb, alpha = self.model.torso(batch.rotation, batch.translation)
+        rgb, alpha = self.model.torso(batch.body)
         head = batch.mask("head")
         return head * batch.rgb + (1 - head) * (alpha * rgb + (1 - alpha) * self.model.plate), alpha
 
@@ -310,10 +309,6 @@ class DeformStage(ImageStage):
     seed_offset = 200
 
     def setup(self) -> None:
-        # The torso's pose warp stays as the torso stage fitted it on many frames a step: refitted here on one
-        # full frame a step it moved the body of held-out poses (see README, "Results"). Its image learns on.
-        for parameter in self.model.torso.warp_parameters():
-            parameter.requires_grad_(False)
         with torch.no_grad():  # the audio encoder is frozen: its outputs for every frame are computed once
             dataset, device = self.ctx.dataset, self.ctx.device
             # Frame ids let the example memory skip each training frame's own neighbourhood, so these
@@ -339,7 +334,8 @@ class DeformStage(ImageStage):
 
     def render(self, batch: FrameBatch, teacher: Tensor) -> dict[str, Tensor]:
         embedding, expression = self.conditions(batch, teacher)
-        return self.model(embedding, expression, batch.blink, batch.rotation, batch.translation, self.model.plate, mode="full")
+        return self.model(embedding, expression, batch.blink, batch.rotation, batch.translation, batch.body,
+                          self.model.plate, mode="full")
 
     def train_step(self, batch: FrameBatch):
         teacher = (torch.rand(len(batch.indices), generator=self.generator) < self.cfg.teacher_prob).to(batch.rgb.device)

@@ -85,7 +85,7 @@ def backdrop(head, cond, layers: Layers, width: int, height: int) -> torch.Tenso
     res = head.resolution
     square = head.plate if layers.background else torch.full((res, res, 3), 0.5, device=head.K.device)
     if layers.torso:
-        torso_rgb, torso_alpha = head.torso(cond.rotation, cond.translation)
+        torso_rgb, torso_alpha = head.torso(cond.body)
         square = Layer.from_image(torso_rgb[0], torso_alpha[0]).onto(square)
     image = F.interpolate(square.permute(2, 0, 1)[None], size=(height, height), mode="bilinear", align_corners=False)
     pad = width - height

@@ -78,7 +78,7 @@ class Playback:
     # ----- conditions
     def pose(self, frame: int, source: PoseSource) -> tuple[np.ndarray, np.ndarray]:
         """Head-to-camera rotation [3, 3] and translation [3] of `frame`."""
-        rotations, translations = self._poses[source]
+        rotations, translations, _ = self._poses[source]
         return rotations[frame], translations[frame]
 
     def conditions(self, frame: int, source: PoseSource = "track", blink: float | None = None) -> "FrameConditions":
@@ -88,8 +88,9 @@ class Playback:
         k = self.head.audio_context
         neighbours = np.clip(np.arange(frame - k, frame + k + 1), 0, self.num_frames - 1)
         rotation, translation = self.pose(frame, source)
+        body = self._poses[source][2][frame]
         blinks = self._blinks[frame] if blink is None else np.full(2, blink, np.float32)
         device = self.head.K.device
         as_tensor = lambda a: torch.as_tensor(np.asarray(a, np.float32), device=device)[None]  # noqa: E731
         return FrameConditions(as_tensor(self.windows[neighbours]), as_tensor(rotation), as_tensor(translation),
-                               as_tensor(blinks), self.clip_gain)
+                               as_tensor(blinks), as_tensor(body), self.clip_gain)
