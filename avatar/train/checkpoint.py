@@ -15,8 +15,9 @@ import torch
 from avatar.contracts.atomic import atomic_path, load_versioned
 
 # Bumped with the avatar format (talking_head.AVATAR_FORMAT_VERSION) and when a stage's saved progress changes
-# shape (4: the deform stage no longer trains the torso's warp, so its optimizer holds other parameters).
-RUN_FORMAT_VERSION = 4
+# shape (4: the deform stage no longer trains the torso's warp, so its optimizer holds other parameters; 5: the
+# torso follows the body's tracked motion, its pose warp is gone).
+RUN_FORMAT_VERSION = 5
 
 
 @dataclass

@@ -4,10 +4,10 @@
              untrained avatar is then built around it (avatar.train.initialize).
 2. canonical the Gaussian head is fitted to the frames, moved by the landmark prior with the TRACKED
              expression; rendered over the plate with the person's body taken from the frame; densified.
-3. torso     the torso layer alone is fitted to the frames outside the head, in batches: no Gaussian is
-             rendered, so it gets many frames per second and a sharper, better-placed body than the deformation
-             stage's one frame per step could give it.
-4. deform    the spatial-audio attention, hash tri-plane and torso image learn (the torso's warp is kept),
+3. torso     the torso image alone is fitted to the frames outside the head, each frame's body flow applied,
+             in batches: no Gaussian is rendered, so it gets many frames per second and a sharper body than the
+             deformation stage's one frame per step could give it.
+4. deform    the spatial-audio attention, hash tri-plane and torso image learn,
              conditioned on the tracked expression (teacher) or on the audio-predicted one, extra weight on the
              mouth, LPIPS late.
 
