@@ -1,9 +1,9 @@
 """`avatar preprocess`: video -> dataset directory (format: avatar.contracts.dataset), step by step.
 
 Steps, each cached and atomic (preprocess.steps): audio -> crop -> frames -> landmarks -> track -> masks
-(and the background plate) -> preview -> body motion -> features; manifest.json is written last, so a directory without it
-is never mistaken for a finished dataset. Frames stream from disk through every step: memory stays bounded
-by a few frames plus the per-frame tracking arrays.
+(and the background plate) -> preview -> body motion -> features; manifest.json is written last, so a
+directory without it is never mistaken for a finished dataset. Frames stream from disk through every step:
+memory stays bounded by a few frames plus the per-frame tracking arrays.
 """
 
 from __future__ import annotations

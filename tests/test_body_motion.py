@@ -54,6 +54,7 @@ def test_the_codes_rebuild_a_known_sway_of_the_body():
 def test_a_still_body_has_no_motion():
     frames, bits, _ = _moving_body()
     still = [frames[0]] * 20
-    motion, record = track_body(lambda i: still[i], lambda i: bits, iter(still), 20, 16, 25.0, BodyMotionConfig(modes=3))
+    cfg = BodyMotionConfig(modes=3)
+    motion, record = track_body(lambda i: still[i], lambda i: bits, iter(still), 20, 16, 25.0, cfg)
     flow = motion.mean + np.einsum("nk,kcij->ncij", motion.codes, motion.basis)
     assert np.abs(flow).max() * SIZE / 2 < 0.05 and record["largest_motion_px_at_256"] < 0.1

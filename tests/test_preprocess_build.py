@@ -159,7 +159,8 @@ def test_a_dataset_without_the_body_motion_gets_it_from_a_rerun(dataset, tmp_pat
         Dataset(out).body_motion()
     markers = {p.name: p.stat().st_mtime_ns for p in (out / ".steps").glob("*.json")}
     run(_config(Path(dataset.manifest.source["path"]), out, min_duration_s=2.0))
-    changed = {p.name for p in (out / ".steps").glob("*.json") if p.name not in markers or p.stat().st_mtime_ns != markers[p.name]}
+    changed = {p.name for p in (out / ".steps").glob("*.json")
+               if p.name not in markers or p.stat().st_mtime_ns != markers[p.name]}
     assert changed == {"body.json"}
     assert np.array_equal(Dataset(out).body_motion().codes, dataset.body_motion().codes)
 

@@ -316,7 +316,8 @@ class Dataset:
         path = self.layout.body_motion
         if not path.is_file():
             raise UserError(f"{self.root}: no body_motion.npz (a dataset made before the body's motion was tracked). "
-                            f"Run the same `avatar preprocess VIDEO --out {self.root}` again: it adds what is missing and keeps the rest.")
+                            f"Run the same `avatar preprocess VIDEO --out {self.root}` again: it adds what is missing "
+                            "and keeps the rest.")
         try:
             return BodyMotion.load(path)
         except (OSError, ValueError, KeyError) as exc:

@@ -126,8 +126,8 @@ def typical_pose_index(driving: DrivingData) -> int:
 
 
 def _smoothed_track(driving: DrivingData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rotations [n, 3, 3], translations [n, 3] and body codes [n, K] Gaussian-smoothed over time. The ends are mirrored, which
-    is exactly how the back-and-forth loop continues them, so the loop stays smooth."""
+    """Rotations [n, 3, 3], translations [n, 3] and body codes [n, K] Gaussian-smoothed over time. The ends are
+    mirrored, which is exactly how the back-and-forth loop continues them, so the loop stays smooth."""
     from scipy.ndimage import gaussian_filter1d
     from scipy.spatial.transform import Rotation
 

@@ -1,5 +1,6 @@
-"""The trained avatar: audio + blink + pose (head pose, body codes) -> image. Everything a renderer needs is in `RUN/avatar.pt`:
-the modules' settings and weights and the driving data (the person's pose track, blinks, feature settings).
+"""The trained avatar: audio + blink + pose (head pose, body codes) -> image. Everything a renderer needs is
+in `RUN/avatar.pt`: the modules' settings and weights and the driving data (the person's pose track, blinks,
+feature settings).
 
 Per frame: the audio encoder predicts the expression; the landmark prior moves every Gaussian with the
 landmarks it is skinned to (the big, geometric lip motion); the spatial-audio attention adds residual
@@ -141,8 +142,8 @@ class TalkingHead(nn.Module):
 
         embedding [B, A] audio embedding; expression [B, E] normalised expression (audio-predicted, or the
         tracked targets while training); blink [B, 2]; rotation [B, 3, 3], translation [B, 3] head pose;
-        body [B, K] the body's motion codes; background [H, W, 3] or [B, H, W, 3]; code [B, P] overrides the expression code the landmark prior
-        uses (the canonical fit passes the tracked one). Returns "rgb" [B, H, W, 3], "alpha" [B, H, W, 1] (head and
+        body [B, K] the body's motion codes; background [H, W, 3] or [B, H, W, 3]; code [B, P] overrides the
+        expression code the landmark prior uses (the canonical fit passes the tracked one). Returns "rgb" [B, H, W, 3], "alpha" [B, H, W, 1] (head and
         torso coverage) and "head_alpha" [B, H, W, 1]."""
         b = rotation.shape[0]
         offsets = [None, None]
