@@ -58,3 +58,21 @@ def test_a_still_body_has_no_motion():
     motion, record = track_body(lambda i: still[i], lambda i: bits, iter(still), 20, 16, 25.0, cfg)
     flow = motion.mean + np.einsum("nk,kcij->ncij", motion.codes, motion.basis)
     assert np.abs(flow).max() * SIZE / 2 < 0.05 and record["largest_motion_px_at_256"] < 0.1
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "missing a part"])
+def test_a_damaged_body_motion_file_is_a_clear_error(damage, tmp_path):
+    from avatar.contracts.dataset import BodyMotion, Dataset
+    from avatar.errors import UserError
+    from tests.export_fixtures import make_dataset
+
+    root = make_dataset(tmp_path / "ds")
+    path = root / "body_motion.npz"
+    if damage == "garbage":
+        path.write_bytes(b"not an array file")
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[:100])
+    else:
+        np.savez(path, codes=BodyMotion.load(path).codes)
+    with pytest.raises(UserError, match="body_motion.npz: unreadable.*--force"):
+        Dataset(root).body_motion()

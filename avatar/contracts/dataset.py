@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import zipfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -312,7 +313,11 @@ class Dataset:
         return np.stack([np.asarray(shapes[:, names.index(n)], np.float32) for n in BLINK_NAMES], 1)
 
     def body_motion(self) -> BodyMotion:
-        """The body's tracked motion (UserError for a dataset made before it was tracked)."""
+        """The body's tracked motion (UserError for a dataset made before it was tracked). Read once."""
+        return self._body_motion
+
+    @cached_property
+    def _body_motion(self) -> BodyMotion:
         path = self.layout.body_motion
         if not path.is_file():
             raise UserError(f"{self.root}: no body_motion.npz (a dataset made before the body's motion was tracked). "
@@ -320,7 +325,7 @@ class Dataset:
                             "and keeps the rest.")
         try:
             return BodyMotion.load(path)
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
             raise UserError(f"{path}: unreadable ({exc}). Re-run preprocessing with --force.") from exc
 
     def mouth_openings(self, frames: np.ndarray | None = None) -> np.ndarray:
