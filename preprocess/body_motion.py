@@ -15,9 +15,9 @@ from typing import Callable, Iterable
 
 import cv2
 import numpy as np
-from scipy.signal import savgol_filter
 
-from avatar.contracts.dataset import BodyMotion, MASK_BITS
+from avatar.contracts.dataset import BodyMotion, bit_mask
+from preprocess.smoothing import smooth_series
 
 ANALYSIS_SIZE = 256  # frames are resized to this square for the flow (cost, and the detail the flow needs)
 
@@ -90,7 +90,7 @@ def track_body(read_frame: Callable[[int], np.ndarray], read_mask: Callable[[int
     picks = np.linspace(0, fit_frames - 1, min(cfg.template_frames, fit_frames)).round().astype(int)
     template = body_template([_small(read_frame(int(i))) for i in picks], cfg.template_rounds)
     bits = [read_mask(int(i)) for i in picks]
-    coverage = {name: np.mean([_small(((b >> MASK_BITS[name]) & 1).astype(np.float32)) for b in bits], 0)
+    coverage = {name: np.mean([_small(bit_mask(b, name).astype(np.float32)) for b in bits], 0)
                 for name in ("torso", "head")}
     cells = body_cells(coverage["torso"], coverage["head"], cfg)
     flow = _Flow()
@@ -105,8 +105,8 @@ def track_body(read_frame: Callable[[int], np.ndarray], read_mask: Callable[[int
     modes = min(cfg.modes, len(singular))
     codes = (flat - mean) @ vt[:modes].T  # [N, K]
     window = int(round(cfg.smoothing_s * fps)) | 1
-    if window >= 5 and num_frames >= window:
-        codes = savgol_filter(codes, window, polyorder=2, axis=0, mode="interp")
+    if window >= 5:
+        codes = smooth_series(codes, window)
     energy = singular**2
     explained = float(energy[:modes].sum() / max(energy.sum(), 1e-12))
     to_field = lambda v: v.reshape(cfg.grid, cfg.grid, 2).transpose(2, 0, 1)  # noqa: E731 -> [2, G, G]

@@ -19,15 +19,23 @@ def mean_rotation(rotations: np.ndarray) -> np.ndarray:
     return Rotation.from_matrix(rotations).mean().as_matrix()
 
 
+def smooth_series(values: np.ndarray, window: int) -> np.ndarray:
+    """[N, ...] values smoothed over time with no lag (a local quadratic over an odd `window` of frames);
+    a copy, unsmoothed, when the clip is shorter than the window."""
+    if len(values) < window:
+        return values.copy()
+    return savgol_filter(values, window, polyorder=2, axis=0, mode="interp")
+
+
 def smooth_pose(rotations: np.ndarray, translations: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
     """[N, 3, 3], [N, 3] -> the same, smoothed in time with no lag over an odd `window` of frames."""
     if len(rotations) < window:
         return rotations.copy(), translations.copy()
     mean = mean_rotation(rotations)
     rel = Rotation.from_matrix(np.einsum("ij,njk->nik", mean.T, rotations)).as_rotvec()  # [N, 3]
-    rel = savgol_filter(rel, window, polyorder=2, axis=0, mode="interp")
+    rel = smooth_series(rel, window)
     smoothed_rot = np.einsum("ij,njk->nik", mean, Rotation.from_rotvec(rel).as_matrix())
-    smoothed_t = savgol_filter(translations, window, polyorder=2, axis=0, mode="interp")
+    smoothed_t = smooth_series(translations, window)
     return smoothed_rot.astype(rotations.dtype), smoothed_t.astype(translations.dtype)
 
 
