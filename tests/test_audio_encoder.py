@@ -226,6 +226,27 @@ def test_a_quiet_decoded_pause_closes_the_mouth_and_speech_is_left_alone():
     torch.testing.assert_close(enc(audio)[1], free)
 
 
+def test_the_mouth_closes_as_a_pause_begins_and_opens_before_the_speech_after_it():
+    """The decoder starts a pause late (a word's fading end is still the word to it): a fading frame with a
+    decoded pause just ahead closes; a frame whose speech starts just ahead stays free (speakers open early)."""
+    cfg = AudioEncoderConfig(context=1, channels=8, embed_dim=8, heads=2, members=1, dropout=0.0)
+    silence, energy = 5, 0
+    enc = AudioEncoder(cfg, feature_dim=6, window=16, expression_dim=3).eval()
+    enc.silence_column, enc.energy_column = torch.tensor(silence), torch.tensor(energy)
+    rows = torch.arange(16)
+    fading = torch.zeros(2, 3, 16, 6)  # rows are 10 ms apart; the frame's centre is row 8
+    fading[0, 1, :, silence] = (rows >= 10).float()  # the decoder's pause starts 20 ms after the centre
+    fading[0, 1, :, energy] = torch.where(rows >= 10, -3.0, -1.0)  # the word has faded to the clip's quiet side
+    fading[1, 1, :, silence] = (rows < 7).float()  # the mirror image: a pause ending, speech from row 7 on
+    fading[1, 1, :, energy] = torch.where(rows < 7, -3.0, -1.0)
+    gate = enc.pause(fading)
+    assert float(gate[0]) > 0.9
+    assert float(gate[1]) == 0.0
+    speech_ahead = fading[:1].clone()  # the same fading frame, but the decoder hears a phone all along
+    speech_ahead[..., silence] = 0.0
+    assert float(enc.pause(speech_ahead)[0]) == 0.0
+
+
 def test_voice_dropout_hides_the_voice_columns_of_some_samples_and_keeps_the_phones():
     cfg = AudioEncoderConfig(feature_noise=0.0, freq_mask=0, voice_dropout=0.5)
     audio = torch.randn(400, 3, 16, 10) + 5.0  # no column is zero by chance

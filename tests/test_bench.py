@@ -78,3 +78,33 @@ def test_bench_without_a_run_prints_the_table(capsys):
     rows = run(BenchConfig(quick=True, components=False))  # the real components are slow: tested above
     assert rows[0]["section"] == "device"
     assert "device" in capsys.readouterr().out
+
+
+def _bench_lipsync():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_lipsync.py"
+    spec = importlib.util.spec_from_file_location("bench_lipsync", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_tts_development_set_is_made_once_and_needs_espeak(tmp_path, monkeypatch):
+    bench = _bench_lipsync()
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(SystemExit, match="espeak-ng is not on the PATH"):
+        bench.synthesise_tts(tmp_path / "tts")
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    calls = tmp_path / "calls"
+    fake = tools / "espeak-ng"  # writes its arguments where -w says, and counts its calls
+    fake.write_text(f'#!/bin/sh\necho x >> {calls}\nwhile [ "$1" != "-w" ]; do shift; done\necho "$@" > "$2"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tools))
+    clips = bench.synthesise_tts(tmp_path / "tts")
+    assert [c.stem for c in clips] == [stem for stem, *_ in bench.TTS_SET]
+    assert all(c.is_file() for c in clips) and "Guten Abend" in clips[-1].read_text()
+    bench.synthesise_tts(tmp_path / "tts")  # the second time reuses the files
+    assert len(calls.read_text().split()) == len(bench.TTS_SET)

@@ -287,12 +287,19 @@ class AudioEncoder(nn.Module):
         return float(np.clip(float(self.speech_spread) / spread, 1.0, self.cfg.max_clip_gain))
 
     def pause(self, audio: Tensor) -> Tensor:
-        """[B, 2K+1, W, F] -> [B] in 0..1: how surely the frame's centre (+-20 ms) is in a pause: the
-        decoder's silence probability from 0.5 to 0.9, times quietness from 1 to 2 clip standard deviations
-        below the clip's mean log energy."""
+        """[B, 2K+1, W, F] -> [B] in 0..1: how surely the frame is in a pause: the decoder's silence
+        probability (over 50 ms, from 0.5 to 0.9) at the frame's centre or later in its window, times
+        quietness from 1 to 2 clip standard deviations below the clip's mean log energy, over the frame's
+        centre (+-20 ms) and the rest of its window ahead.
+
+        Why ahead and not around: the decoder counts a word's decaying end to the word, so its pause starts
+        a frame or two after the sound has faded, and the mouth would close late; looking ahead closes it as
+        the sound fades. At a pause's end a speaker's mouth opens before the sound starts (their own
+        recordings show it), so the speech that follows must not hold it closed: nothing looks back."""
         c, w = audio.shape[1] // 2, audio.shape[2] // 2
-        centre = audio[:, c, w - 2: w + 3]  # [B, 5, F]
-        sure = ((centre[..., int(self.silence_column)].mean(-1) - 0.5) / 0.4).clamp(0, 1)
+        ahead = audio[:, c, w - 2:]  # [B, rows, F]: from 20 ms before the centre to the window's end
+        silence = ahead[..., int(self.silence_column)].unfold(1, 5, 1).mean(-1)  # [B, rows - 4]
+        sure = ((silence.amax(-1) - 0.5) / 0.4).clamp(0, 1)
         if int(self.energy_column) < 0:
             return sure
-        return sure * (-1.0 - centre[..., int(self.energy_column)].mean(-1)).clamp(0, 1)
+        return sure * (-1.0 - ahead[..., int(self.energy_column)].mean(-1)).clamp(0, 1)
