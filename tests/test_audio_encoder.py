@@ -245,6 +245,8 @@ def test_the_mouth_closes_as_a_pause_begins_and_opens_before_the_speech_after_it
     speech_ahead = fading[:1].clone()  # the same fading frame, but the decoder hears a phone all along
     speech_ahead[..., silence] = 0.0
     assert float(enc.pause(speech_ahead)[0]) == 0.0
+    short = fading[:, :, 6:10]  # the shortest feature window preprocess allows (4 rows) still works
+    assert enc.pause(short).shape == (2,)
 
 
 def test_voice_dropout_hides_the_voice_columns_of_some_samples_and_keeps_the_phones():

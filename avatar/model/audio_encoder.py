@@ -298,7 +298,8 @@ class AudioEncoder(nn.Module):
         recordings show it), so the speech that follows must not hold it closed: nothing looks back."""
         c, w = audio.shape[1] // 2, audio.shape[2] // 2
         ahead = audio[:, c, w - 2:]  # [B, rows, F]: from 20 ms before the centre to the window's end
-        silence = ahead[..., int(self.silence_column)].unfold(1, 5, 1).mean(-1)  # [B, rows - 4]
+        span = min(5, ahead.shape[1])  # 50 ms (a 4-row window has fewer rows ahead)
+        silence = ahead[..., int(self.silence_column)].unfold(1, span, 1).mean(-1)  # [B, rows - span + 1]
         sure = ((silence.amax(-1) - 0.5) / 0.4).clamp(0, 1)
         if int(self.energy_column) < 0:
             return sure
