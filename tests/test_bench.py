@@ -61,7 +61,7 @@ class BlankHead:
 def test_render_rows_time_every_resolution(eval_dataset):
     dataset = eval_dataset
     pytest.importorskip("avatar.model.talking_head")  # FrameConditions
-    from avatar.eval.evaluate import frame_conditions
+    from avatar.eval.frames import frame_conditions
 
     head = BlankHead()
     val = dataset.indices("val")[:3]

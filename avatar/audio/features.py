@@ -23,13 +23,11 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from avatar.audio.io import SAMPLE_RATE
+from avatar.audio.speech_model import SPEECH_MODEL_PREFIX, SpeechModelFeatures
 from avatar.errors import UserError
-
-SPEECH_MODEL_PREFIX = "speech-"  # the name of a speech-encoder part starts so (SpeechModelFeatures.name)
 
 if TYPE_CHECKING:
     from avatar.audio.phonetic import PhoneticFeatures
-    from avatar.audio.speech_model import SpeechModelFeatures
 
 
 class FeatureExtractor(Protocol):
@@ -169,7 +167,6 @@ def speech_features(kind: str, speech_model: str | Path | None = None, layer: in
     """The extractor of one of FEATURE_SETS, with the hidden layer `layer` of the speech encoder saved in the
     folder `speech_model` when one is given (UserError when it is not a usable model folder)."""
     from avatar.audio.phonetic import PhoneticFeatures
-    from avatar.audio.speech_model import SpeechModelFeatures
 
     parts = kind.split("+")
     classes = {("visemes",): "visemes", ("phones",): "phones", ("phones", "visemes"): "both"}.get(

@@ -28,10 +28,10 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from avatar.audio.features import SPEECH_MODEL_PREFIX
 from avatar.audio.grid import HOP, RATE_HZ, grid_rows, num_rows
 from avatar.errors import UserError
 
+SPEECH_MODEL_PREFIX = "speech-"  # the name of a speech-encoder part starts so (SpeechModelFeatures.name)
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 SUPPORTED = ("hubert", "wav2vec2", "wavlm", "data2vec-audio")  # config.json model_type: a conv frontend + encoder
 

@@ -256,8 +256,7 @@ def own_voice(head, dataset: Dataset, landmarker, batch: int) -> dict:
     import torch
 
     from avatar.audio.io import load_audio
-    from avatar.eval.evaluate import frame_conditions
-    from avatar.eval.frames import quantize
+    from avatar.eval.frames import frame_conditions, quantize
 
     val = dataset.indices("val")
     audio = dataset.audio_windows(head.audio_context, val)

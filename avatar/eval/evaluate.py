@@ -22,7 +22,7 @@ from avatar.contracts.face_mesh import lip_contour_ids
 from avatar.device import resolve_device
 from avatar.errors import UserError
 from avatar.eval.config import EvalConfig
-from avatar.eval.frames import render_frames, resize_mask, resize_rgb, to_chw
+from avatar.eval.frames import frame_conditions, render_frames, resize_mask, resize_rgb, to_chw
 from avatar.eval.landmarks import LANDMARK_SCALE, FaceLandmarker
 from avatar.eval.scorer import REGIONS, FrameRegions, SequenceScorer, mouth_boxes
 
@@ -37,25 +37,6 @@ REFERENCE = "ground_truth"
 
 # (frame indices [B], conditions, ground truth [B, S, S, 3] uint8) -> [B, S, S, 3] uint8
 FrameSource = Callable[[np.ndarray, object, np.ndarray], np.ndarray]
-
-
-def frame_conditions(dataset: Dataset, indices: np.ndarray, audio: np.ndarray, device: torch.device,
-                     clip_gain: float = 1.0):
-    """The tracked conditions of dataset frames `indices` [B]: their audio windows `audio` [B, C, W, F],
-    head pose, body codes and eye blinks, and the motion gain of the clip they belong to."""
-    from avatar.model.talking_head import FrameConditions
-
-    def tensor(array: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(array, np.float32)).to(device)
-
-    return FrameConditions(
-        audio=tensor(audio),
-        rotation=tensor(dataset.tracking("rotation")[indices]),
-        translation=tensor(dataset.tracking("translation")[indices]),
-        blink=tensor(dataset.blinks()[indices]),
-        body=tensor(dataset.body_motion().codes[indices]),
-        clip_gain=clip_gain,
-    )
 
 
 def frame_regions(dataset: Dataset, indices: np.ndarray, boxes: np.ndarray, size: int,

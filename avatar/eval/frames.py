@@ -1,11 +1,14 @@
-"""Image conversions shared by the evaluation: every method's frames pass through the same resizing and
-8-bit quantisation (what a video of them would show) before they are scored."""
+"""Frames shared by the evaluation's scorers: the tracked conditions of dataset frames, and the image
+conversions every method's frames pass through (the same resizing and 8-bit quantisation, what a video of
+them would show) before they are scored."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from avatar.contracts.dataset import Dataset
 
 
 def resize_rgb(image: np.ndarray, size: int) -> np.ndarray:
@@ -41,3 +44,22 @@ def render_frames(head, cond, size: int, deform: bool = True) -> np.ndarray:
     """TalkingHead.render of a batch of conditions -> [B, size, size, 3] uint8 (its own background plate)."""
     images = quantize(head.render(cond, deform=deform)["rgb"])
     return np.stack([resize_rgb(img, size) for img in images])
+
+
+def frame_conditions(dataset: Dataset, indices: np.ndarray, audio: np.ndarray, device: torch.device,
+                     clip_gain: float = 1.0):
+    """The tracked conditions of dataset frames `indices` [B]: their audio windows `audio` [B, C, W, F],
+    head pose, body codes and eye blinks, and the motion gain of the clip they belong to."""
+    from avatar.model.talking_head import FrameConditions
+
+    def tensor(array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array, np.float32)).to(device)
+
+    return FrameConditions(
+        audio=tensor(audio),
+        rotation=tensor(dataset.tracking("rotation")[indices]),
+        translation=tensor(dataset.tracking("translation")[indices]),
+        blink=tensor(dataset.blinks()[indices]),
+        body=tensor(dataset.body_motion().codes[indices]),
+        clip_gain=clip_gain,
+    )
