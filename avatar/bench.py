@@ -112,9 +112,8 @@ def driving_conditions(head, windows: np.ndarray, count: int, device: torch.devi
     rows = np.resize(np.arange(len(windows)), count)
     rotation, translation, body = pose_schedule(head.driving, count, "track")
     blinks = blink_schedule(head.driving, count, head.fps, None)
-    tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a, np.float32)).to(device)  # noqa: E731
-    return [FrameConditions(tensor(windows[rows[i: i + 1]]), tensor(rotation[i: i + 1]), tensor(translation[i: i + 1]),
-                            tensor(blinks[i: i + 1]), tensor(body[i: i + 1])) for i in range(count)]
+    return [FrameConditions.from_arrays(device, windows[rows[i: i + 1]], rotation[i: i + 1], translation[i: i + 1],
+                                        blinks[i: i + 1], body[i: i + 1]) for i in range(count)]
 
 
 def render_rows(head, conds: list, warmup: int, resolutions: tuple[int, ...], device: torch.device) -> list[dict]:

@@ -52,14 +52,6 @@ def frame_conditions(dataset: Dataset, indices: np.ndarray, audio: np.ndarray, d
     head pose, body codes and eye blinks, and the motion gain of the clip they belong to."""
     from avatar.model.talking_head import FrameConditions
 
-    def tensor(array: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(array, np.float32)).to(device)
-
-    return FrameConditions(
-        audio=tensor(audio),
-        rotation=tensor(dataset.tracking("rotation")[indices]),
-        translation=tensor(dataset.tracking("translation")[indices]),
-        blink=tensor(dataset.blinks()[indices]),
-        body=tensor(dataset.body_motion().codes[indices]),
-        clip_gain=clip_gain,
-    )
+    return FrameConditions.from_arrays(device, audio, dataset.tracking("rotation")[indices],
+                                       dataset.tracking("translation")[indices], dataset.blinks()[indices],
+                                       dataset.body_motion().codes[indices], clip_gain)

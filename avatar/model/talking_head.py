@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -49,6 +50,16 @@ class FrameConditions:
     blink: Tensor  # [B, 2] eyeBlinkLeft, eyeBlinkRight in 0..1
     body: Tensor  # [B, K] the body's motion codes of the pose track's rows (avatar.model.torso)
     clip_gain: float = 1.0  # the driving clip's motion gain (AudioEncoder.clip_gain)
+
+    @staticmethod
+    def from_arrays(device: torch.device | str, audio: np.ndarray, rotation: np.ndarray, translation: np.ndarray,
+                    blink: np.ndarray, body: np.ndarray, clip_gain: float = 1.0) -> "FrameConditions":
+        """The same fields as numpy arrays (any float dtype), as float32 tensors on `device`."""
+        def tensor(array: np.ndarray) -> Tensor:
+            return torch.from_numpy(np.ascontiguousarray(array, np.float32)).to(device)
+
+        return FrameConditions(tensor(audio), tensor(rotation), tensor(translation), tensor(blink), tensor(body),
+                               clip_gain)
 
 
 @dataclass

@@ -258,21 +258,16 @@ def driven_batches(head: "TalkingHead", windows: Iterator[np.ndarray], blinks: n
     """(output frames, their FrameConditions) in batches of at most `batch_frames`, from chunks of feature
     windows [b, C, W, F] of consecutive frames, the avatar's pose schedule, the blinks [N, 2] and the clip's
     motion gain."""
-    import torch
-
     from avatar.model.talking_head import FrameConditions
 
     device = next(head.parameters()).device
-    tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a, np.float32)).to(device)  # noqa: E731
     first = 0
     for chunk in windows:
         for lo in range(0, len(chunk), batch_frames):
             frames = range(first + lo, first + min(len(chunk), lo + batch_frames))
             rotation, translation, body = pose_schedule(head.driving, len(frames), pose, fps, frames.start)
-            yield frames, FrameConditions(audio=tensor(chunk[lo: lo + len(frames)]), rotation=tensor(rotation),
-                                          translation=tensor(translation), blink=tensor(blinks[frames.start: frames.stop]),
-                                          body=tensor(body),
-                                          clip_gain=clip_gain)
+            yield frames, FrameConditions.from_arrays(device, chunk[lo: lo + len(frames)], rotation, translation,
+                                                      blinks[frames.start: frames.stop], body, clip_gain)
         first += len(chunk)
 
 

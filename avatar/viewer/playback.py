@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 
 from avatar.model.driving import audio_windows, blink_schedule, pose_schedule
 
@@ -87,10 +86,7 @@ class Playback:
 
         k = self.head.audio_context
         neighbours = np.clip(np.arange(frame - k, frame + k + 1), 0, self.num_frames - 1)
-        rotation, translation = self.pose(frame, source)
-        body = self._poses[source][2][frame]
+        rotation, translation, body = (part[frame] for part in self._poses[source])
         blinks = self._blinks[frame] if blink is None else np.full(2, blink, np.float32)
-        device = self.head.K.device
-        as_tensor = lambda a: torch.as_tensor(np.asarray(a, np.float32), device=device)[None]  # noqa: E731
-        return FrameConditions(as_tensor(self.windows[neighbours]), as_tensor(rotation), as_tensor(translation),
-                               as_tensor(blinks), as_tensor(body), self.clip_gain)
+        return FrameConditions.from_arrays(self.head.K.device, self.windows[neighbours][None], rotation[None],
+                                           translation[None], blinks[None], body[None], self.clip_gain)
