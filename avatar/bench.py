@@ -10,21 +10,23 @@ Works on CPU (torch backends) and on a GPU; the device is in the table.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
+import pkgutil
 import json
 import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Annotated, ClassVar, Optional
 
 import numpy as np
 import torch
 import tyro
 
+import avatar.benchmarks
 from avatar.errors import UserError
-
-BENCHMARK_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
+from avatar.tables import format_table
 
 
 @dataclass
@@ -53,19 +55,18 @@ class BenchConfig:
     """also write the rows as JSON here"""
 
 
-def component_rows(directory: Path, quick: bool) -> list[dict]:
-    """Rows of every `bench_*.py` in `directory` (a module that fails gives one row with its error)."""
+def component_rows(quick: bool, package: ModuleType = avatar.benchmarks) -> list[dict]:
+    """Rows of every `bench_*` module of `package` (a module that fails gives one row with its error)."""
     rows: list[dict] = []
-    for path in sorted(directory.glob("bench_*.py")):
-        spec = importlib.util.spec_from_file_location(f"benchmarks.{path.stem}", path)
-        module = importlib.util.module_from_spec(spec)
-        try:
-            spec.loader.exec_module(module)
-            result = module.run(quick)
-        except Exception as exc:  # one broken benchmark must not hide the others
-            rows.append({"section": path.stem, "name": path.stem, "error": f"{type(exc).__name__}: {exc}"})
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+        if not info.name.startswith("bench_"):
             continue
-        rows += [{"section": path.stem, **row} for row in (result or [])]
+        try:
+            result = importlib.import_module(f"{package.__name__}.{info.name}").run(quick)
+        except Exception as exc:  # one broken benchmark must not hide the others
+            rows.append({"section": info.name, "name": info.name, "error": f"{type(exc).__name__}: {exc}"})
+            continue
+        rows += [{"section": info.name, **row} for row in (result or [])]
     return rows
 
 
@@ -168,24 +169,6 @@ def training_rows(run_dir: Path) -> list[dict]:
     return rows
 
 
-def format_table(rows: list[dict]) -> str:
-    """Rows of differing keys as one aligned text table (a blank where a row has no value)."""
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-
-    def cell(v) -> str:
-        if isinstance(v, dict):
-            return ", ".join(f"{k}={cell(x)}" for k, x in v.items())
-        if isinstance(v, float):
-            return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
-        return "" if v is None else str(v)
-
-    table = [[cell(row.get(c)) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in table)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in table]
-    return "\n".join(lines)
-
-
 def format_report(rows: list[dict]) -> str:
     """One table per section (each component benchmark, the avatar's rendering, its training), in order."""
     sections: dict[str, list[dict]] = {}
@@ -204,7 +187,7 @@ def run(cfg: BenchConfig) -> list[dict]:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     rows: list[dict] = [{"section": "device", "name": name}]
     if cfg.components:
-        rows += component_rows(BENCHMARK_DIR, cfg.quick)
+        rows += component_rows(cfg.quick)
     if cfg.run is not None:
         from avatar.model.talking_head import TalkingHead
 

@@ -22,7 +22,7 @@ from avatar.errors import UserError
 
 # command -> (config class, runner taking that config), as "module:attribute"
 COMMANDS: dict[str, tuple[str, str]] = {
-    "preprocess": ("preprocess.config:PreprocessConfig", "preprocess.build:run"),
+    "preprocess": ("avatar.preprocess.config:PreprocessConfig", "avatar.preprocess.build:run"),
     "train": ("avatar.train.config:TrainConfig", "avatar.train.runner:run"),
     "render": ("avatar.render.config:RenderConfig", "avatar.render.video:run"),
     "view": ("avatar.viewer.config:ViewerConfig", "avatar.viewer.app:run"),

@@ -1,16 +1,18 @@
-"""Typed config dataclasses <-> dicts, and named presets from `configs/<command>/<name>.toml`."""
+"""Typed config dataclasses <-> dicts, and named presets: `configs/<command>/<name>.toml` in the repository,
+installed as the package data of `avatar.configs` and read through `importlib.resources`."""
 
 from __future__ import annotations
 
 import dataclasses
 import tomllib
 import typing
+from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
 from avatar.errors import UserError
 
-PRESET_DIR = Path(__file__).resolve().parents[1] / "configs"
+PRESETS = resources.files("avatar.configs")
 T = TypeVar("T")
 
 
@@ -91,11 +93,12 @@ def check_values(cfg: Any, prefix: str = "", limits: dict | None = None) -> None
 
 
 def presets(command: str) -> list[str]:
-    return sorted(p.stem for p in (PRESET_DIR / command).glob("*.toml"))
+    folder = PRESETS / command
+    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml")) if folder.is_dir() else []
 
 
 def load_preset(command: str, name: str, cls: type[T]) -> T:
-    path = PRESET_DIR / command / f"{name}.toml"
+    path = PRESETS / command / f"{name}.toml"
     if not path.is_file():
         raise UserError(f"no preset {name!r} for `avatar {command}`; available: {presets(command) or 'none'}")
     return from_dict(cls, tomllib.loads(path.read_text()))

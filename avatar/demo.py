@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import ClassVar
 
 from avatar.errors import UserError
+from avatar.examples import ENVIRONMENT_VARIABLE, example_data
 
-SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+SHARED_DATA = example_data()
 
 
 @dataclass
@@ -61,8 +62,8 @@ def _check_inputs(cfg: DemoConfig) -> None:
         if not Path(path).is_file():
             raise UserError(
                 f"{Path(path).resolve()}: the demo's example {what} is missing. The demo expects the shared example "
-                f"data at {SHARED_DATA.resolve()} (a folder `shared/data` beside the repository); give your own "
-                "files with --video and --audio."
+                f"data at {SHARED_DATA.resolve()} (a folder `shared/data` beside the repository, or set "
+                f"${ENVIRONMENT_VARIABLE}); give your own files with --video and --audio."
             )
 
 

@@ -20,14 +20,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from avatar.examples import example_data
 
-REPO = Path(__file__).resolve().parents[1]
-SPEECH = REPO / ".." / "shared" / "data" / "musetalk_eng_speech_60s.wav"
+
+SPEECH = example_data() / "musetalk_eng_speech_60s.wav"
 MEMORY_FPS = 0.05  # one frame per 20 s: 90 frames for 30 minutes of audio
 
 
 def trained_run() -> Path | None:
-    for candidate in (os.environ.get("AVATAR_BENCH_RUN"), REPO / "out" / "demo" / "run"):
+    for candidate in (os.environ.get("AVATAR_BENCH_RUN"), Path("out/demo/run")):
         if candidate and (Path(candidate) / "avatar.pt").is_file():
             return Path(candidate)
     return None
@@ -52,7 +53,7 @@ def measure(command: list[str]) -> tuple[float, float, str]:
     """(peak RSS in MiB, wall seconds, stdout) of a child process."""
     with tempfile.TemporaryFile("w+") as log:
         start = time.perf_counter()
-        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(child.pid, 0)
         child.returncode = os.waitstatus_to_exitcode(status)
         wall = time.perf_counter() - start

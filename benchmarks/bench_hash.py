@@ -14,6 +14,7 @@ import time
 import torch
 
 from avatar.model.hash_triplane import HashTriplane, HashTriplaneConfig, tcnn_available
+from avatar.tables import format_table
 
 NUM_POINTS = 100_000
 
@@ -80,6 +81,4 @@ def run(quick: bool) -> list[dict]:
 
 
 if __name__ == "__main__":
-    from avatar.bench import format_table
-
     print(format_table(run(quick="--quick" in sys.argv[1:])))

@@ -30,8 +30,9 @@ from pathlib import Path
 import torch
 
 from avatar.contracts.atomic import write_json
+from avatar.examples import example_data
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED = example_data()
 SPEECH_CLIPS = ("espeak_en_us_male_26s.wav", "espeak_en_us_female_12s.wav", "musetalk_eng_speech_60s.wav",
                 "genefacepp_macron_speech_12s.wav")
 # (file stem, espeak-ng voice, words a minute, pitch 0-99, text): voices and texts the shared clips do not use

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+from avatar.examples import example_data
+
+DATA = example_data()
 VIDEOS = ("dfrf_macron_address_50s.mp4", "mimictalk_german_anchor_20s.mp4", "edtalk_obama_20s.mp4")
 FPS, SIZE = 25.0, 512
 
@@ -48,9 +49,9 @@ def jaw_energy_correlation(jaw: np.ndarray, path: Path, max_lag: int = 4) -> tup
 
 def measure(name: str, max_frames: int | None) -> dict:
     from avatar.contracts.camera import Intrinsics
-    from preprocess.background import BackgroundAccumulator
-    from preprocess.masks import MaskMaker
-    from preprocess.track import BLENDSHAPE_NAMES, LandmarkFaceModel, detect_landmarks
+    from avatar.preprocess.background import BackgroundAccumulator
+    from avatar.preprocess.masks import MaskMaker
+    from avatar.preprocess.track import BLENDSHAPE_NAMES, LandmarkFaceModel, detect_landmarks
 
     path = DATA / name
     t0, c0 = time.perf_counter(), time.process_time()
@@ -100,6 +101,5 @@ def run(quick: bool) -> list[dict]:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(REPO))
     for row in run("--quick" in sys.argv):
         print(row, flush=True)

@@ -21,9 +21,9 @@ import numpy as np
 
 from avatar.audio.grid import HOP, num_rows
 from avatar.audio.phonetic import PHONES, SAMPLE_RATE, SILENCE, PhoneticFeatures, decode_phones, row_labels
+from avatar.examples import example_data
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO / ".." / "shared" / "data"
+DATA = example_data()
 CACHE = Path("/tmp/probe_phonetic_cache")
 CLIPS = {"fr": "dfrf_macron_address_50s.mp4", "de": "mimictalk_german_anchor_20s.mp4",
          "en": "edtalk_obama_20s.mp4"}

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from avatar.contracts.dataset import BodyMotion, bit_mask
-from preprocess.smoothing import smooth_series
+from avatar.preprocess.smoothing import smooth_series
 
 ANALYSIS_SIZE = 256  # frames are resized to this square for the flow (cost, and the detail the flow needs)
 

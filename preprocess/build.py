@@ -31,11 +31,11 @@ from avatar.contracts.dataset import (
 from avatar.contracts.face_mesh import mouth_opening
 from avatar.metrics.lip_sync import lagged_pearson
 from avatar.errors import UserError
-from preprocess.audio import require_audio, time_origin
-from preprocess.body_motion import BodyMotionConfig
-from preprocess.config import PreprocessConfig
-from preprocess.frame_io import ThreadedImageWriter, progress, stored_frames
-from preprocess.steps import MARKER_DIR, StepRunner
+from avatar.preprocess.audio import require_audio, time_origin
+from avatar.preprocess.body_motion import BodyMotionConfig
+from avatar.preprocess.config import PreprocessConfig
+from avatar.preprocess.frame_io import ThreadedImageWriter, progress, stored_frames
+from avatar.preprocess.steps import MARKER_DIR, StepRunner
 
 LIBRARIES = ["avatar", "numpy", "opencv-python-headless", "av", "mediapipe", "librosa", "scipy", "soundfile"]
 
@@ -131,7 +131,7 @@ class Builder:
 
     # ------------------------------------------------------------------ steps
     def step_audio(self) -> dict:
-        from preprocess.audio import clip_audio
+        from avatar.preprocess.audio import clip_audio
 
         wave, warnings = clip_audio(self.info, self.cfg.audio, self.origin_s)
         stated = self._stated_duration()
@@ -154,8 +154,8 @@ class Builder:
         return {"num_samples": int(wave.size), "duration_s": wave.size / SAMPLE_RATE, "warnings": warnings}
 
     def step_crop(self) -> dict:
-        from preprocess.crop import choose_crop, main_faces
-        from preprocess.track import find_faces_for_crop
+        from avatar.preprocess.crop import choose_crop, main_faces
+        from avatar.preprocess.track import find_faces_for_crop
         from avatar.contracts.video import frames_at_times
 
         span = self._stated_duration()
@@ -184,7 +184,7 @@ class Builder:
                 "frames_with_several_faces": crowded, "warnings": warnings}
 
     def step_frames(self, crop: Crop, max_frames: int) -> dict:
-        from preprocess.crop import apply_crop
+        from avatar.preprocess.crop import apply_crop
         from avatar.contracts.video import resampled_frames
 
         params = [cv2.IMWRITE_JPEG_QUALITY, self.cfg.jpeg_quality]
@@ -208,7 +208,7 @@ class Builder:
         return {"frames": count}
 
     def step_landmarks(self, num_frames: int) -> dict:
-        from preprocess.track import detect_landmarks
+        from avatar.preprocess.track import detect_landmarks
 
         det = detect_landmarks(stored_frames(self.root, num_frames), max_missing_fraction=self.cfg.max_missing_face,
                                source=str(self.cfg.video), total=num_frames, show_progress=sys.stderr.isatty())
@@ -233,7 +233,7 @@ class Builder:
         return self.root / MARKER_DIR / "detections.tmp.npz"
 
     def step_track(self, intrinsics: Intrinsics) -> dict:
-        from preprocess.track import LandmarkDetections, LandmarkFaceModel
+        from avatar.preprocess.track import LandmarkDetections, LandmarkFaceModel
 
         with np.load(self.root / MARKER_DIR / "detections.npz") as d:
             det = LandmarkDetections(d["landmarks_mp3d"], d["valid"], d["num_faces"])
@@ -252,8 +252,8 @@ class Builder:
 
     def step_masks(self, num_frames: int) -> dict:
         """Masks of every frame and, in the same pass over the frames, the background plate."""
-        from preprocess.background import BackgroundAccumulator
-        from preprocess.masks import MaskMaker
+        from avatar.preprocess.background import BackgroundAccumulator
+        from avatar.preprocess.masks import MaskMaker
 
         landmarks = np.load(self.layout.tracking("landmarks"), mmap_mode="r")
         make_mask = MaskMaker()
@@ -288,7 +288,7 @@ class Builder:
         return {"features": info.__dict__, "rows": int(feats.shape[0])}
 
     def step_body(self, num_frames: int, split: Split) -> dict:
-        from preprocess.body_motion import track_body
+        from avatar.preprocess.body_motion import track_body
 
         read_frame = lambda i: read_rgb(self.layout.frame(i))  # noqa: E731
         read_mask = lambda i: read_mask_bits(self.layout.mask(i))  # noqa: E731
@@ -299,7 +299,7 @@ class Builder:
         return {"frames": num_frames, "stats": record}
 
     def step_preview(self, num_frames: int, intrinsics: Intrinsics) -> dict:
-        from preprocess.preview import write_contact_sheet, write_preview
+        from avatar.preprocess.preview import write_contact_sheet, write_preview
 
         count = min(num_frames, int(round(self.cfg.preview_seconds * self.cfg.fps)))
         write_preview(self.root, count, self.cfg.fps, intrinsics, self.layout.preview)

@@ -22,10 +22,10 @@ from avatar.contracts.camera import Intrinsics, project
 from avatar.contracts.face_mesh import CHIN, FOREHEAD, NUM_MESH_POINTS, RIGID_ANCHORS
 from avatar.contracts.face_mesh import MIRROR_PAIRS as FACE_MESH_MIRROR_PAIRS
 from avatar.errors import UserError
-from preprocess.blendshapes import BLENDSHAPE_NAMES, blendshape_coefficients
-from preprocess.landmarks import LandmarkDetections
-from preprocess.smoothing import jitter_ratios, lag_frames, rotation_signal, second_difference_energy, smooth_pose_adaptive
-from preprocess.tracker_interface import TrackResult
+from avatar.preprocess.blendshapes import BLENDSHAPE_NAMES, blendshape_coefficients
+from avatar.preprocess.landmarks import LandmarkDetections
+from avatar.preprocess.smoothing import jitter_ratios, lag_frames, rotation_signal, second_difference_energy, smooth_pose_adaptive
+from avatar.preprocess.tracker_interface import TrackResult
 
 EYE_CORNER_DISTANCE_M = 0.09  # typical adult outer canthal width (landmarks 33 and 263): sets the metric scale
 HEAD_CENTRE_BEHIND_EYES_M = 0.075  # the head centre (origin) lies this far behind the eye corners' midpoint

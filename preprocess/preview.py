@@ -12,7 +12,7 @@ import numpy as np
 from avatar.contracts.atomic import atomic_path
 from avatar.contracts.camera import Intrinsics, project
 from avatar.contracts.dataset import MASK_BITS, DatasetLayout, read_mask_bits, read_rgb
-from preprocess.frame_io import progress
+from avatar.preprocess.frame_io import progress
 
 # mask name -> RGB tint; drawn in this order so the smaller regions stay visible on top
 MASK_COLOURS = {"torso": (60, 120, 255), "head": (255, 200, 0), "face": (0, 220, 90), "mouth": (255, 40, 40)}

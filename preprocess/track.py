@@ -6,10 +6,10 @@
 - preprocess.tracker_interface: `FaceTracker`, the interface a FLAME fitter could implement later
 """
 
-from preprocess.blendshapes import BLENDSHAPE_NAMES
-from preprocess.face_model import LandmarkFaceModel
-from preprocess.landmarks import LandmarkDetections, detect_landmarks, find_faces_for_crop
-from preprocess.tracker_interface import FaceTracker, TrackResult
+from avatar.preprocess.blendshapes import BLENDSHAPE_NAMES
+from avatar.preprocess.face_model import LandmarkFaceModel
+from avatar.preprocess.landmarks import LandmarkDetections, detect_landmarks, find_faces_for_crop
+from avatar.preprocess.tracker_interface import FaceTracker, TrackResult
 
 __all__ = ["BLENDSHAPE_NAMES", "FaceTracker", "LandmarkDetections", "LandmarkFaceModel", "TrackResult",
            "detect_landmarks", "find_faces_for_crop"]

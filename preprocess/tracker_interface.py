@@ -8,7 +8,7 @@ from typing import Protocol
 import numpy as np
 
 from avatar.contracts.camera import Intrinsics
-from preprocess.landmarks import LandmarkDetections
+from avatar.preprocess.landmarks import LandmarkDetections
 
 
 @dataclass

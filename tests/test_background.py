@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from avatar.contracts.dataset import MASK_BITS
-from preprocess.background import BackgroundAccumulator
-from preprocess.masks import MaskMaker
+from avatar.preprocess.background import BackgroundAccumulator
+from avatar.preprocess.masks import MaskMaker
 from tests.track_fixtures import real_detections, real_frames
 
 

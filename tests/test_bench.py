@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import pytest
 import torch
 
-from avatar.bench import BenchConfig, component_rows, format_report, format_table, render_rows, run, training_rows
+from avatar.bench import BenchConfig, component_rows, format_report, render_rows, run, training_rows
+from avatar.tables import format_table
 from avatar.contracts.camera import Intrinsics
 from eval_fixtures import eval_dataset  # noqa: F401 - a fixture
 
@@ -20,12 +22,16 @@ def test_format_table_aligns_rows_with_different_columns():
     assert lines[1].index("123") == lines[0].index("fps")  # columns line up
 
 
-def test_component_benchmarks_are_collected_and_a_failure_is_a_row(tmp_path, capsys):
-    (tmp_path / "bench_good.py").write_text(
+def test_component_benchmarks_are_collected_and_a_failure_is_a_row(tmp_path, monkeypatch):
+    package = tmp_path / "some_benchmarks"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "bench_good.py").write_text(
         "def run(quick):\n    return [{'name': 'thing', 'ms': 1.5 if quick else 3.0}]\n")
-    (tmp_path / "bench_broken.py").write_text("def run(quick):\n    raise RuntimeError('no GPU')\n")
-    (tmp_path / "helper.py").write_text("raise AssertionError('not a benchmark: never imported')\n")
-    rows = component_rows(tmp_path, quick=True)
+    (package / "bench_broken.py").write_text("def run(quick):\n    raise RuntimeError('no GPU')\n")
+    (package / "helper.py").write_text("raise AssertionError('not a benchmark: never imported')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    rows = component_rows(True, importlib.import_module("some_benchmarks"))
     assert rows == [{"section": "bench_broken", "name": "bench_broken", "error": "RuntimeError: no GPU"},
                     {"section": "bench_good", "name": "thing", "ms": 1.5}]
     report = format_report(rows)
@@ -80,19 +86,8 @@ def test_bench_without_a_run_prints_the_table(capsys):
     assert "device" in capsys.readouterr().out
 
 
-def _bench_lipsync():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_lipsync.py"
-    spec = importlib.util.spec_from_file_location("bench_lipsync", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_tts_development_set_is_made_once_and_needs_espeak(tmp_path, monkeypatch):
-    bench = _bench_lipsync()
+    bench = importlib.import_module("avatar.benchmarks.bench_lipsync")
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(SystemExit, match="espeak-ng is not on the PATH"):
         bench.synthesise_tts(tmp_path / "tts")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from avatar.contracts.dataset import MASK_BITS
-from preprocess.body_motion import BodyMotionConfig, track_body
+from avatar.preprocess.body_motion import BodyMotionConfig, track_body
 
 SIZE = 128
 FRAMES = 60

@@ -46,8 +46,8 @@ def test_pauses_and_closed_mouth_measures():
 @pytest.fixture(scope="module")
 def avatar_and_driver(tiny_dataset, shared_data, clip_dir, tmp_path_factory):
     """A tiny Macron avatar and a 4 s German-anchor dataset to drive it."""
-    from preprocess.build import run as preprocess
-    from preprocess.config import PreprocessConfig
+    from avatar.preprocess.build import run as preprocess
+    from avatar.preprocess.config import PreprocessConfig
     from avatar.train.runner import run as train
 
     root = tmp_path_factory.mktemp("cross_drive")

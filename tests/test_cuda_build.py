@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from avatar.cuda_build import build_for_present_gpu
+from avatar.cuda.build import build_for_present_gpu
 
 
 def test_user_arch_list_is_kept(monkeypatch):

@@ -23,7 +23,7 @@ def test_rerun_reuses_finished_steps(tmp_path, monkeypatch):
     import avatar.eval.evaluate
     import avatar.render.video
     import avatar.train.runner
-    import preprocess.build
+    import avatar.preprocess.build
 
     calls: list[str] = []
 
@@ -45,7 +45,7 @@ def test_rerun_reuses_finished_steps(tmp_path, monkeypatch):
     from avatar.train.config import TrainConfig
 
     monkeypatch.setattr(avatar.config_io, "load_preset", lambda command, name, cls: TrainConfig())
-    monkeypatch.setattr(preprocess.build, "run", lambda cfg: calls.append("preprocess"))
+    monkeypatch.setattr(avatar.preprocess.build, "run", lambda cfg: calls.append("preprocess"))
     monkeypatch.setattr(avatar.train.runner, "run", fake_train)
     monkeypatch.setattr(avatar.render.video, "run", fake_render)
     monkeypatch.setattr(avatar.eval.evaluate, "run", fake_eval)

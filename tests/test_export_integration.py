@@ -24,8 +24,8 @@ def tiny_run(shared_data, clip_dir, tmp_path_factory) -> Path:
     from avatar.config_io import load_preset, presets
     from avatar.train.config import TrainConfig
     from avatar.train.runner import run as train
-    from preprocess.build import run as preprocess
-    from preprocess.config import PreprocessConfig
+    from avatar.preprocess.build import run as preprocess
+    from avatar.preprocess.config import PreprocessConfig
 
     root = tmp_path_factory.mktemp("tiny_run")
     clip = cut_clip(shared_data / "mimictalk_german_anchor_20s.mp4", clip_dir / "german_6s.mp4", 2.0, 6.0)

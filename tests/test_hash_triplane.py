@@ -137,7 +137,7 @@ def test_points_outside_the_box_are_clamped_and_backends_are_checked():
     auto = HashTriplane(HashTriplaneConfig(implementation="auto"), BOX_MIN, BOX_MAX)
     assert auto.backend_for(inside) == "torch"
     if not torch.cuda.is_available():
-        from avatar.model._cuda_loader import cuda_extension_error
+        from avatar.cuda.hash_triplane import cuda_extension_error
 
         assert "no CUDA device" in cuda_extension_error()
     with pytest.raises(UserError, match="needs CUDA tensors"):

@@ -6,7 +6,7 @@ import numpy as np
 
 from avatar.contracts.dataset import MASK_BITS
 from avatar.contracts import face_mesh
-from preprocess.masks import MaskMaker, combine_masks
+from avatar.preprocess.masks import MaskMaker, combine_masks
 
 FACE_OVAL, INNER_LIPS = list(face_mesh.FACE_OVAL), list(face_mesh.INNER_LIP_LOOP)
 from tests.track_fixtures import real_detections, real_frames

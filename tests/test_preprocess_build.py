@@ -15,8 +15,8 @@ from avatar.audio.io import SAMPLE_RATE
 from avatar.contracts.dataset import FORMAT_VERSION, MASK_BITS, TRACKING_ARRAYS, Dataset
 from avatar.errors import UserError
 from avatar.contracts.atomic import sha256_of
-from preprocess.build import Builder, run
-from preprocess.config import PreprocessConfig
+from avatar.preprocess.build import Builder, run
+from avatar.preprocess.config import PreprocessConfig
 from tests.conftest import cut_clip
 
 GERMAN = "mimictalk_german_anchor_20s.mp4"
@@ -264,7 +264,7 @@ def test_cli_prints_the_error_without_traceback(tmp_path, capsys):
 
 def test_intrinsics_default_fov_and_given_focal_follow_the_crop():
     from avatar.contracts.dataset import Crop
-    from preprocess.build import dataset_intrinsics
+    from avatar.preprocess.build import dataset_intrinsics
 
     crop = Crop(x0=600.0, y0=100.0, size=800.0, source_width=1920, source_height=1080, resolution=512)
     default = dataset_intrinsics(PreprocessConfig(video=Path("v.mp4"), fov_deg=20.0), crop)

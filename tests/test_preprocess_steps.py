@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from preprocess.steps import StepRunner
+from avatar.preprocess.steps import StepRunner
 
 
 def _pipeline(root, calls: list[str], force=False, setting=1, fail_in: str | None = None) -> StepRunner:

@@ -7,7 +7,7 @@ import pytest
 
 from avatar.contracts.dataset import Crop
 from avatar.errors import UserError
-from preprocess.crop import apply_crop, choose_crop
+from avatar.preprocess.crop import apply_crop, choose_crop
 from avatar.contracts.video import frames_at_times, probe_video, resampled_frames
 from tests.conftest import cut_clip
 

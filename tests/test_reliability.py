@@ -29,8 +29,8 @@ def test_preprocess_into_an_unwritable_place(clip, tmp_path, capsys):
 
 
 def test_preprocess_names_the_inputs_a_user_mixes_up(tmp_path, capsys):
-    from preprocess.build import run
-    from preprocess.config import PreprocessConfig
+    from avatar.preprocess.build import run
+    from avatar.preprocess.config import PreprocessConfig
 
     out = tmp_path / "ds"
     assert main(["preprocess", str(tmp_path / "face.png"), "--out", str(out)]) == 2
@@ -43,9 +43,9 @@ def test_preprocess_names_the_inputs_a_user_mixes_up(tmp_path, capsys):
 
 
 def test_a_second_build_of_the_same_dataset_is_refused(clip, tmp_path):
-    from preprocess.build import build_lock, run
-    from preprocess.config import PreprocessConfig
-    from preprocess.steps import MARKER_DIR
+    from avatar.preprocess.build import build_lock, run
+    from avatar.preprocess.config import PreprocessConfig
+    from avatar.preprocess.steps import MARKER_DIR
 
     out = tmp_path / "ds"
     (out / MARKER_DIR).mkdir(parents=True)
@@ -55,7 +55,7 @@ def test_a_second_build_of_the_same_dataset_is_refused(clip, tmp_path):
 
 
 def test_sideways_faces_are_noticed_with_the_turn_that_fixes_them():
-    from preprocess.build import face_roll_deg, sideways_warning
+    from avatar.preprocess.build import face_roll_deg, sideways_warning
 
     upright = np.zeros((5, 478, 2))
     upright[:, 33], upright[:, 263] = (100, 200), (300, 205)  # the person's right and left outer eye corners
@@ -188,8 +188,8 @@ def test_mediapipe_start_up_noise_is_silenced_and_real_messages_pass():
     script = """
 import os, sys, time, numpy as np
 from avatar.contracts.face_mesh import FaceMesh, quiet_native_stderr
-from preprocess.landmarks import detect_landmarks
-from preprocess.masks import MaskMaker
+from avatar.preprocess.landmarks import detect_landmarks
+from avatar.preprocess.masks import MaskMaker
 from avatar.errors import UserError
 blank = np.zeros((64, 64, 3), np.uint8)
 with FaceMesh(static=True) as mesh:

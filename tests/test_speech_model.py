@@ -119,8 +119,8 @@ def test_dataset_training_and_render_with_a_speech_model(tiny_dataset, model_dir
     from avatar.render.config import RenderConfig
     from avatar.render.video import run as render
     from avatar.train.runner import run as train
-    from preprocess.build import run as preprocess
-    from preprocess.config import PreprocessConfig
+    from avatar.preprocess.build import run as preprocess
+    from avatar.preprocess.config import PreprocessConfig
 
     root = tmp_path / "dataset"
     shutil.copytree(tiny_dataset.root, root)

@@ -9,8 +9,8 @@ from scipy.spatial.transform import Rotation
 from avatar.contracts.camera import Intrinsics, project
 from avatar.contracts.dataset import TRACKING_ARRAYS
 from avatar.errors import UserError
-from preprocess.face_model import EYE_CORNER_DISTANCE_M, MIRROR_PAIRS, umeyama
-from preprocess.track import BLENDSHAPE_NAMES, LandmarkDetections, LandmarkFaceModel, detect_landmarks, find_faces_for_crop
+from avatar.preprocess.face_model import EYE_CORNER_DISTANCE_M, MIRROR_PAIRS, umeyama
+from avatar.preprocess.track import BLENDSHAPE_NAMES, LandmarkDetections, LandmarkFaceModel, detect_landmarks, find_faces_for_crop
 from tests.track_fixtures import real_detections, real_frames
 
 INTRINSICS = Intrinsics.from_fov(20.0, 512, 512)
@@ -170,7 +170,7 @@ def test_blinks_are_named_by_the_persons_own_side():
 
 
 def test_lag_measure_sees_a_delay_and_the_adaptive_window_is_the_shortest_that_reaches_the_target():
-    from preprocess.smoothing import jitter_ratios, lag_frames, smooth_pose, smooth_pose_adaptive
+    from avatar.preprocess.smoothing import jitter_ratios, lag_frames, smooth_pose, smooth_pose_adaptive
 
     s = np.arange(300) / 25.0
     motion = np.stack([np.sin(1.1 * s), np.sin(0.6 * s + 1), np.sin(1.7 * s + 2)], -1)  # [N, 3]

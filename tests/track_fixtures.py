@@ -34,6 +34,6 @@ def real_frames(name: str = ANCHOR, start_s: float = 2.0, num_frames: int = 75, 
 
 @lru_cache(maxsize=4)
 def real_detections(name: str = ANCHOR, start_s: float = 2.0, num_frames: int = 75, size: int = 512):
-    from preprocess.track import detect_landmarks
+    from avatar.preprocess.track import detect_landmarks
 
     return detect_landmarks(iter(real_frames(name, start_s, num_frames, size)), show_progress=False)

@@ -20,8 +20,8 @@ from tests.conftest import cut_clip
 
 @pytest.fixture(scope="session")
 def tiny_dataset(shared_data, clip_dir, tmp_path_factory) -> Dataset:
-    from preprocess.build import run
-    from preprocess.config import PreprocessConfig
+    from avatar.preprocess.build import run
+    from avatar.preprocess.config import PreprocessConfig
 
     clip = cut_clip(shared_data / "dfrf_macron_address_50s.mp4", clip_dir / "macron_4s.mp4", 10.0, 4.0)
     out = tmp_path_factory.mktemp("train_ds") / "macron"

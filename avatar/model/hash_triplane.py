@@ -170,7 +170,7 @@ class HashTriplane(nn.Module):
         if backend == "tcnn":
             return self._encode_tcnn(coords)
         if backend == "cuda":
-            from avatar.model._cuda_loader import hash_triplane_encode
+            from avatar.cuda.hash_triplane import hash_triplane_encode
 
             return hash_triplane_encode(coords, self.tables, self.layout)
         return encode_planes_torch(coords, self.tables, self.layout)
@@ -197,7 +197,7 @@ class HashTriplane(nn.Module):
             if unsupported:
                 raise UserError(f"hash tri-plane: implementation='cuda': {unsupported}. Use implementation='torch'.")
             return "cuda"
-        from avatar.model._cuda_loader import cuda_extension_error
+        from avatar.cuda.hash_triplane import cuda_extension_error
 
         error = unsupported or cuda_extension_error()
         if error is None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from avatar.cuda_build import build_for_present_gpu
+from avatar.cuda.build import build_for_present_gpu
 from avatar.errors import UserError
 from avatar.rasterizer.types import Camera, Gaussians, RasterSettings
 

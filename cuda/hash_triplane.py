@@ -1,4 +1,4 @@
-"""Builds our hash tri-plane CUDA kernel (cuda/hash_triplane.cu) on first use and wraps it for autograd.
+"""Builds our hash tri-plane CUDA kernel (hash_triplane.cu beside this file) on first use and wraps it for autograd.
 
 torch.utils.cpp_extension.load compiles it with the machine's nvcc for the present GPU's architecture only
 (one arch compiles in well under a minute) into ~/.cache/avatar/torch_extensions/, keyed by the torch, CUDA
@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from avatar.cuda_build import build_for_present_gpu, present_arch
+from avatar.cuda.build import build_for_present_gpu, present_arch
 from avatar.errors import UserError
 
-CUDA_SOURCE_DIR = Path(__file__).resolve().parents[2] / "cuda"
+CUDA_SOURCE_DIR = Path(str(resources.files("avatar.cuda")))  # a real folder: the compiler reads the files
 SOURCES = ("hash_triplane.cpp", "hash_triplane.cu")
 EXTENSION_NAME = "avatar_hash_triplane"
 
@@ -39,8 +40,8 @@ def _load():
         return RuntimeError("no CUDA device")
     missing = [name for name in SOURCES if not (CUDA_SOURCE_DIR / name).is_file()]
     if missing:
-        return FileNotFoundError(f"{CUDA_SOURCE_DIR}: missing {', '.join(missing)} (install the repository "
-                                 "with `pip install -e .` so the CUDA sources stay next to the package)")
+        return FileNotFoundError(f"{CUDA_SOURCE_DIR}: missing {', '.join(missing)} (reinstall the package: "
+                                 "its CUDA sources are package data of avatar.cuda)")
     from torch.utils import cpp_extension
 
     arch = present_arch()
