@@ -1,16 +1,21 @@
 # Two commands do all set-up (each installs what it needs into .venv/, idempotently):
 #   make demo   the main job end to end on the shared example data
-#   make test   the test suite (CPU; CUDA tests are skipped without a GPU)
-.PHONY: setup demo test bench
+#   make test   lint, then the test suite (CPU; CUDA tests are skipped without a GPU)
+#   make lint   ruff: lint and format check (line length 120, configured in pyproject.toml)
+.PHONY: setup demo test lint bench
 setup:
 	bash scripts/setup.sh
 
 demo: setup
 	.venv/bin/avatar demo
 
-test: setup
+test: setup lint
 	bash scripts/setup_browser.sh
 	.venv/bin/python -m pytest
+
+lint: setup
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
 
 bench: setup
 	.venv/bin/python benchmarks/run_all.py

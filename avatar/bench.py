@@ -11,21 +11,26 @@ Works on CPU (torch backends) and on a GPU; the device is in the table.
 from __future__ import annotations
 
 import importlib
-import pkgutil
 import json
+import pkgutil
 import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Annotated, ClassVar, Optional
+from typing import Annotated, ClassVar
 
 import numpy as np
 import torch
 import tyro
 
 import avatar.benchmarks
+from avatar.contracts.atomic import write_json
+from avatar.device import resolve_device
 from avatar.errors import UserError
+from avatar.model.driving import audio_windows, blink_schedule, pose_schedule
+from avatar.model.talking_head import FrameConditions, TalkingHead
+from avatar.rasterizer.types import Camera
 from avatar.tables import format_table
 
 
@@ -33,9 +38,14 @@ from avatar.tables import format_table
 class BenchConfig:
     """Print a table of speed and memory: the component benchmarks, and a trained avatar when RUN is given."""
 
-    LIMITS: ClassVar[dict] = {"frames": (1, None), "warmup": (0, None), "threads": (1, None), "resolutions": (16, 4096)}  # checked by config_io.check_values
+    LIMITS: ClassVar[dict] = {
+        "frames": (1, None),
+        "warmup": (0, None),
+        "threads": (1, None),
+        "resolutions": (16, 4096),
+    }  # checked by config_io.check_values
 
-    run: Annotated[Optional[Path], tyro.conf.Positional, tyro.conf.arg(metavar="RUN")] = None
+    run: Annotated[Path | None, tyro.conf.Positional, tyro.conf.arg(metavar="RUN")] = None
     """a run directory written by `avatar train` (optional)"""
     quick: bool = False
     """fewer repetitions everywhere (a smoke test, not a measurement)"""
@@ -49,9 +59,9 @@ class BenchConfig:
     """run the component benchmarks in benchmarks/bench_*.py"""
     device: str = "auto"
     """torch device: auto (a CUDA GPU when there is one), cpu, cuda or cuda:N"""
-    threads: Optional[int] = None
+    threads: int | None = None
     """CPU threads torch may use; default torch's own choice"""
-    out: Optional[Path] = None
+    out: Path | None = None
     """also write the rows as JSON here"""
 
 
@@ -87,7 +97,6 @@ def audio_feature_windows(head, audio: Path, keep: int) -> tuple[np.ndarray, dic
     times the features of the whole clip (streamed: only `keep` windows are held). Where the audio packages are
     not installed (a GPU machine given only what the render itself needs), all-zero windows (silence) of the
     same shape stand in and the row says so."""
-    from avatar.model.driving import audio_windows
 
     row = {"section": "avatar render (batch 1)", "name": "audio features"}
     start, frames, kept = time.perf_counter(), 0, []
@@ -101,26 +110,36 @@ def audio_feature_windows(head, audio: Path, keep: int) -> tuple[np.ndarray, dic
         silent = np.zeros((keep, 2 * head.audio_context + 1, f.window, f.dim), np.float32)
         return silent, {**row, "skipped": f"{exc}; silent windows drive the render rows"}
     seconds = time.perf_counter() - start
-    return np.concatenate(kept)[:keep], {**row, "frames": frames, "ms_per_frame": 1000 * seconds / max(frames, 1),
-                                         "fps": frames / max(seconds, 1e-9)}
+    return np.concatenate(kept)[:keep], {
+        **row,
+        "frames": frames,
+        "ms_per_frame": 1000 * seconds / max(frames, 1),
+        "fps": frames / max(seconds, 1e-9),
+    }
 
 
 def driving_conditions(head, windows: np.ndarray, count: int, device: torch.device) -> list:
     """`count` single-frame FrameConditions from `windows` (looped) with the avatar's own poses and blinks."""
-    from avatar.model.driving import blink_schedule, pose_schedule
-    from avatar.model.talking_head import FrameConditions
 
     rows = np.resize(np.arange(len(windows)), count)
     rotation, translation, body = pose_schedule(head.driving, count, "track")
     blinks = blink_schedule(head.driving, count, head.fps, None)
-    return [FrameConditions.from_arrays(device, windows[rows[i: i + 1]], rotation[i: i + 1], translation[i: i + 1],
-                                        blinks[i: i + 1], body[i: i + 1]) for i in range(count)]
+    return [
+        FrameConditions.from_arrays(
+            device,
+            windows[rows[i : i + 1]],
+            rotation[i : i + 1],
+            translation[i : i + 1],
+            blinks[i : i + 1],
+            body[i : i + 1],
+        )
+        for i in range(count)
+    ]
 
 
 def render_rows(head, conds: list, warmup: int, resolutions: tuple[int, ...], device: torch.device) -> list[dict]:
     """End-to-end render speed of `head` (TalkingHead) at its training camera and at each square size, one
     frame at a time (batch 1): audio encoder + deformation + rasterization + compositing."""
-    from avatar.rasterizer.types import Camera
 
     frames = len(conds) - warmup
     rows = []
@@ -128,15 +147,19 @@ def render_rows(head, conds: list, warmup: int, resolutions: tuple[int, ...], de
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
 
-        def render(cond):
+        def render(cond, size=size):
             if size is None:  # the training camera, with the torso layer and the plate
                 return head.render(cond)
             K = torch.as_tensor(head.intrinsics.scaled(size, size).K, dtype=torch.float32, device=device)
             w2c = torch.eye(4, device=device)
             w2c[:3, :3], w2c[:3, 3] = cond.rotation[0], cond.translation[0]
             # the torso layer and the plate exist only at the training resolution: head over black here
-            return head.render(cond, background=torch.zeros(size, size, 3, device=device),
-                               camera=Camera(w2c, K, size, size), show_torso=False)
+            return head.render(
+                cond,
+                background=torch.zeros(size, size, 3, device=device),
+                camera=Camera(w2c, K, size, size),
+                show_torso=False,
+            )
 
         for cond in conds[:warmup]:
             render(cond)
@@ -147,8 +170,15 @@ def render_rows(head, conds: list, warmup: int, resolutions: tuple[int, ...], de
         _sync(device)
         seconds = (time.perf_counter() - start) / frames
         label = f"{head.resolution} (training camera, torso)" if size is None else f"{size} (head only)"
-        rows.append({"section": "avatar render (batch 1)", "name": f"render {label}", "ms_per_frame": 1000 * seconds, "fps": 1 / seconds,
-                     "peak_memory_mb": _peak_memory_mb(device)})
+        rows.append(
+            {
+                "section": "avatar render (batch 1)",
+                "name": f"render {label}",
+                "ms_per_frame": 1000 * seconds,
+                "fps": 1 / seconds,
+                "peak_memory_mb": _peak_memory_mb(device),
+            }
+        )
     return rows
 
 
@@ -164,8 +194,15 @@ def training_rows(run_dir: Path) -> list[dict]:
             row.update(steps=steps, it_per_s=steps / seconds if seconds else None)
         rows.append(row)
     total = sum(run_info.get("stage_seconds", {}).values())
-    rows.append({"section": "training (as recorded in run.json)", "name": "total", "seconds": total, "minutes": total / 60,
-                 "peak_memory_mb": run_info.get("peak_memory_mb")})
+    rows.append(
+        {
+            "section": "training (as recorded in run.json)",
+            "name": "total",
+            "seconds": total,
+            "minutes": total / 60,
+            "peak_memory_mb": run_info.get("peak_memory_mb"),
+        }
+    )
     return rows
 
 
@@ -178,7 +215,6 @@ def format_report(rows: list[dict]) -> str:
 
 
 def run(cfg: BenchConfig) -> list[dict]:
-    from avatar.device import resolve_device
 
     device = resolve_device(cfg.device)
     if cfg.threads is not None:
@@ -189,20 +225,17 @@ def run(cfg: BenchConfig) -> list[dict]:
     if cfg.components:
         rows += component_rows(cfg.quick)
     if cfg.run is not None:
-        from avatar.model.talking_head import TalkingHead
-
         if not (cfg.run / "run.json").is_file():
             raise UserError(f"{cfg.run}: not a run directory (no run.json). Give a directory made by `avatar train`.")
         head = TalkingHead.load(cfg.run, device=device)
         # the run keeps its clip's sound
         windows, features_row = audio_feature_windows(head, cfg.run / "audio.wav", warmup + frames)
         rows.append(features_row)
-        rows += render_rows(head, driving_conditions(head, windows, warmup + frames, device), warmup, cfg.resolutions,
-                            device)
+        rows += render_rows(
+            head, driving_conditions(head, windows, warmup + frames, device), warmup, cfg.resolutions, device
+        )
         rows += training_rows(cfg.run)
     print(format_report(rows))
     if cfg.out is not None:
-        from avatar.contracts.atomic import write_json
-
         write_json(cfg.out, rows)
     return rows

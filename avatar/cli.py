@@ -15,7 +15,11 @@ Modules are imported only for the command that runs, so `avatar --help` is fast.
 from __future__ import annotations
 
 import importlib
+import json
+import signal
 import sys
+import threading
+from pathlib import Path
 
 from avatar.config_io import check_values, load_preset, presets
 from avatar.errors import UserError
@@ -44,12 +48,14 @@ def cpu_preset(name: str) -> str:
     """`default` is the GPU preset; without a CUDA device, `avatar train` starts from `tiny` (and says so)."""
     if name != "train":
         return "default"
-    import torch
+    import torch  # noqa: PLC0415 - the command's own import: --help stays fast
 
     if torch.cuda.is_available() or "tiny" not in presets(name):
         return "default"
-    print("note: no CUDA GPU here, so training uses --preset tiny (the CPU preset); give --preset default to "
-          "override.", file=sys.stderr)
+    print(
+        "note: no CUDA GPU here, so training uses --preset tiny (the CPU preset); give --preset default to override.",
+        file=sys.stderr,
+    )
     return "tiny"
 
 
@@ -61,11 +67,8 @@ def refuse_swapped_places(name: str, cfg) -> None:
     """A dataset given where a run is expected, or a run where a dataset or a video is, gets one message with
     the command that takes it (the readers would only find their own files missing, and talk of unfinished
     preprocessing or training); so does a run that an `avatar train` is still writing."""
-    import json
-    from pathlib import Path
-
-    from avatar.contracts.atomic import exclusive
-    from avatar.contracts.dataset import DatasetLayout
+    from avatar.contracts.atomic import exclusive  # noqa: PLC0415 - the command's own import: --help stays fast
+    from avatar.contracts.dataset import DatasetLayout  # noqa: PLC0415
 
     for field, wanted in PLACES.items():
         path = getattr(cfg, field, None)
@@ -73,15 +76,22 @@ def refuse_swapped_places(name: str, cfg) -> None:
             continue
         if DatasetLayout(path).manifest.is_file():
             if wanted == "run":
-                raise UserError(f"{path}: is a dataset (made by `avatar preprocess`), not a trained run. Train an "
-                                f"avatar on it first, `avatar train {path} --out RUN`, and give that RUN to `avatar {name}`.")
+                raise UserError(
+                    f"{path}: is a dataset (made by `avatar preprocess`), not a trained run. Train an "
+                    f"avatar on it first, `avatar train {path} --out RUN`, and give that RUN to `avatar {name}`."
+                )
             if wanted == "video":
-                raise UserError(f"{path}: is a dataset already (made by `avatar preprocess`). Train an avatar on it: "
-                                f"`avatar train {path} --out RUN`.")
+                raise UserError(
+                    f"{path}: is a dataset already (made by `avatar preprocess`). Train an avatar on it: "
+                    f"`avatar train {path} --out RUN`."
+                )
         elif (path / "run.json").is_file():
             if wanted == "run" and not (path / "avatar.pt").is_file():
-                with exclusive(path, f"{path}: is still being trained (an `avatar train` is writing it). Wait for it "
-                                     f"to finish, then run `avatar {name}` again."):
+                with exclusive(
+                    path,
+                    f"{path}: is still being trained (an `avatar train` is writing it). Wait for it "
+                    f"to finish, then run `avatar {name}` again.",
+                ):
                     pass
             if wanted == "dataset":
                 try:
@@ -89,18 +99,23 @@ def refuse_swapped_places(name: str, cfg) -> None:
                 except (OSError, ValueError, AttributeError):
                     recorded = None
                 resume = f"; to continue training it, `avatar train {recorded or 'DATASET'} --out {path} --resume`"
-                raise UserError(f"{path}: is a run (made by `avatar train`), not a dataset. Give a dataset made by "
-                                f"`avatar preprocess`" + (f" (this run was trained on {recorded})" if recorded else "")
-                                + (resume if name == "train" else "") + ".")
+                raise UserError(
+                    f"{path}: is a run (made by `avatar train`), not a dataset. Give a dataset made by "
+                    f"`avatar preprocess`"
+                    + (f" (this run was trained on {recorded})" if recorded else "")
+                    + (resume if name == "train" else "")
+                    + "."
+                )
             if wanted == "video":
-                raise UserError(f"{path}: is a trained run, not a video. Make it talk: `avatar render {path} --audio "
-                                "FILE --out OUT.mp4`.")
+                raise UserError(
+                    f"{path}: is a trained run, not a video. Make it talk: `avatar render {path} --audio "
+                    "FILE --out OUT.mp4`."
+                )
         elif wanted == "video":
             raise UserError(f"{path}: is a directory. Give the path of a video file.")
 
 
 def threading_main() -> bool:
-    import threading
 
     return threading.current_thread() is threading.main_thread()
 
@@ -131,9 +146,8 @@ def _terminated(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    import signal
 
-    import tyro
+    import tyro  # noqa: PLC0415 - the command's own import: --help stays fast
 
     if threading_main():
         signal.signal(signal.SIGTERM, _terminated)
@@ -156,8 +170,14 @@ def main(argv: list[str] | None = None) -> int:
         if preset is None and presets(name) and "default" in presets(name):
             preset = cpu_preset(name)
             default = load_preset(name, preset, config_cls)
-        cfg = tyro.cli(config_cls, args=rest, default=default, prog=f"avatar {name}",
-                       description=(config_cls.__doc__ or "") + (f"\nPresets: {', '.join(presets(name))}" if presets(name) else ""))
+        cfg = tyro.cli(
+            config_cls,
+            args=rest,
+            default=default,
+            prog=f"avatar {name}",
+            description=(config_cls.__doc__ or "")
+            + (f"\nPresets: {', '.join(presets(name))}" if presets(name) else ""),
+        )
         check_values(cfg)
         refuse_swapped_places(name, cfg)
         runner(cfg)
@@ -165,8 +185,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"interrupted: {INTERRUPTED.get(name, 'nothing half-written was left (outputs appear only when complete).')}",
-              file=sys.stderr)
+        print(
+            "interrupted: "
+            + INTERRUPTED.get(name, "nothing half-written was left (outputs appear only when complete)."),
+            file=sys.stderr,
+        )
         return 130
     return 0
 

@@ -4,11 +4,13 @@ installed as the package data of `avatar.configs` and read through `importlib.re
 from __future__ import annotations
 
 import dataclasses
-import tomllib
+import math
 import typing
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
+
+import tomllib
 
 from avatar.errors import UserError
 
@@ -64,7 +66,6 @@ def check_values(cfg: Any, prefix: str = "", limits: dict | None = None) -> None
     their own `LIMITS` and the dotted names of their parent's (`"audio.lr"`: the nested configs belong to the
     model, the ranges a command accepts to the command). Then `cfg.check()`, when the class has one, checks
     rules between options."""
-    import math
 
     limits = {**getattr(type(cfg), "LIMITS", {}), **(limits or {})}
     names = {f.name for f in dataclasses.fields(cfg)}
@@ -85,16 +86,24 @@ def check_values(cfg: Any, prefix: str = "", limits: dict | None = None) -> None
             if isinstance(number, float) and not math.isfinite(number):
                 raise UserError(f"{flag} {shown}: give a finite number.")
             if low is not None and number < low:
-                raise UserError(f"{flag} {shown}: must be at least {low}" + (f" and at most {high}." if high is not None else "."))
+                raise UserError(
+                    f"{flag} {shown}: must be at least {low}" + (f" and at most {high}." if high is not None else ".")
+                )
             if high is not None and number > high:
-                raise UserError(f"{flag} {shown}: must be at most {high}" + (f" and at least {low}." if low is not None else "."))
+                raise UserError(
+                    f"{flag} {shown}: must be at most {high}" + (f" and at least {low}." if low is not None else ".")
+                )
     if hasattr(cfg, "check"):
         cfg.check()
 
 
 def presets(command: str) -> list[str]:
     folder = PRESETS / command
-    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml")) if folder.is_dir() else []
+    return (
+        sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
+        if folder.is_dir()
+        else []
+    )
 
 
 def load_preset(command: str, name: str, cls: type[T]) -> T:

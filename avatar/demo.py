@@ -2,8 +2,8 @@
 
 preprocess a shared talking video -> train the `tiny` preset -> render a shared speech clip the avatar
 never heard into an mp4 with sound -> score its mouth on that clip (`avatar eval --drive-audio`: motion,
-pauses closed, vowels open, and a strip of mouth crops to look at). Each step keeps its result in --work, so a rerun reuses finished
-steps (an interrupted training resumes from its last checkpoint).
+pauses closed, vowels open, and a strip of mouth crops to look at). Each step keeps its result in --work,
+so a rerun reuses finished steps (an interrupted training resumes from its last checkpoint).
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from avatar.cli import command
+from avatar.config_io import load_preset
 from avatar.errors import UserError
 from avatar.examples import ENVIRONMENT_VARIABLE, example_data
 
@@ -25,7 +27,11 @@ SHARED_DATA = example_data()
 class DemoConfig:
     """Preprocess a shared video, train a `tiny` avatar on it, and make it say a speech clip it never heard."""
 
-    LIMITS: ClassVar[dict] = {"dataset_resolution": (64, 4096), "train_resolution": (16, 4096), "train_scale": (0.01, 100)}  # checked by config_io.check_values
+    LIMITS: ClassVar[dict] = {
+        "dataset_resolution": (64, 4096),
+        "train_resolution": (16, 4096),
+        "train_scale": (0.01, 100),
+    }  # checked by config_io.check_values
 
     video: Path = SHARED_DATA / "mimictalk_german_anchor_20s.mp4"
     """the talking video to learn the person from"""
@@ -51,10 +57,21 @@ def scaled_steps(cfg, scale: float):
     if scale == 1.0:
         return cfg
     n = lambda steps: max(1, int(round(steps * scale)))  # noqa: E731
-    densify = dataclasses.replace(cfg.densify, start_step=n(cfg.densify.start_step), every=n(cfg.densify.every),
-                                  stop_step=n(cfg.densify.stop_step))
-    return dataclasses.replace(cfg, audio_steps=n(cfg.audio_steps), canonical_steps=n(cfg.canonical_steps),
-                               torso_steps=n(cfg.torso_steps), deform_steps=n(cfg.deform_steps), lpips_start=n(cfg.lpips_start), densify=densify)
+    densify = dataclasses.replace(
+        cfg.densify,
+        start_step=n(cfg.densify.start_step),
+        every=n(cfg.densify.every),
+        stop_step=n(cfg.densify.stop_step),
+    )
+    return dataclasses.replace(
+        cfg,
+        audio_steps=n(cfg.audio_steps),
+        canonical_steps=n(cfg.canonical_steps),
+        torso_steps=n(cfg.torso_steps),
+        deform_steps=n(cfg.deform_steps),
+        lpips_start=n(cfg.lpips_start),
+        densify=densify,
+    )
 
 
 def _check_inputs(cfg: DemoConfig) -> None:
@@ -75,8 +92,6 @@ def _step(name: str, timings: dict[str, float]):
 
 
 def run(cfg: DemoConfig) -> Path:
-    from avatar.cli import command
-    from avatar.config_io import load_preset
 
     PreprocessConfig, preprocess = command("preprocess")  # noqa: N806 - a class
     TrainConfig, train = command("train")  # noqa: N806
@@ -99,9 +114,14 @@ def run(cfg: DemoConfig) -> Path:
         print(f"{avatar} exists: training is finished, reusing it.", file=sys.stderr)
     else:
         resume = (run_dir / "checkpoints" / "latest.pt").is_file()
-        train_cfg = dataclasses.replace(scaled_steps(load_preset("train", cfg.preset, TrainConfig), cfg.train_scale),
-                                        dataset=dataset, out=run_dir, preset=cfg.preset, resume=resume,
-                                        resolution=cfg.train_resolution)
+        train_cfg = dataclasses.replace(
+            scaled_steps(load_preset("train", cfg.preset, TrainConfig), cfg.train_scale),
+            dataset=dataset,
+            out=run_dir,
+            preset=cfg.preset,
+            resume=resume,
+            resolution=cfg.train_resolution,
+        )
         train(train_cfg)
     done()
 
@@ -123,8 +143,11 @@ def run(cfg: DemoConfig) -> Path:
     done()
 
     total = time.perf_counter() - start
-    print("\n" + ", ".join(f"{name.split(' ')[1]} {seconds / 60:.1f} min" for name, seconds in timings.items())
-          + f"; total {total / 60:.1f} min")
+    print(
+        "\n"
+        + ", ".join(f"{name.split(' ')[1]} {seconds / 60:.1f} min" for name, seconds in timings.items())
+        + f"; total {total / 60:.1f} min"
+    )
     print(f"Your avatar saying {Path(cfg.audio).name}: {video.resolve()}")
     print(f"Its mouth, frame by frame: {(lip_sync / 'mouth_strip.png').resolve()}")
     return video

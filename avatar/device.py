@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from avatar.errors import UserError
@@ -11,7 +13,6 @@ def set_threads(threads: int | None) -> int:
     """Set torch's CPU threads: `threads`, or by default half the cores (at least 1). Torch's own default
     takes every core, and on a machine that is busy with anything else its threads spin against each other
     (a render on a loaded 2-core machine ran 28x slower than with one thread). Returns the count set."""
-    import os
 
     count = threads or max(1, (os.cpu_count() or 2) // 2)
     torch.set_num_threads(count)

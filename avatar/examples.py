@@ -18,5 +18,7 @@ def example_data() -> Path:
         return Path(os.environ[ENVIRONMENT_VARIABLE])
     checkout = Path(__file__).resolve().parents[1]
     candidates = [checkout.parent / "shared" / "data", Path.cwd().parent / "shared" / "data"]
-    return next((path for path in candidates if path.is_dir()), candidates[0] if (checkout / "pyproject.toml").is_file()
-                else candidates[1])
+    return next(
+        (path for path in candidates if path.is_dir()),
+        candidates[0] if (checkout / "pyproject.toml").is_file() else candidates[1],
+    )

@@ -20,8 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from avatar.examples import example_data
+import soundfile as sf
 
+from avatar.examples import example_data
 
 SPEECH = example_data() / "musetalk_eng_speech_60s.wav"
 MEMORY_FPS = 0.05  # one frame per 20 s: 90 frames for 30 minutes of audio
@@ -36,7 +37,6 @@ def trained_run() -> Path | None:
 
 def looped_speech(path: Path, seconds: float) -> Path:
     """`seconds` of the shared speech clip looped, written block by block (16-bit PCM WAV)."""
-    import soundfile as sf
 
     clip, rate = sf.read(str(SPEECH), dtype="float32")
     total = int(seconds * rate)
@@ -89,13 +89,30 @@ def run(quick: bool) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="bench-export-") as tmp:
         for seconds, fps in cases:
             audio = looped_speech(Path(tmp) / f"speech_{seconds}s.wav", seconds)
-            command = [sys.executable, "-m", "avatar.cli", "render", str(run_dir), "--audio", str(audio),
-                       "--out", str(Path(tmp) / "out.mp4"), "--device", "cpu"]
+            command = [
+                sys.executable,
+                "-m",
+                "avatar.cli",
+                "render",
+                str(run_dir),
+                "--audio",
+                str(audio),
+                "--out",
+                str(Path(tmp) / "out.mp4"),
+                "--device",
+                "cpu",
+            ]
             if fps is not None:
                 command += ["--fps", str(fps)]
             peak_mb, wall, output = measure(command)
-            rows.append({"name": f"render {seconds / 60:g} min of audio at {fps or 'native'} fps",
-                         "peak_rss_mb": round(peak_mb, 1), "wall_s": round(wall, 1), **stage_rates(output)})
+            rows.append(
+                {
+                    "name": f"render {seconds / 60:g} min of audio at {fps or 'native'} fps",
+                    "peak_rss_mb": round(peak_mb, 1),
+                    "wall_s": round(wall, 1),
+                    **stage_rates(output),
+                }
+            )
     return rows
 
 

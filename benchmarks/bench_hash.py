@@ -56,8 +56,14 @@ def time_backend(backend: str, device: torch.device, num_points: int, warmup: in
 
     fwd_ms, fwd_cpu_ms = _median_ms(forward, device, warmup, reps)
     fwd_bwd_ms, fwd_bwd_cpu_ms = _median_ms(forward_backward, device, warmup, reps)
-    row = {"name": "hash tri-plane encode", "backend": backend, "device": device.type, "points": num_points,
-           "fwd_ms": fwd_ms, "fwd_bwd_ms": fwd_bwd_ms}
+    row = {
+        "name": "hash tri-plane encode",
+        "backend": backend,
+        "device": device.type,
+        "points": num_points,
+        "fwd_ms": fwd_ms,
+        "fwd_bwd_ms": fwd_bwd_ms,
+    }
     if device.type == "cpu":
         row.update(fwd_cpu_ms=fwd_cpu_ms, fwd_bwd_cpu_ms=fwd_bwd_cpu_ms, threads=torch.get_num_threads())
     return row

@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import imageio_ffmpeg
+
 from avatar.examples import example_data
 
 DATA = example_data()
@@ -26,7 +28,6 @@ VIDEOS = ("dfrf_macron_address_50s.mp4", "mimictalk_german_anchor_20s.mp4", "edt
 
 
 def _ffmpeg(*args: str) -> None:
-    import imageio_ffmpeg
 
     subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", *args], check=True)
 
@@ -35,8 +36,17 @@ def build(video: Path, resolution: int, label: str) -> dict:
     """Preprocess `video` from scratch in a child process; one row of measurements."""
     with tempfile.TemporaryDirectory(prefix="bench_preprocess_") as tmp:
         out = Path(tmp) / "dataset"
-        cmd = [sys.executable, "-m", "avatar.cli", "preprocess", str(video), "--out", str(out),
-               "--resolution", str(resolution)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "avatar.cli",
+            "preprocess",
+            str(video),
+            "--out",
+            str(out),
+            "--resolution",
+            str(resolution),
+        ]
         log = Path(tmp) / "log.txt"
         start = time.perf_counter()
         with open(log, "w") as f:
@@ -48,8 +58,11 @@ def build(video: Path, resolution: int, label: str) -> dict:
         manifest = json.loads((out / "manifest.json").read_text())
     stats = manifest["stats"]
     row = {
-        "name": f"preprocess {label}", "frames": manifest["num_frames"], "resolution": resolution,
-        "wall_s": round(wall, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+        "name": f"preprocess {label}",
+        "frames": manifest["num_frames"],
+        "resolution": resolution,
+        "wall_s": round(wall, 1),
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
         "realtime_factor": round(manifest["num_frames"] / manifest["fps"] / wall, 2),
         "peak_rss_mib": round(usage.ru_maxrss / 1024),  # the kernel reports KiB
         "face_found": stats["faces"]["face_found_fraction"],
@@ -64,9 +77,23 @@ def build(video: Path, resolution: int, label: str) -> dict:
 
 def long_video(path: Path, minutes: float) -> Path:
     """A `minutes`-long 1080p talking video: the German anchor upscaled, padded to 16:9 and looped."""
-    _ffmpeg("-stream_loop", "-1", "-i", str(DATA / VIDEOS[1]), "-t", str(minutes * 60),
-            "-vf", "scale=1080:1080,pad=1920:1080:420:0", "-c:v", "libx264", "-preset", "ultrafast",
-            "-c:a", "aac", str(path))
+    _ffmpeg(
+        "-stream_loop",
+        "-1",
+        "-i",
+        str(DATA / VIDEOS[1]),
+        "-t",
+        str(minutes * 60),
+        "-vf",
+        "scale=1080:1080,pad=1920:1080:420:0",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-c:a",
+        "aac",
+        str(path),
+    )
     return path
 
 
@@ -81,8 +108,9 @@ def run(quick: bool, long_minutes: float = 0.0) -> list[dict]:
     rows = [build(DATA / v, 512, v) for v in VIDEOS]
     if long_minutes > 0:
         with tempfile.TemporaryDirectory() as tmp:
-            rows.append(build(long_video(Path(tmp) / "long.mp4", long_minutes), 512,
-                              f"{long_minutes:g} min 1920x1080 (looped)"))
+            rows.append(
+                build(long_video(Path(tmp) / "long.mp4", long_minutes), 512, f"{long_minutes:g} min 1920x1080 (looped)")
+            )
     return rows
 
 

@@ -31,8 +31,13 @@ def head_scene(n: int, device: str, seed: int = 0) -> Gaussians:
     means = direction * depth_in * torch.tensor([0.08, 0.11, 0.09]) + torch.tensor([0.0, 0.0, 0.5])
     spacing = math.sqrt(4 * math.pi * 0.09**2 / n)  # surface area per Gaussian, as a length
     scales = spacing * (0.5 + torch.rand(n, 3, generator=gen))
-    g = Gaussians(means, torch.randn(n, 4, generator=gen), scales, 0.5 + 0.5 * torch.rand(n, generator=gen),
-                  torch.rand(n, 3, generator=gen))
+    g = Gaussians(
+        means,
+        torch.randn(n, 4, generator=gen),
+        scales,
+        0.5 + 0.5 * torch.rand(n, generator=gen),
+        torch.rand(n, 3, generator=gen),
+    )
     return Gaussians(*(getattr(g, k).to(device) for k in ("means", "quats", "scales", "opacities", "colors")))
 
 
@@ -83,22 +88,34 @@ def run(quick: bool) -> list[dict]:
                 camera = head_camera(res, device)
                 forward, forward_cpu = time_render(g, camera, backend, False, repeats)
                 both, both_cpu = time_render(g, camera, backend, True, repeats)
-                rows.append({
-                    "what": "render", "backend": backend, "device": device, "gaussians": n, "resolution": res,
-                    "threads": torch.get_num_threads() if device == "cpu" else None,
-                    "forward_s": forward, "forward_backward_s": both,
-                    "forward_cpu_s": forward_cpu, "forward_backward_cpu_s": both_cpu,
-                })
+                rows.append(
+                    {
+                        "what": "render",
+                        "backend": backend,
+                        "device": device,
+                        "gaussians": n,
+                        "resolution": res,
+                        "threads": torch.get_num_threads() if device == "cpu" else None,
+                        "forward_s": forward,
+                        "forward_backward_s": both,
+                        "forward_cpu_s": forward_cpu,
+                        "forward_backward_cpu_s": both_cpu,
+                    }
+                )
     return rows
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"{'backend':8} {'device':6} {'gaussians':>10} {'res':>5} {'forward ms':>11} {'fwd+bwd ms':>11} "
-          f"{'fwd cpu ms':>11} {'f+b cpu ms':>11}")
+    print(
+        f"{'backend':8} {'device':6} {'gaussians':>10} {'res':>5} {'forward ms':>11} {'fwd+bwd ms':>11} "
+        f"{'fwd cpu ms':>11} {'f+b cpu ms':>11}"
+    )
     for r in rows:
-        print(f"{r['backend']:8} {r['device']:6} {r['gaussians']:>10} {r['resolution']:>5} "
-              f"{1000 * r['forward_s']:>11.1f} {1000 * r['forward_backward_s']:>11.1f} "
-              f"{1000 * r['forward_cpu_s']:>11.1f} {1000 * r['forward_backward_cpu_s']:>11.1f}")
+        print(
+            f"{r['backend']:8} {r['device']:6} {r['gaussians']:>10} {r['resolution']:>5} "
+            f"{1000 * r['forward_s']:>11.1f} {1000 * r['forward_backward_s']:>11.1f} "
+            f"{1000 * r['forward_cpu_s']:>11.1f} {1000 * r['forward_backward_cpu_s']:>11.1f}"
+        )
 
 
 if __name__ == "__main__":

@@ -14,9 +14,18 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 
+from avatar.audio.features import frame_log_energy
+from avatar.audio.io import load_audio
+from avatar.contracts.camera import Intrinsics
+from avatar.contracts.video import resampled_frames
 from avatar.examples import example_data
+from avatar.metrics.lip_sync import lagged_pearson
+from avatar.preprocess.background import BackgroundAccumulator
+from avatar.preprocess.masks import MaskMaker
+from avatar.preprocess.track import BLENDSHAPE_NAMES, LandmarkFaceModel, detect_landmarks
 
 DATA = example_data()
 VIDEOS = ("dfrf_macron_address_50s.mp4", "mimictalk_german_anchor_20s.mp4", "edtalk_obama_20s.mp4")
@@ -24,9 +33,6 @@ FPS, SIZE = 25.0, 512
 
 
 def _frames(path: Path, max_frames: int | None):
-    import cv2
-
-    from avatar.contracts.video import resampled_frames
 
     for rgb in resampled_frames(path, FPS, 0.0, max_frames):
         yield cv2.resize(rgb, (SIZE, SIZE), interpolation=cv2.INTER_AREA) if rgb.shape[0] != SIZE else rgb
@@ -34,9 +40,6 @@ def _frames(path: Path, max_frames: int | None):
 
 def jaw_energy_correlation(jaw: np.ndarray, path: Path, max_lag: int = 4) -> tuple[float, float, int]:
     """(corr at lag 0, best corr, its lag in frames) of jawOpen with the log energy at each frame's centre."""
-    from avatar.audio.features import frame_log_energy
-    from avatar.audio.io import load_audio
-    from avatar.metrics.lip_sync import lagged_pearson
 
     energy = frame_log_energy(load_audio(path), FPS, len(jaw))
 
@@ -48,10 +51,6 @@ def jaw_energy_correlation(jaw: np.ndarray, path: Path, max_lag: int = 4) -> tup
 
 
 def measure(name: str, max_frames: int | None) -> dict:
-    from avatar.contracts.camera import Intrinsics
-    from avatar.preprocess.background import BackgroundAccumulator
-    from avatar.preprocess.masks import MaskMaker
-    from avatar.preprocess.track import BLENDSHAPE_NAMES, LandmarkFaceModel, detect_landmarks
 
     path = DATA / name
     t0, c0 = time.perf_counter(), time.process_time()
@@ -78,19 +77,29 @@ def measure(name: str, max_frames: int | None) -> dict:
     jaw = result.arrays["blendshapes"][:, BLENDSHAPE_NAMES.index("jawOpen")]
     c0, c_best, lag = jaw_energy_correlation(jaw, path)
     return {
-        "name": f"tracking {name}", "frames": n,
-        "detect_fps": round(n / t_detect, 1), "fit_fps": round(n / t_fit, 1),
-        "masks_fps": round(n / t_mask, 1), "background_fps": round(n / t_bg, 1),
+        "name": f"tracking {name}",
+        "frames": n,
+        "detect_fps": round(n / t_detect, 1),
+        "fit_fps": round(n / t_fit, 1),
+        "masks_fps": round(n / t_mask, 1),
+        "background_fps": round(n / t_bg, 1),
         # CPU time (all threads) per frame: less sensitive than wall time to other work on the machine
-        "cpu_ms_per_frame": {"detect+decode": round(1000 * c_detect / n, 2), "fit": round(1000 * c_fit / n, 2),
-                             "masks": round(1000 * c_mask / n, 2), "background": round(1000 * c_bg / n, 2)},
+        "cpu_ms_per_frame": {
+            "detect+decode": round(1000 * c_detect / n, 2),
+            "fit": round(1000 * c_fit / n, 2),
+            "masks": round(1000 * c_mask / n, 2),
+            "background": round(1000 * c_bg / n, 2),
+        },
         "face_found": round(float(det.valid.mean()), 4),
         "reproj_px_512": round(s["reprojection_error_px_at_512"], 3),
         "reproj_p95_px_512": round(s["reprojection_error_p95_px_at_512"], 3),
         "rigid_raw_reproj_px_512": round(s["rigid_only_reprojection_error_px_at_512"], 3),
-        "jitter_ratio_rot": round(s["jitter_ratio_rotation"], 2), "jitter_ratio_trans": round(s["jitter_ratio_translation"], 2),
+        "jitter_ratio_rot": round(s["jitter_ratio_rotation"], 2),
+        "jitter_ratio_trans": round(s["jitter_ratio_translation"], 2),
         "lag_frames": s["smoothing_lag_frames"],
-        "jaw_energy_corr": round(c0, 3), "jaw_energy_corr_best": round(c_best, 3), "jaw_energy_best_lag": lag,
+        "jaw_energy_corr": round(c0, 3),
+        "jaw_energy_corr_best": round(c_best, 3),
+        "jaw_energy_best_lag": lag,
     }
 
 

@@ -17,16 +17,18 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import av
+import librosa
 import numpy as np
 
 from avatar.audio.grid import HOP, num_rows
 from avatar.audio.phonetic import PHONES, SAMPLE_RATE, SILENCE, PhoneticFeatures, decode_phones, row_labels
+from avatar.contracts.face_mesh import FaceMesh, mouth_opening
 from avatar.examples import example_data
 
 DATA = example_data()
 CACHE = Path("/tmp/probe_phonetic_cache")
-CLIPS = {"fr": "dfrf_macron_address_50s.mp4", "de": "mimictalk_german_anchor_20s.mp4",
-         "en": "edtalk_obama_20s.mp4"}
+CLIPS = {"fr": "dfrf_macron_address_50s.mp4", "de": "mimictalk_german_anchor_20s.mp4", "en": "edtalk_obama_20s.mp4"}
 FPS = 25.0
 WINDOW = 16
 MAX_LAG = 3
@@ -37,9 +39,6 @@ LAMBDAS = 10.0 ** np.arange(-1, 5.5, 0.5)
 def lip_openings(video: Path) -> tuple[np.ndarray, np.ndarray]:
     """(times [N] s, opening [N]) per decoded frame: `face_mesh.mouth_opening` of the 3D landmarks, NaN where
     no face was found. Time = frame timestamp + half a frame (centre)."""
-    import av
-
-    from avatar.contracts.face_mesh import FaceMesh, mouth_opening
 
     times, opening = [], []
     with av.open(str(video)) as container, FaceMesh(static=False) as mesh:
@@ -54,15 +53,14 @@ def lip_openings(video: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def audio_16k(video: Path) -> np.ndarray:
     """The clip's sound track, mono float32 at 16 kHz (PyAV decodes, librosa resamples)."""
-    import av
-    import librosa
 
     with av.open(str(video)) as container:
         stream = container.streams.audio[0]
         rate = stream.rate
         to_mono = av.AudioResampler(format="flt", layout="mono", rate=rate)
-        wave = np.concatenate([out.to_ndarray().reshape(-1) for frame in container.decode(stream)
-                               for out in to_mono.resample(frame)])
+        wave = np.concatenate(
+            [out.to_ndarray().reshape(-1) for frame in container.decode(stream) for out in to_mono.resample(frame)]
+        )
     return librosa.resample(wave, orig_sr=rate, target_sr=SAMPLE_RATE).astype(np.float32)
 
 
@@ -79,8 +77,7 @@ def clip_data(key: str) -> dict[str, np.ndarray]:
         wave = audio_16k(video)
         frames = int(min(times[-1] + 0.5 / FPS, wave.size / SAMPLE_RATE) * FPS)
         centres = (np.arange(frames) + 0.5) / FPS
-        data = {"opening": np.interp(centres, times[ok], opening[ok]), "wave": wave,
-                "face_share": np.array(ok.mean())}
+        data = {"opening": np.interp(centres, times[ok], opening[ok]), "wave": wave, "face_share": np.array(ok.mean())}
         CACHE.mkdir(parents=True, exist_ok=True)
         np.savez(path, **data)
     start = time.perf_counter()
@@ -91,10 +88,18 @@ def clip_data(key: str) -> dict[str, np.ndarray]:
 
 def log_mel(wave: np.ndarray, n_mels: int = 80) -> np.ndarray:
     """[T, n_mels] log-mel with the avatar's MelFeatures settings, normalised over the clip."""
-    import librosa
 
-    mel = librosa.feature.melspectrogram(y=wave, sr=SAMPLE_RATE, n_fft=512, win_length=400, hop_length=HOP,
-                                         n_mels=n_mels, fmin=40, fmax=7600, center=True)
+    mel = librosa.feature.melspectrogram(
+        y=wave,
+        sr=SAMPLE_RATE,
+        n_fft=512,
+        win_length=400,
+        hop_length=HOP,
+        n_mels=n_mels,
+        fmin=40,
+        fmax=7600,
+        center=True,
+    )
     feats = np.log(mel + 1e-6).T
     return (feats - feats.mean(0)) / (feats.std(0) + 1e-4)
 
@@ -132,7 +137,7 @@ def lagged(pred: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """Pearson r at lag 0 and the best over lags -3..3 frames (prediction shifted against the tracking)."""
     rs = []
     for lag in range(-MAX_LAG, MAX_LAG + 1):
-        p, t = (pred[:len(pred) - lag], y[lag:]) if lag >= 0 else (pred[-lag:], y[:len(y) + lag])
+        p, t = (pred[: len(pred) - lag], y[lag:]) if lag >= 0 else (pred[-lag:], y[: len(y) + lag])
         rs.append(pearson(p, t))
     return rs[MAX_LAG], max(rs)
 
@@ -144,7 +149,7 @@ def fit_cv(x: np.ndarray, y: np.ndarray, folds: int = 5) -> tuple[np.ndarray, np
     scores = np.zeros(len(LAMBDAS))
     for k in range(folds):
         val = np.zeros(len(y), bool)
-        val[edges[k]:edges[k + 1]] = True
+        val[edges[k] : edges[k + 1]] = True
         for j, lam in enumerate(LAMBDAS):
             scores[j] += pearson(ridge_predict(ridge_fit(x[~val], y[~val], lam), x[val]), y[val])
     return ridge_fit(x, y, float(LAMBDAS[np.argmax(scores)]))
@@ -155,8 +160,10 @@ def av_offset(c: dict[str, np.ndarray], max_lag: int = 12) -> int:
     log_energy = np.log(np.sqrt(np.convolve(c["wave"] ** 2, np.ones(400) / 400, "same"))[::HOP] + 1e-4)
     energy = windows(log_energy[:, None], len(c["opening"])).mean(1)
     y = c["opening"]
-    rs = [pearson(*((energy[:len(y) - lag], y[lag:]) if lag >= 0 else (energy[-lag:], y[:len(y) + lag])))
-          for lag in range(-max_lag, max_lag + 1)]
+    rs = [
+        pearson(*((energy[: len(y) - lag], y[lag:]) if lag >= 0 else (energy[-lag:], y[: len(y) + lag])))
+        for lag in range(-max_lag, max_lag + 1)
+    ]
     return int(np.argmax(rs)) - max_lag
 
 
@@ -183,8 +190,9 @@ def standardise(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.nda
     return (train - mu) / sd, (test - mu) / sd
 
 
-def evaluate(reps: dict[str, dict[str, np.ndarray]], clips: dict[str, dict[str, np.ndarray]]
-             ) -> tuple[list[str], dict[str, list[tuple[float, float]]]]:
+def evaluate(
+    reps: dict[str, dict[str, np.ndarray]], clips: dict[str, dict[str, np.ndarray]]
+) -> tuple[list[str], dict[str, list[tuple[float, float]]]]:
     """Every representation on the 6 cross-speaker pairs and the 3 own-voice splits (last 10 % held out)."""
     keys = list(clips)
     columns = [f"{a}->{b}" for a in keys for b in keys if a != b] + [f"{a} own" for a in keys]
@@ -209,7 +217,7 @@ def chunk_agreement(wave: np.ndarray) -> str:
     """Share of rows whose hard phone differs between chunked and whole decoding, and where they lie."""
     extractor = PhoneticFeatures(classes="phones", sigma_ms=0.0)
     whole = extractor(wave).argmax(1)
-    pieces = (wave[i:i + 16000] for i in range(0, wave.size, 16000))
+    pieces = (wave[i : i + 16000] for i in range(0, wave.size, 16000))
     chunked = np.concatenate(list(extractor.stream(pieces))).argmax(1)
     assert chunked.shape == whole.shape
     differ = np.flatnonzero(chunked != whole)
@@ -217,10 +225,13 @@ def chunk_agreement(wave: np.ndarray) -> str:
     dist = np.abs(differ[:, None] - seams[None, :]).min(1) if len(seams) and len(differ) else np.zeros(0)
     visemes = PhoneticFeatures(classes="visemes", sigma_ms=0.0)
     vdiff = float(np.mean(visemes.from_labels(chunked).argmax(1) != visemes.from_labels(whole).argmax(1)))
-    return (f"chunked (20 s windows, 2 s overlap) vs whole on {wave.size / SAMPLE_RATE:.1f} s: "
-            f"{len(differ) / len(whole):.1%} of {len(whole)} rows differ in phone, {vdiff:.1%} in viseme; "
-            f"seams at rows {seams.tolist()}; differing rows' distance to the nearest seam: "
-            f"median {np.median(dist) if len(dist) else 0:.0f}, within 100 rows {np.mean(dist <= 100) if len(dist) else 0:.0%}")
+    return (
+        f"chunked (20 s windows, 2 s overlap) vs whole on {wave.size / SAMPLE_RATE:.1f} s: "
+        f"{len(differ) / len(whole):.1%} of {len(whole)} rows differ in phone, {vdiff:.1%} in viseme; "
+        f"seams at rows {seams.tolist()}; differing rows' distance to the nearest seam: "
+        f"median {np.median(dist) if len(dist) else 0:.0f}, "
+        f"within 100 rows {np.mean(dist <= 100) if len(dist) else 0:.0%}"
+    )
 
 
 def main() -> None:
@@ -228,22 +239,29 @@ def main() -> None:
     reps = representations(clips)
     columns, table = evaluate(reps, clips)
     cross = [i for i, c in enumerate(columns) if "->" in c]
-    print(f"Ridge probe: Pearson r of predicted vs tracked inner-lip opening, 'lag0/best within +-{MAX_LAG} "
-          f"frames'; train on the clip left of '->', test on the one right of it; own = last 10 % held out.")
+    print(
+        f"Ridge probe: Pearson r of predicted vs tracked inner-lip opening, 'lag0/best within +-{MAX_LAG} "
+        f"frames'; train on the clip left of '->', test on the one right of it; own = last 10 % held out."
+    )
     print(f"{'representation':<24}" + "".join(f"{c:>12}" for c in columns) + f"{'cross mean':>12}")
     for name, row in table.items():
         mean0 = np.mean([row[i][0] for i in cross])
         meanb = np.mean([row[i][1] for i in cross])
-        print(f"{name:<24}" + "".join(f"{r0:>7.2f}/{rb:.2f}"[-12:].rjust(12) for r0, rb in row)
-              + f"{mean0:>7.2f}/{meanb:.2f}")
+        print(
+            f"{name:<24}"
+            + "".join(f"{r0:>7.2f}/{rb:.2f}"[-12:].rjust(12) for r0, rb in row)
+            + f"{mean0:>7.2f}/{meanb:.2f}"
+        )
     for key, c in clips.items():
         seconds = c["wave"].size / SAMPLE_RATE
         labels = c["labels"]
         speech = labels != PHONES.index(SILENCE)
-        print(f"{key}: {seconds:.1f} s audio, {len(c['opening'])} frames, face found in {float(c['face_share']):.0%}; "
-              f"decode {float(c['decode_s']) / seconds:.3f} s per s of audio; {speech.mean():.0%} of rows speech, "
-              f"{len(np.unique(labels[speech]))} distinct phones; opening best follows log energy at lag "
-              f"{av_offset(c)} frames")
+        print(
+            f"{key}: {seconds:.1f} s audio, {len(c['opening'])} frames, face found in {float(c['face_share']):.0%}; "
+            f"decode {float(c['decode_s']) / seconds:.3f} s per s of audio; {speech.mean():.0%} of rows speech, "
+            f"{len(np.unique(labels[speech]))} distinct phones; opening best follows log energy at lag "
+            f"{av_offset(c)} frames"
+        )
     print(chunk_agreement(clips["fr"]["wave"]))
 
 

@@ -40,13 +40,16 @@ def _load():
         return RuntimeError("no CUDA device")
     missing = [name for name in SOURCES if not (CUDA_SOURCE_DIR / name).is_file()]
     if missing:
-        return FileNotFoundError(f"{CUDA_SOURCE_DIR}: missing {', '.join(missing)} (reinstall the package: "
-                                 "its CUDA sources are package data of avatar.cuda)")
-    from torch.utils import cpp_extension
+        return FileNotFoundError(
+            f"{CUDA_SOURCE_DIR}: missing {', '.join(missing)} (reinstall the package: "
+            "its CUDA sources are package data of avatar.cuda)"
+        )
 
     arch = present_arch()
     try:
         with build_for_present_gpu():
+            from torch.utils import cpp_extension  # noqa: PLC0415 - the CUDA kernel's builder (imports setuptools)
+
             return cpp_extension.load(
                 name=EXTENSION_NAME,
                 sources=[str(CUDA_SOURCE_DIR / name) for name in SOURCES],
@@ -72,9 +75,11 @@ def cuda_extension_error() -> str | None:
 def _extension():
     loaded = _load()
     if isinstance(loaded, Exception):
-        raise UserError(f"{CUDA_SOURCE_DIR / 'hash_triplane.cu'}: the hash tri-plane CUDA kernel could not be built "
-                        f"({cuda_extension_error()}). Check that nvcc and ninja are on the PATH and match torch's CUDA "
-                        "version, or use implementation='torch' (or 'auto', which falls back to it).")
+        raise UserError(
+            f"{CUDA_SOURCE_DIR / 'hash_triplane.cu'}: the hash tri-plane CUDA kernel could not be built "
+            f"({cuda_extension_error()}). Check that nvcc and ninja are on the PATH and match torch's CUDA "
+            "version, or use implementation='torch' (or 'auto', which falls back to it)."
+        )
     return loaded
 
 
@@ -90,10 +95,14 @@ class _HashTriplaneEncode(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out: Tensor):
         coords, tables = ctx.saved_tensors
-        grad_tables, grad_coords = _extension().backward(grad_out.contiguous(), coords, tables, *ctx.levels,
-                                                         ctx.needs_input_grad[0])
-        return (grad_coords if ctx.needs_input_grad[0] else None,
-                grad_tables if ctx.needs_input_grad[1] else None, None)
+        grad_tables, grad_coords = _extension().backward(
+            grad_out.contiguous(), coords, tables, *ctx.levels, ctx.needs_input_grad[0]
+        )
+        return (
+            grad_coords if ctx.needs_input_grad[0] else None,
+            grad_tables if ctx.needs_input_grad[1] else None,
+            None,
+        )
 
 
 def hash_triplane_encode(coords: Tensor, tables: Tensor, layout) -> Tensor:

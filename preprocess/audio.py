@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from avatar.audio.io import SAMPLE_RATE, is_silent, load_audio
-from avatar.errors import UserError
 from avatar.contracts.video import VideoInfo
+from avatar.errors import UserError
 
 
 def time_origin(info: VideoInfo, audio_override: Path | None) -> float:
@@ -34,7 +34,7 @@ def clip_audio(info: VideoInfo, audio_override: Path | None, origin_s: float) ->
     wave = load_audio(source)
     audio_start = info.start_s if audio_override is not None else info.audio_start_s
     skip = int(round((origin_s - audio_start) * SAMPLE_RATE))
-    wave = wave[max(0, skip):]
+    wave = wave[max(0, skip) :]
     warnings = []
     if is_silent(wave):
         warnings.append(

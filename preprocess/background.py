@@ -58,7 +58,9 @@ class BackgroundAccumulator:
         visible_count = self._visible[:kept].sum(0)  # [H, W]
         middle = np.maximum(visible_count - 1, 0) // 2
         median = np.take_along_axis(samples, middle[None, ..., None].repeat(3, -1), axis=0)[0]
-        upper = np.take_along_axis(samples, ((visible_count - 1) - middle)[None, ..., None].repeat(3, -1).clip(0), axis=0)[0]
+        upper = np.take_along_axis(
+            samples, ((visible_count - 1) - middle)[None, ..., None].repeat(3, -1).clip(0), axis=0
+        )[0]
         median = 0.5 * (median + upper)  # even counts: the mean of the two middle samples
         mean = self._sum / np.maximum(self._count, 1)[..., None]
         plate = np.where((visible_count > 0)[..., None], median, mean)

@@ -11,14 +11,34 @@ from __future__ import annotations
 import numpy as np
 
 from avatar.contracts.face_mesh import (
-    BROW_LEFT, BROW_RIGHT, EYE_LEFT, EYE_RIGHT, INNER_LIP_LOWER, INNER_LIP_UPPER, MOUTH_CORNERS, NOSE_BASE,
-    OUTER_LIP_LOWER, OUTER_LIP_UPPER,
+    BROW_LEFT,
+    BROW_RIGHT,
+    EYE_LEFT,
+    EYE_RIGHT,
+    INNER_LIP_LOWER,
+    INNER_LIP_UPPER,
+    MOUTH_CORNERS,
+    NOSE_BASE,
+    OUTER_LIP_LOWER,
+    OUTER_LIP_UPPER,
 )
 
 BLENDSHAPE_NAMES = (
-    "jawOpen", "mouthClose", "mouthFunnel", "mouthPucker", "mouthSmileLeft", "mouthSmileRight",
-    "mouthStretchLeft", "mouthStretchRight", "eyeBlinkLeft", "eyeBlinkRight", "browInnerUp",
-    "browOuterUpLeft", "browOuterUpRight", "browDownLeft", "browDownRight",
+    "jawOpen",
+    "mouthClose",
+    "mouthFunnel",
+    "mouthPucker",
+    "mouthSmileLeft",
+    "mouthSmileRight",
+    "mouthStretchLeft",
+    "mouthStretchRight",
+    "eyeBlinkLeft",
+    "eyeBlinkRight",
+    "browInnerUp",
+    "browOuterUpLeft",
+    "browOuterUpRight",
+    "browDownLeft",
+    "browDownRight",
 )
 
 MOUTH_RIGHT, MOUTH_LEFT = MOUTH_CORNERS
@@ -55,8 +75,9 @@ def blendshape_coefficients(shapes: np.ndarray) -> np.ndarray:
     # mouth corners relative to the nose base: outward (away from the midline) and upward
     out_left, out_right = x[:, MOUTH_LEFT] - x[:, NOSE_BASE], x[:, NOSE_BASE] - x[:, MOUTH_RIGHT]
     up_left, up_right = y[:, NOSE_BASE] - y[:, MOUTH_LEFT], y[:, NOSE_BASE] - y[:, MOUTH_RIGHT]
-    brow_inner = 0.5 * ((y[:, EYE_RIGHT["inner"]] - y[:, BROW_RIGHT["inner"]])
-                        + (y[:, EYE_LEFT["inner"]] - y[:, BROW_LEFT["inner"]]))
+    brow_inner = 0.5 * (
+        (y[:, EYE_RIGHT["inner"]] - y[:, BROW_RIGHT["inner"]]) + (y[:, EYE_LEFT["inner"]] - y[:, BROW_LEFT["inner"]])
+    )
     brow_outer_left = y[:, EYE_LEFT["outer"]] - y[:, BROW_LEFT["outer"]]
     brow_outer_right = y[:, EYE_RIGHT["outer"]] - y[:, BROW_RIGHT["outer"]]
     brow_left = brow_outer_left + y[:, EYE_LEFT["inner"]] - y[:, BROW_LEFT["inner"]]

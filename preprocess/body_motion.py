@@ -10,8 +10,8 @@ shows the body as it was at that row of the pose track, and never follows the au
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import cv2
 import numpy as np
@@ -56,8 +56,9 @@ class _Flow:
 
     def to_template(self, frame: np.ndarray, flow: np.ndarray) -> np.ndarray:
         """The frame moved into the template's place (the inverse warp, to first order)."""
-        return cv2.remap(frame, self.xx - flow[..., 0], self.yy - flow[..., 1], cv2.INTER_LINEAR,
-                         borderMode=cv2.BORDER_REPLICATE)
+        return cv2.remap(
+            frame, self.xx - flow[..., 0], self.yy - flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+        )
 
 
 def body_template(frames: list[np.ndarray], rounds: int) -> np.ndarray:
@@ -78,9 +79,15 @@ def body_cells(torso_coverage: np.ndarray, head_coverage: np.ndarray, cfg: BodyM
     return (torso > cfg.min_torso_coverage) & (head < cfg.max_head_coverage)
 
 
-def track_body(read_frame: Callable[[int], np.ndarray], read_mask: Callable[[int], np.ndarray],
-               frames: Iterable[np.ndarray], num_frames: int, fit_frames: int, fps: float,
-               cfg: BodyMotionConfig) -> tuple[BodyMotion, dict]:
+def track_body(
+    read_frame: Callable[[int], np.ndarray],
+    read_mask: Callable[[int], np.ndarray],
+    frames: Iterable[np.ndarray],
+    num_frames: int,
+    fit_frames: int,
+    fps: float,
+    cfg: BodyMotionConfig,
+) -> tuple[BodyMotion, dict]:
     """Track the body over the `num_frames` frames streamed by `frames` ([H, W, 3] uint8 RGB); the first
     `fit_frames` are the training frames the template (`read_frame(i)`, its mask bits `read_mask(i)`) and
     the PCA come from. Returns the BodyMotion and its measurements. Memory: the template frames and one
@@ -90,8 +97,9 @@ def track_body(read_frame: Callable[[int], np.ndarray], read_mask: Callable[[int
     picks = np.linspace(0, fit_frames - 1, min(cfg.template_frames, fit_frames)).round().astype(int)
     template = body_template([_small(read_frame(int(i))) for i in picks], cfg.template_rounds)
     bits = [read_mask(int(i)) for i in picks]
-    coverage = {name: np.mean([_small(bit_mask(b, name).astype(np.float32)) for b in bits], 0)
-                for name in ("torso", "head")}
+    coverage = {
+        name: np.mean([_small(bit_mask(b, name).astype(np.float32)) for b in bits], 0) for name in ("torso", "head")
+    }
     cells = body_cells(coverage["torso"], coverage["head"], cfg)
     flow = _Flow()
     g = (cfg.grid, cfg.grid)
@@ -110,8 +118,15 @@ def track_body(read_frame: Callable[[int], np.ndarray], read_mask: Callable[[int
     energy = singular**2
     explained = float(energy[:modes].sum() / max(energy.sum(), 1e-12))
     to_field = lambda v: v.reshape(cfg.grid, cfg.grid, 2).transpose(2, 0, 1)  # noqa: E731 -> [2, G, G]
-    motion = BodyMotion(codes=codes.astype(np.float32), mean=to_field(mean).astype(np.float32),
-                        basis=np.stack([to_field(v) for v in vt[:modes]]).astype(np.float32))
+    motion = BodyMotion(
+        codes=codes.astype(np.float32),
+        mean=to_field(mean).astype(np.float32),
+        basis=np.stack([to_field(v) for v in vt[:modes]]).astype(np.float32),
+    )
     spread_px = float(np.abs(flat[:fit_frames] - mean).max() * ANALYSIS_SIZE / 2)
-    return motion, {"modes": modes, "explained_variance": round(explained, 4), "body_cells": int(cells.sum()),
-                    "largest_motion_px_at_256": round(spread_px, 2)}
+    return motion, {
+        "modes": modes,
+        "explained_variance": round(explained, 4),
+        "body_cells": int(cells.sum()),
+        "largest_motion_px_at_256": round(spread_px, 2),
+    }

@@ -18,24 +18,39 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import soundfile as sf
 
-from avatar.config_io import check_values
-from avatar.contracts.atomic import atomic_dir, atomic_path, exclusive, jsonable, save_npy, sha256_of, write_json
 from avatar.audio.features import feature_stats, frame_log_energy, speech_features
 from avatar.audio.io import SAMPLE_RATE, num_frames_for, save_wav
+from avatar.config_io import check_values
+from avatar.contracts.atomic import atomic_dir, atomic_path, exclusive, jsonable, save_npy, sha256_of, write_json
 from avatar.contracts.camera import Intrinsics
 from avatar.contracts.dataset import (
-    FORMAT_VERSION, MASK_BITS, TRACKING_ARRAYS, Crop, DatasetLayout, FeatureInfo, Manifest, Split, read_mask_bits,
+    FORMAT_VERSION,
+    MASK_BITS,
+    TRACKING_ARRAYS,
+    Crop,
+    DatasetLayout,
+    FeatureInfo,
+    Manifest,
+    Split,
+    read_mask_bits,
     read_rgb,
 )
-from avatar.contracts.face_mesh import mouth_opening
-from avatar.metrics.lip_sync import lagged_pearson
+from avatar.contracts.face_mesh import EYE_OUTER_CORNERS, mouth_opening
+from avatar.contracts.video import frames_at_times, probe_video, resampled_frames
 from avatar.errors import UserError
-from avatar.preprocess.audio import require_audio, time_origin
-from avatar.preprocess.body_motion import BodyMotionConfig
+from avatar.metrics.lip_sync import lagged_pearson
+from avatar.preprocess.audio import clip_audio, require_audio, time_origin
+from avatar.preprocess.background import BackgroundAccumulator
+from avatar.preprocess.body_motion import BodyMotionConfig, track_body
 from avatar.preprocess.config import PreprocessConfig
+from avatar.preprocess.crop import apply_crop, choose_crop, main_faces
 from avatar.preprocess.frame_io import ThreadedImageWriter, progress, stored_frames
+from avatar.preprocess.masks import MaskMaker
+from avatar.preprocess.preview import write_contact_sheet, write_preview
 from avatar.preprocess.steps import MARKER_DIR, StepRunner
+from avatar.preprocess.track import LandmarkDetections, LandmarkFaceModel, detect_landmarks, find_faces_for_crop
 
 LIBRARIES = ["avatar", "numpy", "opencv-python-headless", "av", "mediapipe", "librosa", "scipy", "soundfile"]
 
@@ -61,8 +76,9 @@ def _check_config(cfg: PreprocessConfig) -> None:
         what = "is a directory" if Path(cfg.audio).is_dir() else "no such file"
         raise UserError(f"{cfg.audio}: {what} (given with --audio). Give the path of an audio file.")
     if Path(cfg.video).suffix.lower() in STILL_IMAGES:
-        raise UserError(f"{cfg.video}: is a still image. Give a video of the person talking (at least "
-                        f"{cfg.min_duration_s:g} s).")
+        raise UserError(
+            f"{cfg.video}: is a still image. Give a video of the person talking (at least {cfg.min_duration_s:g} s)."
+        )
 
 
 SIDEWAYS_DEG = 60.0  # a median face roll beyond this means a sideways video
@@ -71,7 +87,6 @@ SIDEWAYS_DEG = 60.0  # a median face roll beyond this means a sideways video
 def face_roll_deg(landmarks: np.ndarray) -> float:
     """Median in-picture roll of the face over [N, 478, 2] landmarks: the angle of the line from the right to
     the left outer eye corner (0 upright, +-90 sideways, 180 upside down)."""
-    from avatar.contracts.face_mesh import EYE_OUTER_CORNERS
 
     right, left = landmarks[:, EYE_OUTER_CORNERS[0]], landmarks[:, EYE_OUTER_CORNERS[1]]
     d = left - right
@@ -85,9 +100,11 @@ def sideways_warning(video: Path, roll_deg: float) -> str | None:
         return None
     upside_down = abs(roll_deg) > 180 - SIDEWAYS_DEG
     turn = "hflip,vflip" if upside_down else "transpose=2" if roll_deg > 0 else "transpose=1"
-    return (f"{video}: the face is rolled by {roll_deg:.0f} degrees in the picture: the video is probably "
-            f"{'upside down' if upside_down else 'sideways'} (its pixels turned without a rotation flag). Turn it "
-            f"upright, `ffmpeg -i {video} -vf {turn} -c:a copy upright.mp4`, and preprocess upright.mp4 instead.")
+    return (
+        f"{video}: the face is rolled by {roll_deg:.0f} degrees in the picture: the video is probably "
+        f"{'upside down' if upside_down else 'sideways'} (its pixels turned without a rotation flag). Turn it "
+        f"upright, `ffmpeg -i {video} -vf {turn} -c:a copy upright.mp4`, and preprocess upright.mp4 instead."
+    )
 
 
 def _check_output_dir(out: Path) -> bool:
@@ -106,7 +123,6 @@ class Builder:
     """The steps of one build. Each `step_*` writes its outputs atomically and returns its measurements."""
 
     def __init__(self, cfg: PreprocessConfig):
-        from avatar.contracts.video import probe_video
 
         self.cfg = cfg
         self.root = Path(cfg.out)
@@ -126,12 +142,13 @@ class Builder:
         return self.info.duration_s - (self.origin_s - self.info.start_s)
 
     def _too_short_message(self, seconds: float) -> str:
-        return (f"{self.cfg.video}: only {seconds:.1f} s long; at least {self.cfg.min_duration_s:.0f} s of the person "
-                "talking are needed (a few minutes give a much better avatar). Give a longer video.")
+        return (
+            f"{self.cfg.video}: only {seconds:.1f} s long; at least {self.cfg.min_duration_s:.0f} s of the person "
+            "talking are needed (a few minutes give a much better avatar). Give a longer video."
+        )
 
     # ------------------------------------------------------------------ steps
     def step_audio(self) -> dict:
-        from avatar.preprocess.audio import clip_audio
 
         wave, warnings = clip_audio(self.info, self.cfg.audio, self.origin_s)
         stated = self._stated_duration()
@@ -154,9 +171,6 @@ class Builder:
         return {"num_samples": int(wave.size), "duration_s": wave.size / SAMPLE_RATE, "warnings": warnings}
 
     def step_crop(self) -> dict:
-        from avatar.preprocess.crop import choose_crop, main_faces
-        from avatar.preprocess.track import find_faces_for_crop
-        from avatar.contracts.video import frames_at_times
 
         span = self._stated_duration()
         span = span if span == span else self.cfg.min_duration_s
@@ -172,20 +186,24 @@ class Builder:
                 f"{self.cfg.video}: no face found in {missing:.0%} of {scanned} frames sampled over the clip. "
                 "Use a video where one person's face is visible throughout, or cut the clip to those parts."
             )
-        crop = choose_crop(chosen, self.info.width, self.info.height, self.cfg.resolution,
-                           self.cfg.crop_scale, self.cfg.crop_face_y)
+        crop = choose_crop(
+            chosen, self.info.width, self.info.height, self.cfg.resolution, self.cfg.crop_scale, self.cfg.crop_face_y
+        )
         warnings = []
         if crowded >= max(2, 0.1 * scanned):
             warnings.append(
                 f"{self.cfg.video}: a second face appears in {crowded} of {scanned} sampled frames. The main "
                 "speaker (the biggest, most central face) is kept; for a clean avatar use a clip of one person."
             )
-        return {"crop": crop.__dict__, "scanned_frames": scanned, "frames_with_face": len(chosen),
-                "frames_with_several_faces": crowded, "warnings": warnings}
+        return {
+            "crop": crop.__dict__,
+            "scanned_frames": scanned,
+            "frames_with_face": len(chosen),
+            "frames_with_several_faces": crowded,
+            "warnings": warnings,
+        }
 
     def step_frames(self, crop: Crop, max_frames: int) -> dict:
-        from avatar.preprocess.crop import apply_crop
-        from avatar.contracts.video import resampled_frames
 
         params = [cv2.IMWRITE_JPEG_QUALITY, self.cfg.jpeg_quality]
         count = 0
@@ -208,10 +226,14 @@ class Builder:
         return {"frames": count}
 
     def step_landmarks(self, num_frames: int) -> dict:
-        from avatar.preprocess.track import detect_landmarks
 
-        det = detect_landmarks(stored_frames(self.root, num_frames), max_missing_fraction=self.cfg.max_missing_face,
-                               source=str(self.cfg.video), total=num_frames, show_progress=sys.stderr.isatty())
+        det = detect_landmarks(
+            stored_frames(self.root, num_frames),
+            max_missing_fraction=self.cfg.max_missing_face,
+            source=str(self.cfg.video),
+            total=num_frames,
+            show_progress=sys.stderr.isatty(),
+        )
         np.savez(self._detections_tmp(), landmarks_mp3d=det.landmarks_mp3d, valid=det.valid, num_faces=det.num_faces)
         self._detections_tmp().rename(self.root / MARKER_DIR / "detections.npz")
         gaps = det.gap_stats()
@@ -233,7 +255,6 @@ class Builder:
         return self.root / MARKER_DIR / "detections.tmp.npz"
 
     def step_track(self, intrinsics: Intrinsics) -> dict:
-        from avatar.preprocess.track import LandmarkDetections, LandmarkFaceModel
 
         with np.load(self.root / MARKER_DIR / "detections.npz") as d:
             det = LandmarkDetections(d["landmarks_mp3d"], d["valid"], d["num_faces"])
@@ -246,14 +267,15 @@ class Builder:
                 np.save(self.layout.tracking(name, tmp), np.asarray(result.arrays[name]))
         roll = face_roll_deg(np.asarray(result.arrays["landmarks"]))
         warning = sideways_warning(self.cfg.video, roll)
-        return {"frames": det.num_frames, "blendshape_names": list(result.blendshape_names),
-                "stats": {**jsonable(result.stats), "median_roll_deg": round(roll, 1)},
-                "warnings": [warning] if warning else []}
+        return {
+            "frames": det.num_frames,
+            "blendshape_names": list(result.blendshape_names),
+            "stats": {**jsonable(result.stats), "median_roll_deg": round(roll, 1)},
+            "warnings": [warning] if warning else [],
+        }
 
     def step_masks(self, num_frames: int) -> dict:
         """Masks of every frame and, in the same pass over the frames, the background plate."""
-        from avatar.preprocess.background import BackgroundAccumulator
-        from avatar.preprocess.masks import MaskMaker
 
         landmarks = np.load(self.layout.tracking("landmarks"), mmap_mode="r")
         make_mask = MaskMaker()
@@ -269,42 +291,53 @@ class Builder:
             with atomic_path(self.layout.background) as png:
                 cv2.imwrite(str(png), np.ascontiguousarray(plate.result()[:, :, ::-1]))
         values, total = np.arange(256), pixels_per_value.sum()
-        area = {name: round(float(pixels_per_value[(values >> bit & 1) == 1].sum() / total), 4)
-                for name, bit in MASK_BITS.items()}
+        area = {
+            name: round(float(pixels_per_value[(values >> bit & 1) == 1].sum() / total), 4)
+            for name, bit in MASK_BITS.items()
+        }
         return {"frames": num_frames, "mean_area": area}
 
     def step_features(self) -> dict:
-        import soundfile as sf
 
         wave, _ = sf.read(str(self.layout.audio), dtype="float32")
         extractor = self.extractor
         feats = extractor(wave)
         save_npy(self.layout.features, feats)
         mean, std = feature_stats(feats, extractor.normalized)
-        info = FeatureInfo(file=self.layout.features.name, extractor=extractor.name, rate_hz=extractor.rate_hz,
-                           dim=extractor.dim, window=self.cfg.feature_window,
-                           mean=[float(x) for x in mean], std=[float(x) for x in std],
-                           speech_model=extractor.learned.path if extractor.learned is not None else "")
+        info = FeatureInfo(
+            file=self.layout.features.name,
+            extractor=extractor.name,
+            rate_hz=extractor.rate_hz,
+            dim=extractor.dim,
+            window=self.cfg.feature_window,
+            mean=[float(x) for x in mean],
+            std=[float(x) for x in std],
+            speech_model=extractor.learned.path if extractor.learned is not None else "",
+        )
         return {"features": info.__dict__, "rows": int(feats.shape[0])}
 
     def step_body(self, num_frames: int, split: Split) -> dict:
-        from avatar.preprocess.body_motion import track_body
 
         read_frame = lambda i: read_rgb(self.layout.frame(i))  # noqa: E731
         read_mask = lambda i: read_mask_bits(self.layout.mask(i))  # noqa: E731
-        motion, record = track_body(read_frame, read_mask, stored_frames(self.root, num_frames, "body motion"),
-                                    num_frames, split.train[1], self.cfg.fps, BodyMotionConfig())
+        motion, record = track_body(
+            read_frame,
+            read_mask,
+            stored_frames(self.root, num_frames, "body motion"),
+            num_frames,
+            split.train[1],
+            self.cfg.fps,
+            BodyMotionConfig(),
+        )
         with atomic_path(self.layout.body_motion) as tmp:
             motion.save(tmp)
         return {"frames": num_frames, "stats": record}
 
     def step_preview(self, num_frames: int, intrinsics: Intrinsics) -> dict:
-        from avatar.preprocess.preview import write_contact_sheet, write_preview
 
         count = min(num_frames, int(round(self.cfg.preview_seconds * self.cfg.fps)))
         write_preview(self.root, count, self.cfg.fps, intrinsics, self.layout.preview)
-        write_contact_sheet(self.root, num_frames, intrinsics, self.cfg.contact_sheet_frames,
-                            self.layout.contact_sheet)
+        write_contact_sheet(self.root, num_frames, intrinsics, self.cfg.contact_sheet_frames, self.layout.contact_sheet)
         return {"frames": count}
 
     # ------------------------------------------------------------------ the whole build
@@ -313,38 +346,81 @@ class Builder:
         source = {"sha256": self.source_sha, "audio_sha256": self.audio_sha, "origin_s": self.origin_s}
         layout = self.layout
         audio = run("audio", source, self.step_audio, (layout.audio.name,))
-        crop_rec = run("crop", {"resolution": cfg.resolution, "scale": cfg.crop_scale, "face_y": cfg.crop_face_y,
-                                "samples": cfg.crop_samples}, self.step_crop)
+        crop_rec = run(
+            "crop",
+            {
+                "resolution": cfg.resolution,
+                "scale": cfg.crop_scale,
+                "face_y": cfg.crop_face_y,
+                "samples": cfg.crop_samples,
+            },
+            self.step_crop,
+        )
         crop = Crop(**crop_rec["crop"])
         max_frames = num_frames_for(audio["num_samples"], SAMPLE_RATE, cfg.fps)
-        frames = run("frames", {"fps": cfg.fps, "jpeg": cfg.jpeg_quality, "min_s": cfg.min_duration_s},
-                     lambda: self.step_frames(crop, max_frames), (layout.frames_dir.name,))
+        frames = run(
+            "frames",
+            {"fps": cfg.fps, "jpeg": cfg.jpeg_quality, "min_s": cfg.min_duration_s},
+            lambda: self.step_frames(crop, max_frames),
+            (layout.frames_dir.name,),
+        )
         n = frames["frames"]
         intrinsics = dataset_intrinsics(cfg, crop)
-        lm = run("landmarks", {"max_missing": cfg.max_missing_face}, lambda: self.step_landmarks(n),
-                 (f"{MARKER_DIR}/detections.npz",))
-        track = run("track", {"intrinsics": intrinsics.__dict__}, lambda: self.step_track(intrinsics),
-                    (layout.tracking_dir.name,))
+        lm = run(
+            "landmarks",
+            {"max_missing": cfg.max_missing_face},
+            lambda: self.step_landmarks(n),
+            (f"{MARKER_DIR}/detections.npz",),
+        )
+        track = run(
+            "track",
+            {"intrinsics": intrinsics.__dict__},
+            lambda: self.step_track(intrinsics),
+            (layout.tracking_dir.name,),
+        )
         masks = run("masks", {}, lambda: self.step_masks(n), (layout.masks_dir.name, layout.background.name))
-        run("preview", {"seconds": cfg.preview_seconds, "sheet": cfg.contact_sheet_frames},
-            lambda: self.step_preview(n, intrinsics), (layout.preview.name, layout.contact_sheet.name))
+        run(
+            "preview",
+            {"seconds": cfg.preview_seconds, "sheet": cfg.contact_sheet_frames},
+            lambda: self.step_preview(n, intrinsics),
+            (layout.preview.name, layout.contact_sheet.name),
+        )
         split = Split.of(n, cfg.val_fraction)
-        body = run("body", {"split": split.train, **dataclasses.asdict(BodyMotionConfig())},
-                   lambda: self.step_body(n, split), (layout.body_motion.name,))
+        body = run(
+            "body",
+            {"split": split.train, **dataclasses.asdict(BodyMotionConfig())},
+            lambda: self.step_body(n, split),
+            (layout.body_motion.name,),
+        )
         # last: changing the feature set of a built dataset recomputes only this step
         learned = self.extractor.learned
         speech_model = {} if learned is None else {"speech_model": learned.path, "speech_part": learned.name}
-        feats = run("features", {"window": cfg.feature_window, "features": cfg.features, **speech_model},
-                    self.step_features, (layout.features.name,))
+        feats = run(
+            "features",
+            {"window": cfg.feature_window, "features": cfg.features, **speech_model},
+            self.step_features,
+            (layout.features.name,),
+        )
 
         manifest = Manifest(
             format_version=FORMAT_VERSION,
-            source={"path": str(Path(cfg.video).resolve()), "sha256": self.source_sha,
-                    "duration_s": self.info.duration_s, "fps": self.info.fps, "width": self.info.width,
-                    "height": self.info.height, "has_audio": self.info.has_audio,
-                    "audio_path": str(Path(cfg.audio).resolve()) if cfg.audio else None,
-                    "audio_sha256": self.audio_sha, "time_origin_s": self.origin_s},
-            fps=cfg.fps, num_frames=n, resolution=cfg.resolution, crop=crop, intrinsics=intrinsics,
+            source={
+                "path": str(Path(cfg.video).resolve()),
+                "sha256": self.source_sha,
+                "duration_s": self.info.duration_s,
+                "fps": self.info.fps,
+                "width": self.info.width,
+                "height": self.info.height,
+                "has_audio": self.info.has_audio,
+                "audio_path": str(Path(cfg.audio).resolve()) if cfg.audio else None,
+                "audio_sha256": self.audio_sha,
+                "time_origin_s": self.origin_s,
+            },
+            fps=cfg.fps,
+            num_frames=n,
+            resolution=cfg.resolution,
+            crop=crop,
+            intrinsics=intrinsics,
             split=split,
             audio={"file": layout.audio.name, "sample_rate": SAMPLE_RATE, "num_samples": audio["num_samples"]},
             features=FeatureInfo(**feats["features"]),
@@ -360,15 +436,23 @@ class Builder:
         video_s, audio_s = n / self.cfg.fps, audio["num_samples"] / SAMPLE_RATE
         return {
             "tracking": track["stats"],
-            "faces": {k: lm[k] for k in ("face_found_fraction", "missing_frames", "gaps", "longest_gap",
-                                          "frames_with_several_faces")},
-            "sync": {"video_s": video_s, "audio_s": audio_s, "time_origin_s": self.origin_s,
-                     "audio_minus_video_frames": (audio_s - video_s) * self.cfg.fps},
+            "faces": {
+                k: lm[k]
+                for k in ("face_found_fraction", "missing_frames", "gaps", "longest_gap", "frames_with_several_faces")
+            },
+            "sync": {
+                "video_s": video_s,
+                "audio_s": audio_s,
+                "time_origin_s": self.origin_s,
+                "audio_minus_video_frames": (audio_s - video_s) * self.cfg.fps,
+            },
             **speech_motion(self.root, n, self.cfg.fps, track["blendshape_names"]),
             "mask_mean_area": masks["mean_area"],
             "body_motion": body["stats"],
-            "steps": {name: {k: r[k] for k in ("seconds", "cpu_seconds", "frames_per_s", "frames_per_cpu_s") if k in r}
-                      for name, r in records.items()},
+            "steps": {
+                name: {k: r[k] for k in ("seconds", "cpu_seconds", "frames_per_s", "frames_per_cpu_s") if k in r}
+                for name, r in records.items()
+            },
             "warnings": [w for r in records.values() for w in r.get("warnings", [])],
         }
 
@@ -377,7 +461,6 @@ def speech_motion(root: Path, num_frames: int, fps: float, names: list[str], max
     """How the mouth moves with the sound's energy (log energy at each frame's centre): the correlation of
     jawOpen with it, and the lag at which the mouth opening correlates best. The mouth opens slightly before
     the sound, so the best lag is normally 0..2 frames; a much larger one hints that the source is out of sync."""
-    import soundfile as sf
 
     layout = DatasetLayout(root)
     wave, _ = sf.read(str(layout.audio), dtype="float32")
@@ -388,9 +471,12 @@ def speech_motion(root: Path, num_frames: int, fps: float, names: list[str], max
     jaw = None
     if "jawOpen" in names:
         jaw = lagged_pearson(np.load(layout.tracking("blendshapes"))[:, names.index("jawOpen")], energy, 0)
-    return {"jaw_open_energy_correlation": None if jaw is None or np.isnan(jaw) else round(jaw, 3),
-            "lip_gap_energy_correlation": round(by_lag[0], 3),
-            "lip_gap_energy_best_lag_frames": int(best), "lip_gap_energy_best_correlation": round(by_lag[best], 3)}
+    return {
+        "jaw_open_energy_correlation": None if jaw is None or np.isnan(jaw) else round(jaw, 3),
+        "lip_gap_energy_correlation": round(by_lag[0], 3),
+        "lip_gap_energy_best_lag_frames": int(best),
+        "lip_gap_energy_best_correlation": round(by_lag[best], 3),
+    }
 
 
 def library_versions() -> dict:
@@ -414,19 +500,24 @@ def run(cfg: PreprocessConfig) -> Manifest:
     try:
         (out / MARKER_DIR).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"--out {out}: cannot create the dataset directory there ({exc.strerror or exc}). "
-                        "Choose a writable --out path.") from exc
+        raise UserError(
+            f"--out {out}: cannot create the dataset directory there ({exc.strerror or exc}). "
+            "Choose a writable --out path."
+        ) from exc
     with build_lock(out):
         return _build(cfg, builder, out, fresh, existed, start)
 
 
 def build_lock(out: Path):
     """One build of a dataset directory at a time (a second one would sweep the first one's temporaries)."""
-    return exclusive(out / MARKER_DIR, f"{out}: another `avatar preprocess` is building this dataset right now. Wait "
-                     "for it to finish (then rerun to check it is complete), or choose another --out.")
+    return exclusive(
+        out / MARKER_DIR,
+        f"{out}: another `avatar preprocess` is building this dataset right now. Wait "
+        "for it to finish (then rerun to check it is complete), or choose another --out.",
+    )
 
 
-def _build(cfg: PreprocessConfig, builder: "Builder", out: Path, fresh: bool, existed: bool, start: float) -> Manifest:
+def _build(cfg: PreprocessConfig, builder: Builder, out: Path, fresh: bool, existed: bool, start: float) -> Manifest:
     DatasetLayout(out).manifest.unlink(missing_ok=True)  # the dataset is incomplete until the last step
     for stale in out.glob(".*.*"):  # temporaries of a run that was killed
         if stale.name != MARKER_DIR:

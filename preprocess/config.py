@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, ClassVar, Literal, Optional
+from typing import Annotated, ClassVar, Literal
 
 import tyro
 
@@ -13,7 +13,22 @@ import tyro
 class PreprocessConfig:
     """Build a training dataset from one talking video of one person."""
 
-    LIMITS: ClassVar[dict] = {"fps": (1, 120), "resolution": (64, 4096), "val_fraction": (0.01, 0.5), "fov_deg": (1, 150), "focal_px": (1, None), "crop_scale": (1, 10), "crop_face_y": (0, 1), "crop_samples": (1, None), "min_duration_s": (0, None), "max_missing_face": (0, 1), "feature_window": (4, 64), "jpeg_quality": (1, 100), "preview_seconds": (0, None), "contact_sheet_frames": (1, None)}  # checked by config_io.check_values
+    LIMITS: ClassVar[dict] = {
+        "fps": (1, 120),
+        "resolution": (64, 4096),
+        "val_fraction": (0.01, 0.5),
+        "fov_deg": (1, 150),
+        "focal_px": (1, None),
+        "crop_scale": (1, 10),
+        "crop_face_y": (0, 1),
+        "crop_samples": (1, None),
+        "min_duration_s": (0, None),
+        "max_missing_face": (0, 1),
+        "feature_window": (4, 64),
+        "jpeg_quality": (1, 100),
+        "preview_seconds": (0, None),
+        "contact_sheet_frames": (1, None),
+    }  # checked by config_io.check_values
 
     video: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="VIDEO")] = tyro.MISSING  # type: ignore
     """the input video (mp4, mov, mkv, webm, ...; constant or variable frame rate, any resolution)"""
@@ -23,14 +38,14 @@ class PreprocessConfig:
     """frame rate of the dataset: the video is resampled by timestamps to this rate"""
     resolution: int = 512
     """side of the square dataset images in pixels"""
-    audio: Optional[Path] = None
+    audio: Path | None = None
     """audio file to use instead of the video's own soundtrack (needed when the video has none)"""
     val_fraction: float = 0.1
     """share of the frames, at the end of the clip, held out as the validation split (training measures itself on it)"""
     fov_deg: float = 20.0
     """vertical field of view of the dataset image, used when --focal-px is not given (20 deg: a
     telephoto-like 1450 px focal at 512 px, close to the 1200 px at 450 px of AD-NeRF/ER-NeRF datasets)"""
-    focal_px: Optional[float] = None
+    focal_px: float | None = None
     """focal length in pixels of the SOURCE video (e.g. from a calibration); overrides --fov-deg"""
     crop_scale: float = 2.2
     """side of the square crop as a multiple of the face height (forehead to chin): 2.2 frames the head and
@@ -50,7 +65,7 @@ class PreprocessConfig:
     """audio features the avatar learns from: log-mel/energy/pitch (the voice's sound) and/or phonetic classes
     decoded by pocketsphinx's speaker-independent acoustic model (what is said: visemes = mouth-shape classes,
     phones = the 39 English phones). Changing it on an existing dataset recomputes only the features"""
-    speech_model: Optional[Path] = None
+    speech_model: Path | None = None
     """optional: a folder holding a pretrained speech encoder (HuBERT, wav2vec2, WavLM saved with Hugging Face
     save_pretrained; needs `pip install transformers`). One hidden layer of it joins the features; rendering
     then needs the same folder. Nothing is downloaded"""

@@ -45,8 +45,7 @@ def main_faces(scan: list[list[np.ndarray]], path: str) -> tuple[list[np.ndarray
     return chosen, crowded
 
 
-def choose_crop(faces: list[np.ndarray], width: int, height: int, resolution: int,
-                scale: float, face_y: float) -> Crop:
+def choose_crop(faces: list[np.ndarray], width: int, height: int, resolution: int, scale: float, face_y: float) -> Crop:
     """A square of side `scale` x the typical face height (grown to hold every scanned face position), with
     the face centre at height `face_y` of the crop, kept inside the image where the image is big enough."""
     heights = np.array([_face_height(lm) for lm in faces])

@@ -17,6 +17,8 @@ No FLAME/BFM model can be downloaded, so the model is learnt from the clip itsel
 from __future__ import annotations
 
 import numpy as np
+from scipy.spatial.transform import Rotation
+from threadpoolctl import threadpool_limits
 
 from avatar.contracts.camera import Intrinsics, project
 from avatar.contracts.face_mesh import CHIN, FOREHEAD, NUM_MESH_POINTS, RIGID_ANCHORS
@@ -24,7 +26,13 @@ from avatar.contracts.face_mesh import MIRROR_PAIRS as FACE_MESH_MIRROR_PAIRS
 from avatar.errors import UserError
 from avatar.preprocess.blendshapes import BLENDSHAPE_NAMES, blendshape_coefficients
 from avatar.preprocess.landmarks import LandmarkDetections
-from avatar.preprocess.smoothing import jitter_ratios, lag_frames, rotation_signal, second_difference_energy, smooth_pose_adaptive
+from avatar.preprocess.smoothing import (
+    jitter_ratios,
+    lag_frames,
+    rotation_signal,
+    second_difference_energy,
+    smooth_pose_adaptive,
+)
 from avatar.preprocess.tracker_interface import TrackResult
 
 EYE_CORNER_DISTANCE_M = 0.09  # typical adult outer canthal width (landmarks 33 and 263): sets the metric scale
@@ -117,13 +125,17 @@ def build_canonical_face(points_cam: np.ndarray) -> tuple[np.ndarray, np.ndarray
 def _skew(v: np.ndarray) -> np.ndarray:
     """[..., 3] -> [..., 3, 3] cross-product matrices."""
     o = np.zeros(v.shape[:-1])
-    return np.stack([np.stack([o, -v[..., 2], v[..., 1]], -1),
-                     np.stack([v[..., 2], o, -v[..., 0]], -1),
-                     np.stack([-v[..., 1], v[..., 0], o], -1)], -2)
+    return np.stack(
+        [
+            np.stack([o, -v[..., 2], v[..., 1]], -1),
+            np.stack([v[..., 2], o, -v[..., 0]], -1),
+            np.stack([-v[..., 1], v[..., 0], o], -1),
+        ],
+        -2,
+    )
 
 
 def _exp_so3(w: np.ndarray) -> np.ndarray:
-    from scipy.spatial.transform import Rotation
 
     return Rotation.from_rotvec(w).as_matrix()
 
@@ -132,12 +144,14 @@ def _projection_jacobian(cam: np.ndarray, K: np.ndarray) -> np.ndarray:
     """d(u, v)/d(camera point): [..., P, 3] -> [..., P, 2, 3]."""
     x, y, z = cam[..., 0], cam[..., 1], cam[..., 2]
     o = np.zeros_like(z)
-    return np.stack([np.stack([K[0, 0] / z, o, -K[0, 0] * x / z**2], -1),
-                     np.stack([o, K[1, 1] / z, -K[1, 1] * y / z**2], -1)], -2)
+    return np.stack(
+        [np.stack([K[0, 0] / z, o, -K[0, 0] * x / z**2], -1), np.stack([o, K[1, 1] / z, -K[1, 1] * y / z**2], -1)], -2
+    )
 
 
-def fit_rigid_pose(model: np.ndarray, uv: np.ndarray, K: np.ndarray, R: np.ndarray, t: np.ndarray,
-                   iterations: int = 8) -> tuple[np.ndarray, np.ndarray]:
+def fit_rigid_pose(
+    model: np.ndarray, uv: np.ndarray, K: np.ndarray, R: np.ndarray, t: np.ndarray, iterations: int = 8
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-frame Gauss-Newton PnP with Cauchy weights: model [P, 3] head-frame points, uv [N, P, 2]
     pixels, initial R [N, 3, 3], t [N, 3] -> refined R, t."""
     weights = np.ones(uv.shape[:2])
@@ -179,8 +193,17 @@ def expression_basis(aligned: np.ndarray, canonical: np.ndarray, num_components:
     return (components * scale[:, None]).reshape(P, *canonical.shape)
 
 
-def fit_expression(canonical: np.ndarray, basis: np.ndarray, uv: np.ndarray, K: np.ndarray, R: np.ndarray,
-                   t: np.ndarray, ridge: float = 1e-3, iterations: int = 3, chunk: int = 128) -> np.ndarray:
+def fit_expression(
+    canonical: np.ndarray,
+    basis: np.ndarray,
+    uv: np.ndarray,
+    K: np.ndarray,
+    R: np.ndarray,
+    t: np.ndarray,
+    ridge: float = 1e-3,
+    iterations: int = 3,
+    chunk: int = 128,
+) -> np.ndarray:
     """Per-frame code [N, P] minimising the 2D reprojection error of canonical + code @ basis under the
     given (smoothed) pose, by Gauss-Newton with a small ridge toward 0."""
     N, P = len(uv), len(basis)
@@ -196,8 +219,22 @@ def fit_expression(canonical: np.ndarray, basis: np.ndarray, uv: np.ndarray, K: 
             cam = np.matmul(shape, Rc.transpose(0, 2, 1)) + tc[:, None]
             res = (project(shape, Rc, tc, K) - uv[sl]).reshape(n, -1)  # [n, 2 * 478]
             inv_z = 1.0 / cam[None, ..., 2]  # [1, n, 478]: the projection's Jacobian, written out
-            du = K[0, 0] * inv_z * (basis_cam[..., 0].transpose(1, 0, 2) - cam[None, ..., 0] * inv_z * basis_cam[..., 2].transpose(1, 0, 2))
-            dv = K[1, 1] * inv_z * (basis_cam[..., 1].transpose(1, 0, 2) - cam[None, ..., 1] * inv_z * basis_cam[..., 2].transpose(1, 0, 2))
+            du = (
+                K[0, 0]
+                * inv_z
+                * (
+                    basis_cam[..., 0].transpose(1, 0, 2)
+                    - cam[None, ..., 0] * inv_z * basis_cam[..., 2].transpose(1, 0, 2)
+                )
+            )
+            dv = (
+                K[1, 1]
+                * inv_z
+                * (
+                    basis_cam[..., 1].transpose(1, 0, 2)
+                    - cam[None, ..., 1] * inv_z * basis_cam[..., 2].transpose(1, 0, 2)
+                )
+            )
             J = np.stack([du, dv], -1).transpose(1, 0, 2, 3).reshape(n, P, -1)  # [n, P, 2 * 478]
             H = np.matmul(J, J.transpose(0, 2, 1)) + ridge * np.eye(P)
             g = np.matmul(J, res[..., None])[..., 0] + ridge * c
@@ -215,8 +252,13 @@ def reprojection_error(shapes: np.ndarray, R: np.ndarray, t: np.ndarray, K: np.n
 class LandmarkFaceModel:
     """Implements preprocess.tracker_interface.FaceTracker with the person's own landmark face model."""
 
-    def __init__(self, num_expression_components: int = 64, jitter_reduction: float = 3.5,
-                 min_smoothing_window_s: float = 0.2, max_smoothing_window_s: float = 0.6):
+    def __init__(
+        self,
+        num_expression_components: int = 64,
+        jitter_reduction: float = 3.5,
+        min_smoothing_window_s: float = 0.2,
+        max_smoothing_window_s: float = 0.6,
+    ):
         self.num_expression_components = num_expression_components  # PCA code size P
         self.jitter_reduction = jitter_reduction  # pose smoothing target: raw / smoothed second-difference jitter
         self.min_smoothing_window_s = min_smoothing_window_s  # Savitzky-Golay windows tried, shortest first
@@ -225,7 +267,6 @@ class LandmarkFaceModel:
     def fit(self, det: LandmarkDetections, intrinsics: Intrinsics, fps: float) -> TrackResult:
         # Many small matrix products: BLAS threads only contend with each other (and with the other
         # preprocessing work) here, and were measured 10-50x slower than one thread on a loaded 2-core machine.
-        from threadpoolctl import threadpool_limits
 
         with threadpool_limits(limits=1):
             return self._fit(det, intrinsics, fps)
@@ -241,11 +282,16 @@ class LandmarkFaceModel:
 
         # initial pose: rigid alignment of the canonical face onto the lifted frame, then 2D refinement
         weights = np.ones((len(mp3d), len(stable)))
-        _, R0, t0 = umeyama(np.broadcast_to(canonical[stable], points_cam[:, stable].shape), points_cam[:, stable],
-                            weights, with_scale=False)
+        _, R0, t0 = umeyama(
+            np.broadcast_to(canonical[stable], points_cam[:, stable].shape),
+            points_cam[:, stable],
+            weights,
+            with_scale=False,
+        )
         R_raw, t_raw = fit_rigid_pose(canonical[stable], uv[:, stable], K, R0, t0)
-        R, t, window = smooth_pose_adaptive(R_raw, t_raw, fps, self.jitter_reduction, self.min_smoothing_window_s,
-                                            self.max_smoothing_window_s)
+        R, t, window = smooth_pose_adaptive(
+            R_raw, t_raw, fps, self.jitter_reduction, self.min_smoothing_window_s, self.max_smoothing_window_s
+        )
 
         basis = expression_basis(aligned, canonical, self.num_expression_components)
         codes = fit_expression(canonical, basis, uv, K, R, t)
@@ -264,7 +310,8 @@ class LandmarkFaceModel:
             "rigid_only_reprojection_error_px_at_512": float(err_rigid_raw.mean() * scale_512),
             # the same with the smoothed pose: how much real motion the smoothing took out, for the code to absorb
             "rigid_smoothed_reprojection_error_px_at_512": float(
-                reprojection_error(canonical[None], R, t, K, uv).mean() * scale_512),
+                reprojection_error(canonical[None], R, t, K, uv).mean() * scale_512
+            ),
             "jitter_ratio_rotation": jitter_rot,
             "jitter_ratio_translation": jitter_trans,
             "jitter_ratio_landmarks": _projected_jitter(canonical[stable], R_raw, t_raw, K)

@@ -5,19 +5,19 @@ encoding while the other runs the step's own work."""
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from avatar.contracts.dataset import DatasetLayout, read_rgb
 
 
 def progress(iterable, name: str, total: int | None):
     """A per-step progress bar on a terminal (none in logs and tests)."""
-    from tqdm import tqdm
 
     return tqdm(iterable, desc=name, total=total, unit="frame", disable=None, leave=False)
 
@@ -48,7 +48,7 @@ class ThreadedImageWriter:
         while len(self.pending) > self.limit:
             self.pending.popleft().result()
 
-    def __enter__(self) -> "ThreadedImageWriter":
+    def __enter__(self) -> ThreadedImageWriter:
         return self
 
     def __exit__(self, *exc) -> None:

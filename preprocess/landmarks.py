@@ -7,11 +7,12 @@ pixel-centre convention, see avatar.contracts.camera), z in the same pixel scale
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterable
 
 import numpy as np
+from tqdm import tqdm
 
 from avatar.contracts.face_mesh import NUM_LANDMARKS, FaceMesh, Solution
 from avatar.errors import UserError
@@ -64,9 +65,15 @@ def interpolate_gaps(landmarks: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return filled.reshape(landmarks.shape)
 
 
-def detect_landmarks(frames: Iterable[np.ndarray], *, max_missing_fraction: float = 0.1,
-                     source: str = "video", show_progress: bool = True, total: int | None = None,
-                     count_faces_every: int = 12) -> LandmarkDetections:
+def detect_landmarks(
+    frames: Iterable[np.ndarray],
+    *,
+    max_missing_fraction: float = 0.1,
+    source: str = "video",
+    show_progress: bool = True,
+    total: int | None = None,
+    count_faces_every: int = 12,
+) -> LandmarkDetections:
     """Track 478 landmarks through RGB uint8 [H, W, 3] frames (streamed, any count).
 
     FaceMesh runs in tracking mode: its face detector only runs when the track is lost. Asking it for
@@ -75,7 +82,6 @@ def detect_landmarks(frames: Iterable[np.ndarray], *, max_missing_fraction: floa
     two-face FaceMesh take over (the main speaker is kept). Short gaps are interpolated; more than
     `max_missing_fraction` of frames without a face is a UserError naming `source`.
     """
-    from tqdm import tqdm
 
     points: list[np.ndarray | None] = []
     num_faces: list[int] = []

@@ -4,10 +4,13 @@ spread over the whole clip with the same overlays, plus the background plate).""
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
+import soundfile as sf
 
 from avatar.contracts.atomic import atomic_path
 from avatar.contracts.camera import Intrinsics, project
@@ -44,7 +47,11 @@ class Overlay:
         self.K = intrinsics.K
         load = lambda name: np.load(self.layout.tracking(name), mmap_mode="r")  # noqa: E731
         self.landmarks, self.rotation, self.translation, self.valid = (
-            load("landmarks"), load("rotation"), load("translation"), load("valid"))
+            load("landmarks"),
+            load("rotation"),
+            load("translation"),
+            load("valid"),
+        )
 
     def frame(self, i: int) -> np.ndarray:
         return read_rgb(self.layout.frame(i))
@@ -53,8 +60,9 @@ class Overlay:
         """[H, W, 3] uint8 RGB: frame i with mask tints, landmarks (red where interpolated) and pose axes."""
         bits = read_mask_bits(self.layout.mask(i)) & 31
         gain = cv2.merge([_TINT_GAIN.take(bits)] * 3)  # [H, W, 3] float32
-        out = cv2.add(cv2.multiply(np.ascontiguousarray(self.frame(i)), gain, dtype=cv2.CV_8U),
-                      _TINT_OFFSET.take(bits, axis=0))
+        out = cv2.add(
+            cv2.multiply(np.ascontiguousarray(self.frame(i)), gain, dtype=cv2.CV_8U), _TINT_OFFSET.take(bits, axis=0)
+        )
         h, w = out.shape[:2]
         dot = int(max(1, round(h / 256)))  # dots of 2 x 2 pixels at 512
         uv = np.asarray(self.landmarks[i]).astype(np.int64)
@@ -78,9 +86,6 @@ class Overlay:
 
 def write_preview(root: Path, num_frames: int, fps: float, intrinsics: Intrinsics, path: Path) -> None:
     """The first `num_frames` frames with overlays as H.264, muxed with the dataset's audio.wav (AAC)."""
-    import av
-    import soundfile as sf
-    from fractions import Fraction
 
     overlay = Overlay(root, intrinsics)
     wave, sr = sf.read(str(DatasetLayout(root).audio), dtype="float32")
@@ -114,8 +119,9 @@ def write_preview(root: Path, num_frames: int, fps: float, intrinsics: Intrinsic
                 container.mux(packet)
 
 
-def write_contact_sheet(root: Path, num_frames: int, intrinsics: Intrinsics, count: int, path: Path,
-                        tile: int = 256, columns: int = 4) -> None:
+def write_contact_sheet(
+    root: Path, num_frames: int, intrinsics: Intrinsics, count: int, path: Path, tile: int = 256, columns: int = 4
+) -> None:
     """`count` frames evenly spread over the clip with overlays, then the background plate, on a grid."""
     overlay = Overlay(root, intrinsics)
     indices = np.unique(np.linspace(0, num_frames - 1, count).round().astype(int))

@@ -39,17 +39,25 @@ def smooth_pose(rotations: np.ndarray, translations: np.ndarray, window: int) ->
     return smoothed_rot.astype(rotations.dtype), smoothed_t.astype(translations.dtype)
 
 
-def jitter_ratios(rotations: np.ndarray, translations: np.ndarray, smoothed_rotations: np.ndarray,
-                  smoothed_translations: np.ndarray) -> tuple[float, float]:
+def jitter_ratios(
+    rotations: np.ndarray, translations: np.ndarray, smoothed_rotations: np.ndarray, smoothed_translations: np.ndarray
+) -> tuple[float, float]:
     """(rotation, translation) second-difference jitter of the raw pose over that of the smoothed pose."""
     rot = second_difference_energy(rotation_signal(rotations)) / max(
-        second_difference_energy(rotation_signal(smoothed_rotations)), 1e-12)
+        second_difference_energy(rotation_signal(smoothed_rotations)), 1e-12
+    )
     trans = second_difference_energy(translations) / max(second_difference_energy(smoothed_translations), 1e-12)
     return rot, trans
 
 
-def smooth_pose_adaptive(rotations: np.ndarray, translations: np.ndarray, fps: float, jitter_reduction: float,
-                         min_window_s: float, max_window_s: float) -> tuple[np.ndarray, np.ndarray, int]:
+def smooth_pose_adaptive(
+    rotations: np.ndarray,
+    translations: np.ndarray,
+    fps: float,
+    jitter_reduction: float,
+    min_window_s: float,
+    max_window_s: float,
+) -> tuple[np.ndarray, np.ndarray, int]:
     """The least smoothing that divides the pose jitter by `jitter_reduction`: how much of the raw pose's
     frame-to-frame change is noise differs between videos (face size, detector noise, how much the head
     moves, fps), so a fixed window over- or under-smooths some of them. Real head motion has second

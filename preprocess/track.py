@@ -11,5 +11,12 @@ from avatar.preprocess.face_model import LandmarkFaceModel
 from avatar.preprocess.landmarks import LandmarkDetections, detect_landmarks, find_faces_for_crop
 from avatar.preprocess.tracker_interface import FaceTracker, TrackResult
 
-__all__ = ["BLENDSHAPE_NAMES", "FaceTracker", "LandmarkDetections", "LandmarkFaceModel", "TrackResult",
-           "detect_landmarks", "find_faces_for_crop"]
+__all__ = [
+    "BLENDSHAPE_NAMES",
+    "FaceTracker",
+    "LandmarkDetections",
+    "LandmarkFaceModel",
+    "TrackResult",
+    "detect_landmarks",
+    "find_faces_for_crop",
+]

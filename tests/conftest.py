@@ -33,8 +33,20 @@ def cut_clip(src: Path, dst: Path, start_s: float, duration_s: float, extra: lis
     """Cut [start, start + duration) of `src` into `dst` with ffmpeg (re-encoded, so cuts are exact)."""
     import imageio_ffmpeg
 
-    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-ss", str(start_s), "-i", str(src),
-           "-t", str(duration_s), *(extra or []), str(dst)]
+    cmd = [
+        imageio_ffmpeg.get_ffmpeg_exe(),
+        "-y",
+        "-loglevel",
+        "error",
+        "-ss",
+        str(start_s),
+        "-i",
+        str(src),
+        "-t",
+        str(duration_s),
+        *(extra or []),
+        str(dst),
+    ]
     subprocess.run(cmd, check=True)
     return dst
 

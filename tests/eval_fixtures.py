@@ -11,8 +11,17 @@ import pytest
 from avatar.audio.features import MelFeatures, feature_stats
 from avatar.audio.io import load_audio, save_wav
 from avatar.contracts.camera import Intrinsics
-from avatar.contracts.dataset import (FORMAT_VERSION, MASK_BITS, BodyMotion, Crop, Dataset, FeatureInfo, Manifest,
-                                      Split, frame_name)
+from avatar.contracts.dataset import (
+    FORMAT_VERSION,
+    MASK_BITS,
+    BodyMotion,
+    Crop,
+    Dataset,
+    FeatureInfo,
+    Manifest,
+    Split,
+    frame_name,
+)
 
 SIZE = 128
 FPS = 30.0
@@ -58,13 +67,20 @@ def write_eval_dataset(root: Path, video: Path) -> Dataset:
     still_body(NUM_FRAMES).save(root / "body_motion.npz")
     n_val = NUM_FRAMES // 10
     manifest = Manifest(
-        format_version=FORMAT_VERSION, source={"path": str(video)}, fps=FPS, num_frames=NUM_FRAMES, resolution=SIZE,
-        crop=Crop(0, 0, 512, 512, 512, SIZE), intrinsics=Intrinsics.from_fov(20, SIZE, SIZE),
+        format_version=FORMAT_VERSION,
+        source={"path": str(video)},
+        fps=FPS,
+        num_frames=NUM_FRAMES,
+        resolution=SIZE,
+        crop=Crop(0, 0, 512, 512, 512, SIZE),
+        intrinsics=Intrinsics.from_fov(20, SIZE, SIZE),
         split=Split((0, NUM_FRAMES - n_val), (NUM_FRAMES - n_val, NUM_FRAMES)),
         audio={"file": "audio.wav", "sample_rate": 16000, "num_samples": len(wave)},
-        features=FeatureInfo("audio_features.npy", extractor.name, extractor.rate_hz, extractor.dim, 16,
-                             mean.tolist(), std.tolist()),
-        blendshape_names=["eyeBlinkLeft", "eyeBlinkRight"], versions={},
+        features=FeatureInfo(
+            "audio_features.npy", extractor.name, extractor.rate_hz, extractor.dim, 16, mean.tolist(), std.tolist()
+        ),
+        blendshape_names=["eyeBlinkLeft", "eyeBlinkRight"],
+        versions={},
     )
     (root / "manifest.json").write_text(json.dumps(manifest.to_json()))
     return Dataset(root)
@@ -72,8 +88,11 @@ def write_eval_dataset(root: Path, video: Path) -> Dataset:
 
 def still_body(num_frames: int) -> BodyMotion:
     """The tracked motion of a body that never moves: one mode, no flow."""
-    return BodyMotion(codes=np.zeros((num_frames, 1), np.float32), mean=np.zeros((2, 4, 4), np.float32),
-                      basis=np.zeros((1, 2, 4, 4), np.float32))
+    return BodyMotion(
+        codes=np.zeros((num_frames, 1), np.float32),
+        mean=np.zeros((2, 4, 4), np.float32),
+        basis=np.zeros((1, 2, 4, 4), np.float32),
+    )
 
 
 @pytest.fixture(scope="session")

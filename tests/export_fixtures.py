@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from avatar.contracts.atomic import write_json
 from avatar.audio.features import MelFeatures, feature_stats
 from avatar.audio.io import SAMPLE_RATE, load_audio
+from avatar.contracts.atomic import write_json
 from avatar.contracts.camera import Intrinsics
 from avatar.contracts.dataset import FORMAT_VERSION, BodyMotion, Crop, FeatureInfo, Manifest, Split
 
@@ -56,7 +56,7 @@ def write_source_video(path: Path, num_frames: int, fps: float = FPS, with_audio
         writer.write_frames(frame)
         if with_audio:
             end = writer.samples_until(writer.frames_written)
-            chunk = speech_like(num_frames / fps, 48000)[writer.samples_written: end]
+            chunk = speech_like(num_frames / fps, 48000)[writer.samples_written : end]
             writer.write_audio(chunk[:, None])
     writer.close()
     return path
@@ -78,7 +78,7 @@ def make_dataset(root: Path, num_frames: int = 100) -> Path:
     translation = np.stack([0.01 * np.sin(2 * np.pi * i / 45), np.zeros(num_frames), np.full(num_frames, 0.6)], 1)
     blinks = np.full(num_frames, 0.05)
     for start in (20, 55, 80):
-        blinks[start: start + 5] = [0.3, 0.8, 0.95, 0.7, 0.25]
+        blinks[start : start + 5] = [0.3, 0.8, 0.95, 0.7, 0.25]
     landmarks = np.zeros((num_frames, 478, 3), np.float32)  # only the mouth-opening points matter here
     landmarks[:, 33, :2], landmarks[:, 263, :2] = (40.0, 50.0), (90.0, 50.0)
     landmarks[:, 13, 1], landmarks[:, 14, 1] = 90.0, 90.0 + 5 * (1 + np.sin(i / 3.0))
@@ -86,10 +86,14 @@ def make_dataset(root: Path, num_frames: int = 100) -> Path:
     np.save(root / "tracking" / "landmarks.npy", landmarks[..., :2])
     np.save(root / "tracking" / "rotation.npy", rotation.astype(np.float32))
     np.save(root / "tracking" / "translation.npy", translation.astype(np.float32))
-    np.save(root / "tracking" / "blendshapes.npy", np.stack([blinks, blinks * 0.9, np.zeros(num_frames)], 1).astype(np.float32))
+    np.save(
+        root / "tracking" / "blendshapes.npy",
+        np.stack([blinks, blinks * 0.9, np.zeros(num_frames)], 1).astype(np.float32),
+    )
     sway = (0.02 * np.sin(2 * np.pi * i / 50))[:, None].astype(np.float32)  # the body sways on its own
     BodyMotion(codes=sway, mean=np.zeros((2, 4, 4), np.float32), basis=np.ones((1, 2, 4, 4), np.float32)).save(
-        root / "body_motion.npz")
+        root / "body_motion.npz"
+    )
     plate = np.zeros((RES, RES, 3), np.uint8)
     plate[..., 1] = 200
     cv2.imwrite(str(root / "background.png"), plate[..., ::-1])
@@ -98,14 +102,18 @@ def make_dataset(root: Path, num_frames: int = 100) -> Path:
     manifest = Manifest(
         format_version=FORMAT_VERSION,
         source={"path": str(source), "width": SOURCE_W, "height": SOURCE_H, "fps": FPS, "time_origin_s": 0.0},
-        fps=FPS, num_frames=num_frames, resolution=RES,
+        fps=FPS,
+        num_frames=num_frames,
+        resolution=RES,
         crop=Crop(CROP["x0"], CROP["y0"], CROP["size"], SOURCE_W, SOURCE_H, RES),
         intrinsics=Intrinsics.from_fov(20.0, RES, RES),
         split=Split(train=(0, num_frames - n_val), val=(num_frames - n_val, num_frames)),
         audio={"file": "audio.wav", "sample_rate": SAMPLE_RATE, "num_samples": len(wave)},
-        features=FeatureInfo("audio_features.npy", MelFeatures().name, 100.0, MelFeatures().dim, 16,
-                             mean.tolist(), std.tolist()),
-        blendshape_names=["eyeBlinkLeft", "eyeBlinkRight", "jawOpen"], versions={},
+        features=FeatureInfo(
+            "audio_features.npy", MelFeatures().name, 100.0, MelFeatures().dim, 16, mean.tolist(), std.tolist()
+        ),
+        blendshape_names=["eyeBlinkLeft", "eyeBlinkRight", "jawOpen"],
+        versions={},
     )
     write_json(root / "manifest.json", manifest.to_json())
     return root
@@ -153,7 +161,7 @@ class EnergyMouthHead(torch.nn.Module):
             rgb[i][face] = 0.7
             alpha[i][face] = 1.0
             height = int(round(1 + 10 * float(opening[i])))
-            rgb[i, 41: 41 + height, 24:40] = 0.05
+            rgb[i, 41 : 41 + height, 24:40] = 0.05
             eye = 0.7 * (1 - float(cond.blink[i].mean()))
             rgb[i, 26:30, 20:28] = eye
             rgb[i, 26:30, 36:44] = eye
@@ -173,10 +181,14 @@ def probe(path: Path) -> dict:
     with av.open(str(path)) as container:
         video, audio = container.streams.video[0], container.streams.audio[0]
         info = {
-            "video_codec": video.codec_context.name, "audio_codec": audio.codec_context.name,
-            "width": video.codec_context.width, "height": video.codec_context.height,
-            "audio_rate": audio.codec_context.sample_rate, "audio_channels": audio.codec_context.channels,
-            "video_s": float(video.duration * video.time_base), "audio_s": float(audio.duration * audio.time_base),
+            "video_codec": video.codec_context.name,
+            "audio_codec": audio.codec_context.name,
+            "width": video.codec_context.width,
+            "height": video.codec_context.height,
+            "audio_rate": audio.codec_context.sample_rate,
+            "audio_channels": audio.codec_context.channels,
+            "video_s": float(video.duration * video.time_base),
+            "audio_s": float(audio.duration * audio.time_base),
         }
         info["frames"] = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
     info["num_frames"] = len(info["frames"])

@@ -32,7 +32,7 @@ def synthetic_speech(seconds: float, seed: int) -> tuple[np.ndarray, np.ndarray]
     t = 0
     while t < n:
         length = int(rng.uniform(0.08, 0.3) * SAMPLE_RATE)
-        envelope[t:t + length] = rng.uniform(0.4, 1.0) if rng.random() < 0.6 else 0.0
+        envelope[t : t + length] = rng.uniform(0.4, 1.0) if rng.random() < 0.6 else 0.0
         t += length
     time = np.arange(n) / SAMPLE_RATE
     voice = sum(np.sin(2 * np.pi * 130 * k * time) / k for k in range(1, 12)) + 0.3 * rng.standard_normal(n)
@@ -58,8 +58,12 @@ def write_dataset(root: Path, wave: np.ndarray, opening: np.ndarray, seed: int =
     basis[1, ~lower] = rng.standard_normal((int((~lower).sum()), 3)) * 0.1
     code = np.stack([0.01 * opening, rng.standard_normal(n)], 1).astype(np.float32)
     (root / "tracking").mkdir(parents=True)
-    arrays = {"expression_pca": code, "expression_basis": basis, "canonical_face": canonical,
-              "blendshapes": opening[:, None].astype(np.float32)}
+    arrays = {
+        "expression_pca": code,
+        "expression_basis": basis,
+        "canonical_face": canonical,
+        "blendshapes": opening[:, None].astype(np.float32),
+    }
     for name, value in arrays.items():
         np.save(root / "tracking" / f"{name}.npy", value)
     save_wav(root / "audio.wav", wave)
@@ -68,14 +72,26 @@ def write_dataset(root: Path, wave: np.ndarray, opening: np.ndarray, seed: int =
     mean, std = feature_stats(feats)
     train_end = int(round(n * 0.8))
     manifest = {
-        "format_version": 1, "source": {}, "fps": FPS, "num_frames": n, "resolution": 64,
+        "format_version": 1,
+        "source": {},
+        "fps": FPS,
+        "num_frames": n,
+        "resolution": 64,
         "crop": {"x0": 0, "y0": 0, "size": 64, "source_width": 64, "source_height": 64, "resolution": 64},
         "intrinsics": {"fx": 64, "fy": 64, "cx": 32, "cy": 32, "width": 64, "height": 64},
         "split": {"train": [0, train_end], "val": [train_end, n]},
         "audio": {"file": "audio.wav", "sample_rate": SAMPLE_RATE, "num_samples": int(wave.size)},
-        "features": {"file": "audio_features.npy", "extractor": "mel80-energy-pitch", "rate_hz": 100.0,
-                     "dim": int(feats.shape[1]), "window": 16, "mean": mean.tolist(), "std": std.tolist()},
-        "blendshape_names": ["jawOpen"], "versions": {},
+        "features": {
+            "file": "audio_features.npy",
+            "extractor": "mel80-energy-pitch",
+            "rate_hz": 100.0,
+            "dim": int(feats.shape[1]),
+            "window": 16,
+            "mean": mean.tolist(),
+            "std": std.tolist(),
+        },
+        "blendshape_names": ["jawOpen"],
+        "versions": {},
     }
     (root / "manifest.json").write_text(json.dumps(manifest))
     return Dataset(root)
@@ -185,8 +201,15 @@ def test_training_is_reproducible_with_a_seed(dataset):
     # resumable by member: an interruption during the second member, then a resume with the first one kept
     saved = []
     with pytest.raises(KeyboardInterrupt):
-        fit_audio_encoder(dataset, space, cfg, steps=8, seed=3, on_member=lambda members: saved.append(list(members)),
-                          should_stop=lambda: len(saved) > 0)
+        fit_audio_encoder(
+            dataset,
+            space,
+            cfg,
+            steps=8,
+            seed=3,
+            on_member=lambda members: saved.append(list(members)),
+            should_stop=lambda: len(saved) > 0,
+        )
     c, mc = fit_audio_encoder(dataset, space, cfg, steps=8, seed=3, finished=saved[-1])
     assert mc["val_mse"] == ma["val_mse"]
     for pa, pc in zip(a.parameters(), c.parameters()):
@@ -194,14 +217,14 @@ def test_training_is_reproducible_with_a_seed(dataset):
 
 
 def test_memory_of_a_long_video_is_capped_evenly(dataset):
-    cfg = AudioEncoderConfig(context=1, channels=8, embed_dim=16, heads=2, members=1, batch_size=16, eval_every=4,
-                             memory_max=10)
+    cfg = AudioEncoderConfig(
+        context=1, channels=8, embed_dim=16, heads=2, members=1, batch_size=16, eval_every=4, memory_max=10
+    )
     encoder, _ = fit_audio_encoder(dataset, ExpressionSpace.fit(dataset), cfg, steps=4, seed=0)
     frames = encoder.memory.frames[encoder.memory.frames >= 0]  # the silence entries have no frame
     train = dataset.indices("train")
     assert len(frames) == 10 and frames[0] == train[0] and frames[-1] == train[-1]
     assert set(frames.tolist()) <= set(train.tolist())
-
 
 
 def test_a_quiet_decoded_pause_closes_the_mouth_and_speech_is_left_alone():
@@ -318,8 +341,9 @@ def test_an_unreliable_encoder_amplifies_no_clip(dataset):
     """Below `gain_min_corr` on the held-out slices the prediction is mostly noise: no gain of either kind."""
     space = ExpressionSpace.fit(dataset)
     lines = []
-    encoder, metrics = fit_audio_encoder(dataset, space, replace(SMALL, gain_min_corr=1.0), steps=40, seed=0,
-                                         log=lines.append)
+    encoder, metrics = fit_audio_encoder(
+        dataset, space, replace(SMALL, gain_min_corr=1.0), steps=40, seed=0, log=lines.append
+    )
     assert not metrics["reliable"] and metrics["gain"] == 1.0
     assert any("follow new audio weakly" in line and "1-3 minutes" in line for line in lines)  # the user is told
     assert float(encoder.speech_spread) == 0

@@ -46,8 +46,11 @@ def test_phones_found_on_speech(speech):
 
 @pytest.mark.parametrize("kind", ["zeros", "quiet noise"])
 def test_silence_is_the_silence_class(kind):
-    wave = np.zeros(2 * SR, np.float32) if kind == "zeros" else \
-        np.random.default_rng(0).normal(0, 3e-4, 2 * SR).astype(np.float32)
+    wave = (
+        np.zeros(2 * SR, np.float32)
+        if kind == "zeros"
+        else np.random.default_rng(0).normal(0, 3e-4, 2 * SR).astype(np.float32)
+    )
     rows = PhoneticFeatures(classes="both")(wave)
     assert rows.shape == (num_rows(wave.size), len(PHONES) + len(VISEME_NAMES))
     assert np.all(rows[:, PHONES.index(SILENCE)] > 0.99)
@@ -70,7 +73,7 @@ def test_phone_boundaries_land_within_one_video_frame_of_the_energy_change(speec
     import librosa
 
     pad = np.random.default_rng(0).normal(0, 3e-4, SR).astype(np.float32)
-    wave = np.concatenate([pad, speech[int(2.5 * SR): int(4.5 * SR)], pad])
+    wave = np.concatenate([pad, speech[int(2.5 * SR) : int(4.5 * SR)], pad])
     rms = librosa.feature.rms(y=wave, frame_length=400, hop_length=160, center=True)[0]
     loud = np.flatnonzero(rms > 0.02 * rms.max())
     speaking = np.flatnonzero(PhoneticFeatures(classes="visemes", sigma_ms=0.0)(wave).argmax(1) != SIL_VISEME)
@@ -86,7 +89,7 @@ def test_same_wave_same_rows(speech):
 
 def test_stream_within_one_window_equals_whole(speech):
     extractor = PhoneticFeatures(classes="both")
-    chunks = (speech[i: i + 5919] for i in range(0, speech.size, 5919))
+    chunks = (speech[i : i + 5919] for i in range(0, speech.size, 5919))
     np.testing.assert_array_equal(np.concatenate(list(extractor.stream(chunks))), extractor(speech))
 
 
@@ -98,7 +101,7 @@ def test_long_audio_streams_exactly_as_whole_on_the_fixed_grid(shared_data):
     extractor = PhoneticFeatures(classes="visemes", sigma_ms=0.0, window_s=6.0, overlap_s=2.0)
     whole = extractor(wave)
     for size in (SR, 7777, 3 * SR + 5):
-        blocks = list(extractor.stream(wave[i: i + size] for i in range(0, wave.size, size)))
+        blocks = list(extractor.stream(wave[i : i + size] for i in range(0, wave.size, size)))
         assert len(blocks) >= 3
         np.testing.assert_array_equal(np.concatenate(blocks), whole)
     one_utterance = extractor.rows(wave)

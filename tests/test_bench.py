@@ -7,11 +7,11 @@ import json
 
 import pytest
 import torch
+from eval_fixtures import eval_dataset  # noqa: F401 - a fixture
 
 from avatar.bench import BenchConfig, component_rows, format_report, render_rows, run, training_rows
-from avatar.tables import format_table
 from avatar.contracts.camera import Intrinsics
-from eval_fixtures import eval_dataset  # noqa: F401 - a fixture
+from avatar.tables import format_table
 
 
 def test_format_table_aligns_rows_with_different_columns():
@@ -27,19 +27,24 @@ def test_component_benchmarks_are_collected_and_a_failure_is_a_row(tmp_path, mon
     package.mkdir()
     (package / "__init__.py").write_text("")
     (package / "bench_good.py").write_text(
-        "def run(quick):\n    return [{'name': 'thing', 'ms': 1.5 if quick else 3.0}]\n")
+        "def run(quick):\n    return [{'name': 'thing', 'ms': 1.5 if quick else 3.0}]\n"
+    )
     (package / "bench_broken.py").write_text("def run(quick):\n    raise RuntimeError('no GPU')\n")
     (package / "helper.py").write_text("raise AssertionError('not a benchmark: never imported')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     rows = component_rows(True, importlib.import_module("some_benchmarks"))
-    assert rows == [{"section": "bench_broken", "name": "bench_broken", "error": "RuntimeError: no GPU"},
-                    {"section": "bench_good", "name": "thing", "ms": 1.5}]
+    assert rows == [
+        {"section": "bench_broken", "name": "bench_broken", "error": "RuntimeError: no GPU"},
+        {"section": "bench_good", "name": "thing", "ms": 1.5},
+    ]
     report = format_report(rows)
     assert "== bench_broken" in report and "== bench_good" in report and "RuntimeError: no GPU" in report
 
 
 def test_training_rows_from_the_run_record(tmp_path):
-    (tmp_path / "run.json").write_text(json.dumps({"stage_seconds": {"audio": 30.0, "canonical": 100.0, "deform": 50.0}}))
+    (tmp_path / "run.json").write_text(
+        json.dumps({"stage_seconds": {"audio": 30.0, "canonical": 100.0, "deform": 50.0}})
+    )
     (tmp_path / "config.json").write_text(json.dumps({"audio_steps": 600, "canonical_steps": 400, "deform_steps": 100}))
     rows = {r["name"]: r for r in training_rows(tmp_path)}
     assert rows["stage canonical"]["it_per_s"] == pytest.approx(4.0)
@@ -72,10 +77,13 @@ def test_render_rows_time_every_resolution(eval_dataset):
     head = BlankHead()
     val = dataset.indices("val")[:3]
     audio = dataset.audio_windows(head.audio_context, val)
-    conds = [frame_conditions(dataset, val[i: i + 1], audio[i: i + 1], torch.device("cpu")) for i in range(3)]
+    conds = [frame_conditions(dataset, val[i : i + 1], audio[i : i + 1], torch.device("cpu")) for i in range(3)]
     rows = render_rows(head, conds, warmup=1, resolutions=(64, 96), device=torch.device("cpu"))
-    assert [r["name"] for r in rows] == ["render 32 (training camera, torso)", "render 64 (head only)",
-                                         "render 96 (head only)"]
+    assert [r["name"] for r in rows] == [
+        "render 32 (training camera, torso)",
+        "render 64 (head only)",
+        "render 96 (head only)",
+    ]
     assert head.sizes == [32] * 3 + [64] * 3 + [96] * 3
     assert all(r["fps"] > 0 and r["peak_memory_mb"] > 0 for r in rows)
 

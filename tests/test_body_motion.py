@@ -22,14 +22,19 @@ def _moving_body() -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     sway = 3.0 * np.sin(np.arange(FRAMES) / FRAMES * 4 * np.pi)
     frames = []
     for dx in sway:
-        shifted = cv2.warpAffine(texture, np.float32([[1, 0, dx - 20], [0, 1, 0]]), (SIZE, SIZE),
-                                 flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        shifted = cv2.warpAffine(
+            texture,
+            np.float32([[1, 0, dx - 20], [0, 1, 0]]),
+            (SIZE, SIZE),
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_REFLECT,
+        )
         frame = background.copy()
-        frame[SIZE // 2:] = shifted[SIZE // 2:]
+        frame[SIZE // 2 :] = shifted[SIZE // 2 :]
         frames.append(frame.clip(0, 255).astype(np.uint8))
     bits = np.zeros((SIZE, SIZE), np.uint8)
-    bits[SIZE // 2:] = 1 << MASK_BITS["torso"] | 1 << MASK_BITS["person"]
-    bits[: SIZE // 4, SIZE // 3: 2 * SIZE // 3] = 1 << MASK_BITS["head"] | 1 << MASK_BITS["person"]
+    bits[SIZE // 2 :] = 1 << MASK_BITS["torso"] | 1 << MASK_BITS["person"]
+    bits[: SIZE // 4, SIZE // 3 : 2 * SIZE // 3] = 1 << MASK_BITS["head"] | 1 << MASK_BITS["person"]
     return frames, bits, sway
 
 
@@ -43,7 +48,7 @@ def test_the_codes_rebuild_a_known_sway_of_the_body():
     assert record["explained_variance"] > 0.9
     flow = motion.mean + np.einsum("nk,kcij->ncij", motion.codes, motion.basis)  # [N, 2, G, G] grid units
     g = cfg.grid
-    body = flow[:, 0, g // 2 + 4: g - 4, 4: g - 4].mean((1, 2)) * SIZE / 2  # pixels at SIZE
+    body = flow[:, 0, g // 2 + 4 : g - 4, 4 : g - 4].mean((1, 2)) * SIZE / 2  # pixels at SIZE
     # frame(x) ~ template(x + flow): a body moved right by dx has flow -dx (up to the template's own place)
     assert np.corrcoef(body, -sway)[0, 1] > 0.99
     assert np.ptp(body) == pytest.approx(np.ptp(sway), rel=0.15)

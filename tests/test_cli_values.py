@@ -10,38 +10,41 @@ import pytest
 from avatar.cli import main
 
 
-@pytest.mark.parametrize("argv, flag", [
-    (["render", "RUN", "--audio", "a.wav", "--batch-frames", "-1"], "--batch-frames -1"),
-    (["render", "RUN", "--audio", "a.wav", "--batch-frames", "0"], "--batch-frames 0"),
-    (["render", "RUN", "--audio", "a.wav", "--fps", "0"], "--fps 0.0"),
-    (["render", "RUN", "--audio", "a.wav", "--resolution", "0"], "--resolution 0"),
-    (["render", "RUN", "--audio", "a.wav", "--crf", "99"], "--crf 99"),
-    (["render", "RUN", "--audio", "a.wav", "--audio-kbps", "0"], "--audio-kbps 0"),
-    (["render", "RUN", "--audio", "a.wav", "--threads", "0"], "--threads 0"),
-    (["eval", "RUN", "--batch-size", "0"], "--batch-size 0"),
-    (["eval", "RUN", "--resolution", "7"], "--resolution 7"),
-    (["eval", "RUN", "--max-frames", "0"], "--max-frames 0"),
-    (["train", "DATASET", "--batch-size", "0"], "--batch-size 0"),
-    (["train", "DATASET", "--resolution", "0"], "--resolution 0"),
-    (["train", "DATASET", "--audio.lr", "nan"], "--audio.lr nan"),
-    (["train", "DATASET", "--lr-means", "-1"], "--lr-means -1.0"),
-    (["train", "DATASET", "--seed", "-1"], "--seed -1"),
-    (["train", "DATASET", "--val-frames", "0"], "--val-frames 0"),
-    (["train", "DATASET", "--head.num-face", "0"], "--head.num-face 0"),
-    (["train", "DATASET", "--head.sh-degree", "9"], "--head.sh-degree 9"),
-    (["train", "DATASET", "--audio.members", "0"], "--audio.members 0"),
-    (["train", "DATASET", "--audio.dropout", "1.5"], "--audio.dropout 1.5"),
-    (["train", "DATASET", "--audio.memory-k", "3", "0"], "--audio.memory-k 3 0"),
-    (["train", "DATASET", "--densify.every", "0"], "--densify.every 0"),
-    (["train", "DATASET", "--triplane.num-levels", "0"], "--triplane.num-levels 0"),
-    (["render", "RUN", "--audio", "a.wav", "--seed", "-1"], "--seed -1"),
-    (["preprocess", "VIDEO", "--val-fraction", "0"], "--val-fraction 0.0"),  # training needs validation frames
-    (["view", "RUN", "--port", "70000"], "--port 70000"),
-    (["bench", "--frames", "0"], "--frames 0"),
-    (["bench", "--resolutions", "0"], "--resolutions 0"),
-    (["demo", "--train-resolution", "0"], "--train-resolution 0"),
-    (["demo", "--train-scale", "-1"], "--train-scale -1.0"),
-])
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["render", "RUN", "--audio", "a.wav", "--batch-frames", "-1"], "--batch-frames -1"),
+        (["render", "RUN", "--audio", "a.wav", "--batch-frames", "0"], "--batch-frames 0"),
+        (["render", "RUN", "--audio", "a.wav", "--fps", "0"], "--fps 0.0"),
+        (["render", "RUN", "--audio", "a.wav", "--resolution", "0"], "--resolution 0"),
+        (["render", "RUN", "--audio", "a.wav", "--crf", "99"], "--crf 99"),
+        (["render", "RUN", "--audio", "a.wav", "--audio-kbps", "0"], "--audio-kbps 0"),
+        (["render", "RUN", "--audio", "a.wav", "--threads", "0"], "--threads 0"),
+        (["eval", "RUN", "--batch-size", "0"], "--batch-size 0"),
+        (["eval", "RUN", "--resolution", "7"], "--resolution 7"),
+        (["eval", "RUN", "--max-frames", "0"], "--max-frames 0"),
+        (["train", "DATASET", "--batch-size", "0"], "--batch-size 0"),
+        (["train", "DATASET", "--resolution", "0"], "--resolution 0"),
+        (["train", "DATASET", "--audio.lr", "nan"], "--audio.lr nan"),
+        (["train", "DATASET", "--lr-means", "-1"], "--lr-means -1.0"),
+        (["train", "DATASET", "--seed", "-1"], "--seed -1"),
+        (["train", "DATASET", "--val-frames", "0"], "--val-frames 0"),
+        (["train", "DATASET", "--head.num-face", "0"], "--head.num-face 0"),
+        (["train", "DATASET", "--head.sh-degree", "9"], "--head.sh-degree 9"),
+        (["train", "DATASET", "--audio.members", "0"], "--audio.members 0"),
+        (["train", "DATASET", "--audio.dropout", "1.5"], "--audio.dropout 1.5"),
+        (["train", "DATASET", "--audio.memory-k", "3", "0"], "--audio.memory-k 3 0"),
+        (["train", "DATASET", "--densify.every", "0"], "--densify.every 0"),
+        (["train", "DATASET", "--triplane.num-levels", "0"], "--triplane.num-levels 0"),
+        (["render", "RUN", "--audio", "a.wav", "--seed", "-1"], "--seed -1"),
+        (["preprocess", "VIDEO", "--val-fraction", "0"], "--val-fraction 0.0"),  # training needs validation frames
+        (["view", "RUN", "--port", "70000"], "--port 70000"),
+        (["bench", "--frames", "0"], "--frames 0"),
+        (["bench", "--resolutions", "0"], "--resolutions 0"),
+        (["demo", "--train-resolution", "0"], "--train-resolution 0"),
+        (["demo", "--train-scale", "-1"], "--train-scale -1.0"),
+    ],
+)
 def test_bad_numbers_are_refused_by_name(argv, flag, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2

@@ -8,7 +8,12 @@ import pytest
 
 from avatar.errors import UserError
 from avatar.eval.cross_drive import (
-    Rendered, closed_threshold, lagged_correlation, pauses, quiet_frames, score,
+    Rendered,
+    closed_threshold,
+    lagged_correlation,
+    pauses,
+    quiet_frames,
+    score,
 )
 from tests.conftest import cut_clip
 from tests.export_fixtures import write_wav
@@ -53,8 +58,17 @@ def avatar_and_driver(tiny_dataset, shared_data, clip_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("cross_drive")
     train(tiny_config(tiny_dataset.root, root / "run", audio_steps=40, resolution=96, canonical_steps=30))
     clip = cut_clip(shared_data / "mimictalk_german_anchor_20s.mp4", clip_dir / "german_4s.mp4", 2.0, 4.0)
-    preprocess(PreprocessConfig(video=clip, out=root / "german", resolution=128, min_duration_s=2.0,
-                                crop_samples=8, preview_seconds=1.0, contact_sheet_frames=4))
+    preprocess(
+        PreprocessConfig(
+            video=clip,
+            out=root / "german",
+            resolution=128,
+            min_duration_s=2.0,
+            crop_samples=8,
+            preview_seconds=1.0,
+            contact_sheet_frames=4,
+        )
+    )
     return root / "run", root / "german"
 
 
@@ -94,11 +108,16 @@ def test_eval_driven_by_audio_alone(avatar_and_driver, shared_data, tmp_path):
     assert 0 <= m["vowels_open"] <= 1 and "pauses_closed" in m and m["motion_ratio"] > 0
 
     # the static head's mouth never moves: what its detected opening does is the head motion's doing
-    track, still = (evaluate(EvalConfig(run=run_dir, drive_audio=wav, out=tmp_path / pose, pose=pose, max_frames=50))
-                    for pose in ("track", "still"))
+    track, still = (
+        evaluate(EvalConfig(run=run_dir, drive_audio=wav, out=tmp_path / pose, pose=pose, max_frames=50))
+        for pose in ("track", "still")
+    )
     assert still["pose"] == "still" and track["pose"] == "track"
-    print("static head motion, track / still:", track["methods"]["static_head"]["motion_ratio"],
-          still["methods"]["static_head"]["motion_ratio"])
+    print(
+        "static head motion, track / still:",
+        track["methods"]["static_head"]["motion_ratio"],
+        still["methods"]["static_head"]["motion_ratio"],
+    )
     assert still["methods"]["static_head"]["motion_ratio"] < track["methods"]["static_head"]["motion_ratio"]
 
     silent = write_wav(tmp_path / "silence.wav", np.zeros(2 * SAMPLE_RATE, np.float32), SAMPLE_RATE)

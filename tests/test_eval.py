@@ -9,11 +9,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from eval_fixtures import FPS, SIZE, eval_dataset  # noqa: F401 - a fixture
 
 from avatar.contracts.dataset import Dataset
 from avatar.eval.baselines import NearestAudioBaseline, nearest_windows
-from eval_fixtures import FPS, SIZE, eval_dataset  # noqa: F401 - a fixture
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

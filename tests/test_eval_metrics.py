@@ -14,7 +14,6 @@ from avatar.eval.scorer import FrameRegions, SequenceScorer, mouth_boxes
 from avatar.metrics.image import psnr, ssim
 from avatar.metrics.lip_sync import landmark_distance, motion_ratio, pearson
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -78,8 +77,9 @@ def test_mouth_boxes_one_side_centred_on_the_lips_and_inside():
 
 def _regions(head: torch.Tensor, b: int = 1) -> FrameRegions:
     """The head mask as given, everything else torso, no background; a mouth box in the head's middle."""
-    return FrameRegions({"head": head, "torso": ~head, "background": torch.zeros_like(head)},
-                        np.array([[40, 56, 40, 56]] * b))
+    return FrameRegions(
+        {"head": head, "torso": ~head, "background": torch.zeros_like(head)}, np.array([[40, 56, 40, 56]] * b)
+    )
 
 
 def test_lmd_of_a_shifted_landmark_set():
@@ -215,8 +215,9 @@ def test_lpips_of_tiny_images_works():
     mask[..., 8:20, 10:22] = True
     with FaceLandmarker() as detect:
         scorer = SequenceScorer(LPIPS("alex"), detect)
-        regions = FrameRegions({"head": mask, "torso": ~mask, "background": torch.zeros_like(mask)},
-                               np.array([[8, 24, 8, 24]]))
+        regions = FrameRegions(
+            {"head": mask, "torso": ~mask, "background": torch.zeros_like(mask)}, np.array([[8, 24, 8, 24]])
+        )
         scorer.add(gt.flip(-1), gt, regions, [None])
     s = scorer.summary()
     assert s["lpips"] > 0 and s["lpips_head"] > 0 and s["lpips_mouth"] > 0

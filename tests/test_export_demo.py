@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from export_fixtures import speech_like, write_wav
 
 import avatar.demo as demo
 from avatar.errors import UserError
-from export_fixtures import speech_like, write_wav
 
 
 def test_missing_example_data_is_explained(tmp_path):
@@ -21,9 +21,9 @@ def test_missing_example_data_is_explained(tmp_path):
 
 def test_rerun_reuses_finished_steps(tmp_path, monkeypatch):
     import avatar.eval.evaluate
+    import avatar.preprocess.build
     import avatar.render.video
     import avatar.train.runner
-    import avatar.preprocess.build
 
     calls: list[str] = []
 

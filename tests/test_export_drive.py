@@ -7,16 +7,28 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from avatar.audio.features import (SpeechFeatures, context_windows, feature_stats, frame_windows, normalize_features,
-                                   speech_features)
-from avatar.audio.phonetic import PhoneticFeatures
-from avatar.audio.io import iter_audio, load_audio
-from avatar.contracts.dataset import Dataset
-from avatar.audio import streaming
-from avatar.model.driving import (DrivingData, blink_schedule, detect_blinks, pose_schedule, track_positions,
-                                  typical_pose_index)
 from export_fixtures import FPS, make_dataset, speech_like, write_wav
+
+from avatar.audio import streaming
+from avatar.audio.features import (
+    SpeechFeatures,
+    context_windows,
+    feature_stats,
+    frame_windows,
+    normalize_features,
+    speech_features,
+)
+from avatar.audio.io import iter_audio, load_audio
+from avatar.audio.phonetic import PhoneticFeatures
+from avatar.contracts.dataset import Dataset
+from avatar.model.driving import (
+    DrivingData,
+    blink_schedule,
+    detect_blinks,
+    pose_schedule,
+    track_positions,
+    typical_pose_index,
+)
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import cut_clip
+from export_fixtures import probe, speech_like, write_wav
 
 from avatar.audio.io import num_frames_for
 from avatar.render.config import RenderConfig
 from avatar.render.video import run
-from conftest import cut_clip
-from export_fixtures import probe, speech_like, write_wav
 
 pytestmark = pytest.mark.slow
 
@@ -22,17 +22,27 @@ pytestmark = pytest.mark.slow
 def tiny_run(shared_data, clip_dir, tmp_path_factory) -> Path:
     """A real run: 6 s of the German anchor at 128 px, the `tiny` preset cut to a few steps at 32 px."""
     from avatar.config_io import load_preset, presets
-    from avatar.train.config import TrainConfig
-    from avatar.train.runner import run as train
     from avatar.preprocess.build import run as preprocess
     from avatar.preprocess.config import PreprocessConfig
+    from avatar.train.config import TrainConfig
+    from avatar.train.runner import run as train
 
     root = tmp_path_factory.mktemp("tiny_run")
     clip = cut_clip(shared_data / "mimictalk_german_anchor_20s.mp4", clip_dir / "german_6s.mp4", 2.0, 6.0)
     preprocess(PreprocessConfig(video=clip, out=root / "dataset", resolution=128))
     base = load_preset("train", "tiny", TrainConfig) if "tiny" in presets("train") else TrainConfig()
-    short = dict(resolution=32, audio_steps=2, canonical_steps=1, torso_steps=1, deform_steps=1, lpips_start=10**6, val_frames=1,
-                 checkpoint_every=10**6, image_every=10**6, threads=2)
+    short = dict(
+        resolution=32,
+        audio_steps=2,
+        canonical_steps=1,
+        torso_steps=1,
+        deform_steps=1,
+        lpips_start=10**6,
+        val_frames=1,
+        checkpoint_every=10**6,
+        image_every=10**6,
+        threads=2,
+    )
     short = {k: v for k, v in short.items() if hasattr(base, k)}
     train(dataclasses.replace(base, dataset=root / "dataset", out=root / "run", **short))
     return root / "run"

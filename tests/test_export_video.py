@@ -9,12 +9,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from export_fixtures import (
+    BURSTS_S,
+    FPS,
+    SOURCE_H,
+    SOURCE_W,
+    EnergyMouthHead,
+    expected_frames,
+    make_dataset,
+    mouth_opening,
+    probe,
+    speech_like,
+    write_source_video,
+    write_wav,
+)
 
 from avatar.errors import UserError
 from avatar.render.config import RenderConfig
 from avatar.render.video import background_image, render_video, run
-from export_fixtures import (BURSTS_S, FPS, SOURCE_H, SOURCE_W, EnergyMouthHead, expected_frames, make_dataset,
-                             mouth_opening, probe, speech_like, write_source_video, write_wav)
 
 
 @pytest.fixture(scope="module")

@@ -13,17 +13,28 @@ STEPS = ["install", "build_gsplat", "build_hash_triplane", "pytest_cuda", "datas
 
 
 def test_dry_run_records_every_step_and_positive_speeds(tmp_path, shared_data):
-    env = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable,
-           "CLIP": str(shared_data / "mimictalk_german_anchor_20s.mp4")}
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "--dry-run"], env=env,
-                          capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "OUT": str(tmp_path / "out"),
+        "PYTHON": sys.executable,
+        "CLIP": str(shared_data / "mimictalk_german_anchor_20s.mp4"),
+    }
+    proc = subprocess.run(
+        ["bash", str(REPO / "scripts" / "gpu_check.sh"), "--dry-run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (tmp_path / "out" / "gpu_check.log").stat().st_size > 0
     result = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
 
     steps = result["steps"]
     assert list(steps) == STEPS
-    assert all(step["status"] in ("ok", "skipped", "failed", "timeout") and step["seconds"] >= 0 for step in steps.values())
+    assert all(
+        step["status"] in ("ok", "skipped", "failed", "timeout") and step["seconds"] >= 0 for step in steps.values()
+    )
     assert [steps[name]["status"] for name in STEPS[:3]] == ["skipped"] * 3  # installs and CUDA builds: GPU only
     assert steps["pytest_cuda"]["status"] in ("ok", "skipped")  # skipped without a GPU
     assert result["tests"]["failures"] == result["tests"]["errors"] == 0

@@ -10,9 +10,14 @@ from avatar.model.hash_triplane import HASH_PRIME_Y, HashTriplane, HashTriplaneC
 
 BOX_MIN, BOX_MAX = (-1.0, -0.5, -2.0), (1.0, 1.5, 0.0)
 # 4 levels, the last ones hashed: resolutions 4, 8, 16, 32 -> 16, 64, 256 (dense), 256 < 32^2 (hashed)
-SMALL = HashTriplaneConfig(num_levels=4, features_per_level=2, log2_hashmap_size=8, base_resolution=4,
-                           max_resolution=32, implementation="torch")
-
+SMALL = HashTriplaneConfig(
+    num_levels=4,
+    features_per_level=2,
+    log2_hashmap_size=8,
+    base_resolution=4,
+    max_resolution=32,
+    implementation="torch",
+)
 
 
 def random_points(n: int, generator: torch.Generator, dtype=torch.float32) -> torch.Tensor:
@@ -66,7 +71,7 @@ def test_vertex_lookup_matches_dense_and_hash_indexing(one_torch_thread):
                     index = (a ^ ((b * HASH_PRIME_Y) & 0xFFFFFFFF)) % size
                 expected = enc.tables[plane, layout.offsets[level] + index]
                 start = (plane * SMALL.num_levels + level) * F
-                torch.testing.assert_close(out[start:start + F], expected, atol=1e-6, rtol=0)
+                torch.testing.assert_close(out[start : start + F], expected, atol=1e-6, rtol=0)
 
 
 def test_continuity_nearby_points_give_nearby_features():
@@ -105,8 +110,9 @@ def test_gradients_match_finite_differences(one_torch_thread):
 
 def test_tiny_mlp_fits_a_smooth_function(one_torch_thread):
     torch.manual_seed(0)
-    cfg = HashTriplaneConfig(num_levels=6, log2_hashmap_size=10, base_resolution=4, max_resolution=64,
-                             implementation="torch")
+    cfg = HashTriplaneConfig(
+        num_levels=6, log2_hashmap_size=10, base_resolution=4, max_resolution=64, implementation="torch"
+    )
     enc = HashTriplane(cfg, BOX_MIN, BOX_MAX)
     mlp = torch.nn.Sequential(torch.nn.Linear(enc.out_dim, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
 
@@ -171,9 +177,18 @@ def _agreement(impl: str, cfg: HashTriplaneConfig, n: int = 20000):
     assert close.float().mean() > 0.999
 
 
-CUDA_CONFIGS = [HashTriplaneConfig(implementation="torch"), SMALL,
-                HashTriplaneConfig(num_levels=16, features_per_level=4, log2_hashmap_size=19, base_resolution=16,
-                                   max_resolution=2048, implementation="torch")]
+CUDA_CONFIGS = [
+    HashTriplaneConfig(implementation="torch"),
+    SMALL,
+    HashTriplaneConfig(
+        num_levels=16,
+        features_per_level=4,
+        log2_hashmap_size=19,
+        base_resolution=16,
+        max_resolution=2048,
+        implementation="torch",
+    ),
+]
 
 
 @pytest.mark.cuda

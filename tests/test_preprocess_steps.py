@@ -16,6 +16,7 @@ def _pipeline(root, calls: list[str], force=False, setting=1, fail_in: str | Non
             if name == fail_in:
                 raise RuntimeError("interrupted")
             return {"frames": 10, "warnings": [f"{name} says hello"] if name == "b" else []}
+
         return fn
 
     runner.run("a", {}, step("a"))

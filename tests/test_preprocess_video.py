@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from avatar.contracts.dataset import Crop
+from avatar.contracts.video import frames_at_times, probe_video, resampled_frames
 from avatar.errors import UserError
 from avatar.preprocess.crop import apply_crop, choose_crop
-from avatar.contracts.video import frames_at_times, probe_video, resampled_frames
 from tests.conftest import cut_clip
 
 GERMAN = "mimictalk_german_anchor_20s.mp4"
@@ -27,8 +27,13 @@ def _decode_all(path) -> tuple[list[float], list[np.ndarray]]:
 def vfr_clip(shared_data, clip_dir):
     """6 s of the 25 fps anchor with every third frame dropped (timestamps kept: variable frame rate),
     letterboxed into 640x360 as a landscape video would be."""
-    return cut_clip(shared_data / GERMAN, clip_dir / "vfr_640x360.mp4", 2.0, 6.0,
-                    ["-vf", "select='not(eq(mod(n\\,3)\\,2))',scale=360:360,pad=640:360:200:0", "-fps_mode", "vfr"])
+    return cut_clip(
+        shared_data / GERMAN,
+        clip_dir / "vfr_640x360.mp4",
+        2.0,
+        6.0,
+        ["-vf", "select='not(eq(mod(n\\,3)\\,2))',scale=360:360,pad=640:360:200:0", "-fps_mode", "vfr"],
+    )
 
 
 def test_resampling_equal_rate_keeps_every_frame(shared_data, clip_dir):
@@ -81,8 +86,9 @@ def test_probe_reports_bad_files(tmp_path, shared_data):
 
 
 def test_corrupt_stream_is_a_user_error(tmp_path, shared_data, clip_dir):
-    clip = cut_clip(shared_data / GERMAN, clip_dir / "german_3s_corrupt_src.mp4", 0.0, 3.0,
-                    ["-an", "-movflags", "+faststart"])
+    clip = cut_clip(
+        shared_data / GERMAN, clip_dir / "german_3s_corrupt_src.mp4", 0.0, 3.0, ["-an", "-movflags", "+faststart"]
+    )
     data = bytearray(clip.read_bytes())
     rng = np.random.default_rng(0)
     middle = len(data) // 3
@@ -121,12 +127,27 @@ def test_apply_crop_maps_source_pixels_where_the_crop_says():
 
 
 def test_phone_rotation_is_applied_like_a_player(vfr_clip, clip_dir):
-    import imageio_ffmpeg
     import subprocess
 
+    import imageio_ffmpeg
+
     rotated = clip_dir / "rotated.mp4"  # same stream, with a 90-degree display rotation in the container
-    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-display_rotation", "90",
-                    "-i", str(vfr_clip), "-c", "copy", str(rotated)], check=True)
+    subprocess.run(
+        [
+            imageio_ffmpeg.get_ffmpeg_exe(),
+            "-y",
+            "-loglevel",
+            "error",
+            "-display_rotation",
+            "90",
+            "-i",
+            str(vfr_clip),
+            "-c",
+            "copy",
+            str(rotated),
+        ],
+        check=True,
+    )
     info = probe_video(rotated)
     assert (info.width, info.height) == (360, 640)
     _, source = _decode_all(vfr_clip)

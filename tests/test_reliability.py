@@ -98,8 +98,17 @@ def test_no_subcommand_prints_help_and_fails(capsys):
     assert main(["--help"]) == 0
 
 
-@pytest.mark.parametrize("name, positional", [("preprocess", "VIDEO"), ("train", "DATASET"), ("render", "RUN"),
-                                              ("view", "RUN"), ("eval", "RUN"), ("bench", "RUN")])
+@pytest.mark.parametrize(
+    "name, positional",
+    [
+        ("preprocess", "VIDEO"),
+        ("train", "DATASET"),
+        ("render", "RUN"),
+        ("view", "RUN"),
+        ("eval", "RUN"),
+        ("bench", "RUN"),
+    ],
+)
 def test_help_names_what_each_command_takes(name, positional, capsys):
     with pytest.raises(SystemExit) as done:
         main([name, "--help"])
@@ -168,7 +177,7 @@ def slow(cfg):
         time.sleep(30)
 video.run = slow
 from avatar.cli import main
-sys.exit(main(["render", "RUN", "--audio", "a.wav", "--out", {str(tmp_path / 'out.mp4')!r}]))
+sys.exit(main(["render", "RUN", "--audio", "a.wav", "--out", {str(tmp_path / "out.mp4")!r}]))
 """
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "writing"

@@ -27,7 +27,11 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def trained(tiny_dataset, tmp_path_factory):
     """A run of two steps per stage (what it renders does not matter here)."""
     out = tmp_path_factory.mktemp("reliability") / "run"
-    run(tiny_config(tiny_dataset.root, out, audio_steps=2, canonical_steps=2, torso_steps=2, deform_steps=2, val_frames=1))
+    run(
+        tiny_config(
+            tiny_dataset.root, out, audio_steps=2, canonical_steps=2, torso_steps=2, deform_steps=2, val_frames=1
+        )
+    )
     return out
 
 
@@ -37,8 +41,9 @@ def speech(tmp_path):
 
 
 def _render(run_dir, audio, out, *extra) -> int:
-    return main(["render", str(run_dir), "--audio", str(audio), "--out", str(out), "--fps", "10", "--threads", "1",
-                 *extra])
+    return main(
+        ["render", str(run_dir), "--audio", str(audio), "--out", str(out), "--fps", "10", "--threads", "1", *extra]
+    )
 
 
 def _tensor_bytes(path) -> int:
@@ -69,7 +74,10 @@ def test_a_damaged_avatar_is_refused_not_rendered(trained, speech, tmp_path, cap
     weight.view(-1)[0] = float("nan")
     data["checksum"] = payload_checksum(data["state_dict"], data["driving"])
     torch.save(data, nan / "avatar.pt")
-    for damaged, said in ((flipped, "the avatar file is damaged"), (nan, "the avatar holds weights that are not numbers")):
+    for damaged, said in (
+        (flipped, "the avatar file is damaged"),
+        (nan, "the avatar holds weights that are not numbers"),
+    ):
         out = tmp_path / "out" / f"{damaged.name}.mp4"
         assert _render(damaged, speech, out) == 2
         err = capsys.readouterr().err
@@ -94,11 +102,16 @@ def test_five_one_sound_comes_out_stereo(trained, tmp_path):
     assert probe(tmp_path / "out.mp4")["audio_channels"] == 2
 
 
-def test_a_dataset_and_a_run_given_for_each_other_get_the_right_command(trained, tiny_dataset, speech, tmp_path,
-                                                                        capsys):
+def test_a_dataset_and_a_run_given_for_each_other_get_the_right_command(
+    trained, tiny_dataset, speech, tmp_path, capsys
+):
     dataset = tiny_dataset.root
-    for argv in (["render", str(dataset), "--audio", str(speech), "--out", str(tmp_path / "o.mp4")],
-                 ["view", str(dataset)], ["eval", str(dataset)], ["bench", str(dataset)]):
+    for argv in (
+        ["render", str(dataset), "--audio", str(speech), "--out", str(tmp_path / "o.mp4")],
+        ["view", str(dataset)],
+        ["eval", str(dataset)],
+        ["bench", str(dataset)],
+    ):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert f"{dataset}: is a dataset" in err and f"`avatar train {dataset} --out RUN`" in err, argv
@@ -107,8 +120,11 @@ def test_a_dataset_and_a_run_given_for_each_other_get_the_right_command(trained,
     assert f"{trained}: is a run" in err and f"`avatar train {dataset.resolve()} --out {trained} --resume`" in err
     assert main(["eval", str(trained), "--drive", str(trained)]) == 2
     assert f"{trained}: is a run" in capsys.readouterr().err
-    for place, hint in ((trained, f"`avatar render {trained} --audio"), (dataset, f"`avatar train {dataset} --out"),
-                        (tmp_path, "is a directory. Give the path of a video file")):
+    for place, hint in (
+        (trained, f"`avatar render {trained} --audio"),
+        (dataset, f"`avatar train {dataset} --out"),
+        (tmp_path, "is a directory. Give the path of a video file"),
+    ):
         assert main(["preprocess", str(place), "--out", str(tmp_path / "ds")]) == 2
         assert hint in capsys.readouterr().err
     assert not (tmp_path / "new").exists() and not (tmp_path / "ds").exists()
@@ -153,6 +169,7 @@ def test_ctrl_c_in_an_image_stage_checkpoints_that_step_and_twice_stops_at_once(
             if (name, current) == (stage, step):
                 for _ in range(times):
                     signal.raise_signal(signal.SIGINT)
+
         return hook
 
     out = tmp_path / "run"

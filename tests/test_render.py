@@ -14,7 +14,6 @@ from avatar.errors import UserError
 from avatar.rasterizer.rasterize import rasterize, resolve_backend
 from avatar.rasterizer.types import Camera, Gaussians, RasterSettings
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -27,8 +26,9 @@ def make_camera(width=24, height=20, dtype=torch.float32, f=30.0, R=None, t=(0.0
     return Camera(w2c, K, width, height)
 
 
-def random_gaussians(n, seed=0, dtype=torch.float32, depth=2.0, spread=0.5, scale=(0.02, 0.15),
-                     opacity=(0.2, 0.9), sh_degree=None) -> Gaussians:
+def random_gaussians(
+    n, seed=0, dtype=torch.float32, depth=2.0, spread=0.5, scale=(0.02, 0.15), opacity=(0.2, 0.9), sh_degree=None
+) -> Gaussians:
     gen = torch.Generator().manual_seed(seed)
     means = (torch.rand(n, 3, generator=gen, dtype=dtype) - 0.5) * spread * torch.tensor([1.0, 1.0, 0.5], dtype=dtype)
     means[:, 2] += depth
@@ -46,7 +46,8 @@ def brute_force(g: Gaussians, camera: Camera, background: torch.Tensor, eps2d=0.
     """gsplat's per-pixel kernel loop, written out plainly: every Gaussian at every pixel, front to back."""
     covars, _ = _quat_scale_to_covar_preci(g.quats, g.scales, compute_preci=False)
     radii, means2d, depths, conics, _ = _fully_fused_projection(
-        g.means, covars, camera.world_to_cam[None], camera.K[None], camera.width, camera.height, eps2d=eps2d)
+        g.means, covars, camera.world_to_cam[None], camera.K[None], camera.width, camera.height, eps2d=eps2d
+    )
     means2d, depths, conics, radii = means2d[0], depths[0], conics[0], radii[0]
     order = [i for i in torch.argsort(depths).tolist() if (radii[i] > 0).all()]
     rgb = np.zeros((camera.height, camera.width, 3))
@@ -106,8 +107,13 @@ def test_gradients_match_finite_differences(sh_degree, antialiased):
     names = ["means", "quats", "scales", "opacities", "colors"]
 
     def loss(**params):
-        out = rasterize(Gaussians(**params, sh_degree=sh_degree), camera,
-                        torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64), backend="torch", settings=settings)
+        out = rasterize(
+            Gaussians(**params, sh_degree=sh_degree),
+            camera,
+            torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64),
+            backend="torch",
+            settings=settings,
+        )
         return sum((w * o).sum() for w, o in zip(weights, (out.rgb, out.alpha, out.depth)))
 
     params = {name: getattr(g, name).clone().requires_grad_(True) for name in names}
@@ -130,8 +136,13 @@ def test_gaussian_centre_lands_where_the_camera_contract_projects():
     t = np.array([0.05, -0.02, 1.5])
     camera = make_camera(width=64, height=48, f=80.0, R=R, t=t)
     point = np.array([[0.1, 0.05, 0.2]])
-    g = Gaussians(torch.tensor(point, dtype=torch.float32), torch.tensor([[1.0, 0, 0, 0]]),
-                  torch.full((1, 3), 0.01), torch.tensor([0.9]), torch.ones(1, 3))
+    g = Gaussians(
+        torch.tensor(point, dtype=torch.float32),
+        torch.tensor([[1.0, 0, 0, 0]]),
+        torch.full((1, 3), 0.01),
+        torch.tensor([0.9]),
+        torch.ones(1, 3),
+    )
     out = rasterize(g, camera, backend="torch")
     expected = contract_project(point, R, t, camera.K.double().numpy())[0]  # [2] pixels
     np.testing.assert_allclose(out.info["means2d"][0, 0].detach().numpy(), expected, atol=1e-4)
@@ -220,16 +231,24 @@ def test_fit_random_gaussians_to_an_image():
     n = 400
     means = torch.cat([(torch.rand(n, 2) - 0.5) * 1.1, 1 + 0.1 * torch.rand(n, 1)], dim=-1)
     params = {
-        "means": means, "quats": torch.randn(n, 4), "log_scales": torch.full((n, 3), math.log(0.03)),
-        "logit_opacities": torch.full((n,), 1.0), "colors": torch.rand(n, 3),
+        "means": means,
+        "quats": torch.randn(n, 4),
+        "log_scales": torch.full((n, 3), math.log(0.03)),
+        "logit_opacities": torch.full((n,), 1.0),
+        "colors": torch.rand(n, 3),
     }
     for p in params.values():
         p.requires_grad_(True)
     lrs = {"means": 2e-3, "quats": 1e-2, "log_scales": 2e-2, "logit_opacities": 5e-2, "colors": 2e-2}
     optim = torch.optim.Adam([{"params": [params[k]], "lr": lr} for k, lr in lrs.items()])
     for _ in range(100):
-        g = Gaussians(params["means"], params["quats"], params["log_scales"].exp(),
-                      torch.sigmoid(params["logit_opacities"]), params["colors"])
+        g = Gaussians(
+            params["means"],
+            params["quats"],
+            params["log_scales"].exp(),
+            torch.sigmoid(params["logit_opacities"]),
+            params["colors"],
+        )
         out = rasterize(g, camera, torch.zeros(3), backend="torch")
         loss = (out.rgb - target).abs().mean()
         optim.zero_grad()
@@ -245,15 +264,31 @@ def test_gsplat_default_strategy_densifies_from_our_info():
     from gsplat.strategy import DefaultStrategy
 
     g = random_gaussians(100, seed=8)
-    params = torch.nn.ParameterDict({"means": g.means, "quats": g.quats, "scales": g.scales.log(),
-                                     "opacities": torch.logit(g.opacities), "colors": g.colors})
+    params = torch.nn.ParameterDict(
+        {
+            "means": g.means,
+            "quats": g.quats,
+            "scales": g.scales.log(),
+            "opacities": torch.logit(g.opacities),
+            "colors": g.colors,
+        }
+    )
     optimizers = {k: torch.optim.Adam([params[k]], lr=1e-3) for k in params}
     strategy = DefaultStrategy(refine_start_iter=1, refine_every=2, grow_grad2d=1e-6)
     strategy.check_sanity(params, optimizers)
     state = strategy.initialize_state()
     for step in range(3):
-        out = rasterize(Gaussians(params["means"], params["quats"], params["scales"].exp(),
-                                  torch.sigmoid(params["opacities"]), params["colors"]), make_camera(), backend="torch")
+        out = rasterize(
+            Gaussians(
+                params["means"],
+                params["quats"],
+                params["scales"].exp(),
+                torch.sigmoid(params["opacities"]),
+                params["colors"],
+            ),
+            make_camera(),
+            backend="torch",
+        )
         strategy.step_pre_backward(params, optimizers, state, step, out.info)
         out.rgb.mean().backward()
         strategy.step_post_backward(params, optimizers, state, step, out.info)

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_render import make_camera, random_gaussians
 
 from avatar.rasterizer.compose import Layer, composite
 from avatar.rasterizer.rasterize import rasterize
 from avatar.rasterizer.types import Gaussians
-from test_render import make_camera, random_gaussians
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def concat(a: Gaussians, b: Gaussians) -> Gaussians:
-    return Gaussians(*(torch.cat([getattr(a, k), getattr(b, k)]) for k in ("means", "quats", "scales", "opacities",
-                                                                        "colors")))
+    return Gaussians(
+        *(torch.cat([getattr(a, k), getattr(b, k)]) for k in ("means", "quats", "scales", "opacities", "colors"))
+    )
 
 
 def test_head_over_torso_equals_one_joint_render_when_the_head_is_in_front():
@@ -24,8 +24,13 @@ def test_head_over_torso_equals_one_joint_render_when_the_head_is_in_front():
     head = random_gaussians(60, seed=0, depth=1.5, spread=0.3, opacity=(0.1, 0.6))
     torso = random_gaussians(60, seed=1, depth=2.5, spread=0.6, opacity=(0.1, 0.6))
     plate = torch.rand(32, 40, 3, generator=torch.Generator().manual_seed(2))
-    layered = composite([Layer.from_render(rasterize(head, camera, backend="torch")),
-                         Layer.from_render(rasterize(torso, camera, backend="torch"))], plate)
+    layered = composite(
+        [
+            Layer.from_render(rasterize(head, camera, backend="torch")),
+            Layer.from_render(rasterize(torso, camera, backend="torch")),
+        ],
+        plate,
+    )
     joint = rasterize(concat(head, torso), camera, plate, backend="torch").rgb
     # Equal but for the joint render's stop at transmittance 1e-4, which layers apply separately.
     torch.testing.assert_close(layered, joint, atol=2e-4, rtol=0)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_render import make_camera, random_gaussians
 
 from avatar.rasterizer.rasterize import rasterize
 from avatar.rasterizer.types import Gaussians, RasterSettings
-from test_render import make_camera, random_gaussians
 
 pytestmark = pytest.mark.cuda
 NAMES = ("means", "quats", "scales", "opacities", "colors")
@@ -16,8 +16,13 @@ NAMES = ("means", "quats", "scales", "opacities", "colors")
 
 def render_and_grads(g: Gaussians, camera, settings, backend, weights):
     params = {k: getattr(g, k).detach().clone().requires_grad_(True) for k in NAMES}
-    out = rasterize(Gaussians(**params, sh_degree=g.sh_degree), camera, torch.tensor([0.2, 0.3, 0.4], device="cuda"),
-                    backend=backend, settings=settings)
+    out = rasterize(
+        Gaussians(**params, sh_degree=g.sh_degree),
+        camera,
+        torch.tensor([0.2, 0.3, 0.4], device="cuda"),
+        backend=backend,
+        settings=settings,
+    )
     loss = sum((w * o).sum() for w, o in zip(weights, (out.rgb, out.alpha, out.depth)))
     loss.backward()
     return out, {k: p.grad for k, p in params.items()}

@@ -43,8 +43,12 @@ def test_resampling_moves_the_pitch_and_the_rows_keep_their_times(speech):
 
 def test_each_ingredient_changes_the_sound_and_nothing_else_changes_the_length(speech):
     rng = np.random.default_rng(1)
-    for voice in (plain_voice(warp=1.1), plain_voice(gain_db=np.linspace(-6, 6, 8)), plain_voice(rt60_s=0.3),
-                  plain_voice(snr_db=20.0)):
+    for voice in (
+        plain_voice(warp=1.1),
+        plain_voice(gain_db=np.linspace(-6, 6, 8)),
+        plain_voice(rt60_s=0.3),
+        plain_voice(snr_db=20.0),
+    ):
         out = revoice(speech, voice, rng)
         assert out.size == speech.size and out.dtype == np.float32 and np.abs(out).max() <= 1.0
         if voice.warp == 1.0:
@@ -65,7 +69,7 @@ def test_copies_are_deterministic_normalised_and_voices_vary(speech):
         assert copy.shape == (rows, extractor.dim)
         mel = copy[:, : extractor.normalized]
         np.testing.assert_allclose(mel.mean(0), 0, atol=1e-3)  # each copy normalised by its own statistics
-        phonetic = copy[:, extractor.normalized:]
+        phonetic = copy[:, extractor.normalized :]
         np.testing.assert_allclose(phonetic.sum(1), 1, atol=1e-3)  # class probabilities, left as they are
     voices = [draw_voice(VoiceAugmentConfig(), np.random.default_rng(s), 4.0) for s in range(20)]
     assert len({round(v.resample, 3) for v in voices}) == 20

@@ -62,7 +62,8 @@ def test_eval_names_the_recorded_dataset_and_takes_another(moved, tmp_path):
     shutil.copytree(elsewhere, recorded)  # back at the recorded place, but changed since training
     manifest = json.loads((elsewhere / "manifest.json").read_text())
     (recorded_manifest := (run_dir.parent / "dataset" / "manifest.json")).write_text(
-        json.dumps({**manifest, "stats": {}}))
+        json.dumps({**manifest, "stats": {}})
+    )
     assert str(recorded_manifest.parent) == recorded
     with pytest.raises(UserError, match="not the dataset"):
         evaluate(EvalConfig(**quick))

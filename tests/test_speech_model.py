@@ -30,9 +30,18 @@ def save_tiny_hubert(folder, seed: int = 0):
     from transformers import HubertConfig, HubertModel
 
     torch.manual_seed(seed)
-    config = HubertConfig(hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-                          conv_dim=(16, 16, 16), conv_stride=(5, 8, 8), conv_kernel=(10, 8, 8),
-                          num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, feat_extract_norm="group")
+    config = HubertConfig(
+        hidden_size=HIDDEN,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        conv_dim=(16, 16, 16),
+        conv_stride=(5, 8, 8),
+        conv_kernel=(10, 8, 8),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+        feat_extract_norm="group",
+    )
     HubertModel(config).save_pretrained(folder)
     return folder
 
@@ -70,7 +79,7 @@ def test_rows_align_with_the_mel_rows_and_stream_exactly(model_dir, speech):
     assert whole.shape == (num_rows(speech.size), HIDDEN) and np.all(np.isfinite(whole))
     np.testing.assert_allclose(whole.mean(1), 0.0, atol=1e-4)  # standardised per row
     for size in (SR, 7777):
-        blocks = list(learned.stream(speech[i: i + size] for i in range(0, speech.size, size)))
+        blocks = list(learned.stream(speech[i : i + size] for i in range(0, speech.size, size)))
         assert len(blocks) >= 3
         np.testing.assert_array_equal(np.concatenate(blocks), whole)
     # the grid's windows differ from one 12 s input only through the attention's reach
@@ -107,7 +116,9 @@ def test_bad_model_folders_are_named(tmp_path, model_dir, monkeypatch):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "transformers" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "transformers" else real(name, *a)
+    )
     with pytest.raises(UserError, match="pip install transformers"):
         speech_features("mel", model_dir)
 
@@ -116,22 +127,33 @@ def test_dataset_training_and_render_with_a_speech_model(tiny_dataset, model_dir
     """Features rebuilt with the model on an existing dataset (only that step runs), a short run trained on
     them, new audio rendered through the same model; without the model folder the render says which."""
     from avatar.contracts.dataset import Dataset
+    from avatar.preprocess.build import run as preprocess
+    from avatar.preprocess.config import PreprocessConfig
     from avatar.render.config import RenderConfig
     from avatar.render.video import run as render
     from avatar.train.runner import run as train
-    from avatar.preprocess.build import run as preprocess
-    from avatar.preprocess.config import PreprocessConfig
 
     root = tmp_path / "dataset"
     shutil.copytree(tiny_dataset.root, root)
     source = Dataset(root).manifest.source["path"]
-    preprocess(PreprocessConfig(video=source, out=root, resolution=128, min_duration_s=2.0, crop_samples=8,
-                                preview_seconds=1.0, contact_sheet_frames=4, speech_model=model_dir))
+    preprocess(
+        PreprocessConfig(
+            video=source,
+            out=root,
+            resolution=128,
+            min_duration_s=2.0,
+            crop_samples=8,
+            preview_seconds=1.0,
+            contact_sheet_frames=4,
+            speech_model=model_dir,
+        )
+    )
     dataset = Dataset(root)
     f = dataset.manifest.features
     assert f.speech_model == str(model_dir.resolve()) and f.dim == tiny_dataset.manifest.features.dim + HIDDEN
-    np.testing.assert_array_equal(np.asarray(dataset.audio_features)[:, :-HIDDEN],
-                                  np.asarray(tiny_dataset.audio_features))  # the other parts as they were
+    np.testing.assert_array_equal(
+        np.asarray(dataset.audio_features)[:, :-HIDDEN], np.asarray(tiny_dataset.audio_features)
+    )  # the other parts as they were
     train(tiny_config(root, tmp_path / "run"))
     audio = write_wav(tmp_path / "speech.wav", speech_like(0.8, SR), SR)
     out = render(RenderConfig(run=tmp_path / "run", audio=audio, out=tmp_path / "out.mp4", fps=10.0))

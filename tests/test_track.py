@@ -10,11 +10,41 @@ from avatar.contracts.camera import Intrinsics, project
 from avatar.contracts.dataset import TRACKING_ARRAYS
 from avatar.errors import UserError
 from avatar.preprocess.face_model import EYE_CORNER_DISTANCE_M, MIRROR_PAIRS, umeyama
-from avatar.preprocess.track import BLENDSHAPE_NAMES, LandmarkDetections, LandmarkFaceModel, detect_landmarks, find_faces_for_crop
+from avatar.preprocess.track import (
+    BLENDSHAPE_NAMES,
+    LandmarkDetections,
+    LandmarkFaceModel,
+    detect_landmarks,
+    find_faces_for_crop,
+)
 from tests.track_fixtures import real_detections, real_frames
 
 INTRINSICS = Intrinsics.from_fov(20.0, 512, 512)
-LIPS_LOWER = [14, 87, 178, 88, 95, 317, 402, 318, 324, 17, 84, 181, 91, 146, 314, 405, 321, 375, 152, 148, 176, 377, 400]
+LIPS_LOWER = [
+    14,
+    87,
+    178,
+    88,
+    95,
+    317,
+    402,
+    318,
+    324,
+    17,
+    84,
+    181,
+    91,
+    146,
+    314,
+    405,
+    321,
+    375,
+    152,
+    148,
+    176,
+    377,
+    400,
+]
 
 
 def synthetic_face(seed: int = 0) -> np.ndarray:
@@ -24,11 +54,24 @@ def synthetic_face(seed: int = 0) -> np.ndarray:
     theta = rng.uniform(-1.2, 1.2, 478)
     phi = rng.uniform(-1.3, 1.3, 478)
     face = np.stack([0.075 * np.sin(theta) * np.cos(phi), 0.1 * np.sin(phi), -0.06 * np.cos(theta) * np.cos(phi)], -1)
-    named = {33: (-0.045, -0.02, -0.04), 133: (-0.015, -0.02, -0.045), 263: (0.045, -0.02, -0.04),
-             362: (0.015, -0.02, -0.045), 10: (0, -0.09, -0.04), 152: (0, 0.1, -0.045), 168: (0, -0.025, -0.06),
-             2: (0, 0.025, -0.07), 13: (0, 0.045, -0.06), 14: (0, 0.05, -0.06), 61: (-0.025, 0.05, -0.05),
-             291: (0.025, 0.05, -0.05), 159: (-0.03, -0.027, -0.045), 145: (-0.03, -0.013, -0.045),
-             386: (0.03, -0.027, -0.045), 374: (0.03, -0.013, -0.045)}
+    named = {
+        33: (-0.045, -0.02, -0.04),
+        133: (-0.015, -0.02, -0.045),
+        263: (0.045, -0.02, -0.04),
+        362: (0.015, -0.02, -0.045),
+        10: (0, -0.09, -0.04),
+        152: (0, 0.1, -0.045),
+        168: (0, -0.025, -0.06),
+        2: (0, 0.025, -0.07),
+        13: (0, 0.045, -0.06),
+        14: (0, 0.05, -0.06),
+        61: (-0.025, 0.05, -0.05),
+        291: (0.025, 0.05, -0.05),
+        159: (-0.03, -0.027, -0.045),
+        145: (-0.03, -0.013, -0.045),
+        386: (0.03, -0.027, -0.045),
+        374: (0.03, -0.013, -0.045),
+    }
     for i, p in named.items():
         face[i] = p
     for right, left in MIRROR_PAIRS:
@@ -36,8 +79,9 @@ def synthetic_face(seed: int = 0) -> np.ndarray:
     return face
 
 
-def synthetic_detections(face: np.ndarray, R: np.ndarray, t: np.ndarray, K: np.ndarray,
-                         noise_px: float = 0.0, seed: int = 1) -> LandmarkDetections:
+def synthetic_detections(
+    face: np.ndarray, R: np.ndarray, t: np.ndarray, K: np.ndarray, noise_px: float = 0.0, seed: int = 1
+) -> LandmarkDetections:
     """What mediapipe would report for faces [N, 478, 3] (or [478, 3]) seen with pose R, t."""
     cam = np.einsum("nij,npj->npi", R, np.broadcast_to(face, (len(R), *face.shape[-2:]))) + t[:, None]
     uv = project(np.broadcast_to(face, cam.shape), R, t, K)
@@ -75,7 +119,9 @@ def test_rigid_synthetic_face_recovers_pose_and_shape():
     assert relative_angle_deg(a["rotation_raw"], R_expected).max() < 0.05
     assert np.abs(a["translation_raw"] - (t_true + R_true @ t_frame[0])).max() < 1e-3
     assert result.stats["reprojection_error_px"] < 0.02
-    assert np.linalg.norm(a["canonical_face"][33] - a["canonical_face"][263]) == pytest.approx(EYE_CORNER_DISTANCE_M, rel=1e-3)
+    assert np.linalg.norm(a["canonical_face"][33] - a["canonical_face"][263]) == pytest.approx(
+        EYE_CORNER_DISTANCE_M, rel=1e-3
+    )
 
 
 def test_smoothing_removes_jitter_without_lag():

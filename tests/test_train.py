@@ -18,10 +18,12 @@ from tests.train_fixtures import tiny_config, tiny_dataset  # noqa: F401 - the f
 
 def _conditions(head: TalkingHead, dataset, ids) -> FrameConditions:
     windows = dataset.audio_windows(context=head.audio_context)[ids]
-    return FrameConditions(audio=torch.from_numpy(windows),
-                           rotation=torch.from_numpy(np.asarray(dataset.tracking("rotation"))[ids]),
-                           translation=torch.from_numpy(np.asarray(dataset.tracking("translation"))[ids]),
-                           blink=torch.zeros(len(ids), 2))
+    return FrameConditions(
+        audio=torch.from_numpy(windows),
+        rotation=torch.from_numpy(np.asarray(dataset.tracking("rotation"))[ids]),
+        translation=torch.from_numpy(np.asarray(dataset.tracking("translation"))[ids]),
+        blink=torch.zeros(len(ids), 2),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -42,14 +44,19 @@ def test_tiny_train_writes_a_complete_run(trained_run, tiny_dataset):
     assert (trained_run / "head.ply").read_bytes().startswith(b"ply\n") and any((trained_run / "tb").iterdir())
 
     head = TalkingHead.load(trained_run)
-    assert head.resolution == 32 and head.fps == tiny_dataset.fps and head.driving.dataset["path"] == str(tiny_dataset.root.resolve())
+    assert (
+        head.resolution == 32
+        and head.fps == tiny_dataset.fps
+        and head.driving.dataset["path"] == str(tiny_dataset.root.resolve())
+    )
     ids = np.arange(3)
     out = head.render(_conditions(head, tiny_dataset, ids))
     assert out["rgb"].shape == (3, 32, 32, 3) and out["alpha"].shape == (3, 32, 32, 1)
     assert 0 <= float(out["rgb"].min()) and float(out["rgb"].max()) <= 1
     assert float(out["alpha"].mean()) > 0.1  # head and torso cover part of the picture
-    static = head.render(_conditions(head, tiny_dataset, ids), deform=False, show_torso=False,
-                         background=torch.zeros(32, 32, 3))
+    static = head.render(
+        _conditions(head, tiny_dataset, ids), deform=False, show_torso=False, background=torch.zeros(32, 32, 3)
+    )
     assert static["rgb"].shape == (3, 32, 32, 3) and float(static["alpha"].max()) > 0.5
     again = head.render(_conditions(head, tiny_dataset, ids))  # cached tri-plane features give the same frames
     assert torch.equal(again["rgb"], out["rgb"])
@@ -79,6 +86,7 @@ def test_resume_after_interrupts_equals_an_uninterrupted_run(trained_run, tiny_d
         def hook(runner, name, current):
             if (name, current) == (stage, step):
                 runner.request_stop()
+
         return hook
 
     with pytest.raises(KeyboardInterrupt):  # between checkpoints: the stop itself writes one
@@ -112,7 +120,9 @@ def test_clear_errors(tiny_dataset, tmp_path):
         Runner(tiny_config(tiny_dataset.root, tmp_path / "r"))
     with pytest.raises(UserError, match="not a readable checkpoint"):
         run(tiny_config(tiny_dataset.root, tmp_path / "r", resume=True))
-    torch.save({"format_version": 1, "run_info": {}, "stage": "canonical"}, tmp_path / "r" / "checkpoints" / "latest.pt")
+    torch.save(
+        {"format_version": 1, "run_info": {}, "stage": "canonical"}, tmp_path / "r" / "checkpoints" / "latest.pt"
+    )
     with pytest.raises(UserError, match="format version 1"):
         run(tiny_config(tiny_dataset.root, tmp_path / "r", resume=True))
     with pytest.raises(UserError, match="training has not finished"):

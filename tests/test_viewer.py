@@ -63,7 +63,9 @@ def test_conditions_shapes_and_blink_override(playback, head):
 def test_browser_camera_at_reset_is_the_training_camera(playback, head):
     cond = playback.conditions(5)
     res = head.resolution
-    cam = view_camera(head, cond.rotation[0].numpy(), cond.translation[0].numpy(), np.eye(4), training_fov_y(head), res, res)
+    cam = view_camera(
+        head, cond.rotation[0].numpy(), cond.translation[0].numpy(), np.eye(4), training_fov_y(head), res, res
+    )
     expected = torch.eye(4)
     expected[:3, :3], expected[:3, 3] = cond.rotation[0], cond.translation[0]
     assert torch.allclose(cam.world_to_cam, expected, atol=1e-5)
@@ -80,7 +82,7 @@ def test_wide_browser_window_keeps_the_head_undistorted(playback, head):
     square = render_view(head, cond, Layers(background=False, torso=False), np.eye(4), training_fov_y(head), res, res)
     wide = render_view(head, cond, Layers(background=False, torso=False), np.eye(4), training_fov_y(head), 2 * res, res)
     assert wide.shape == (res, 2 * res, 3)
-    centre = wide[:, res // 2: res // 2 + res]
+    centre = wide[:, res // 2 : res // 2 + res]
     assert np.abs(centre.astype(int) - square.astype(int)).mean() < 2.0
 
 
@@ -90,8 +92,10 @@ def _screenshot(driver) -> np.ndarray:
     return cv2.imdecode(np.frombuffer(driver.get_screenshot_as_png(), np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None or shutil.which("chromedriver") is None,
-                    reason="Debian's chromium + chromium-driver are not installed (scripts/setup_browser.sh)")
+@pytest.mark.skipif(
+    shutil.which("chromium") is None or shutil.which("chromedriver") is None,
+    reason="Debian's chromium + chromium-driver are not installed (scripts/setup_browser.sh)",
+)
 def test_viewer_in_headless_chromium(tiny_run, tmp_path):
     """Start `avatar view` on a tiny run, open it in Chromium: the avatar is on the canvas, and turning
     the background off changes the picture."""
@@ -104,10 +108,20 @@ def test_viewer_in_headless_chromium(tiny_run, tmp_path):
     app = ViewerApp(ViewerConfig(run=tiny_run, resolution=128), head, tiny_run / "audio.wav")
     app.start()
     options = webdriver.ChromeOptions()
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 f"--user-data-dir={tmp_path / 'chromium'}", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-                 "--enable-unsafe-swiftshader", "--window-size=900,600"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'chromium'}",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-quic",
+        "--enable-unsafe-swiftshader",
+        "--window-size=900,600",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
     try:
@@ -118,7 +132,7 @@ def test_viewer_in_headless_chromium(tiny_run, tmp_path):
             time.sleep(1.0)
             shot = _screenshot(driver)
             h, w = shot.shape[:2]
-            centre = shot[h // 4: 3 * h // 4, w // 4: w // 2]
+            centre = shot[h // 4 : 3 * h // 4, w // 4 : w // 2]
             if centre.std() > 15 and app.fps_shown > 0:
                 break
         assert shot is not None and centre.std() > 15, "the canvas stayed blank: no avatar picture arrived"

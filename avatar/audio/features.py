@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from avatar.audio.io import SAMPLE_RATE
+from avatar.audio.phonetic import PhoneticFeatures
 from avatar.audio.speech_model import SPEECH_MODEL_PREFIX, SpeechModelFeatures
 from avatar.errors import UserError
 
@@ -60,7 +61,7 @@ class MelFeatures:
 
     def frame_rms(self, wave: np.ndarray) -> np.ndarray:
         """[S] -> [T] RMS of the 25 ms frame around each feature row."""
-        import librosa
+        import librosa  # noqa: PLC0415 - librosa starts numba (a second): loaded when features are computed
 
         return librosa.feature.rms(y=wave, frame_length=400, hop_length=self.hop, center=True)[0]
 
@@ -74,12 +75,19 @@ class MelFeatures:
         long clip is processed in chunks (rows then depend only on samples within 512 of their centre).
         `warp` != 1 moves the mel bands' frequencies by that factor (vocal-tract-length perturbation, for
         training augmentation only)."""
-        import librosa
+        import librosa  # noqa: PLC0415 - librosa starts numba (a second): loaded when features are computed
 
         hop = self.hop
         mel = librosa.feature.melspectrogram(
-            y=wave, sr=SAMPLE_RATE, n_fft=512, win_length=400, hop_length=hop, n_mels=self.n_mels,
-            fmin=40 * warp, fmax=min(7600 * warp, SAMPLE_RATE / 2), center=True,
+            y=wave,
+            sr=SAMPLE_RATE,
+            n_fft=512,
+            win_length=400,
+            hop_length=hop,
+            n_mels=self.n_mels,
+            fmin=40 * warp,
+            fmax=min(7600 * warp, SAMPLE_RATE / 2),
+            center=True,
         )
         log_mel = np.log(mel + 1e-6)  # [n_mels, T]
         rms = self.frame_rms(wave)
@@ -88,9 +96,7 @@ class MelFeatures:
         voiced = rms > (self.voicing_threshold(rms) if voicing_rms is None else voicing_rms)
         log_f0 = np.where(voiced, np.log(f0), np.log(60.0))
         T = min(log_mel.shape[1], log_energy.shape[0], log_f0.shape[0])
-        return np.concatenate(
-            [log_mel[:, :T].T, log_energy[:T, None], log_f0[:T, None]], axis=1
-        ).astype(np.float32)
+        return np.concatenate([log_mel[:, :T].T, log_energy[:T, None], log_f0[:T, None]], axis=1).astype(np.float32)
 
 
 @dataclass
@@ -166,16 +172,18 @@ FEATURE_SETS = ("mel+phones+visemes", "mel+visemes", "mel", "visemes", "mel+phon
 def speech_features(kind: str, speech_model: str | Path | None = None, layer: int = -1) -> SpeechFeatures:
     """The extractor of one of FEATURE_SETS, with the hidden layer `layer` of the speech encoder saved in the
     folder `speech_model` when one is given (UserError when it is not a usable model folder)."""
-    from avatar.audio.phonetic import PhoneticFeatures
 
     parts = kind.split("+")
     classes = {("visemes",): "visemes", ("phones",): "phones", ("phones", "visemes"): "both"}.get(
-        tuple(p for p in parts if p != "mel"))
+        tuple(p for p in parts if p != "mel")
+    )
     if kind not in FEATURE_SETS:
         raise ValueError(f"unknown feature set {kind!r}; known: {', '.join(FEATURE_SETS)}")
-    return SpeechFeatures(MelFeatures() if "mel" in parts else None,
-                          PhoneticFeatures(classes=classes) if classes else None,
-                          SpeechModelFeatures(str(speech_model), layer) if speech_model else None)
+    return SpeechFeatures(
+        MelFeatures() if "mel" in parts else None,
+        PhoneticFeatures(classes=classes) if classes else None,
+        SpeechModelFeatures(str(speech_model), layer) if speech_model else None,
+    )
 
 
 def extractor_named(name: str, speech_model: str = "") -> SpeechFeatures | None:
@@ -186,7 +194,7 @@ def extractor_named(name: str, speech_model: str = "") -> SpeechFeatures | None:
     kind = next((k for k in FEATURE_SETS if speech_features(k).name == base), None)
     if kind is None or not learned:
         return speech_features(kind) if kind is not None else None
-    layer = re.search(r"-l(-?\d+)-", name[len(base):])
+    layer = re.search(r"-l(-?\d+)-", name[len(base) :])
     if not speech_model or layer is None:
         return None
     try:
@@ -227,8 +235,9 @@ def normalize_features(features: np.ndarray, stats: tuple[np.ndarray, np.ndarray
     return ((features - mean) / std).astype(np.float32)
 
 
-def frame_window_rows(rate_hz: float, fps: float, num_frames: int, window: int = 16, first_frame: int = 0,
-                      total_rows: int | None = None) -> np.ndarray:
+def frame_window_rows(
+    rate_hz: float, fps: float, num_frames: int, window: int = 16, first_frame: int = 0, total_rows: int | None = None
+) -> np.ndarray:
     """[num_frames, window] feature-row indices of the windows of frames first_frame.. (see the module
     docstring), clamped to [0, total_rows) when total_rows is given."""
     centres = (np.arange(first_frame, first_frame + num_frames) + 0.5) / fps
@@ -237,8 +246,9 @@ def frame_window_rows(rate_hz: float, fps: float, num_frames: int, window: int =
     return rows if total_rows is None else np.clip(rows, 0, total_rows - 1)
 
 
-def frame_windows(features: np.ndarray, rate_hz: float, fps: float, num_frames: int, window: int = 16,
-                  first_frame: int = 0) -> np.ndarray:
+def frame_windows(
+    features: np.ndarray, rate_hz: float, fps: float, num_frames: int, window: int = 16, first_frame: int = 0
+) -> np.ndarray:
     """[T, F] features -> [num_frames, window, F], the window of each frame (see the module docstring).
 
     `first_frame` lets long audio be windowed chunk by chunk with the same result as all at once."""

@@ -13,7 +13,7 @@ Rows are at 100 Hz: row t is centred at t / 100 s, and a wave of n samples at 16
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -29,8 +29,9 @@ def num_rows(num_samples: int) -> int:
     return 1 + num_samples // HOP
 
 
-def grid_rows(chunks: Iterable[np.ndarray], rows_of: RowsOf, window_s: float, overlap_s: float,
-              rate_hz: float = RATE_HZ) -> Iterator[np.ndarray]:
+def grid_rows(
+    chunks: Iterable[np.ndarray], rows_of: RowsOf, window_s: float, overlap_s: float, rate_hz: float = RATE_HZ
+) -> Iterator[np.ndarray]:
     """Consecutive blocks of a clip's rows on the fixed window grid, from its audio given as consecutive
     sample chunks, holding at most `window_s` of samples. Concatenated, the blocks are the clip's rows
     whatever the chunking (one chunk of the whole clip included)."""
@@ -45,8 +46,8 @@ def grid_rows(chunks: Iterable[np.ndarray], rows_of: RowsOf, window_s: float, ov
         buffer = np.concatenate([buffer, np.asarray(chunk, np.float32).reshape(-1)])
         while buffer.size >= window:
             rows = rows_of(buffer[:window], offset)
-            yield rows[0 if first else half:step + half]
-            buffer = buffer[step * HOP:]
+            yield rows[0 if first else half : step + half]
+            buffer = buffer[step * HOP :]
             first, offset = False, offset + step * HOP
     rows = rows_of(buffer, offset)
-    yield rows[0 if first else half:]
+    yield rows[0 if first else half :]

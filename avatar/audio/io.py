@@ -6,11 +6,12 @@ same samples whichever command reads it. Sample s of a 16 kHz clip is at time s 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
+from avatar.contracts.atomic import atomic_path
 from avatar.errors import UserError
 
 SAMPLE_RATE = 16000
@@ -18,7 +19,7 @@ SAMPLE_RATE = 16000
 
 def _open_audio(path: Path):
     """The container and its first audio stream, or a UserError naming what is wrong with the file."""
-    import av
+    import av  # noqa: PLC0415 - media libraries (absent from the GPU image) load when a file is read
 
     if path.is_dir():
         raise UserError(f"{path}: is a directory. Give the path of an audio or video file in it.")
@@ -46,7 +47,7 @@ def iter_audio(path: Path | str, sample_rate: int = SAMPLE_RATE, layout: str = "
     """Stream the first audio stream of any file FFmpeg reads (wav, mp3, flac, m4a, ogg, mp4, ...) as float32
     chunks at `sample_rate`: [n] for layout "mono", [n, C] otherwise. Memory stays bounded for any length;
     the samples are exactly those `load_audio` returns."""
-    import av
+    import av  # noqa: PLC0415 - media libraries (absent from the GPU image) load when a file is read
 
     path = Path(path)
     container, stream = _open_audio(path)
@@ -83,9 +84,7 @@ def load_audio(path: Path | str, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
 
 def save_wav(path: Path | str, wave: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
     """Write mono float audio as 16-bit PCM WAV, atomically."""
-    import soundfile as sf
-
-    from avatar.contracts.atomic import atomic_path
+    import soundfile as sf  # noqa: PLC0415 - media libraries (absent from the GPU image) load when a file is read
 
     with atomic_path(path) as tmp:
         sf.write(str(tmp), np.clip(wave, -1, 1), sample_rate, subtype="PCM_16", format="WAV")

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Literal
+from typing import Literal
 
 import numpy as np
 
@@ -34,9 +35,46 @@ DITHER_LSB = 4.0  # int16 steps (-78 dBFS): below any recording's noise floor
 SILENCE = "SIL"
 # The 39 CMU phones the allphone decoder emits, then the silence class (which also takes the fillers).
 PHONES: tuple[str, ...] = (
-    "AA", "AE", "AH", "AO", "AW", "AY", "B", "CH", "D", "DH", "EH", "ER", "EY", "F", "G", "HH", "IH", "IY",
-    "JH", "K", "L", "M", "N", "NG", "OW", "OY", "P", "R", "S", "SH", "T", "TH", "UH", "UW", "V", "W", "Y",
-    "Z", "ZH", SILENCE,
+    "AA",
+    "AE",
+    "AH",
+    "AO",
+    "AW",
+    "AY",
+    "B",
+    "CH",
+    "D",
+    "DH",
+    "EH",
+    "ER",
+    "EY",
+    "F",
+    "G",
+    "HH",
+    "IH",
+    "IY",
+    "JH",
+    "K",
+    "L",
+    "M",
+    "N",
+    "NG",
+    "OW",
+    "OY",
+    "P",
+    "R",
+    "S",
+    "SH",
+    "T",
+    "TH",
+    "UH",
+    "UW",
+    "V",
+    "W",
+    "Y",
+    "Z",
+    "ZH",
+    SILENCE,
 )
 # Fillers of the en-us model (noisedict) and utterance markers: no articulation, so silence.
 FILLERS = frozenset({"SIL", "+NSN+", "+SPN+", "<s>", "</s>", "<sil>", "(NULL)"})
@@ -74,14 +112,18 @@ def _new_decoder():
     decoder keeps state between utterances (its cepstral mean and more), and a reused one decoded the same
     50 s wave differently the second time (0.2 % of rows), which would make training and render-time
     features of the same audio differ."""
-    import pocketsphinx
+    import pocketsphinx  # noqa: PLC0415 - the phone decoder loads when phones are decoded
 
     model = pocketsphinx.get_model_path()
     return pocketsphinx.Decoder(
         hmm=os.path.join(model, "en-us", "en-us"),
         allphone=os.path.join(model, "en-us", "en-us-phone.lm.bin"),
-        lw=2.0, pip=0.3, beam=1e-20, pbeam=1e-20,
-        samprate=float(SAMPLE_RATE), logfn=os.devnull,
+        lw=2.0,
+        pip=0.3,
+        beam=1e-20,
+        pbeam=1e-20,
+        samprate=float(SAMPLE_RATE),
+        logfn=os.devnull,
     )
 
 
@@ -121,10 +163,10 @@ def row_labels(segments: list[Segment], rows: int) -> np.ndarray:
     if not segments:
         return labels
     for phone, start, end in segments:
-        labels[max(start, 0):max(min(end, rows), 0)] = PHONES.index(phone)
+        labels[max(start, 0) : max(min(end, rows), 0)] = PHONES.index(phone)
     first, last = segments[0], segments[-1]
-    labels[:max(min(first[1], rows), 0)] = PHONES.index(first[0])
-    labels[max(last[2], 0):] = PHONES.index(last[0])
+    labels[: max(min(first[1], rows), 0)] = PHONES.index(first[0])
+    labels[max(last[2], 0) :] = PHONES.index(last[0])
     return labels
 
 
@@ -139,7 +181,7 @@ def gaussian_smooth(one_hot: np.ndarray, sigma_rows: float) -> np.ndarray:
     padded = np.pad(one_hot, ((radius, radius), (0, 0)), mode="edge")
     out = np.zeros_like(one_hot)
     for k, w in enumerate(kernel):
-        out += w * padded[k:k + one_hot.shape[0]]
+        out += w * padded[k : k + one_hot.shape[0]]
     return out
 
 
@@ -170,7 +212,8 @@ class PhoneticFeatures:
     @property
     def dim(self) -> int:
         return {"phones": len(PHONES), "visemes": len(VISEME_NAMES), "both": len(PHONES) + len(VISEME_NAMES)}[
-            self.classes]
+            self.classes
+        ]
 
     @property
     def silence_index(self) -> int:
@@ -184,8 +227,7 @@ class PhoneticFeatures:
         if self.classes in ("phones", "both"):
             parts.append(gaussian_smooth(np.eye(len(PHONES), dtype=np.float32)[labels], sigma))
         if self.classes in ("visemes", "both"):
-            parts.append(gaussian_smooth(np.eye(len(VISEME_NAMES), dtype=np.float32)[_VISEME_OF_PHONE[labels]],
-                                         sigma))
+            parts.append(gaussian_smooth(np.eye(len(VISEME_NAMES), dtype=np.float32)[_VISEME_OF_PHONE[labels]], sigma))
         return np.concatenate(parts, axis=1).astype(np.float32)
 
     def __call__(self, wave: np.ndarray) -> np.ndarray:

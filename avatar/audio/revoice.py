@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.signal
 
 from avatar.audio.features import SpeechFeatures, feature_stats, normalize_features
 from avatar.audio.io import SAMPLE_RATE
@@ -62,7 +63,6 @@ def draw_voice(cfg: VoiceAugmentConfig, rng: np.random.Generator, seconds: float
 
 def revoice(wave: np.ndarray, voice: Voice, rng: np.random.Generator) -> np.ndarray:
     """The wave as said by `voice`: resampled (length / r), with gain, reverberation and noise."""
-    import scipy.signal
 
     wave = np.asarray(wave, np.float64)
     if voice.resample != 1.0:
@@ -97,7 +97,9 @@ def revoiced_rows(wave: np.ndarray, voice: Voice, extractor: SpeechFeatures, rng
     return ((1 - frac) * feats[low] + frac * feats[high]).astype(np.float32)
 
 
-def revoiced_copies(wave: np.ndarray, extractor: SpeechFeatures, cfg: VoiceAugmentConfig, seed: int) -> list[np.ndarray]:
+def revoiced_copies(
+    wave: np.ndarray, extractor: SpeechFeatures, cfg: VoiceAugmentConfig, seed: int
+) -> list[np.ndarray]:
     """`cfg.copies` normalised [T, F] feature arrays of re-voiced copies of `wave`, each with its own
     clip statistics; deterministic in `seed`."""
     rng = np.random.default_rng(seed)

@@ -21,12 +21,13 @@ import hashlib
 import importlib.util
 import json
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
+import torch
 
 from avatar.audio.grid import HOP, RATE_HZ, grid_rows, num_rows
 from avatar.errors import UserError
@@ -52,12 +53,16 @@ def model_digest(folder: Path) -> str:
 def _read_config(folder: Path) -> dict:
     config = folder / "config.json"
     if not folder.is_dir() or not config.is_file():
-        raise UserError(f"--speech-model {folder}: not a model folder (no config.json). Give the folder a Hugging "
-                        "Face model was saved to with save_pretrained (config.json and model.safetensors).")
+        raise UserError(
+            f"--speech-model {folder}: not a model folder (no config.json). Give the folder a Hugging "
+            "Face model was saved to with save_pretrained (config.json and model.safetensors)."
+        )
     data = json.loads(config.read_text())
     if data.get("model_type") not in SUPPORTED:
-        raise UserError(f"--speech-model {folder}: model_type {data.get('model_type')!r} is not a speech encoder this "
-                        f"version reads; supported: {', '.join(SUPPORTED)}.")
+        raise UserError(
+            f"--speech-model {folder}: model_type {data.get('model_type')!r} is not a speech encoder this "
+            f"version reads; supported: {', '.join(SUPPORTED)}."
+        )
     if not any((folder / name).is_file() for name in WEIGHT_FILES):
         raise UserError(f"--speech-model {folder}: no weights ({' or '.join(WEIGHT_FILES)}) in the folder.")
     return data
@@ -99,11 +104,15 @@ class SpeechModelFeatures:
         self.path = str(Path(self.path).expanduser().resolve())
         self._config = _read_config(Path(self.path))
         if importlib.util.find_spec("transformers") is None:
-            raise UserError(f"--speech-model {self.path}: needs the `transformers` package. Install it with "
-                            "`.venv/bin/pip install transformers`, or leave --speech-model out.")
+            raise UserError(
+                f"--speech-model {self.path}: needs the `transformers` package. Install it with "
+                "`.venv/bin/pip install transformers`, or leave --speech-model out."
+            )
         layers = int(self._config.get("num_hidden_layers", 0))
         if not -layers - 1 <= self.layer <= layers:
-            raise UserError(f"--speech-model-layer {self.layer}: the model in {self.path} has hidden states 0..{layers}.")
+            raise UserError(
+                f"--speech-model-layer {self.layer}: the model in {self.path} has hidden states 0..{layers}."
+            )
 
     @cached_property
     def digest(self) -> str:
@@ -119,8 +128,7 @@ class SpeechModelFeatures:
 
     @cached_property
     def _model(self):
-        import torch
-        from transformers import AutoModel
+        from transformers import AutoModel  # noqa: PLC0415 - optional backend
 
         device = "cuda" if torch.cuda.is_available() else "cpu"  # a transformer is the one costly analysis
         model = AutoModel.from_pretrained(self.path, local_files_only=True).eval().to(device)

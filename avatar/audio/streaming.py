@@ -12,9 +12,9 @@ which a stream reproduces exactly too. Only the mel columns are normalised, so t
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -55,8 +55,12 @@ class SampleReader:
         return out
 
 
-def rows_in_chunks(chunks: Iterator[np.ndarray], rows_of: Callable[[np.ndarray], np.ndarray], hop: int,
-                   rows_per_chunk: int = ROWS_PER_CHUNK) -> Iterator[np.ndarray]:
+def rows_in_chunks(
+    chunks: Iterator[np.ndarray],
+    rows_of: Callable[[np.ndarray], np.ndarray],
+    hop: int,
+    rows_per_chunk: int = ROWS_PER_CHUNK,
+) -> Iterator[np.ndarray]:
     """Apply `rows_of` (a centred-frame analysis: [S] -> [1 + S // hop, ...]) to a stream of [n] samples,
     yielding consecutive blocks of its rows, equal to `rows_of(whole stream)` split into blocks."""
     margin = MARGIN_ROWS * hop
@@ -85,12 +89,12 @@ def rows_in_chunks(chunks: Iterator[np.ndarray], rows_of: Callable[[np.ndarray],
         if first_row >= end_row:
             return
         start = max(0, first_row * hop - margin)  # a multiple of hop, so row k of the piece is a stream row
-        rows = rows_of(buffer[start - buffer_start: stop - buffer_start])
+        rows = rows_of(buffer[start - buffer_start : stop - buffer_start])
         skip = (first_row * hop - start) // hop
-        yield rows[skip: skip + end_row - first_row]
+        yield rows[skip : skip + end_row - first_row]
         first_row = end_row
         keep_from = max(0, first_row * hop - margin)
-        buffer, buffer_start = buffer[keep_from - buffer_start:], keep_from
+        buffer, buffer_start = buffer[keep_from - buffer_start :], keep_from
 
 
 @dataclass
@@ -157,8 +161,8 @@ def feature_rows(scan: AudioScan, extractor: SpeechFeatures) -> Iterator[np.ndar
             while len(pending[k]) < len(block):
                 more = next(stream)
                 pending[k] = np.concatenate([pending[k], more]) if len(pending[k]) else more
-            parts.append(pending[k][:len(block)])
-            pending[k] = pending[k][len(block):]
+            parts.append(pending[k][: len(block)])
+            pending[k] = pending[k][len(block) :]
         yield np.concatenate(parts, axis=1)
 
 
@@ -177,13 +181,20 @@ def clip_feature_stats(scan: AudioScan, extractor: SpeechFeatures) -> tuple[np.n
         squares += (block**2).sum(0)
         rows += len(block)
     mel_mean = total / rows
-    mean[:extractor.normalized] = mel_mean  # the class columns after them keep mean 0 and std 1
-    std[:extractor.normalized] = np.sqrt(np.maximum(squares / rows - mel_mean**2, 0.0)) + 1e-4
+    mean[: extractor.normalized] = mel_mean  # the class columns after them keep mean 0 and std 1
+    std[: extractor.normalized] = np.sqrt(np.maximum(squares / rows - mel_mean**2, 0.0)) + 1e-4
     return mean, std
 
 
-def window_chunks(scan: AudioScan, extractor: SpeechFeatures, stats: tuple[np.ndarray, np.ndarray], fps: float,
-                  window: int, context: int, chunk_frames: int) -> Iterator[np.ndarray]:
+def window_chunks(
+    scan: AudioScan,
+    extractor: SpeechFeatures,
+    stats: tuple[np.ndarray, np.ndarray],
+    fps: float,
+    window: int,
+    context: int,
+    chunk_frames: int,
+) -> Iterator[np.ndarray]:
     """Third pass: [b, 2 * context + 1, window, F] normalised windows of frames 0, 1, ... in chunks of
     `chunk_frames`, equal to context_windows(frame_windows(normalize_features(all rows), ...), context)."""
     num_frames = scan.num_frames(fps)
@@ -198,8 +209,8 @@ def window_chunks(scan: AudioScan, extractor: SpeechFeatures, stats: tuple[np.nd
         rows = frame_window_rows(extractor.rate_hz, fps, reach_end - reach_start, window, reach_start, total_rows)
         while held_start + len(held) <= rows.max():
             held = np.concatenate([held, normalize_features(next(blocks), stats)])
-        held, held_start = held[rows.min() - held_start:], int(rows.min())  # later chunks never look back
+        held, held_start = held[rows.min() - held_start :], int(rows.min())  # later chunks never look back
         windows = held[rows - held_start]  # [reach_end - reach_start, W, F]
         # each frame's neighbours, edges repeated exactly as context_windows repeats them for the whole clip
         reach = np.clip(np.arange(first - context, last + context), 0, num_frames - 1) - reach_start
-        yield context_windows(windows[reach], context)[context: context + last - first]
+        yield context_windows(windows[reach], context)[context : context + last - first]

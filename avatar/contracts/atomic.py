@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from avatar.errors import UserError
 
 
 def _umask() -> int:
@@ -63,9 +72,6 @@ def exclusive(directory: Path | str, busy: str) -> Iterator[None]:
     """Hold an exclusive lock on `directory` for the block: one writer at a time (two would sweep each other's
     temporaries and overwrite each other's files); a UserError saying `busy` when another process holds it. The
     lock belongs to the open directory, so a killed process leaves none behind."""
-    import fcntl
-
-    from avatar.errors import UserError
 
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -81,9 +87,6 @@ def exclusive(directory: Path | str, busy: str) -> Iterator[None]:
 def jsonable(value: Any) -> Any:
     """Plain JSON data from what the pipeline records: numpy scalars and arrays become numbers and lists,
     paths strings, and inf / nan (not JSON) null."""
-    import math
-
-    import numpy as np
 
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
@@ -107,7 +110,6 @@ def write_json(path: Path | str, data: Any) -> None:
 
 
 def save_npy(path: Path | str, array: Any) -> None:
-    import numpy as np
 
     with atomic_path(path) as tmp:
         np.save(tmp, np.asarray(array))
@@ -115,7 +117,6 @@ def save_npy(path: Path | str, array: Any) -> None:
 
 def sha256_of(path: Path | str) -> str:
     """Hex sha256 of a file's content, read in blocks (videos can be large)."""
-    import hashlib
 
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -128,9 +129,6 @@ def load_versioned(path: Path, version: int, kind: str, remedy: str) -> dict:
     """A torch-saved dict with a "format_version", or a UserError naming the file, what is wrong and `remedy`.
 
     `kind` names the file for the message ("avatar file", "checkpoint")."""
-    import torch
-
-    from avatar.errors import UserError
 
     try:
         data = torch.load(path, map_location="cpu", weights_only=False)

@@ -31,13 +31,13 @@ class Intrinsics:
     def K(self) -> np.ndarray:  # noqa: N802 - the usual name
         return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]], np.float64)
 
-    def scaled(self, width: int, height: int) -> "Intrinsics":
+    def scaled(self, width: int, height: int) -> Intrinsics:
         """The same camera for an image resized to width x height (pixel-centre convention kept)."""
         sx, sy = width / self.width, height / self.height
         return Intrinsics(self.fx * sx, self.fy * sy, self.cx * sx, self.cy * sy, width, height)
 
     @staticmethod
-    def from_fov(fov_y_deg: float, width: int, height: int) -> "Intrinsics":
+    def from_fov(fov_y_deg: float, width: int, height: int) -> Intrinsics:
         f = 0.5 * height / np.tan(np.deg2rad(fov_y_deg) / 2)
         return Intrinsics(f, f, width / 2, height / 2, width, height)
 

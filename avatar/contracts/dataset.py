@@ -24,9 +24,13 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+import cv2
 import numpy as np
 
+from avatar.audio.features import frame_window_rows, normalize_features
+from avatar.contracts.atomic import sha256_of
 from avatar.contracts.camera import Intrinsics
+from avatar.contracts.face_mesh import mouth_opening
 from avatar.errors import UserError
 
 FORMAT_VERSION = 1
@@ -62,7 +66,7 @@ class BodyMotion:
         np.savez(path, codes=self.codes, mean=self.mean, basis=self.basis)
 
     @staticmethod
-    def load(path: Path) -> "BodyMotion":
+    def load(path: Path) -> BodyMotion:
         with np.load(path) as data:
             return BodyMotion(codes=data["codes"], mean=data["mean"], basis=data["basis"])
 
@@ -95,7 +99,7 @@ class Split:
     val: tuple[int, int]
 
     @staticmethod
-    def of(num_frames: int, val_fraction: float) -> "Split":
+    def of(num_frames: int, val_fraction: float) -> Split:
         n_val = max(1, int(round(num_frames * val_fraction)))
         return Split(train=(0, num_frames - n_val), val=(num_frames - n_val, num_frames))
 
@@ -132,7 +136,7 @@ class Manifest:
         return dataclasses.asdict(self)
 
     @staticmethod
-    def from_json(data: dict) -> "Manifest":
+    def from_json(data: dict) -> Manifest:
         data = dict(data)
         data["crop"] = Crop(**data["crop"])
         data["intrinsics"] = Intrinsics(**data["intrinsics"])
@@ -210,7 +214,6 @@ def bit_mask(bits: np.ndarray, name: str) -> np.ndarray:
 
 def read_rgb(path: Path) -> np.ndarray:
     """[H, W, 3] uint8 RGB of an image file, or a UserError that says the dataset is damaged."""
-    import cv2
 
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if img is None:
@@ -220,7 +223,6 @@ def read_rgb(path: Path) -> np.ndarray:
 
 def read_mask_bits(path: Path) -> np.ndarray:
     """[H, W] uint8 MASK_BITS of a mask file."""
-    import cv2
 
     m = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if m is None:
@@ -237,7 +239,9 @@ class Dataset:
         self.layout = DatasetLayout(self.root)
         path = self.layout.manifest
         if not self.root.is_dir():
-            raise UserError(f"{self.root}: no such dataset directory. Run `avatar preprocess VIDEO --out {self.root}` first.")
+            raise UserError(
+                f"{self.root}: no such dataset directory. Run `avatar preprocess VIDEO --out {self.root}` first."
+            )
         if not path.is_file():
             raise UserError(
                 f"{self.root}: not a complete dataset (no manifest.json). Preprocessing did not finish: "
@@ -307,8 +311,10 @@ class Dataset:
         names = self.manifest.blendshape_names
         missing = [n for n in BLINK_NAMES if n not in names]
         if missing:
-            raise UserError(f"{self.layout.manifest}: blendshape_names lacks {missing}. Rebuild the dataset with "
-                            "`avatar preprocess ... --force`.")
+            raise UserError(
+                f"{self.layout.manifest}: blendshape_names lacks {missing}. Rebuild the dataset with "
+                "`avatar preprocess ... --force`."
+            )
         shapes = self.tracking("blendshapes")
         return np.stack([np.asarray(shapes[:, names.index(n)], np.float32) for n in BLINK_NAMES], 1)
 
@@ -320,9 +326,11 @@ class Dataset:
     def _body_motion(self) -> BodyMotion:
         path = self.layout.body_motion
         if not path.is_file():
-            raise UserError(f"{self.root}: no body_motion.npz (a dataset made before the body's motion was tracked). "
-                            f"Run the same `avatar preprocess VIDEO --out {self.root}` again: it adds what is missing "
-                            "and keeps the rest.")
+            raise UserError(
+                f"{self.root}: no body_motion.npz (a dataset made before the body's motion was tracked). "
+                f"Run the same `avatar preprocess VIDEO --out {self.root}` again: it adds what is missing "
+                "and keeps the rest."
+            )
         try:
             return BodyMotion.load(path)
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
@@ -331,14 +339,12 @@ class Dataset:
     def mouth_openings(self, frames: np.ndarray | None = None) -> np.ndarray:
         """[n] float64 inner-lip opening of `frames` (default all; `face_mesh.mouth_opening`) from the tracked
         3D landmarks: measured in 3D it does not shrink when the head nods or turns, as the 2D gap does."""
-        from avatar.contracts.face_mesh import mouth_opening
 
         points = self.tracking("landmarks_mp3d")
         return mouth_opening(points if frames is None else points[np.asarray(frames)]).astype(np.float64)
 
     def manifest_sha256(self) -> str:
         """Fingerprint of this build of the dataset (the manifest is written last and records every step)."""
-        from avatar.contracts.atomic import sha256_of
 
         return sha256_of(self.layout.manifest)
 
@@ -360,7 +366,6 @@ class Dataset:
 
     @cached_property
     def _audio_rows(self) -> tuple[np.ndarray, np.ndarray]:
-        from avatar.audio.features import frame_window_rows, normalize_features
 
         f = self.manifest.features
         feats = normalize_features(np.asarray(self.audio_features), self.feature_stats())

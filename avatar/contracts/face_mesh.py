@@ -12,10 +12,13 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import sys
+import tempfile
 import warnings
-from functools import lru_cache
+from collections.abc import Callable
+from functools import cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -36,17 +39,87 @@ BROW_RIGHT = {"inner": 107, "outer": 70}
 BROW_LEFT = {"inner": 336, "outer": 300}
 
 # Contours, in order around each loop / from corner to corner.
-FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152, 148,
-             176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109)
+FACE_OVAL = (
+    10,
+    338,
+    297,
+    332,
+    284,
+    251,
+    389,
+    356,
+    454,
+    323,
+    361,
+    288,
+    397,
+    365,
+    379,
+    378,
+    400,
+    377,
+    152,
+    148,
+    176,
+    149,
+    150,
+    136,
+    172,
+    58,
+    132,
+    93,
+    234,
+    127,
+    162,
+    21,
+    54,
+    103,
+    67,
+    109,
+)
 UPPER_INNER_LIP = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308)
 LOWER_INNER_LIP = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308)
 INNER_LIP_LOOP = UPPER_INNER_LIP + LOWER_INNER_LIP[-2:0:-1]
 
 # Landmarks that expressions barely move: forehead, nose bridge, eye corners, temples.
-RIGID_ANCHORS = (10, 151, 9, 8, 108, 337, 109, 338, 67, 297, 69, 299, 104, 333,
-                 168, 6, 197, 195,
-                 33, 133, 263, 362, 130, 359, 243, 463,
-                 54, 284, 21, 251, 103, 332, 162, 389, 127, 356)
+RIGID_ANCHORS = (
+    10,
+    151,
+    9,
+    8,
+    108,
+    337,
+    109,
+    338,
+    67,
+    297,
+    69,
+    299,
+    104,
+    333,
+    168,
+    6,
+    197,
+    195,
+    33,
+    133,
+    263,
+    362,
+    130,
+    359,
+    243,
+    463,
+    54,
+    284,
+    21,
+    251,
+    103,
+    332,
+    162,
+    389,
+    127,
+    356,
+)
 # Mirror pairs (right, left) that define the head frame's x axis.
 MIRROR_PAIRS = ((33, 263), (133, 362), (130, 359), (127, 356), (234, 454), (162, 389), (54, 284))
 
@@ -70,12 +143,14 @@ def opening_of_mouth_points(points: np.ndarray) -> np.ndarray:
     return gap / np.maximum(eyes, 1e-9)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _connections(name: str) -> frozenset:
     """An edge set of mediapipe's face_mesh_connections, read from its plain-Python module file without
     importing mediapipe (which costs seconds of start-up)."""
     package = Path(importlib.util.find_spec("mediapipe").origin).parent
-    spec = importlib.util.spec_from_file_location("face_mesh_connections", package / "python/solutions/face_mesh_connections.py")
+    spec = importlib.util.spec_from_file_location(
+        "face_mesh_connections", package / "python/solutions/face_mesh_connections.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return frozenset(getattr(module, name))
@@ -99,23 +174,26 @@ def face_triangles() -> np.ndarray:
 def solutions():
     """`mediapipe.solutions`, with protobuf's known-harmless deprecation warning about mediapipe's own code off."""
     warnings.filterwarnings("ignore", message=r"SymbolDatabase\.GetPrototype\(\) is deprecated")
-    import mediapipe as mp
+    import mediapipe as mp  # noqa: PLC0415 - seconds of start-up: only when a detector is made
 
     return mp.solutions
 
 
 # What mediapipe's native code prints, harmlessly, when a graph starts (TFLite delegate, absl start-up,
 # the feedback-tensor notice): dropped, so progress lines and real warnings stay readable.
-NATIVE_NOISE = ("Created TensorFlow Lite XNNPACK delegate", "All log messages before absl::InitializeLog",
-                "inference_feedback_manager", "gl_context", "GL version")
+NATIVE_NOISE = (
+    "Created TensorFlow Lite XNNPACK delegate",
+    "All log messages before absl::InitializeLog",
+    "inference_feedback_manager",
+    "gl_context",
+    "GL version",
+)
 
 
 @contextlib.contextmanager
 def quiet_native_stderr():
     """Route the process's stderr (file descriptor 2, where native libraries write) to a temporary file for
     the block, then pass on every line that is not known noise."""
-    import sys
-    import tempfile
 
     sys.stderr.flush()
     saved = os.dup(2)
@@ -151,7 +229,7 @@ class Solution:
     def close(self) -> None:
         self._solution.close()
 
-    def __enter__(self) -> "Solution":
+    def __enter__(self) -> Solution:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -165,15 +243,22 @@ class FaceMesh(Solution):
     it tracks through a clip and runs its face detector only when the track is lost."""
 
     def __init__(self, static: bool, max_faces: int = 1, min_detection_confidence: float = 0.5):
-        super().__init__(lambda mp: mp.face_mesh.FaceMesh(static_image_mode=static, max_num_faces=max_faces,
-                                                          refine_landmarks=True,
-                                                          min_detection_confidence=min_detection_confidence,
-                                                          min_tracking_confidence=0.5))
+        super().__init__(
+            lambda mp: mp.face_mesh.FaceMesh(
+                static_image_mode=static,
+                max_num_faces=max_faces,
+                refine_landmarks=True,
+                min_detection_confidence=min_detection_confidence,
+                min_tracking_confidence=0.5,
+            )
+        )
 
     def faces(self, image: np.ndarray) -> list[np.ndarray]:
         """Every face found: [478, 3] float32 each, x and y in pixels of `image`, z in the same pixel scale."""
         height, width = image.shape[:2]
         result = self.process(image)
         scale = np.array([width, height, width], np.float32)
-        return [np.array([(p.x, p.y, p.z) for p in face.landmark], np.float32) * scale
-                for face in (result.multi_face_landmarks or [])]
+        return [
+            np.array([(p.x, p.y, p.z) for p in face.landmark], np.float32) * scale
+            for face in (result.multi_face_landmarks or [])
+        ]

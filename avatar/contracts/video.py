@@ -7,9 +7,9 @@ rates and never depends on rounding for variable frame rates. Frames stream one 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -37,7 +37,7 @@ def upright_rgb(frame) -> np.ndarray:
 
 
 def _open(path: Path):
-    import av
+    import av  # noqa: PLC0415 - media libraries (absent from the GPU image) load when a file is read
 
     try:
         return av.open(str(path))
@@ -86,7 +86,7 @@ def _frame_time(frame, fallback: float) -> float:
 
 
 def _decoded(path: Path, container) -> Iterator:
-    import av
+    import av  # noqa: PLC0415 - media libraries (absent from the GPU image) load when a file is read
 
     try:
         yield from container.decode(video=0)
@@ -97,8 +97,9 @@ def _decoded(path: Path, container) -> Iterator:
         ) from exc
 
 
-def resampled_frames(path: Path | str, fps: float, start_s: float,
-                     max_frames: int | None = None) -> Iterator[np.ndarray]:
+def resampled_frames(
+    path: Path | str, fps: float, start_s: float, max_frames: int | None = None
+) -> Iterator[np.ndarray]:
     """Yield [H, W, 3] uint8 RGB frames of the source at fixed `fps`, output frame i being the source frame
     shown at start_s + (i + 0.5) / fps. Stops at the end of the stream (the last source frame lasts one
     source-frame interval) or after `max_frames`."""
@@ -139,8 +140,9 @@ def resampled_frames(path: Path | str, fps: float, start_s: float,
             i += 1
 
 
-def frames_at_times(path: Path | str, times_s: list[float],
-                    seek_gap_s: float = 5.0) -> Iterator[tuple[float, np.ndarray]]:
+def frames_at_times(
+    path: Path | str, times_s: list[float], seek_gap_s: float = 5.0
+) -> Iterator[tuple[float, np.ndarray]]:
     """Yield (time, [H, W, 3] RGB) for the frame on screen at each of the sorted `times_s`. Decoding runs
     forward; it seeks only across gaps longer than `seek_gap_s`, because a seek restarts decoding at a key
     frame (often seconds earlier), which costs more than decoding a short gap."""

@@ -25,13 +25,13 @@ class FrameBatch:
     code: Tensor  # [B, P] tracked expression PCA code of the dataset
     audio: Tensor  # [B, 2K+1, W, F] normalised audio windows of the frame and its neighbours
 
-    def to(self, device: torch.device | str) -> "FrameBatch":
+    def to(self, device: torch.device | str) -> FrameBatch:
         return FrameBatch(**{k: v.to(device) for k, v in self.__dict__.items()})
 
     def mask(self, name: str) -> Tensor:
         """[B, H, W, 1] soft mask `name` (one of avatar.contracts.dataset.MASK_BITS)."""
         c = MASK_NAMES.index(name)
-        return self.masks[..., c:c + 1]
+        return self.masks[..., c : c + 1]
 
 
 class TrainingData:
@@ -58,9 +58,18 @@ class TrainingData:
         rgb = torch.from_numpy(np.stack([im for im, _ in items])).float() / 255
         masks = torch.from_numpy(np.stack([m for _, m in items])).float() / 255
         ctx = (idx[:, None] + torch.arange(-self.context, self.context + 1)).clamp(0, self.dataset.num_frames - 1)
-        return FrameBatch(idx, rgb, masks, self.rotation[idx], self.translation[idx], self.blink[idx], self.body[idx],
-                          self.expression[idx], self.code[idx],
-                          self.audio_rows[self.window_rows[ctx]])
+        return FrameBatch(
+            idx,
+            rgb,
+            masks,
+            self.rotation[idx],
+            self.translation[idx],
+            self.blink[idx],
+            self.body[idx],
+            self.expression[idx],
+            self.code[idx],
+            self.audio_rows[self.window_rows[ctx]],
+        )
 
 
 class FrameSampler:
@@ -78,7 +87,7 @@ class FrameSampler:
         if self.position + self.batch_size > len(self.order):
             self.order = self.indices[torch.randperm(len(self.indices), generator=self.generator)]
             self.position = 0
-        out = self.order[self.position:self.position + self.batch_size]
+        out = self.order[self.position : self.position + self.batch_size]
         self.position += self.batch_size
         return out
 

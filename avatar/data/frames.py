@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+import cv2
 import numpy as np
 
 from avatar.contracts.dataset import MASK_BITS, Dataset
@@ -26,7 +27,6 @@ class FrameStore:
         self._bytes = 0
 
     def _resize(self, image: np.ndarray) -> np.ndarray:
-        import cv2
 
         if image.shape[0] == self.resolution and image.shape[1] == self.resolution:
             return image
@@ -34,8 +34,12 @@ class FrameStore:
         if image.ndim == 2 or image.shape[2] <= 4:
             return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
         # area filtering at a non-integer scale takes at most 4 channels at a time
-        return np.dstack([cv2.resize(image[:, :, c: c + 4], size, interpolation=cv2.INTER_AREA)
-                          for c in range(0, image.shape[2], 4)])
+        return np.dstack(
+            [
+                cv2.resize(image[:, :, c : c + 4], size, interpolation=cv2.INTER_AREA)
+                for c in range(0, image.shape[2], 4)
+            ]
+        )
 
     def _read(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         bits = self.dataset.mask_bits(i)

@@ -14,12 +14,19 @@ class EvalConfig:
     """Score a trained avatar on its dataset's validation frames, driven by their own audio (PSNR, SSIM, LPIPS,
     mouth-landmark distance, mouth-opening correlation), next to two baselines, and write a side-by-side video."""
 
-    LIMITS: ClassVar[dict] = {"resolution": (16, 4096), "max_frames": (3, None), "batch_size": (1, None), "video_size": (16, 4096), "threads": (1, None)}  # checked by config_io.check_values
+    LIMITS: ClassVar[dict] = {
+        "resolution": (16, 4096),
+        "max_frames": (3, None),
+        "batch_size": (1, None),
+        "video_size": (16, 4096),
+        "threads": (1, None),
+    }  # checked by config_io.check_values
 
     run: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="RUN")] = tyro.MISSING  # type: ignore[assignment]
     """the run directory written by `avatar train`"""
     dataset: Path | None = None
-    """the dataset to score on; default the one the avatar was trained on (recorded in it, and checked to be unchanged)"""
+    """the dataset to score on; default the one the avatar was trained on (recorded in it, and checked to be
+    unchanged)"""
     drive: Path | None = None
     """score the avatar driven by ANOTHER dataset's audio instead (its person's tracked mouth is the reference:
     correlation, best lag, motion, closed mouth in silence); see avatar.eval.cross_drive"""

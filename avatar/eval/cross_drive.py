@@ -21,13 +21,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
+import torch
 
-from avatar.contracts.dataset import Dataset
-from avatar.contracts.face_mesh import mouth_opening
-from avatar.errors import UserError
 from avatar.audio.features import frame_log_energy as frame_loudness
+from avatar.audio.io import SAMPLE_RATE, load_audio, num_frames_for
+from avatar.audio.phonetic import VISEME_NAMES, PhoneticFeatures
+from avatar.contracts.atomic import atomic_path
+from avatar.contracts.dataset import Dataset
+from avatar.contracts.face_mesh import INNER_LIP_LOWER, INNER_LIP_UPPER, MOUTH_CORNERS, mouth_opening
+from avatar.errors import UserError
+from avatar.eval.frames import frame_conditions, quantize
+from avatar.eval.landmarks import LANDMARK_SCALE, FaceLandmarker
 from avatar.metrics.lip_sync import lagged_pearson, motion_ratio, pearson
+from avatar.model.driving import audio_windows, blink_schedule
+from avatar.render.video import driven_batches
 
 MAX_LAG = 3  # frames either way for the best-lag correlation
 PAUSE_S = 0.2  # a pause is at least this long
@@ -67,7 +76,6 @@ def pauses(quiet: np.ndarray, min_frames: int) -> list[tuple[int, int]]:
 
 def vowel_frames(wave: np.ndarray, fps: float, num_frames: int) -> np.ndarray:
     """[num_frames] bool: frames whose centre the phone decoder places in an open or mid vowel."""
-    from avatar.audio.phonetic import VISEME_NAMES, PhoneticFeatures
 
     classes = PhoneticFeatures(classes="visemes", sigma_ms=0.0)(wave).argmax(1)
     rows = np.clip(np.round((np.arange(num_frames) + 0.5) / fps * 100.0).astype(int), 0, len(classes) - 1)
@@ -83,10 +91,6 @@ class Rendered:
 
 def mouth_crop(image: np.ndarray, points: np.ndarray, size: int = 64) -> np.ndarray:
     """[size, size, 3] square around the mouth (points: landmarks at LANDMARK_SCALE)."""
-    import cv2
-
-    from avatar.contracts.face_mesh import INNER_LIP_LOWER, INNER_LIP_UPPER, MOUTH_CORNERS
-    from avatar.eval.landmarks import LANDMARK_SCALE
 
     scale = image.shape[0] / LANDMARK_SCALE
     mouth = points[[INNER_LIP_UPPER, INNER_LIP_LOWER, *MOUTH_CORNERS], :2] * scale
@@ -95,7 +99,7 @@ def mouth_crop(image: np.ndarray, points: np.ndarray, size: int = 64) -> np.ndar
     x0, y0 = (centre - half).round().astype(int)
     x1, y1 = (centre + half).round().astype(int)
     padded = np.pad(image, ((image.shape[0],) * 2, (image.shape[1],) * 2, (0, 0)))
-    crop = padded[y0 + image.shape[0]: y1 + image.shape[0], x0 + image.shape[1]: x1 + image.shape[1]]
+    crop = padded[y0 + image.shape[0] : y1 + image.shape[0], x0 + image.shape[1] : x1 + image.shape[1]]
     return cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
 
 
@@ -114,13 +118,10 @@ def rendered_openings(frames, landmarker, keep_crops: int = 0) -> Rendered:
 
 def write_strip(crops: list[np.ndarray], path: Path, per_row: int = 25) -> None:
     """Consecutive mouth crops in rows of `per_row` frames (one second at 25 fps), as a PNG."""
-    import cv2
-
-    from avatar.contracts.atomic import atomic_path
 
     rows = []
     for start in range(0, len(crops), per_row):
-        row = crops[start: start + per_row]
+        row = crops[start : start + per_row]
         row = row + [np.zeros_like(crops[0])] * (per_row - len(row))
         rows.append(np.concatenate(row, axis=1))
     with atomic_path(path) as tmp:
@@ -135,13 +136,23 @@ def _filled(openings: np.ndarray) -> np.ndarray:
     return np.interp(np.arange(len(openings)), np.flatnonzero(ok), openings[ok])
 
 
-def score(rendered: Rendered, own: np.ndarray, truth: np.ndarray | None = None, loudness: np.ndarray | None = None,
-          vowels: np.ndarray | None = None, fps: float = 25.0) -> dict:
+def score(
+    rendered: Rendered,
+    own: np.ndarray,
+    truth: np.ndarray | None = None,
+    loudness: np.ndarray | None = None,
+    vowels: np.ndarray | None = None,
+    fps: float = 25.0,
+) -> dict:
     """The measures of the module docstring for one method's rendered openings."""
     pred = _filled(rendered.openings)
     closed = closed_threshold(own)
-    out = {"face_detected": rendered.detected, "motion_ratio": motion_ratio(pred, own),
-           "opening_mean": float(np.mean(pred)), "closed_threshold": closed}
+    out = {
+        "face_detected": rendered.detected,
+        "motion_ratio": motion_ratio(pred, own),
+        "opening_mean": float(np.mean(pred)),
+        "closed_threshold": closed,
+    }
     if truth is not None:
         lag0, best, lag = lagged_correlation(pred, truth[: len(pred)])
         out.update({"corr_lag0": lag0, "corr_best": best, "best_lag": lag})
@@ -151,7 +162,7 @@ def score(rendered: Rendered, own: np.ndarray, truth: np.ndarray | None = None, 
         out["silent_frames"] = int(quiet.sum())
         out["silent_closed"] = float(np.mean(pred[quiet] <= closed)) if quiet.any() else float("nan")
         found = pauses(quiet, int(np.ceil(PAUSE_S * fps)))
-        inner = [pred[s + EDGE_FRAMES: max(e - EDGE_FRAMES, s + EDGE_FRAMES + 1)] for s, e in found]
+        inner = [pred[s + EDGE_FRAMES : max(e - EDGE_FRAMES, s + EDGE_FRAMES + 1)] for s, e in found]
         out["pauses"] = len(found)
         out["pauses_closed"] = float(np.mean([seg.max() <= closed for seg in inner])) if found else float("nan")
     if vowels is not None:
@@ -160,15 +171,19 @@ def score(rendered: Rendered, own: np.ndarray, truth: np.ndarray | None = None, 
     return out
 
 
-def drive(head, audio: Path, num_frames: int, fps: float, batch: int, landmarker, deform: bool,
-          keep_crops: int = 0, pose: str = "track") -> Rendered:
+def drive(
+    head,
+    audio: Path,
+    num_frames: int,
+    fps: float,
+    batch: int,
+    landmarker,
+    deform: bool,
+    keep_crops: int = 0,
+    pose: str = "track",
+) -> Rendered:
     """Render the first `num_frames` frames of `audio` as `avatar render --pose POSE` would (the person's
     blinks) and detect their openings."""
-    import torch
-
-    from avatar.eval.frames import quantize
-    from avatar.model.driving import audio_windows, blink_schedule
-    from avatar.render.video import driven_batches
 
     def limited():
         seen = 0
@@ -196,19 +211,29 @@ def person_openings(head, run: Path, own: Dataset | None) -> np.ndarray:
     if head.driving.openings is not None:
         return head.driving.openings
     if own is None:
-        raise UserError(f"{run}: the avatar does not record its person's mouth openings (made by an older "
-                        "version) and its dataset is not at hand. Give it with --dataset PATH, or retrain.")
+        raise UserError(
+            f"{run}: the avatar does not record its person's mouth openings (made by an older "
+            "version) and its dataset is not at hand. Give it with --dataset PATH, or retrain."
+        )
     return own.mouth_openings(own.indices("train"))
 
 
-def cross_driven(head, run: Path, drive_dataset: Path | None, drive_audio: Path | None, max_frames: int | None,
-                 batch: int, own: Dataset | None, baselines: bool = True, strip: Path | None = None,
-                 pose: str = "track", own_voice_row: bool = True) -> dict:
+def cross_driven(
+    head,
+    run: Path,
+    drive_dataset: Path | None,
+    drive_audio: Path | None,
+    max_frames: int | None,
+    batch: int,
+    own: Dataset | None,
+    baselines: bool = True,
+    strip: Path | None = None,
+    pose: str = "track",
+    own_voice_row: bool = True,
+) -> dict:
     """metrics.json's dict of a cross-driven evaluation (see the module docstring); `strip`: where to write
     the avatar's mouth crops of the first STRIP_FRAMES frames as a PNG; `pose`: the renders' head motion;
     `own_voice_row`: also score the avatar on its own held-out voice when `own` is given."""
-    from avatar.audio.io import SAMPLE_RATE, load_audio, num_frames_for
-    from avatar.eval.landmarks import FaceLandmarker
 
     own_open = person_openings(head, run, own)
     truth = None
@@ -224,8 +249,10 @@ def cross_driven(head, run: Path, drive_dataset: Path | None, drive_audio: Path 
     count = num_frames_for(len(wave), SAMPLE_RATE, fps)
     count = min(count, max_frames or count, len(truth) if truth is not None else count)
     if count < 3:
-        raise UserError(f"{audio}: {len(wave) / SAMPLE_RATE:.2f} s of audio drives {count} frames; at least 3 are "
-                        "needed to score the mouth's motion. Give longer audio.")
+        raise UserError(
+            f"{audio}: {len(wave) / SAMPLE_RATE:.2f} s of audio drives {count} frames; at least 3 are "
+            "needed to score the mouth's motion. Give longer audio."
+        )
     if truth is not None:
         truth = truth[:count]
     methods = {}
@@ -240,23 +267,22 @@ def cross_driven(head, run: Path, drive_dataset: Path | None, drive_audio: Path 
             methods[name] = score(rendered, own_open, truth, loud, vowels, fps)
             methods[name]["frames"] = n
         if truth is not None:
-            methods["driver_real"] = score(Rendered(truth, 1.0), own_open, truth, frame_loudness(wave, fps, len(truth)),
-                                           None, fps)
+            methods["driver_real"] = score(
+                Rendered(truth, 1.0), own_open, truth, frame_loudness(wave, fps, len(truth)), None, fps
+            )
         if own_voice_row and own is not None:
             if own.manifest.features.extractor == head.driving.features.extractor:
                 methods["own_voice"] = own_voice(head, own, landmarker, batch)
             else:
-                print(f"note: no own-voice row: {own.root} now holds {own.manifest.features.extractor!r} audio "
-                      f"features, the avatar was trained on {head.driving.features.extractor!r}.")
+                print(
+                    f"note: no own-voice row: {own.root} now holds {own.manifest.features.extractor!r} audio "
+                    f"features, the avatar was trained on {head.driving.features.extractor!r}."
+                )
     return {"run": str(run), **source, "fps": fps, "pose": pose, "max_lag": MAX_LAG, "methods": methods}
 
 
 def own_voice(head, dataset: Dataset, landmarker, batch: int) -> dict:
     """The avatar on its own held-out voice (validation frames, tracked pose), scored like the others."""
-    import torch
-
-    from avatar.audio.io import load_audio
-    from avatar.eval.frames import frame_conditions, quantize
 
     val = dataset.indices("val")
     audio = dataset.audio_windows(head.audio_context, val)
@@ -265,9 +291,9 @@ def own_voice(head, dataset: Dataset, landmarker, batch: int) -> dict:
 
     def images():
         for start in range(0, len(val), batch):
-            idx = val[start: start + batch]
+            idx = val[start : start + batch]
             with torch.no_grad():
-                cond = frame_conditions(dataset, idx, audio[start: start + len(idx)], device, clip_gain)
+                cond = frame_conditions(dataset, idx, audio[start : start + len(idx)], device, clip_gain)
                 yield quantize(head.render(cond)["rgb"])
 
     rendered = rendered_openings(images(), landmarker)
@@ -280,8 +306,18 @@ def own_voice(head, dataset: Dataset, landmarker, batch: int) -> dict:
 
 
 def format_drive_table(result: dict) -> str:
-    cols = ["frames", "corr_lag0", "corr_best", "best_lag", "motion_ratio", "silent_closed", "pauses_closed",
-            "vowels_open", "loudness_corr", "face_detected"]
+    cols = [
+        "frames",
+        "corr_lag0",
+        "corr_best",
+        "best_lag",
+        "motion_ratio",
+        "silent_closed",
+        "pauses_closed",
+        "vowels_open",
+        "loudness_corr",
+        "face_detected",
+    ]
     lines = [f"{'method':<13}" + "".join(f"{c:>14}" for c in cols)]
     for name, m in result["methods"].items():
         cells = "".join(f"{m[c]:>14.3f}" if isinstance(m.get(c), float) else f"{str(m.get(c, '-')):>14}" for c in cols)

@@ -10,26 +10,39 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
+from avatar.audio.io import load_audio
 from avatar.contracts.atomic import atomic_path, write_json
 from avatar.contracts.dataset import Dataset, DatasetLayout, bit_mask
 from avatar.contracts.face_mesh import lip_contour_ids
 from avatar.device import resolve_device
 from avatar.errors import UserError
+from avatar.eval.baselines import NearestAudioBaseline, static_head_frames
 from avatar.eval.config import EvalConfig
+from avatar.eval.cross_drive import cross_driven, format_drive_table
 from avatar.eval.frames import frame_conditions, render_frames, resize_mask, resize_rgb, to_chw
 from avatar.eval.landmarks import LANDMARK_SCALE, FaceLandmarker
 from avatar.eval.scorer import REGIONS, FrameRegions, SequenceScorer, mouth_boxes
+from avatar.metrics.lpips import LPIPS
+from avatar.model.talking_head import TalkingHead
+from avatar.render.mux import AUDIO_RATE, VideoWriter
 
 # metric -> True when higher is better; margins are signed so that positive means "the avatar is better"
-HIGHER_IS_BETTER = {**{f"{metric}{suffix}": metric != "lpips" for suffix in ("", *(f"_{r}" for r in REGIONS))
-                       for metric in ("psnr", "ssim", "lpips")},
-                    "lmd": False, "lmd_centred": False, "mouth_corr": True}
+HIGHER_IS_BETTER = {
+    **{
+        f"{metric}{suffix}": metric != "lpips"
+        for suffix in ("", *(f"_{r}" for r in REGIONS))
+        for metric in ("psnr", "ssim", "lpips")
+    },
+    "lmd": False,
+    "lmd_centred": False,
+    "mouth_corr": True,
+}
 LIP_SYNC_METRICS = ("lmd", "mouth_corr")  # the avatar must beat both baselines on these
 # the ground truth itself at the evaluation resolution, scored like a method: the best score reachable at this
 # resolution (its LMD is the landmark detector's noise floor once images are this small). Not a baseline.
@@ -39,8 +52,9 @@ REFERENCE = "ground_truth"
 FrameSource = Callable[[np.ndarray, object, np.ndarray], np.ndarray]
 
 
-def frame_regions(dataset: Dataset, indices: np.ndarray, boxes: np.ndarray, size: int,
-                  device: torch.device) -> FrameRegions:
+def frame_regions(
+    dataset: Dataset, indices: np.ndarray, boxes: np.ndarray, size: int, device: torch.device
+) -> FrameRegions:
     """The regions of dataset frames `indices` at the evaluation size: head, torso and background from the
     dataset's masks (each mask file read once), and their mouth boxes."""
     bits = [dataset.mask_bits(i) for i in indices]
@@ -49,8 +63,9 @@ def frame_regions(dataset: Dataset, indices: np.ndarray, boxes: np.ndarray, size
         stack = np.stack([resize_mask(bit_mask(b, name), size) != invert for b in bits])
         return torch.from_numpy(stack)[:, None].to(device)
 
-    return FrameRegions({"head": masks("head"), "torso": masks("torso"), "background": masks("person", invert=True)},
-                        boxes)
+    return FrameRegions(
+        {"head": masks("head"), "torso": masks("torso"), "background": masks("person", invert=True)}, boxes
+    )
 
 
 def _margins(methods: dict[str, dict]) -> dict[str, dict[str, float | None]]:
@@ -68,22 +83,25 @@ def _margins(methods: dict[str, dict]) -> dict[str, dict[str, float | None]]:
     return out
 
 
-def evaluate(head, dataset: Dataset, indices: np.ndarray, cfg: EvalConfig, video_path: Path | None,
-             device: torch.device) -> dict:
+def evaluate(
+    head, dataset: Dataset, indices: np.ndarray, cfg: EvalConfig, video_path: Path | None, device: torch.device
+) -> dict:
     """Render and score every method on `indices`; stream the side-by-side video. Returns metrics.json's dict."""
-    from avatar.eval.baselines import NearestAudioBaseline, static_head_frames
-    from avatar.metrics.lpips import LPIPS
 
     size = cfg.resolution or head.resolution
     feature_window = dataset.manifest.features.window
     if feature_window != head.feature_window:
-        raise UserError(f"{cfg.run}: the avatar expects audio windows of {head.feature_window} rows, the dataset "
-                        f"{dataset.root} has {feature_window}. Evaluate the avatar on the dataset it was trained on.")
+        raise UserError(
+            f"{cfg.run}: the avatar expects audio windows of {head.feature_window} rows, the dataset "
+            f"{dataset.root} has {feature_window}. Evaluate the avatar on the dataset it was trained on."
+        )
     trained_on, holds = head.driving.features.extractor, dataset.manifest.features.extractor
     if trained_on != holds:
-        raise UserError(f"{dataset.root}: holds {holds!r} audio features, the avatar {cfg.run} was trained on "
-                        f"{trained_on!r}. Rebuild the features with `avatar preprocess VIDEO --out {dataset.root} "
-                        "--features ...` (only that step runs), or retrain the avatar.")
+        raise UserError(
+            f"{dataset.root}: holds {holds!r} audio features, the avatar {cfg.run} was trained on "
+            f"{trained_on!r}. Rebuild the features with `avatar preprocess VIDEO --out {dataset.root} "
+            "--features ...` (only that step runs), or retrain the avatar."
+        )
     audio = dataset.audio_windows(head.audio_context, indices)  # [n, C, W, F], the clip's own statistics
     clip_gain = head.audio_encoder.clip_gain([audio])  # the evaluated frames heard as one clip
     sources: dict[str, FrameSource] = {"avatar": lambda idx, cond, truth: render_frames(head, cond, size)}
@@ -107,35 +125,50 @@ def evaluate(head, dataset: Dataset, indices: np.ndarray, cfg: EvalConfig, video
                 truth = np.stack([resize_rgb(f, size) for f in gt_full])
                 gt = to_chw(truth, device)
                 regions = frame_regions(dataset, idx, boxes[start : start + len(idx)], size, device)
-                cond = frame_conditions(dataset, idx, audio[start: start + len(idx)], device, clip_gain)
+                cond = frame_conditions(dataset, idx, audio[start : start + len(idx)], device, clip_gain)
                 for name, source in sources.items():
                     t0 = time.perf_counter()
                     frames = source(idx, cond, truth)  # [B, size, size, 3] uint8
                     seconds[name] += time.perf_counter() - t0
                     scorers[name].add(to_chw(frames, device), gt, regions, gt_landmarks)
                     if name == "avatar" and write_video is not None:
-                        write_video(np.stack([np.concatenate([resize_rgb(truth, cfg.video_size),
-                                                              resize_rgb(pred, cfg.video_size)], axis=1)
-                                              for truth, pred in zip(gt_full, frames)]))
+                        write_video(
+                            np.stack(
+                                [
+                                    np.concatenate(
+                                        [resize_rgb(truth, cfg.video_size), resize_rgb(pred, cfg.video_size)], axis=1
+                                    )
+                                    for truth, pred in zip(gt_full, frames)
+                                ]
+                            )
+                        )
                 print(f"[eval] {min(start + cfg.batch_size, len(indices))}/{len(indices)} frames", flush=True)
-    methods = {name: {**scorer.summary(), "seconds_per_frame": seconds[name] / len(indices)}
-               for name, scorer in scorers.items()}
+    methods = {
+        name: {**scorer.summary(), "seconds_per_frame": seconds[name] / len(indices)}
+        for name, scorer in scorers.items()
+    }
     result = {
-        "run": str(cfg.run), "dataset": str(dataset.root), "split": cfg.split,
-        "frames": [int(indices[0]), int(indices[-1]) + 1], "resolution": size, "landmark_scale": LANDMARK_SCALE,
-        "mouth_box_side": int(boxes[0, 1] - boxes[0, 0]), "lpips_net": cfg.lpips_net, "methods": methods,
+        "run": str(cfg.run),
+        "dataset": str(dataset.root),
+        "split": cfg.split,
+        "frames": [int(indices[0]), int(indices[-1]) + 1],
+        "resolution": size,
+        "landmark_scale": LANDMARK_SCALE,
+        "mouth_box_side": int(boxes[0, 1] - boxes[0, 0]),
+        "lpips_net": cfg.lpips_net,
+        "methods": methods,
     }
     if cfg.baselines:
         margins = _margins(methods)
         result["margins"] = margins  # positive: the avatar is better by this much
         result["avatar_beats_baselines"] = {
-            key: all(m[key] is not None and m[key] > 0 for m in margins.values()) for key in LIP_SYNC_METRICS}
+            key: all(m[key] is not None and m[key] > 0 for m in margins.values()) for key in LIP_SYNC_METRICS
+        }
     return result
 
 
 def _clip_audio(dataset: Dataset, indices: np.ndarray, sample_rate: int) -> np.ndarray:
     """[S] mono float32 audio of frames indices[0] .. indices[-1], from the start of the first."""
-    from avatar.audio.io import load_audio
 
     wave = load_audio(dataset.root / dataset.manifest.audio["file"], sample_rate)
     a = int(round(indices[0] / dataset.fps * sample_rate))
@@ -150,7 +183,6 @@ def _side_by_side(path: Path | None, dataset: Dataset, indices: np.ndarray, pane
     if path is None:
         yield None
         return
-    from avatar.render.mux import AUDIO_RATE, VideoWriter
 
     if panel % 2:
         raise UserError(f"--video-size {panel}: must be even (H.264 needs even frame sizes).")
@@ -158,6 +190,7 @@ def _side_by_side(path: Path | None, dataset: Dataset, indices: np.ndarray, pane
     with atomic_path(path) as tmp:
         writer = VideoWriter(tmp, 2 * panel, panel, dataset.fps, audio_channels=1)
         try:
+
             def write(frames: np.ndarray) -> None:
                 writer.write_frames(frames)
                 end = writer.samples_until(writer.frames_written)
@@ -172,11 +205,16 @@ def _side_by_side(path: Path | None, dataset: Dataset, indices: np.ndarray, pane
 
 def format_table(result: dict) -> str:
     """The methods as rows, the main metrics as columns; then PSNR / SSIM / LPIPS per region."""
+
     def table(cols: list[str], width: int = 12) -> list[str]:
         lines = [f"{'method':<14}" + "".join(f"{c:>{width}}" for c in cols)]
         for name, m in result["methods"].items():
-            lines.append(f"{name:<14}" + "".join(f"{m[c]:>{width}.4f}" if isinstance(m.get(c), float)
-                                                 else f"{str(m.get(c)):>{width}}" for c in cols))
+            lines.append(
+                f"{name:<14}"
+                + "".join(
+                    f"{m[c]:>{width}.4f}" if isinstance(m.get(c), float) else f"{str(m.get(c)):>{width}}" for c in cols
+                )
+            )
         return lines
 
     main = table(["psnr", "ssim", "lpips", "lmd", "lmd_centred", "mouth_corr", "mouth_motion", "face_detected"], 14)
@@ -191,12 +229,16 @@ def evaluation_dataset(head, run: Path, override: Path | None) -> Dataset:
     path = Path(recorded["path"])
     if override is None:
         if not DatasetLayout(path).manifest.is_file():
-            raise UserError(f"{run}: the avatar was trained on the dataset {path}, which is no longer there. "
-                            "Give its new place with `avatar eval RUN --dataset PATH`.")
+            raise UserError(
+                f"{run}: the avatar was trained on the dataset {path}, which is no longer there. "
+                "Give its new place with `avatar eval RUN --dataset PATH`."
+            )
         dataset = Dataset(path)
         if dataset.manifest_sha256() != recorded["manifest_sha256"]:
-            raise UserError(f"{path}: not the dataset the avatar {run} was trained on (rebuilt or changed since: "
-                            "its manifest differs). Give the original with --dataset PATH, or retrain the avatar.")
+            raise UserError(
+                f"{path}: not the dataset the avatar {run} was trained on (rebuilt or changed since: "
+                "its manifest differs). Give the original with --dataset PATH, or retrain the avatar."
+            )
         return dataset
     dataset = Dataset(override)
     if dataset.manifest_sha256() != recorded["manifest_sha256"]:
@@ -206,7 +248,6 @@ def evaluation_dataset(head, run: Path, override: Path | None) -> Dataset:
 
 def run_cross_driven(cfg: EvalConfig, head) -> dict:
     """`avatar eval RUN --drive DATASET` or `--drive-audio FILE` (avatar.eval.cross_drive)."""
-    from avatar.eval.cross_drive import cross_driven, format_drive_table
 
     try:
         own = evaluation_dataset(head, Path(cfg.run), cfg.dataset)
@@ -215,8 +256,18 @@ def run_cross_driven(cfg: EvalConfig, head) -> dict:
         own = None
     name = Path(cfg.drive or cfg.drive_audio).stem
     out = cfg.out or Path(cfg.run) / "eval" / f"drive_{name}"
-    result = cross_driven(head, Path(cfg.run), cfg.drive, cfg.drive_audio, cfg.max_frames, cfg.batch_size, own,
-                          cfg.baselines, out / "mouth_strip.png", cfg.pose)
+    result = cross_driven(
+        head,
+        Path(cfg.run),
+        cfg.drive,
+        cfg.drive_audio,
+        cfg.max_frames,
+        cfg.batch_size,
+        own,
+        cfg.baselines,
+        out / "mouth_strip.png",
+        cfg.pose,
+    )
     write_json(out / "metrics.json", result)
     print(format_drive_table(result))
     print(f"wrote {out / 'metrics.json'} and {out / 'mouth_strip.png'} (the avatar's mouth, frame by frame)")
@@ -224,7 +275,6 @@ def run_cross_driven(cfg: EvalConfig, head) -> dict:
 
 
 def run(cfg: EvalConfig) -> dict:
-    from avatar.model.talking_head import TalkingHead
 
     device = resolve_device(cfg.device)
     torch.set_num_threads(cfg.threads)
@@ -241,8 +291,10 @@ def run(cfg: EvalConfig) -> dict:
     dataset = evaluation_dataset(head, Path(cfg.run), cfg.dataset)
     indices = dataset.indices(cfg.split)[: cfg.max_frames]
     if len(indices) < 3:
-        raise UserError(f"{dataset.root}: the {cfg.split} split has {len(indices)} frames; at least 3 are needed "
-                        "for the mouth-opening correlation. Use a longer clip or --split train.")
+        raise UserError(
+            f"{dataset.root}: the {cfg.split} split has {len(indices)} frames; at least 3 are needed "
+            "for the mouth-opening correlation. Use a longer clip or --split train."
+        )
     out = cfg.out or Path(cfg.run) / "eval"
     video_path = out / "side_by_side.mp4" if cfg.video else None
     result = evaluate(head, dataset, indices, cfg, video_path, device)

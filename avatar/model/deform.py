@@ -52,15 +52,21 @@ class SpatialAudioAttention(nn.Module):
         super().__init__()
         d = cfg.token_dim
         self.position_scale = cfg.position_scale_m
-        self.token_proj = nn.ModuleDict({
-            "audio": nn.Linear(audio_dim, d), "expression": nn.Linear(expression_dim, d),
-            "blink": nn.Linear(2, d), "pose": nn.Linear(POSE_DIM, d),
-        })
+        self.token_proj = nn.ModuleDict(
+            {
+                "audio": nn.Linear(audio_dim, d),
+                "expression": nn.Linear(expression_dim, d),
+                "blink": nn.Linear(2, d),
+                "pose": nn.Linear(POSE_DIM, d),
+            }
+        )
         self.null_token = nn.Parameter(torch.randn(d) * 0.1)
         self.query = nn.Linear(feature_dim, d)
         self.key = nn.Linear(d, d)
         self.value = nn.Linear(d, d)
-        self.trunk = nn.Sequential(nn.Linear(feature_dim + d, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, cfg.hidden), nn.ReLU())
+        self.trunk = nn.Sequential(
+            nn.Linear(feature_dim + d, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, cfg.hidden), nn.ReLU()
+        )
         self.out = nn.Linear(cfg.hidden, 3 + 4 + 3 + 1 + 3)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
@@ -81,6 +87,11 @@ class SpatialAudioAttention(nn.Module):
         b, n = attended.shape[:2]
         h = self.trunk(torch.cat([features.expand(b, n, -1), attended], -1))
         o = self.out(h)
-        offsets = Offsets(means=o[..., 0:3] * self.position_scale, quats=o[..., 3:7], log_scales=o[..., 7:10],
-                          opacity_logits=o[..., 10], colours=o[..., 11:14])
+        offsets = Offsets(
+            means=o[..., 0:3] * self.position_scale,
+            quats=o[..., 3:7],
+            log_scales=o[..., 7:10],
+            opacity_logits=o[..., 10],
+            colours=o[..., 11:14],
+        )
         return offsets, attn

@@ -8,11 +8,15 @@ trained on may be gone), so a video and the viewer move the head and blink the s
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 import numpy as np
+from scipy.ndimage import gaussian_filter1d
+from scipy.spatial.transform import Rotation
 
 from avatar.audio.features import SpeechFeatures, extractor_named
 from avatar.audio.streaming import AudioScan, clip_feature_stats, scan_audio, window_chunks
@@ -53,42 +57,59 @@ class DrivingData:
     openings: np.ndarray | None = None
 
     @staticmethod
-    def from_dataset(dataset: Dataset) -> "DrivingData":
+    def from_dataset(dataset: Dataset) -> DrivingData:
         train = dataset.indices("train")
         m = dataset.manifest
-        source = SourceVideo(path=str(m.source["path"]), sha256=str(m.source.get("sha256", "")),
-                             width=int(m.source["width"]), height=int(m.source["height"]),
-                             time_origin_s=float(m.source.get("time_origin_s", 0.0)), crop=m.crop,
-                             first_frame=int(train[0]))
+        source = SourceVideo(
+            path=str(m.source["path"]),
+            sha256=str(m.source.get("sha256", "")),
+            width=int(m.source["width"]),
+            height=int(m.source["height"]),
+            time_origin_s=float(m.source.get("time_origin_s", 0.0)),
+            crop=m.crop,
+            first_frame=int(train[0]),
+        )
         return DrivingData(
             fps=float(dataset.fps),
             rotations=np.array(dataset.tracking("rotation")[train], np.float32),
             translations=np.array(dataset.tracking("translation")[train], np.float32),
             body=np.array(dataset.body_motion().codes[train], np.float32),
-            blinks=dataset.blinks()[train], features=m.features, source=source,
+            blinks=dataset.blinks()[train],
+            features=m.features,
+            source=source,
             dataset={"path": str(dataset.root.resolve()), "manifest_sha256": dataset.manifest_sha256()},
             openings=dataset.mouth_openings(train).astype(np.float32),
         )
 
     def to_dict(self) -> dict:
-        import dataclasses
 
-        return {"fps": self.fps, "rotations": self.rotations, "translations": self.translations, "body": self.body,
-                "blinks": self.blinks,
-                "features": dataclasses.asdict(self.features),
-                "source": {**dataclasses.asdict(self.source), "crop": dataclasses.asdict(self.source.crop)},
-                "dataset": dict(self.dataset), "mouth_openings": self.openings}
+        return {
+            "fps": self.fps,
+            "rotations": self.rotations,
+            "translations": self.translations,
+            "body": self.body,
+            "blinks": self.blinks,
+            "features": dataclasses.asdict(self.features),
+            "source": {**dataclasses.asdict(self.source), "crop": dataclasses.asdict(self.source.crop)},
+            "dataset": dict(self.dataset),
+            "mouth_openings": self.openings,
+        }
 
     @staticmethod
-    def from_dict(data: dict) -> "DrivingData":
+    def from_dict(data: dict) -> DrivingData:
         source = dict(data["source"])
         source["crop"] = Crop(**source["crop"])
-        return DrivingData(fps=float(data["fps"]), rotations=np.asarray(data["rotations"], np.float32),
-                           translations=np.asarray(data["translations"], np.float32),
-                           body=np.asarray(data["body"], np.float32),
-                           blinks=np.asarray(data["blinks"], np.float32), features=FeatureInfo(**data["features"]),
-                           source=SourceVideo(**source), dataset=dict(data["dataset"]),
-                           openings=None if data.get("mouth_openings") is None else np.asarray(data["mouth_openings"], np.float32))
+        return DrivingData(
+            fps=float(data["fps"]),
+            rotations=np.asarray(data["rotations"], np.float32),
+            translations=np.asarray(data["translations"], np.float32),
+            body=np.asarray(data["body"], np.float32),
+            blinks=np.asarray(data["blinks"], np.float32),
+            features=FeatureInfo(**data["features"]),
+            source=SourceVideo(**source),
+            dataset=dict(data["dataset"]),
+            openings=None if data.get("mouth_openings") is None else np.asarray(data["mouth_openings"], np.float32),
+        )
 
     def __len__(self) -> int:
         return len(self.rotations)
@@ -97,8 +118,9 @@ class DrivingData:
 # ----- head pose
 
 
-def track_positions(driving: DrivingData, num_frames: int, mode: PoseMode, fps: float | None = None,
-                    first_frame: int = 0) -> np.ndarray:
+def track_positions(
+    driving: DrivingData, num_frames: int, mode: PoseMode, fps: float | None = None, first_frame: int = 0
+) -> np.ndarray:
     """[num_frames] rows of the pose track that output frames first_frame.. show. "track"/"smooth" run
     through the training frames forward, then backward, and so on (no jump at the turn); output time maps to
     training time when `fps` differs from the training video's."""
@@ -117,10 +139,14 @@ def track_positions(driving: DrivingData, num_frames: int, mode: PoseMode, fps: 
 def typical_pose_index(driving: DrivingData) -> int:
     """Row of the pose track nearest the median pose (each of the 6 pose parameters measured in its own
     standard deviations): a natural, frontal-ish still pose."""
-    from scipy.spatial.transform import Rotation
 
-    params = np.concatenate([Rotation.from_matrix(driving.rotations.astype(np.float64)).as_rotvec(),
-                             driving.translations.astype(np.float64)], axis=1)  # [n, 6]
+    params = np.concatenate(
+        [
+            Rotation.from_matrix(driving.rotations.astype(np.float64)).as_rotvec(),
+            driving.translations.astype(np.float64),
+        ],
+        axis=1,
+    )  # [n, 6]
     z = (params - np.median(params, 0)) / (params.std(0) + 1e-9)
     return int(np.argmin((z**2).sum(1)))
 
@@ -128,8 +154,6 @@ def typical_pose_index(driving: DrivingData) -> int:
 def _smoothed_track(driving: DrivingData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rotations [n, 3, 3], translations [n, 3] and body codes [n, K] Gaussian-smoothed over time. The ends are
     mirrored, which is exactly how the back-and-forth loop continues them, so the loop stays smooth."""
-    from scipy.ndimage import gaussian_filter1d
-    from scipy.spatial.transform import Rotation
 
     sigma = SMOOTH_SIGMA_S * driving.fps
     quats = Rotation.from_matrix(driving.rotations.astype(np.float64)).as_quat()
@@ -141,8 +165,9 @@ def _smoothed_track(driving: DrivingData) -> tuple[np.ndarray, np.ndarray, np.nd
     return rotation, translation, body
 
 
-def pose_schedule(driving: DrivingData, num_frames: int, mode: PoseMode, fps: float | None = None,
-                  first_frame: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pose_schedule(
+    driving: DrivingData, num_frames: int, mode: PoseMode, fps: float | None = None, first_frame: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Head-to-camera rotations [num_frames, 3, 3], translations [num_frames, 3] and body codes [num_frames, K]
     (float32) of output frames first_frame.. : the training poses looped back and forth ("track"), one
     typical pose ("still"), or the loop of a smoothed track ("smooth")."""
@@ -232,9 +257,15 @@ def feature_extractor(info: FeatureInfo) -> SpeechFeatures:
     return extractor
 
 
-def driving_windows(scan: AudioScan, features: FeatureInfo, fps: float, context: int,
-                    chunk_frames: int, extractor: SpeechFeatures | None = None,
-                    stats: tuple[np.ndarray, np.ndarray] | None = None) -> Iterator[np.ndarray]:
+def driving_windows(
+    scan: AudioScan,
+    features: FeatureInfo,
+    fps: float,
+    context: int,
+    chunk_frames: int,
+    extractor: SpeechFeatures | None = None,
+    stats: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Iterator[np.ndarray]:
     """Chunks of [b, 2 * context + 1, window, F] windows for the scan's frames at `fps`: the clip's own
     normalised features (`stats`: the clip's statistics when already computed); for a silent clip all zeros,
     the input the audio encoder is trained to answer with the person's closed mouth (a digitally silent clip
@@ -243,15 +274,18 @@ def driving_windows(scan: AudioScan, features: FeatureInfo, fps: float, context:
     num_frames = scan.num_frames(fps)
     if scan.silent:
         rest = np.zeros((2 * context + 1, features.window, features.dim), np.float32)
-        return (np.broadcast_to(rest, (min(chunk_frames, num_frames - first),) + rest.shape)
-                for first in range(0, num_frames, chunk_frames))
+        return (
+            np.broadcast_to(rest, (min(chunk_frames, num_frames - first),) + rest.shape)
+            for first in range(0, num_frames, chunk_frames)
+        )
     extractor = extractor or feature_extractor(features)
     stats = stats if stats is not None else clip_feature_stats(scan, extractor)
     return window_chunks(scan, extractor, stats, fps, features.window, context, chunk_frames)
 
 
-def audio_windows(path: Path | str, driving: DrivingData, context: int, fps: float | None = None,
-                  chunk_frames: int = 200) -> Iterator[np.ndarray]:
+def audio_windows(
+    path: Path | str, driving: DrivingData, context: int, fps: float | None = None, chunk_frames: int = 200
+) -> Iterator[np.ndarray]:
     """Chunks of [b, 2 * context + 1, W, F] normalised feature windows of the frames that `path` drives at
     `fps` (default the training video's), with the clip's own normalisation statistics; memory stays
     bounded for any length of audio. UserError for missing, undecodable, or empty audio."""

@@ -12,10 +12,12 @@ tri-plane feature is still used where it matters, as the query of the audio atte
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -41,10 +43,11 @@ def face_triangles() -> np.ndarray:
     """[T, 3] vertex triangles of mediapipe's face mesh, recovered as the 3-cliques of its tessellation edges.
 
     The edge list is read from its plain-Python module file, without importing mediapipe (seconds of start-up)."""
-    import importlib.util
 
     package = Path(importlib.util.find_spec("mediapipe").origin).parent
-    spec = importlib.util.spec_from_file_location("face_mesh_connections", package / "python/solutions/face_mesh_connections.py")
+    spec = importlib.util.spec_from_file_location(
+        "face_mesh_connections", package / "python/solutions/face_mesh_connections.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     FACEMESH_TESSELATION = module.FACEMESH_TESSELATION  # noqa: N806 - mediapipe's name
@@ -84,7 +87,6 @@ def head_shell(face: np.ndarray, count: int, rng: np.random.Generator) -> np.nda
     phi = math.pi * (1 + 5**0.5) * k
     unit = np.stack([np.sqrt(1 - z**2) * np.cos(phi), np.sqrt(1 - z**2) * np.sin(phi), z], 1)
     points = centre + unit * radii * (1 + 0.04 * rng.standard_normal((n, 1)))
-    import cv2
 
     hull = cv2.convexHull(face[:, :2].astype(np.float32))
     inside = np.array([cv2.pointPolygonTest(hull, (float(x), float(y)), False) >= 0 for x, y in points[:, :2]])
@@ -99,7 +101,9 @@ def landmark_skinning(points: Tensor, landmarks: Tensor, k: int, falloff: float 
     Inverse-distance weights reproduce a landmark's own motion exactly at the landmark; the Gaussian
     falloff (None: none) fades the prior out for points far from every landmark (hair, back of head)."""
     # exact distances (the matrix-product shortcut is off by ~1e-4 m, which would blur the prior at landmarks)
-    dist, index = torch.cdist(points, landmarks, compute_mode="donot_use_mm_for_euclid_dist").topk(min(k, len(landmarks)), dim=1, largest=False)
+    dist, index = torch.cdist(points, landmarks, compute_mode="donot_use_mm_for_euclid_dist").topk(
+        min(k, len(landmarks)), dim=1, largest=False
+    )
     inv = 1.0 / (dist**2 + 1e-12)
     weight = inv / inv.sum(1, keepdim=True)
     if falloff is not None:
@@ -127,8 +131,15 @@ class GaussianSet(nn.Module):
     Parameters: means [N, 3], log_scales [N, 3], quats [N, 4] (wxyz, unnormalised), opacity_logits [N],
     sh [N, (sh_degree + 1)^2, 3]. Buffers: skin_index / skin_weight [N, k] to the canonical landmarks."""
 
-    def __init__(self, means: Tensor, sh_degree: int, skin_index: Tensor, skin_weight: Tensor,
-                 colours: Tensor | None = None, opacity: float = 0.7):
+    def __init__(
+        self,
+        means: Tensor,
+        sh_degree: int,
+        skin_index: Tensor,
+        skin_weight: Tensor,
+        colours: Tensor | None = None,
+        opacity: float = 0.7,
+    ):
         super().__init__()
         n = means.shape[0]
         self.sh_degree = sh_degree
@@ -187,12 +198,20 @@ class GaussianSet(nn.Module):
         sh = self.sh.detach().cpu()
         dc = sh[:, 0].numpy()
         rest = sh[:, 1:].transpose(1, 2).reshape(n, -1).numpy()  # viewers expect channel-major rest terms
-        cols = [self.means.detach().cpu().numpy(), np.zeros((n, 3), np.float32), dc, rest,
-                self.opacity_logits.detach().cpu().numpy()[:, None], self.log_scales.detach().cpu().numpy(),
-                self.quats.detach().cpu().numpy()]
-        names = (["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
-                 + [f"f_rest_{i}" for i in range(rest.shape[1])]
-                 + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"])
+        cols = [
+            self.means.detach().cpu().numpy(),
+            np.zeros((n, 3), np.float32),
+            dc,
+            rest,
+            self.opacity_logits.detach().cpu().numpy()[:, None],
+            self.log_scales.detach().cpu().numpy(),
+            self.quats.detach().cpu().numpy(),
+        ]
+        names = (
+            ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
+            + [f"f_rest_{i}" for i in range(rest.shape[1])]
+            + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+        )
         data = np.concatenate(cols, 1).astype("<f4")
         header = "ply\nformat binary_little_endian 1.0\n" + f"element vertex {n}\n"
         header += "".join(f"property float {name}\n" for name in names) + "end_header\n"

@@ -24,13 +24,15 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from avatar.cuda.hash_triplane import cuda_extension_error, hash_triplane_encode
 from avatar.errors import UserError
 
 # (first axis, second axis) of each plane, in the order their features are concatenated.
@@ -71,12 +73,16 @@ class GridLayout:
 def grid_layout(cfg: HashTriplaneConfig) -> GridLayout:
     """Level scales, resolutions and table sizes, computed in float32 as tiny-cuda-nn does."""
     if cfg.num_levels < 1 or cfg.features_per_level < 1 or cfg.base_resolution < 2:
-        raise UserError(f"hash tri-plane config: num_levels ({cfg.num_levels}), features_per_level "
-                        f"({cfg.features_per_level}) and base_resolution ({cfg.base_resolution}) are too small. "
-                        "Use num_levels >= 1, features_per_level >= 1, base_resolution >= 2.")
+        raise UserError(
+            f"hash tri-plane config: num_levels ({cfg.num_levels}), features_per_level "
+            f"({cfg.features_per_level}) and base_resolution ({cfg.base_resolution}) are too small. "
+            "Use num_levels >= 1, features_per_level >= 1, base_resolution >= 2."
+        )
     if cfg.max_resolution < cfg.base_resolution:
-        raise UserError(f"hash tri-plane config: max_resolution ({cfg.max_resolution}) < base_resolution "
-                        f"({cfg.base_resolution}). Make max_resolution at least base_resolution.")
+        raise UserError(
+            f"hash tri-plane config: max_resolution ({cfg.max_resolution}) < base_resolution "
+            f"({cfg.base_resolution}). Make max_resolution at least base_resolution."
+        )
     if cfg.num_levels > 1:
         per_level_scale = math.exp(math.log(cfg.max_resolution / cfg.base_resolution) / (cfg.num_levels - 1))
     else:
@@ -145,12 +151,15 @@ class HashTriplane(nn.Module):
         bbox_min_t = torch.as_tensor(bbox_min, dtype=torch.float32).reshape(3)
         bbox_max_t = torch.as_tensor(bbox_max, dtype=torch.float32).reshape(3)
         if not bool((bbox_max_t > bbox_min_t).all()):
-            raise UserError(f"hash tri-plane: empty bounding box {bbox_min_t.tolist()} .. {bbox_max_t.tolist()}. "
-                            "bbox_max must exceed bbox_min on every axis.")
+            raise UserError(
+                f"hash tri-plane: empty bounding box {bbox_min_t.tolist()} .. {bbox_max_t.tolist()}. "
+                "bbox_max must exceed bbox_min on every axis."
+            )
         self.register_buffer("bbox_min", bbox_min_t)
         self.register_buffer("bbox_max", bbox_max_t)
         self.tables = nn.Parameter(  # [3, E, F]: one tcnn-compatible table per plane
-            torch.empty(3, self.layout.entries_per_plane, cfg.features_per_level).uniform_(-1e-4, 1e-4))
+            torch.empty(3, self.layout.entries_per_plane, cfg.features_per_level).uniform_(-1e-4, 1e-4)
+        )
         self.out_dim = 3 * cfg.num_levels * cfg.features_per_level
         self._tcnn_encoders: list | None = None  # built lazily, never registered (they must not own parameters)
         self._warned_fallback = False
@@ -170,8 +179,6 @@ class HashTriplane(nn.Module):
         if backend == "tcnn":
             return self._encode_tcnn(coords)
         if backend == "cuda":
-            from avatar.cuda.hash_triplane import hash_triplane_encode
-
             return hash_triplane_encode(coords, self.tables, self.layout)
         return encode_planes_torch(coords, self.tables, self.layout)
 
@@ -185,45 +192,57 @@ class HashTriplane(nn.Module):
         if not points.is_cuda:
             if impl == "auto":
                 return "torch"
-            raise UserError(f"hash tri-plane: implementation={impl!r} needs CUDA tensors but the points are on "
-                            f"{points.device}. Use implementation='auto' or 'torch' on CPU.")
+            raise UserError(
+                f"hash tri-plane: implementation={impl!r} needs CUDA tensors but the points are on "
+                f"{points.device}. Use implementation='auto' or 'torch' on CPU."
+            )
         if impl in ("auto", "tcnn") and tcnn_available():
             return "tcnn"
         if impl == "tcnn":
-            raise UserError("hash tri-plane: implementation='tcnn' but tinycudann is not importable. Build "
-                            "tiny-cuda-nn's torch bindings on this GPU machine, or use implementation='cuda' / 'auto'.")
+            raise UserError(
+                "hash tri-plane: implementation='tcnn' but tinycudann is not importable. Build "
+                "tiny-cuda-nn's torch bindings on this GPU machine, or use implementation='cuda' / 'auto'."
+            )
         unsupported = kernel_limits_error(self.cfg)
         if impl == "cuda":
             if unsupported:
                 raise UserError(f"hash tri-plane: implementation='cuda': {unsupported}. Use implementation='torch'.")
             return "cuda"
-        from avatar.cuda.hash_triplane import cuda_extension_error
 
         error = unsupported or cuda_extension_error()
         if error is None:
             return "cuda"
         if not self._warned_fallback:
-            warnings.warn(f"hash tri-plane: our CUDA kernel is unavailable ({error}); using the torch backend.")
+            warnings.warn(
+                f"hash tri-plane: our CUDA kernel is unavailable ({error}); using the torch backend.", stacklevel=2
+            )
             self._warned_fallback = True
         return "torch"
 
     def _encode_tcnn(self, coords: Tensor) -> Tensor:
-        import tinycudann as tcnn
+        import tinycudann as tcnn  # noqa: PLC0415 - optional CUDA backend
 
         if self._tcnn_encoders is None:
-            config = {"otype": "HashGrid", "n_levels": self.cfg.num_levels,
-                      "n_features_per_level": self.cfg.features_per_level,
-                      "log2_hashmap_size": self.cfg.log2_hashmap_size, "base_resolution": self.cfg.base_resolution,
-                      "per_level_scale": self.layout.per_level_scale, "interpolation": "Linear"}
+            config = {
+                "otype": "HashGrid",
+                "n_levels": self.cfg.num_levels,
+                "n_features_per_level": self.cfg.features_per_level,
+                "log2_hashmap_size": self.cfg.log2_hashmap_size,
+                "base_resolution": self.cfg.base_resolution,
+                "per_level_scale": self.layout.per_level_scale,
+                "interpolation": "Linear",
+            }
             try:  # fp32 parameters where the bindings allow choosing (newer tcnn); fp16 copies otherwise
                 encoders = [tcnn.Encoding(2, config, dtype=torch.float32) for _ in PLANE_AXES]
             except TypeError:
                 encoders = [tcnn.Encoding(2, config) for _ in PLANE_AXES]
             for encoder in encoders:
                 if encoder.params.numel() != self.tables[0].numel():
-                    raise UserError(f"tinycudann: its 2D hash grid has {encoder.params.numel()} parameters per plane, "
-                                    f"ours {self.tables[0].numel()}; this tiny-cuda-nn version lays the grid out "
-                                    "differently. Use implementation='cuda'.")
+                    raise UserError(
+                        f"tinycudann: its 2D hash grid has {encoder.params.numel()} parameters per plane, "
+                        f"ours {self.tables[0].numel()}; this tiny-cuda-nn version lays the grid out "
+                        "differently. Use implementation='cuda'."
+                    )
                 del encoder._parameters["params"]  # our tables are the parameters; tcnn only computes
             self._tcnn_encoders = encoders
         outputs = []
@@ -244,7 +263,7 @@ def kernel_limits_error(cfg: HashTriplaneConfig) -> str | None:
 
 def tcnn_available() -> bool:
     try:
-        import tinycudann  # noqa: F401
+        import tinycudann  # noqa: F401, PLC0415 - optional CUDA backend
     except Exception:  # ImportError, or its CUDA runtime failing to load
         return False
     return True

@@ -58,5 +58,11 @@ def mouth_gaussians(canonical_face: np.ndarray, cfg: MouthConfig, sh_degree: int
     index = np.concatenate([upper[ui], lower[li]], 1)
     weight = np.concatenate([(1 - a) * uw, a * lw], 1)
     colours = torch.full((n, 3), 0.15)  # the dark of the mouth; teeth are learned
-    return GaussianSet(torch.from_numpy(points).float(), sh_degree, torch.from_numpy(index), torch.from_numpy(weight),
-                       colours=colours, opacity=0.9)
+    return GaussianSet(
+        torch.from_numpy(points).float(),
+        sh_degree,
+        torch.from_numpy(index),
+        torch.from_numpy(weight),
+        colours=colours,
+        opacity=0.9,
+    )

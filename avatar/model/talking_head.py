@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from avatar.config_io import from_dict, to_dict
+from avatar.contracts.atomic import atomic_path, load_versioned
 from avatar.contracts.camera import Intrinsics
 from avatar.errors import UserError
 from avatar.model.audio_encoder import AudioEncoder, AudioEncoderConfig
@@ -52,14 +53,23 @@ class FrameConditions:
     clip_gain: float = 1.0  # the driving clip's motion gain (AudioEncoder.clip_gain)
 
     @staticmethod
-    def from_arrays(device: torch.device | str, audio: np.ndarray, rotation: np.ndarray, translation: np.ndarray,
-                    blink: np.ndarray, body: np.ndarray, clip_gain: float = 1.0) -> "FrameConditions":
+    def from_arrays(
+        device: torch.device | str,
+        audio: np.ndarray,
+        rotation: np.ndarray,
+        translation: np.ndarray,
+        blink: np.ndarray,
+        body: np.ndarray,
+        clip_gain: float = 1.0,
+    ) -> FrameConditions:
         """The same fields as numpy arrays (any float dtype), as float32 tensors on `device`."""
+
         def tensor(array: np.ndarray) -> Tensor:
             return torch.from_numpy(np.ascontiguousarray(array, np.float32)).to(device)
 
-        return FrameConditions(tensor(audio), tensor(rotation), tensor(translation), tensor(blink), tensor(body),
-                               clip_gain)
+        return FrameConditions(
+            tensor(audio), tensor(rotation), tensor(translation), tensor(blink), tensor(body), clip_gain
+        )
 
 
 @dataclass
@@ -85,7 +95,9 @@ class HeadSpec:
 
 def _empty_set(sh_degree: int, neighbours: int) -> GaussianSet:
     """A zero-sized set: loading a state dict resizes it (see GaussianSet._load_from_state_dict)."""
-    return GaussianSet(torch.zeros(0, 3), sh_degree, torch.zeros(0, neighbours, dtype=torch.long), torch.zeros(0, neighbours))
+    return GaussianSet(
+        torch.zeros(0, 3), sh_degree, torch.zeros(0, neighbours, dtype=torch.long), torch.zeros(0, neighbours)
+    )
 
 
 class TalkingHead(nn.Module):
@@ -113,7 +125,9 @@ class TalkingHead(nn.Module):
         self.register_buffer("reference_translation", torch.zeros(3))  # the training frames' mean head position
         self.register_buffer("canonical_face", torch.zeros(478, 3))
         self.register_buffer("expression_basis", torch.zeros(spec.code_dim, 478, 3))
-        self.register_buffer("to_code", torch.zeros(spec.expression_dim, spec.code_dim))  # see audio_encoder.expression_to_code
+        self.register_buffer(
+            "to_code", torch.zeros(spec.expression_dim, spec.code_dim)
+        )  # see audio_encoder.expression_to_code
         self.register_buffer("code_mean", torch.zeros(spec.code_dim))
         self.register_buffer("plate", torch.zeros(spec.resolution, spec.resolution, 3))
         self._feature_cache: tuple[Tensor, Tensor] | None = None
@@ -133,11 +147,11 @@ class TalkingHead(nn.Module):
         if not self.training and self._feature_cache is not None:
             return self._feature_cache
         both = self.triplane(torch.cat([self.head.means, self.mouth.means]))
-        features = (both[: len(self.head)], both[len(self.head):])
+        features = (both[: len(self.head)], both[len(self.head) :])
         self._feature_cache = None if self.training else tuple(f.detach() for f in features)
         return features
 
-    def train(self, mode: bool = True) -> "TalkingHead":
+    def train(self, mode: bool = True) -> TalkingHead:
         self._feature_cache = None
         return super().train(mode)
 
@@ -146,16 +160,27 @@ class TalkingHead(nn.Module):
         super()._load_from_state_dict(*args, **kwargs)
 
     # ------------------------------------------------------------------ rendering
-    def forward(self, embedding: Tensor, expression: Tensor, blink: Tensor, rotation: Tensor, translation: Tensor,
-                body: Tensor, background: Tensor, mode: Mode = "full", show_torso: bool = True,
-                camera: Camera | None = None, code: Tensor | None = None) -> dict[str, Tensor]:
+    def forward(
+        self,
+        embedding: Tensor,
+        expression: Tensor,
+        blink: Tensor,
+        rotation: Tensor,
+        translation: Tensor,
+        body: Tensor,
+        background: Tensor,
+        mode: Mode = "full",
+        show_torso: bool = True,
+        camera: Camera | None = None,
+        code: Tensor | None = None,
+    ) -> dict[str, Tensor]:
         """Differentiable render of B frames.
 
         embedding [B, A] audio embedding; expression [B, E] normalised expression (audio-predicted, or the
         tracked targets while training); blink [B, 2]; rotation [B, 3, 3], translation [B, 3] head pose;
         body [B, K] the body's motion codes; background [H, W, 3] or [B, H, W, 3]; code [B, P] overrides the
-        expression code the landmark prior uses (the canonical fit passes the tracked one). Returns "rgb" [B, H, W, 3], "alpha" [B, H, W, 1] (head and
-        torso coverage) and "head_alpha" [B, H, W, 1]."""
+        expression code the landmark prior uses (the canonical fit passes the tracked one). Returns "rgb"
+        [B, H, W, 3], "alpha" [B, H, W, 1] (head and torso coverage) and "head_alpha" [B, H, W, 1]."""
         b = rotation.shape[0]
         offsets = [None, None]
         displacement = [torch.zeros(b, len(s), 3, device=rotation.device) for s in (self.head, self.mouth)]
@@ -166,14 +191,21 @@ class TalkingHead(nn.Module):
             head_features, mouth_features = self.gaussian_features()
             pose = pose_features(rotation, translation, self.reference_translation)
             tokens = self.head_deform.tokens(embedding, expression, blink, pose)
-            offsets = [self.head_deform(head_features, tokens)[0],
-                       self.mouth_deform(mouth_features, self.mouth_deform.tokens(embedding, expression, blink, pose))[0]]
+            offsets = [
+                self.head_deform(head_features, tokens)[0],
+                self.mouth_deform(mouth_features, self.mouth_deform.tokens(embedding, expression, blink, pose))[0],
+            ]
         colours, alphas = [], []
         for i in range(b):
-            gaussians = _concat([_frame_gaussians(s, displacement[k][i], offsets[k], i)
-                                 for k, s in enumerate((self.head, self.mouth))], self.head.sh_degree)
-            cam = camera if camera is not None else Camera(_world_to_cam(rotation[i], translation[i]), self.K,
-                                                           self.resolution, self.resolution)
+            gaussians = _concat(
+                [_frame_gaussians(s, displacement[k][i], offsets[k], i) for k, s in enumerate((self.head, self.mouth))],
+                self.head.sh_degree,
+            )
+            cam = (
+                camera
+                if camera is not None
+                else Camera(_world_to_cam(rotation[i], translation[i]), self.K, self.resolution, self.resolution)
+            )
             out = rasterize(gaussians, cam, backend=self.spec.backend)  # premultiplied, over nothing
             colours.append(out.rgb)
             alphas.append(out.alpha)
@@ -182,55 +214,78 @@ class TalkingHead(nn.Module):
         return {"rgb": stacked.onto(background), "alpha": stacked.alpha, "head_alpha": head.alpha}
 
     @torch.no_grad()
-    def render(self, cond: FrameConditions, background: Tensor | None = None, deform: bool = True,
-               camera: Camera | None = None, show_torso: bool = True) -> dict[str, Tensor]:
+    def render(
+        self,
+        cond: FrameConditions,
+        background: Tensor | None = None,
+        deform: bool = True,
+        camera: Camera | None = None,
+        show_torso: bool = True,
+    ) -> dict[str, Tensor]:
         """Audio-driven frames: "rgb" [B, H, W, 3] 0..1, "alpha" [B, H, W, 1]. background None: the plate.
         deform False renders the static canonical head (the baseline). A `camera` other than the training
         one sees the head from there (its world frame is the canonical head frame); the torso layer and the
         plate stay those of the training camera."""
         self.eval()
         embedding, expression = self.audio_encoder(cond.audio, clip_gain=cond.clip_gain)
-        out = self.forward(embedding, expression, cond.blink, cond.rotation, cond.translation, cond.body,
-                           self.plate if background is None else background, "full" if deform else "static",
-                           show_torso, camera)
+        out = self.forward(
+            embedding,
+            expression,
+            cond.blink,
+            cond.rotation,
+            cond.translation,
+            cond.body,
+            self.plate if background is None else background,
+            "full" if deform else "static",
+            show_torso,
+            camera,
+        )
         return {"rgb": out["rgb"].clamp(0, 1), "alpha": out["alpha"]}
 
     # ------------------------------------------------------------------ files
     def save(self, path: Path | str) -> None:
         """The self-contained avatar file: settings, weights, driving data and a checksum of the payload."""
-        from avatar.contracts.atomic import atomic_path
 
         if self.driving is None:
             raise ValueError("an avatar is saved with its driving data (DrivingData.from_dataset)")
         state = self.state_dict()
         driving = self.driving.to_dict()
-        payload = {"format_version": AVATAR_FORMAT_VERSION, "spec": to_dict(self.spec), "driving": driving,
-                   "state_dict": state, "checksum": payload_checksum(state, driving)}
+        payload = {
+            "format_version": AVATAR_FORMAT_VERSION,
+            "spec": to_dict(self.spec),
+            "driving": driving,
+            "state_dict": state,
+            "checksum": payload_checksum(state, driving),
+        }
         with atomic_path(path) as tmp:
             torch.save(payload, tmp)
 
     @classmethod
-    def from_state(cls, spec: dict, state_dict: dict, driving: DrivingData | None = None) -> "TalkingHead":
+    def from_state(cls, spec: dict, state_dict: dict, driving: DrivingData | None = None) -> TalkingHead:
         """The one way to rebuild an avatar from saved settings (avatar files and training checkpoints)."""
         head = cls(from_dict(HeadSpec, spec, _spec_template(spec)), driving)
         head.load_state_dict(state_dict)
         return head
 
     @classmethod
-    def from_file(cls, path: Path | str, device: str | torch.device = "cpu") -> "TalkingHead":
-        from avatar.contracts.atomic import load_versioned
+    def from_file(cls, path: Path | str, device: str | torch.device = "cpu") -> TalkingHead:
 
         path = Path(path)
-        data = load_versioned(path, AVATAR_FORMAT_VERSION, "avatar file",
-                              "Retrain the avatar with this version of `avatar train`.")
+        data = load_versioned(
+            path, AVATAR_FORMAT_VERSION, "avatar file", "Retrain the avatar with this version of `avatar train`."
+        )
         state, driving = data["state_dict"], data["driving"]
         if data.get("checksum") != payload_checksum(state, driving):
-            raise UserError(f"{path}: the avatar file is damaged (its content does not match the checksum written "
-                            "when it was saved). Copy it again from a good source, or retrain with `avatar train`.")
+            raise UserError(
+                f"{path}: the avatar file is damaged (its content does not match the checksum written "
+                "when it was saved). Copy it again from a good source, or retrain with `avatar train`."
+            )
         bad = [name for name, t in state.items() if t.is_floating_point() and torch.isnan(t).any()]  # (an unbounded
         if bad:  # clamp is a legitimate infinity)
-            raise UserError(f"{path}: the avatar holds weights that are not numbers (NaN: {', '.join(bad[:3])}): its "
-                            "training diverged. Retrain it (a lower learning rate, or another --seed).")
+            raise UserError(
+                f"{path}: the avatar holds weights that are not numbers (NaN: {', '.join(bad[:3])}): its "
+                "training diverged. Retrain it (a lower learning rate, or another --seed)."
+            )
         try:
             head = cls.from_state(data["spec"], state, DrivingData.from_dict(driving))
         except (KeyError, TypeError, RuntimeError) as exc:
@@ -238,21 +293,22 @@ class TalkingHead(nn.Module):
         return head.to(device).eval()
 
     @classmethod
-    def load(cls, run_dir: Path | str, device: str | torch.device = "cpu") -> "TalkingHead":
+    def load(cls, run_dir: Path | str, device: str | torch.device = "cpu") -> TalkingHead:
         """The final avatar of a run directory (`RUN/avatar.pt`)."""
         run_dir = Path(run_dir)
         path = run_dir / "avatar.pt"
         if not run_dir.is_dir():
             raise UserError(f"{run_dir}: no such run directory. Train one with `avatar train DATASET --out {run_dir}`.")
         if not path.is_file():
-            raise UserError(f"{path}: missing; training has not finished. Run the same `avatar train ... --out "
-                            f"{run_dir}` command again to resume it.")
+            raise UserError(
+                f"{path}: missing; training has not finished. Run the same `avatar train ... --out "
+                f"{run_dir}` command again to resume it."
+            )
         return cls.from_file(path, device)
 
 
 def payload_checksum(state_dict: dict, driving: dict) -> str:
     """sha256 over every tensor and array of an avatar file (names, shapes, types, bytes), in name order."""
-    import numpy as np
 
     digest = hashlib.sha256()
     items = [(f"state/{k}", v) for k, v in state_dict.items()] + [(f"driving/{k}", v) for k, v in driving.items()]
@@ -270,7 +326,11 @@ def payload_checksum(state_dict: dict, driving: dict) -> str:
 
 def _spec_template(data: dict) -> HeadSpec:
     """A HeadSpec with the saved required fields (from_dict fills the rest, nested configs included)."""
-    required = [f.name for f in dataclasses.fields(HeadSpec) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    required = [
+        f.name
+        for f in dataclasses.fields(HeadSpec)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     return HeadSpec(**{name: data[name] for name in required})
 
 
@@ -294,5 +354,7 @@ def _frame_gaussians(s: GaussianSet, displacement: Tensor, offsets: Offsets | No
 
 
 def _concat(parts: list[Gaussians], sh_degree: int) -> Gaussians:
-    return Gaussians(*(torch.cat([getattr(p, name) for p in parts]) for name in ("means", "quats", "scales", "opacities", "colors")),
-                     sh_degree=sh_degree)
+    return Gaussians(
+        *(torch.cat([getattr(p, name) for p in parts]) for name in ("means", "quats", "scales", "opacities", "colors")),
+        sh_degree=sh_degree,
+    )

@@ -20,17 +20,17 @@ class Layer:
     alpha: Tensor  # [..., H, W, 1] in 0..1
 
     @staticmethod
-    def from_render(render: RenderOutput) -> "Layer":
+    def from_render(render: RenderOutput) -> Layer:
         """A render made without a background is already premultiplied."""
         return Layer(render.rgb, render.alpha)
 
     @staticmethod
-    def from_image(rgb: Tensor, mask: Tensor) -> "Layer":
+    def from_image(rgb: Tensor, mask: Tensor) -> Layer:
         """A straight (unpremultiplied) image [..., H, W, 3] cut out by a matte [..., H, W] or [..., H, W, 1]."""
         alpha = mask if mask.dim() == rgb.dim() else mask[..., None]
         return Layer(rgb * alpha, alpha)
 
-    def over(self, below: "Layer") -> "Layer":
+    def over(self, below: Layer) -> Layer:
         """This layer in front of `below` (Porter-Duff over)."""
         return Layer(self.colour + (1.0 - self.alpha) * below.colour, self.alpha + (1.0 - self.alpha) * below.alpha)
 

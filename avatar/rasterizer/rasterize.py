@@ -13,11 +13,12 @@ import torch
 from torch import Tensor
 
 from avatar.errors import UserError
+from avatar.rasterizer import gsplat_backend, torch_backend
 from avatar.rasterizer.types import Backend, Camera, Gaussians, RasterSettings, RenderOutput
 
 
 def resolve_backend(backend: Backend, device: torch.device) -> Literal["cuda", "torch"]:
-    """"auto" picks gsplat's CUDA kernels for CUDA tensors, else the torch reference."""
+    """ "auto" picks gsplat's CUDA kernels for CUDA tensors, else the torch reference."""
     if backend == "torch":
         return "torch"
     cuda_ready = torch.cuda.is_available() and device.type == "cuda"
@@ -43,12 +44,9 @@ def rasterize(
     """Render Gaussians front to back into RGB, alpha and expected depth; differentiable in every parameter."""
     settings = settings or RasterSettings()
     _check_inputs(gaussians, camera)
-    if resolve_backend(backend, gaussians.means.device) == "cuda":
-        from avatar.rasterizer.gsplat_backend import render_premultiplied
-    else:
-        from avatar.rasterizer.torch_backend import render_premultiplied
+    chosen = gsplat_backend if resolve_backend(backend, gaussians.means.device) == "cuda" else torch_backend
     # colour_sum [H, W, 3], alpha [H, W, 1], depth_sum [H, W, 1]
-    colour_sum, alpha, depth_sum, info = render_premultiplied(gaussians, camera, settings)
+    colour_sum, alpha, depth_sum, info = chosen.render_premultiplied(gaussians, camera, settings)
     rgb = colour_sum if background is None else colour_sum + (1.0 - alpha) * _background(background, camera)
     depth = depth_sum / alpha.clamp(min=1e-10)
     return RenderOutput(rgb=rgb, alpha=alpha, depth=depth, info=info)
@@ -72,7 +70,9 @@ def _check_inputs(g: Gaussians, camera: Camera) -> None:
         if tuple(g.colors.shape) != (n, 3):
             raise ValueError(f"RGB Gaussians.colors must be [{n}, 3], got {list(g.colors.shape)}")
     elif tuple(g.colors.shape) != (n, (g.sh_degree + 1) ** 2, 3) or not 0 <= g.sh_degree <= 3:
-        raise ValueError(f"SH Gaussians.colors must be [{n}, (sh_degree + 1) ** 2, 3] with sh_degree in 0..3, "
-                         f"got {list(g.colors.shape)} with sh_degree={g.sh_degree}")
+        raise ValueError(
+            f"SH Gaussians.colors must be [{n}, (sh_degree + 1) ** 2, 3] with sh_degree in 0..3, "
+            f"got {list(g.colors.shape)} with sh_degree={g.sh_degree}"
+        )
     if tuple(camera.world_to_cam.shape) != (4, 4) or tuple(camera.K.shape) != (3, 3):
         raise ValueError("Camera.world_to_cam must be [4, 4] and Camera.K [3, 3]")

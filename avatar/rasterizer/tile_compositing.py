@@ -102,8 +102,17 @@ class CompositeTiles(torch.autograd.Function):
     [T, P, C] (weights times features) and final transmittance [T, P]."""
 
     @staticmethod
-    def forward(ctx, means2d, conics, opacities, features, lists: TileLists, depth_block: int,
-                chunk_elements: int, alpha_threshold: float):
+    def forward(
+        ctx,
+        means2d,
+        conics,
+        opacities,
+        features,
+        lists: TileLists,
+        depth_block: int,
+        chunk_elements: int,
+        alpha_threshold: float,
+    ):
         dtype, device = means2d.dtype, means2d.device
         basis = pixel_basis(lists.tile_size, dtype, device)
         pixels = basis.shape[0]

@@ -16,8 +16,8 @@ import torch
 from gsplat.cuda._torch_impl import _persp_proj, _quat_scale_to_covar_preci, _spherical_harmonics, _world_to_cam
 from torch import Tensor
 
-from avatar.rasterizer.types import Camera, Gaussians, RasterSettings
 from avatar.rasterizer.tile_compositing import CompositeTiles, TileLists
+from avatar.rasterizer.types import Camera, Gaussians, RasterSettings
 
 EXTENT_SIGMAS = 3.33  # bounding-box half size in standard deviations (opacity may shrink it)
 
@@ -134,10 +134,12 @@ def render_premultiplied(g: Gaussians, camera: Camera, s: RasterSettings) -> tup
     tile_xy = torch.stack([tiles % tiles_x, tiles // tiles_x], dim=-1)  # [T, 2]
     local = torch.arange(ts * ts, device=device)
     inside = ((tile_xy[:, :1] * ts + local % ts) < W) & ((tile_xy[:, 1:] * ts + local // ts) < H)  # [T, P]
-    lists = TileLists(bins.gaussian_ids, bins.offsets[tiles], bins.counts[tiles],
-                      (tile_xy * ts).to(dtype) + ts / 2, inside, ts)
-    colour_depth, t_final = CompositeTiles.apply(means2d, p.conics, p.opacities, features, lists,
-                                                 s.torch_depth_block, s.chunk_elements, s.alpha_threshold)
+    lists = TileLists(
+        bins.gaussian_ids, bins.offsets[tiles], bins.counts[tiles], (tile_xy * ts).to(dtype) + ts / 2, inside, ts
+    )
+    colour_depth, t_final = CompositeTiles.apply(
+        means2d, p.conics, p.opacities, features, lists, s.torch_depth_block, s.chunk_elements, s.alpha_threshold
+    )
     tile_image = torch.cat([colour_depth, 1.0 - t_final[..., None]], dim=-1)  # [T, P, 5]
 
     # Zero times the inputs keeps an empty frame in the autograd graph, as gsplat's outputs always are.
@@ -147,6 +149,12 @@ def render_premultiplied(g: Gaussians, camera: Camera, s: RasterSettings) -> tup
     canvas = canvas.index_copy(0, tiles, tile_image)
     image = canvas.view(tiles_y, tiles_x, ts, ts, -1).permute(0, 2, 1, 3, 4).reshape(tiles_y * ts, tiles_x * ts, -1)
     image = image[:H, :W]
-    info = {"means2d": means2d_batched, "radii": p.radii[None], "width": W, "height": H, "n_cameras": 1,
-            "gaussian_ids": None}
+    info = {
+        "means2d": means2d_batched,
+        "radii": p.radii[None],
+        "width": W,
+        "height": H,
+        "n_cameras": 1,
+        "gaussian_ids": None,
+    }
     return image[..., :3], image[..., 4:5], image[..., 3:4], info

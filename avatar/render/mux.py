@@ -27,9 +27,18 @@ def frame_rate(fps: float) -> Fraction:
 class VideoWriter:
     """Writes [B, H, W, 3] uint8 RGB frames and float32 [n, C] sound into `path` (format from its suffix)."""
 
-    def __init__(self, path: Path, width: int, height: int, fps: float, audio_channels: int, crf: int = 18,
-                 speed: str = "veryfast", audio_kbps: int = 160):
-        import av
+    def __init__(
+        self,
+        path: Path,
+        width: int,
+        height: int,
+        fps: float,
+        audio_channels: int,
+        crf: int = 18,
+        speed: str = "veryfast",
+        audio_kbps: int = 160,
+    ):
+        import av  # noqa: PLC0415 - media libraries (absent from the GPU image) load when a file is read
 
         if width % 2 or height % 2:
             raise ValueError(f"H.264 4:2:0 needs even frame sizes, got {width}x{height}")
@@ -52,7 +61,7 @@ class VideoWriter:
         return int(round(frame / self.rate * AUDIO_RATE))
 
     def write_frames(self, rgb: np.ndarray) -> None:
-        import av
+        import av  # noqa: PLC0415 - media libraries (absent from the GPU image) load when a file is read
 
         for image in rgb:
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
@@ -62,7 +71,7 @@ class VideoWriter:
 
     def write_audio(self, samples: np.ndarray) -> None:
         """Append [n, channels] float32 sound (n may be 0)."""
-        import av
+        import av  # noqa: PLC0415 - media libraries (absent from the GPU image) load when a file is read
 
         if not len(samples):
             return

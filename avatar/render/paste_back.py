@@ -11,9 +11,12 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import cv2
 import numpy as np
 
+from avatar.contracts.atomic import sha256_of
 from avatar.contracts.dataset import Crop
+from avatar.contracts.video import resampled_frames
 from avatar.errors import UserError
 from avatar.model.driving import SourceVideo
 
@@ -26,8 +29,6 @@ class SourceFrames:
     back-and-forth pose loop costs no seeking and no memory."""
 
     def __init__(self, source: SourceVideo, fps: float):
-        from avatar.contracts.atomic import sha256_of
-        from avatar.contracts.video import resampled_frames
 
         path = Path(source.path)
         if not path.is_file():
@@ -36,9 +37,11 @@ class SourceFrames:
                 "Put it back at that path or render without --paste-back."
             )
         if source.sha256 and sha256_of(path) != source.sha256:
-            raise UserError(f"{path}: not the video this avatar was trained on (its content changed since), so "
-                            "--paste-back would put the face into other frames. Put the original back or render "
-                            "without --paste-back.")
+            raise UserError(
+                f"{path}: not the video this avatar was trained on (its content changed since), so "
+                "--paste-back would put the face into other frames. Put the original back or render "
+                "without --paste-back."
+            )
         self._frames = resampled_frames(path, fps, source.time_origin_s)
         self._cache = tempfile.TemporaryDirectory(prefix="avatar-paste-back-")
         self._decoded = 0
@@ -49,7 +52,6 @@ class SourceFrames:
 
     def __getitem__(self, i: int) -> np.ndarray:
         """[H, W, 3] uint8 RGB source frame of dataset frame i."""
-        import cv2
 
         while self._decoded <= i:
             rgb = next(self._frames, None)
@@ -77,7 +79,6 @@ def feather_weights(size: int) -> np.ndarray:
 
 def paste(rendered: np.ndarray, source: np.ndarray, crop: Crop, weights: np.ndarray) -> np.ndarray:
     """[res, res, 3] uint8 rendered crop + [H, W, 3] source frame -> [H', W', 3] uint8 (even sides)."""
-    import cv2
 
     x0, y0, size = int(round(crop.x0)), int(round(crop.y0)), int(round(crop.size))
     if rendered.shape[0] != size:

@@ -10,14 +10,19 @@ grow with the audio's length: every stage holds at most one chunk. The file appe
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
+import cv2
 import numpy as np
+import torch
+from tqdm import tqdm
 
 from avatar.audio.io import audio_channels, iter_audio
 from avatar.audio.streaming import SampleReader, clip_feature_stats, scan_audio
@@ -25,15 +30,23 @@ from avatar.contracts.atomic import atomic_path
 from avatar.device import resolve_device, set_threads
 from avatar.errors import UserError
 from avatar.model.driving import blink_schedule, driving_windows, feature_extractor, pose_schedule, track_positions
+from avatar.model.talking_head import FrameConditions, TalkingHead
 from avatar.render.config import RenderConfig
 from avatar.render.mux import AUDIO_RATE, VideoWriter
+from avatar.render.paste_back import SourceFrames, feather_weights, output_size, paste
 
 if TYPE_CHECKING:
     from avatar.model.talking_head import FrameConditions, TalkingHead
 
 CONTAINERS = (".mp4", ".mov", ".mkv")
-COLOURS = {"black": (0, 0, 0), "white": (255, 255, 255), "grey": (128, 128, 128), "gray": (128, 128, 128),
-           "green": (0, 177, 64), "blue": (0, 71, 187)}
+COLOURS = {
+    "black": (0, 0, 0),
+    "white": (255, 255, 255),
+    "grey": (128, 128, 128),
+    "gray": (128, 128, 128),
+    "green": (0, 177, 64),
+    "blue": (0, 71, 187),
+}
 
 
 class StageTimer:
@@ -60,8 +73,10 @@ class StageTimer:
             yield item
 
     def report(self, frames: int, audio_s: float, total_s: float) -> str:
-        lines = [f"{frames} frames ({audio_s:.2f} s of audio) in {total_s:.1f} s, "
-                 f"{audio_s / total_s:.2f}x real time", f"  {'stage':<16}{'seconds':>9}{'frames/s':>10}"]
+        lines = [
+            f"{frames} frames ({audio_s:.2f} s of audio) in {total_s:.1f} s, {audio_s / total_s:.2f}x real time",
+            f"  {'stage':<16}{'seconds':>9}{'frames/s':>10}",
+        ]
         for stage, seconds in self.seconds.items():
             lines.append(f"  {stage:<16}{seconds:>9.2f}{frames / max(seconds, 1e-9):>10.1f}")
         lines.append(f"  {'total':<16}{total_s:>9.2f}{frames / max(total_s, 1e-9):>10.1f}")
@@ -71,13 +86,13 @@ class StageTimer:
 def refuse_overwriting_input(out: Path, source: Path, what: str = "the input --audio") -> None:
     """The output must not replace an input it is made from (`--audio clip.mp4 --out clip.mp4`, or the training
     video that --paste-back reads), also through links."""
-    import os
 
     out, source = Path(out), Path(source)
     same = out.resolve() == source.resolve() or (out.exists() and source.exists() and os.path.samefile(out, source))
     if same:
-        raise UserError(f"--out {out}: is {what} {source}; writing it would replace your input. "
-                        "Give another --out path.")
+        raise UserError(
+            f"--out {out}: is {what} {source}; writing it would replace your input. Give another --out path."
+        )
 
 
 def check_output(out: Path) -> Path:
@@ -116,7 +131,6 @@ def sweep_stale_temporaries(out: Path) -> list[Path]:
 
 def background_image(spec: str, resolution: int) -> np.ndarray | None:
     """[resolution, resolution, 3] float32 0..1 from --background, or None for the training plate."""
-    import cv2
 
     spec = spec.strip()
     if spec.lower() == "plate":
@@ -126,7 +140,7 @@ def background_image(spec: str, resolution: int) -> np.ndarray | None:
         rgb = COLOURS[spec.lower()]
     elif spec.startswith("#") and len(spec) == 7:
         try:
-            rgb = tuple(int(spec[i: i + 2], 16) for i in (1, 3, 5))
+            rgb = tuple(int(spec[i : i + 2], 16) for i in (1, 3, 5))
         except ValueError:
             rgb = None
     elif spec.count(",") == 2:
@@ -140,17 +154,21 @@ def background_image(spec: str, resolution: int) -> np.ndarray | None:
         return np.broadcast_to(np.asarray(rgb, np.float32) / 255, (resolution, resolution, 3)).copy()
     image = cv2.imread(spec, cv2.IMREAD_COLOR) if Path(spec).is_file() else None
     if image is None:
-        raise UserError(f"--background {spec}: not 'plate', a colour (white, #20a040, 32,160,64) or a readable image file.")
+        raise UserError(
+            f"--background {spec}: not 'plate', a colour (white, #20a040, 32,160,64) or a readable image file."
+        )
     h, w = image.shape[:2]
     side = min(h, w)  # centre square, then the render size
-    square = image[(h - side) // 2: (h - side) // 2 + side, (w - side) // 2: (w - side) // 2 + side, ::-1]
+    square = image[(h - side) // 2 : (h - side) // 2 + side, (w - side) // 2 : (w - side) // 2 + side, ::-1]
     interp = cv2.INTER_AREA if side > resolution else cv2.INTER_CUBIC
-    return cv2.resize(np.ascontiguousarray(square), (resolution, resolution), interpolation=interp).astype(np.float32) / 255
+    return (
+        cv2.resize(np.ascontiguousarray(square), (resolution, resolution), interpolation=interp).astype(np.float32)
+        / 255
+    )
 
 
 def run(cfg: RenderConfig) -> Path:
     """`avatar render RUN --audio FILE --out OUT.mp4`."""
-    from avatar.model.talking_head import TalkingHead
 
     check_output(cfg.out)
     refuse_overwriting_input(cfg.out, cfg.audio)
@@ -162,10 +180,8 @@ def run(cfg: RenderConfig) -> Path:
     return render_video(cfg, head)
 
 
-def render_video(cfg: RenderConfig, head: "TalkingHead") -> Path:
+def render_video(cfg: RenderConfig, head: TalkingHead) -> Path:
     """Render `cfg.audio` spoken by a loaded avatar into `cfg.out`; returns the path written."""
-    import cv2
-    import torch
 
     start = time.perf_counter()
     out = check_output(cfg.out)
@@ -193,21 +209,26 @@ def render_video(cfg: RenderConfig, head: "TalkingHead") -> Path:
     with timer("audio features"):
         stats = None if scan.silent else clip_feature_stats(scan, extractor)
     with timer("motion gain"):  # a pass over the whole clip first: how lazily this voice moves the mouth
-        clip_gain = head.audio_encoder.clip_gain(driving_windows(
-            scan, driving.features, fps, head.audio_context, cfg.chunk_frames, extractor, stats))
+        clip_gain = head.audio_encoder.clip_gain(
+            driving_windows(scan, driving.features, fps, head.audio_context, cfg.chunk_frames, extractor, stats)
+        )
     print(f"motion gain of this clip: {clip_gain:.2f}")
     # the analyses with their own line in the table, and their time so far (the motion gain's pass)
-    analyses = {label: part for label, part in (("phone decoding", extractor.phonetic),
-                                                ("speech model", extractor.learned)) if part is not None}
+    analyses = {
+        label: part
+        for label, part in (("phone decoding", extractor.phonetic), ("speech model", extractor.learned))
+        if part is not None
+    }
     seconds_before = {label: part.seconds for label, part in analyses.items()}
-    windows = timer.timed("audio features", driving_windows(
-        scan, driving.features, fps, head.audio_context, cfg.chunk_frames, extractor, stats))
-    sound = SampleReader(iter_audio(cfg.audio, AUDIO_RATE, "mono" if channels == 1 else "stereo"),
-                         1 if channels == 1 else 2)
+    windows = timer.timed(
+        "audio features",
+        driving_windows(scan, driving.features, fps, head.audio_context, cfg.chunk_frames, extractor, stats),
+    )
+    sound = SampleReader(
+        iter_audio(cfg.audio, AUDIO_RATE, "mono" if channels == 1 else "stereo"), 1 if channels == 1 else 2
+    )
     source = None
     if cfg.paste_back:
-        from avatar.render.paste_back import SourceFrames, feather_weights, output_size, paste
-
         source = SourceFrames(driving.source, driving.fps)
         width, height = output_size(source.width, source.height)
         weights = feather_weights(int(round(driving.source.crop.size)))
@@ -225,13 +246,17 @@ def render_video(cfg: RenderConfig, head: "TalkingHead") -> Path:
                     if resolution != rgb.shape[1] and not cfg.paste_back:
                         with timer("resize"):
                             interp = cv2.INTER_AREA if rgb.shape[1] > resolution else cv2.INTER_CUBIC
-                            rgb = np.stack([cv2.resize(im, (resolution, resolution), interpolation=interp) for im in rgb])
+                            rgb = np.stack(
+                                [cv2.resize(im, (resolution, resolution), interpolation=interp) for im in rgb]
+                            )
                     if source is not None:
                         with timer("paste-back"):
                             shown = driving.source.first_frame + track_positions(
-                                driving, len(frames), cfg.pose, fps, frames.start)
-                            rgb = np.stack([paste(im, source[j], driving.source.crop, weights)
-                                            for im, j in zip(rgb, shown)])
+                                driving, len(frames), cfg.pose, fps, frames.start
+                            )
+                            rgb = np.stack(
+                                [paste(im, source[j], driving.source.crop, weights) for im, j in zip(rgb, shown)]
+                            )
                     with timer("encode"):
                         writer.write_frames(rgb)
                         writer.write_audio(sound.read(writer.samples_until(frames.stop) - writer.samples_written))
@@ -253,12 +278,18 @@ def render_video(cfg: RenderConfig, head: "TalkingHead") -> Path:
     return out
 
 
-def driven_batches(head: "TalkingHead", windows: Iterator[np.ndarray], blinks: np.ndarray, pose: str, fps: float,
-                   batch_frames: int, clip_gain: float = 1.0) -> Iterator[tuple[range, "FrameConditions"]]:
+def driven_batches(
+    head: TalkingHead,
+    windows: Iterator[np.ndarray],
+    blinks: np.ndarray,
+    pose: str,
+    fps: float,
+    batch_frames: int,
+    clip_gain: float = 1.0,
+) -> Iterator[tuple[range, FrameConditions]]:
     """(output frames, their FrameConditions) in batches of at most `batch_frames`, from chunks of feature
     windows [b, C, W, F] of consecutive frames, the avatar's pose schedule, the blinks [N, 2] and the clip's
     motion gain."""
-    from avatar.model.talking_head import FrameConditions
 
     device = next(head.parameters()).device
     first = 0
@@ -266,12 +297,21 @@ def driven_batches(head: "TalkingHead", windows: Iterator[np.ndarray], blinks: n
         for lo in range(0, len(chunk), batch_frames):
             frames = range(first + lo, first + min(len(chunk), lo + batch_frames))
             rotation, translation, body = pose_schedule(head.driving, len(frames), pose, fps, frames.start)
-            yield frames, FrameConditions.from_arrays(device, chunk[lo: lo + len(frames)], rotation, translation,
-                                                      blinks[frames.start: frames.stop], body, clip_gain)
+            yield (
+                frames,
+                FrameConditions.from_arrays(
+                    device,
+                    chunk[lo : lo + len(frames)],
+                    rotation,
+                    translation,
+                    blinks[frames.start : frames.stop],
+                    body,
+                    clip_gain,
+                ),
+            )
         first += len(chunk)
 
 
 def _progress(total: int):
-    from tqdm import tqdm
 
     return tqdm(total=total, unit="frame", desc="render", disable=not sys.stderr.isatty(), file=sys.stderr)

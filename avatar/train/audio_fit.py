@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from avatar.audio.revoice import VoiceAugmentConfig
+from avatar.audio.features import extractor_named
+from avatar.audio.io import load_audio
+from avatar.audio.revoice import VoiceAugmentConfig, revoiced_copies
 from avatar.contracts.dataset import Dataset
 from avatar.errors import UserError
-from avatar.model.audio_encoder import AudioEncoder, AudioEncoderConfig, ExampleMemory, EncoderMember
+from avatar.model.audio_encoder import AudioEncoder, AudioEncoderConfig, EncoderMember, ExampleMemory
 from avatar.train.context import StopRequested
 from avatar.train.expression import ExpressionSpace
 
@@ -29,8 +31,14 @@ class AudioRows:
     """Normalised feature rows of the training audio (copy 0) and its re-voiced copies [A, T, F], cut into
     each frame's window on demand: all copies of a long clip fit in memory as rows, not as windows."""
 
-    def __init__(self, rows: Tensor, window_rows: Tensor, silence_column: int = -1, energy_column: int = -1,
-                 voice_columns: int = 0):
+    def __init__(
+        self,
+        rows: Tensor,
+        window_rows: Tensor,
+        silence_column: int = -1,
+        energy_column: int = -1,
+        voice_columns: int = 0,
+    ):
         self.rows = rows  # [A, T, F]
         self.voice_columns = voice_columns  # the first columns describe the voice (mel, energy, pitch)
         self.window_rows = window_rows  # [N, W] row indices of each frame's window (avatar.audio.features)
@@ -51,32 +59,37 @@ class AudioRows:
         return self.rows[copy.reshape(lead), rows]
 
     @staticmethod
-    def of(dataset: Dataset, voices: VoiceAugmentConfig, seed: int, log: Callable | None = None) -> "AudioRows":
-        from avatar.audio.features import extractor_named
-        from avatar.audio.io import load_audio
-        from avatar.audio.revoice import revoiced_copies
+    def of(dataset: Dataset, voices: VoiceAugmentConfig, seed: int, log: Callable | None = None) -> AudioRows:
 
         f = dataset.manifest.features
         clean, window_rows = dataset.audio_rows()
         extractor = extractor_named(f.extractor, f.speech_model)
         if extractor is None and f.speech_model:
-            raise UserError(f"{dataset.root}: its audio features come from the speech model saved in {f.speech_model}, "
-                            "which is missing or holds other files now. Put the same model back there, or rebuild "
-                            "the features with `avatar preprocess VIDEO --out DATASET --speech-model DIR`.")
+            raise UserError(
+                f"{dataset.root}: its audio features come from the speech model saved in {f.speech_model}, "
+                "which is missing or holds other files now. Put the same model back there, or rebuild "
+                "the features with `avatar preprocess VIDEO --out DATASET --speech-model DIR`."
+            )
         if extractor is None:
-            raise UserError(f"{dataset.root}: its audio features {f.extractor!r} are not made by this version. "
-                            "Rebuild them with `avatar preprocess VIDEO --out DATASET` (only that step runs).")
+            raise UserError(
+                f"{dataset.root}: its audio features {f.extractor!r} are not made by this version. "
+                "Rebuild them with `avatar preprocess VIDEO --out DATASET` (only that step runs)."
+            )
         if extractor.phonetic is None and log is not None:
-            log(f"note: {dataset.root} has no phonetic audio features ({f.extractor}); the mouth follows other voices "
-                "better with them: rerun `avatar preprocess VIDEO --out DATASET` (only the features step runs)")
+            log(
+                f"note: {dataset.root} has no phonetic audio features ({f.extractor}); the mouth follows other voices "
+                "better with them: rerun `avatar preprocess VIDEO --out DATASET` (only the features step runs)"
+            )
         copies = []
         if voices.copies > 0:
             start = time.perf_counter()
             wave = load_audio(dataset.layout.audio)
             copies = [c[: len(clean)] for c in revoiced_copies(wave, extractor, voices, seed)]
             if log is not None:
-                log(f"audio encoder: {len(copies)} re-voiced copies of the training audio in "
-                    f"{time.perf_counter() - start:.1f} s")
+                log(
+                    f"audio encoder: {len(copies)} re-voiced copies of the training audio in "
+                    f"{time.perf_counter() - start:.1f} s"
+                )
         rows = torch.from_numpy(np.stack([clean] + copies))
         columns = [-1 if c is None else c for c in (extractor.silence_column, extractor.energy_column)]
         voice = extractor.normalized if extractor.phonetic is not None else 0  # without phones nothing would be left
@@ -113,9 +126,22 @@ def _loss(pred: Tensor, target: Tensor, opening: Tensor, cfg: AudioEncoderConfig
     return (err**2).mean() + cfg.opening_weight * ((err @ opening) ** 2).mean()
 
 
-def _fit_member(member: EncoderMember, audio_rows: AudioRows, rows_per_frame: float, targets: Tensor, opening: Tensor,
-                rest: Tensor, fit_ids: np.ndarray, held_ids: np.ndarray, steps: int, cfg: AudioEncoderConfig,
-                gen: torch.Generator, log: Callable | None, tag: str, should_stop: Callable[[], bool]) -> dict:
+def _fit_member(
+    member: EncoderMember,
+    audio_rows: AudioRows,
+    rows_per_frame: float,
+    targets: Tensor,
+    opening: Tensor,
+    rest: Tensor,
+    fit_ids: np.ndarray,
+    held_ids: np.ndarray,
+    steps: int,
+    cfg: AudioEncoderConfig,
+    gen: torch.Generator,
+    log: Callable | None,
+    tag: str,
+    should_stop: Callable[[], bool],
+) -> dict:
     """Train one member on `fit_ids` (each sample from the original audio or a random re-voiced copy), keep
     the state with the lowest loss on `held_ids` of the original audio. Raises StopRequested between two
     steps once `should_stop()` says so (the member is then refitted on resume)."""
@@ -174,9 +200,17 @@ def _fit_member(member: EncoderMember, audio_rows: AudioRows, rows_per_frame: fl
 
 
 @torch.no_grad()
-def choose_memory_blend(encoder: AudioEncoder, windows: Tensor, targets: Tensor, opening: Tensor, rest: Tensor,
-                        splits: list[tuple[np.ndarray, np.ndarray]], span: int, voice_columns: int,
-                        cfg: AudioEncoderConfig) -> dict:
+def choose_memory_blend(
+    encoder: AudioEncoder,
+    windows: Tensor,
+    targets: Tensor,
+    opening: Tensor,
+    rest: Tensor,
+    splits: list[tuple[np.ndarray, np.ndarray]],
+    span: int,
+    voice_columns: int,
+    cfg: AudioEncoderConfig,
+) -> dict:
     """The example memory's k and share that best follow the lip opening on the members' held-out slices.
 
     For each member, its held-out slice is predicted by that member (which never saw it) and by a memory of
@@ -207,14 +241,27 @@ def choose_memory_blend(encoder: AudioEncoder, windows: Tensor, targets: Tensor,
     predicted_std, truth_std = (float(np.mean([row[i] for row in scores[(k, w)]])) for i in (1, 2))
     reliable = mean[(k, w)] >= cfg.gain_min_corr
     gain = float(np.clip(truth_std / max(predicted_std, 1e-9), 1.0, cfg.max_gain)) if reliable else 1.0
-    return {"memory_k": int(k), "memory_weight": float(w), "memory_held_out_corr": mean[(k, w)],
-            "network_held_out_corr": mean[(cfg.memory_k[0], 0.0)], "gain": gain, "reliable": bool(reliable)}
+    return {
+        "memory_k": int(k),
+        "memory_weight": float(w),
+        "memory_held_out_corr": mean[(k, w)],
+        "network_held_out_corr": mean[(cfg.memory_k[0], 0.0)],
+        "gain": gain,
+        "reliable": bool(reliable),
+    }
 
 
-def fit_audio_encoder(dataset: Dataset, space: ExpressionSpace, cfg: AudioEncoderConfig, steps: int, seed: int,
-                      log: Callable[[str], None] | None = None, should_stop: Callable[[], bool] = lambda: False,
-                      finished: list[dict] | None = None,
-                      on_member: Callable[[list[dict]], None] | None = None) -> tuple[AudioEncoder, dict]:
+def fit_audio_encoder(
+    dataset: Dataset,
+    space: ExpressionSpace,
+    cfg: AudioEncoderConfig,
+    steps: int,
+    seed: int,
+    log: Callable[[str], None] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    finished: list[dict] | None = None,
+    on_member: Callable[[list[dict]], None] | None = None,
+) -> tuple[AudioEncoder, dict]:
     """Fit an encoder to `space.targets` on the training frames only.
 
     Each of the `cfg.members` members holds out a different contiguous slice of the training frames for
@@ -238,7 +285,7 @@ def fit_audio_encoder(dataset: Dataset, space: ExpressionSpace, cfg: AudioEncode
     for k, member in enumerate(encoder.members):
         # Members hold out slices spread over the clip: the last, the middle, ... of the training frames.
         end = len(train) - int(round(k * (len(train) - held_len) / max(cfg.members, 1)))
-        held = train[end - held_len:end]
+        held = train[end - held_len : end]
         margin = cfg.context + 1  # frames whose context windows overlap the held-out slice are not fitted
         fit = train[(train < held[0] - margin) | (train > held[-1] + margin)]
         splits.append((fit, held))
@@ -248,8 +295,22 @@ def fit_audio_encoder(dataset: Dataset, space: ExpressionSpace, cfg: AudioEncode
             continue
         torch.manual_seed(seed * 1000 + k)  # dropout draws from the global generator
         gen = torch.Generator().manual_seed(seed * 1000 + k)
-        fitted = _fit_member(member, audio_rows, rows_per_frame, targets, opening, rest, fit, held, steps, cfg, gen, log,
-                             f"{k + 1}/{cfg.members}", should_stop)
+        fitted = _fit_member(
+            member,
+            audio_rows,
+            rows_per_frame,
+            targets,
+            opening,
+            rest,
+            fit,
+            held,
+            steps,
+            cfg,
+            gen,
+            log,
+            f"{k + 1}/{cfg.members}",
+            should_stop,
+        )
         finished.append({"state": member.state_dict(), **fitted})
         if on_member is not None:
             on_member(finished)
@@ -259,8 +320,7 @@ def fit_audio_encoder(dataset: Dataset, space: ExpressionSpace, cfg: AudioEncode
     blend = choose_memory_blend(encoder, plain, targets, opening, rest, splits, span, audio_rows.voice_columns, cfg)
     kept = train[np.linspace(0, len(train) - 1, min(len(train), cfg.memory_max)).round().astype(int)]
     kept_t = torch.as_tensor(kept)
-    encoder.memory.fill(plain[kept_t], targets[kept_t], kept_t, rest, blend["memory_k"], span,
-                        audio_rows.voice_columns)
+    encoder.memory.fill(plain[kept_t], targets[kept_t], kept_t, rest, blend["memory_k"], span, audio_rows.voice_columns)
     encoder.memory.weight = torch.tensor(blend["memory_weight"])
     encoder.gain, encoder.closed = torch.tensor(blend["gain"]), rest.clone()
     encoder.silence_column = torch.tensor(audio_rows.silence_column)
@@ -273,13 +333,19 @@ def fit_audio_encoder(dataset: Dataset, space: ExpressionSpace, cfg: AudioEncode
         stacks = (plain[_context_index(part, cfg.context, audio_rows.num_frames)] for part in parts)
         encoder.speech_spread = torch.tensor(encoder.speaking_spread(stacks, parts))
     if log is not None:
-        log(f"audio encoder: example memory share {blend['memory_weight']:.2f} with k={blend['memory_k']} "
+        log(
+            f"audio encoder: example memory share {blend['memory_weight']:.2f} with k={blend['memory_k']} "
             f"(held-out lip-opening correlation {blend['memory_held_out_corr']:.3f}, network alone "
             f"{blend['network_held_out_corr']:.3f}); motion gain {blend['gain']:.2f}"
-            + ("" if blend["reliable"] else
-               f" (too unreliable to amplify: no per-clip gain either). Warning: with {len(train) / dataset.fps:.0f} s "
-               "of training speech the mouth will follow new audio weakly; a video of 1-3 minutes of the person "
-               "talking gives the audio encoder enough to learn from"))
+            + (
+                ""
+                if blend["reliable"]
+                else " (too unreliable to amplify: no per-clip gain either). Warning: with "
+                f"{len(train) / dataset.fps:.0f} s "
+                "of training speech the mouth will follow new audio weakly; a video of 1-3 minutes of the person "
+                "talking gives the audio encoder enough to learn from"
+            )
+        )
     metrics = {
         "train_seconds": time.perf_counter() - start,
         "held_out_loss": float(np.mean([m["held_out_loss"] for m in finished])),
@@ -294,10 +360,12 @@ def fit_audio_encoder(dataset: Dataset, space: ExpressionSpace, cfg: AudioEncode
 def predict_expression(encoder: AudioEncoder, audio_windows: np.ndarray, batch: int = 256) -> np.ndarray:
     """[N, 2K+1, W, F] windows -> [N, E] predicted targets, in batches."""
     encoder.eval()
-    return np.concatenate([
-        encoder(torch.from_numpy(np.ascontiguousarray(audio_windows[i:i + batch])))[1].numpy()
-        for i in range(0, len(audio_windows), batch)
-    ])
+    return np.concatenate(
+        [
+            encoder(torch.from_numpy(np.ascontiguousarray(audio_windows[i : i + batch])))[1].numpy()
+            for i in range(0, len(audio_windows), batch)
+        ]
+    )
 
 
 def evaluate_encoder(encoder: AudioEncoder, dataset: Dataset, space: ExpressionSpace) -> dict:

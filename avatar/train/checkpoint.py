@@ -34,6 +34,6 @@ class Checkpoint:
             torch.save(self.__dict__, tmp)
 
     @staticmethod
-    def load(path: Path) -> "Checkpoint":
+    def load(path: Path) -> Checkpoint:
         data = load_versioned(path, RUN_FORMAT_VERSION, "checkpoint", "Start a new run with another --out.")
         return Checkpoint(**data)

@@ -11,10 +11,10 @@ import tyro
 from avatar.errors import UserError
 from avatar.model.audio_encoder import AudioEncoderConfig
 from avatar.model.deform import DeformConfig
-from avatar.train.densify import DensifyConfig
 from avatar.model.gaussians import HeadConfig
 from avatar.model.hash_triplane import HashTriplaneConfig
 from avatar.model.mouth import MouthConfig
+from avatar.train.densify import DensifyConfig
 
 
 @dataclass
@@ -23,34 +23,91 @@ class TrainConfig:
 
     # checked by config_io.check_values; the nested configs' ranges are named with dots
     LIMITS: ClassVar[dict] = {
-        "seed": (0, None), "resolution": (16, 4096), "batch_size": (1, None), "audio_steps": (0, None),
-        "canonical_steps": (0, None), "deform_steps": (0, None), "torso_steps": (0, None), "torso_batch_size": (1, None), "lr_means": (0, None), "lr_scales": (0, None),
-        "lr_quats": (0, None), "lr_opacity": (0, None), "lr_colours": (0, None), "lr_network": (0, None),
-        "lr_torso": (0, None), "gaussian_lr_factor": (0, None), "ssim_weight": (0, 1), "lpips_weight": (0, None),
-        "lpips_start": (0, None), "mouth_weight": (0, None), "alpha_weight": (0, None), "teacher_prob": (0, 1),
-        "log_every": (1, None), "image_every": (1, None), "checkpoint_every": (1, None), "val_frames": (1, None),
-        "cache_mb": (0, None), "threads": (1, None), "min_train_frames": (1, None),
-        "head.num_face": (1, None), "head.num_shell": (0, None), "head.max_gaussians": (1, None),
-        "head.sh_degree": (0, 3), "head.skin_neighbours": (1, None), "head.skin_falloff_m": (1e-4, None),
-        "mouth.num_gaussians": (1, None), "mouth.half_height_m": (0, None), "mouth.depth_m": (0, None),
+        "seed": (0, None),
+        "resolution": (16, 4096),
+        "batch_size": (1, None),
+        "audio_steps": (0, None),
+        "canonical_steps": (0, None),
+        "deform_steps": (0, None),
+        "torso_steps": (0, None),
+        "torso_batch_size": (1, None),
+        "lr_means": (0, None),
+        "lr_scales": (0, None),
+        "lr_quats": (0, None),
+        "lr_opacity": (0, None),
+        "lr_colours": (0, None),
+        "lr_network": (0, None),
+        "lr_torso": (0, None),
+        "gaussian_lr_factor": (0, None),
+        "ssim_weight": (0, 1),
+        "lpips_weight": (0, None),
+        "lpips_start": (0, None),
+        "mouth_weight": (0, None),
+        "alpha_weight": (0, None),
+        "teacher_prob": (0, 1),
+        "log_every": (1, None),
+        "image_every": (1, None),
+        "checkpoint_every": (1, None),
+        "val_frames": (1, None),
+        "cache_mb": (0, None),
+        "threads": (1, None),
+        "min_train_frames": (1, None),
+        "head.num_face": (1, None),
+        "head.num_shell": (0, None),
+        "head.max_gaussians": (1, None),
+        "head.sh_degree": (0, 3),
+        "head.skin_neighbours": (1, None),
+        "head.skin_falloff_m": (1e-4, None),
+        "mouth.num_gaussians": (1, None),
+        "mouth.half_height_m": (0, None),
+        "mouth.depth_m": (0, None),
         "mouth.neighbours": (1, None),
-        "densify.start_step": (0, None), "densify.stop_step": (0, None), "densify.every": (1, None),
-        "densify.grow_fraction": (0, 1), "densify.split_scale_m": (0, None), "densify.prune_opacity": (0, 1),
+        "densify.start_step": (0, None),
+        "densify.stop_step": (0, None),
+        "densify.every": (1, None),
+        "densify.grow_fraction": (0, 1),
+        "densify.split_scale_m": (0, None),
+        "densify.prune_opacity": (0, 1),
         "densify.prune_scale_m": (0, None),
-        "deform.token_dim": (1, None), "deform.hidden": (1, None), "deform.position_scale_m": (0, None),
-        "triplane.num_levels": (1, None), "triplane.features_per_level": (1, None),
-        "triplane.log2_hashmap_size": (4, 30), "triplane.base_resolution": (2, None), "triplane.max_resolution": (2, None),
-        "audio.context": (0, None), "audio.channels": (1, None), "audio.embed_dim": (1, None), "audio.heads": (1, None),
-        "audio.layers": (1, None), "audio.dropout": (0, 0.9), "audio.members": (1, None), "audio.lr": (0, None),
-        "audio.weight_decay": (0, None), "audio.batch_size": (1, None), "audio.feature_noise": (0, None),
-        "audio.freq_mask": (0, None), "audio.time_shift": (0, None), "audio.silence_fraction": (0, 1),
-        "audio.opening_weight": (0, None), "audio.holdout_fraction": (0, 0.5), "audio.eval_every": (1, None),
-        "audio.patience": (1, None), "audio.memory_k": (1, None), "audio.memory_weights": (0, 1),
-        "audio.memory_sigma": (0, None), "audio.memory_voice_weight": (0, None), "audio.memory_max": (1, None),
+        "deform.token_dim": (1, None),
+        "deform.hidden": (1, None),
+        "deform.position_scale_m": (0, None),
+        "triplane.num_levels": (1, None),
+        "triplane.features_per_level": (1, None),
+        "triplane.log2_hashmap_size": (4, 30),
+        "triplane.base_resolution": (2, None),
+        "triplane.max_resolution": (2, None),
+        "audio.context": (0, None),
+        "audio.channels": (1, None),
+        "audio.embed_dim": (1, None),
+        "audio.heads": (1, None),
+        "audio.layers": (1, None),
+        "audio.dropout": (0, 0.9),
+        "audio.members": (1, None),
+        "audio.lr": (0, None),
+        "audio.weight_decay": (0, None),
+        "audio.batch_size": (1, None),
+        "audio.feature_noise": (0, None),
+        "audio.freq_mask": (0, None),
+        "audio.time_shift": (0, None),
+        "audio.silence_fraction": (0, 1),
+        "audio.opening_weight": (0, None),
+        "audio.holdout_fraction": (0, 0.5),
+        "audio.eval_every": (1, None),
+        "audio.patience": (1, None),
+        "audio.memory_k": (1, None),
+        "audio.memory_weights": (0, 1),
+        "audio.memory_sigma": (0, None),
+        "audio.memory_voice_weight": (0, None),
+        "audio.memory_max": (1, None),
         "audio.max_gain": (1, None),
         "audio.gain_min_corr": (-1, 1),
-        "audio.voices.copies": (0, None), "audio.voices.clean_share": (0, 1), "audio.voices.pitch_semitones": (0, 12),
-        "audio.voices.vtlp": (0, 0.5), "audio.voices.loudness_db": (0, None), "audio.voices.reverb_s": (0, 10),
+        "audio.voices.copies": (0, None),
+        "audio.voices.clean_share": (0, 1),
+        "audio.voices.pitch_semitones": (0, 12),
+        "audio.voices.vtlp": (0, 0.5),
+        "audio.voices.loudness_db": (0, None),
+        "audio.voices.reverb_s": (0, 10),
         "audio.voices.noise_snr_db": (0, None),
     }
 
@@ -135,8 +192,12 @@ class TrainConfig:
     def check(self) -> None:
         """Rules between options (config_io.check_values calls it before any work)."""
         if self.audio.embed_dim % self.audio.heads:
-            raise UserError(f"--audio.embed-dim {self.audio.embed_dim} --audio.heads {self.audio.heads}: the attention "
-                            "heads split the embedding, so --audio.heads must divide --audio.embed-dim.")
+            raise UserError(
+                f"--audio.embed-dim {self.audio.embed_dim} --audio.heads {self.audio.heads}: the attention "
+                "heads split the embedding, so --audio.heads must divide --audio.embed-dim."
+            )
         if self.triplane.max_resolution < self.triplane.base_resolution:
-            raise UserError(f"--triplane.max-resolution {self.triplane.max_resolution}: must be at least "
-                            f"--triplane.base-resolution ({self.triplane.base_resolution}).")
+            raise UserError(
+                f"--triplane.max-resolution {self.triplane.max_resolution}: must be at least "
+                f"--triplane.base-resolution ({self.triplane.base_resolution})."
+            )

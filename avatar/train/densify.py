@@ -33,11 +33,20 @@ class DensifyConfig:
 def quat_to_matrix(quats: Tensor) -> Tensor:
     """[N, 4] wxyz quaternions (any norm) -> [N, 3, 3] rotations."""
     w, x, y, z = torch.nn.functional.normalize(quats, dim=-1).unbind(-1)
-    return torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ], -1).reshape(-1, 3, 3)
+    return torch.stack(
+        [
+            1 - 2 * (y * y + z * z),
+            2 * (x * y - w * z),
+            2 * (x * z + w * y),
+            2 * (x * y + w * z),
+            1 - 2 * (x * x + z * z),
+            2 * (y * z - w * x),
+            2 * (x * z - w * y),
+            2 * (y * z + w * x),
+            1 - 2 * (x * x + y * y),
+        ],
+        -1,
+    ).reshape(-1, 3, 3)
 
 
 class Densifier:
@@ -98,8 +107,8 @@ class Densifier:
         sources = torch.cat([torch.nonzero(keep)[:, 0], clone, split, split])  # the row each new row copies
         new = {name: p[sources].clone() for name, p in params.items()}
         n_keep, n_clone = int(keep.sum()), len(clone)
-        new["means"][n_keep + n_clone:] = child_means
-        new["log_scales"][n_keep + n_clone:] -= math.log(1.6)
+        new["means"][n_keep + n_clone :] = child_means
+        new["log_scales"][n_keep + n_clone :] -= math.log(1.6)
         fresh = torch.zeros(len(sources), dtype=torch.bool, device=keep.device)
         fresh[n_keep:] = True
         old_params = dict(params)
@@ -108,11 +117,17 @@ class Densifier:
             _remap_optimizer(optimizer, old, getattr(gaussians, name), sources, fresh)
         self.grad_sum = torch.zeros(len(gaussians), device=keep.device)
         self.count = torch.zeros(len(gaussians), device=keep.device)
-        return {"pruned": int(n - int(keep.sum()) - len(split)), "cloned": n_clone, "split": len(split), "total": len(gaussians)}
+        return {
+            "pruned": int(n - int(keep.sum()) - len(split)),
+            "cloned": n_clone,
+            "split": len(split),
+            "total": len(gaussians),
+        }
 
 
-def _remap_optimizer(optimizer: torch.optim.Optimizer, old: nn.Parameter, new: nn.Parameter,
-                     sources: Tensor, fresh: Tensor) -> None:
+def _remap_optimizer(
+    optimizer: torch.optim.Optimizer, old: nn.Parameter, new: nn.Parameter, sources: Tensor, fresh: Tensor
+) -> None:
     """Point the optimizer at `new`, whose rows are copies of `old`'s rows `sources`; rows marked `fresh`
     start with zero moments."""
     for group in optimizer.param_groups:

@@ -13,7 +13,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from avatar.contracts.dataset import Dataset
-from avatar.contracts.face_mesh import INNER_LIP_LOWER, INNER_LIP_UPPER, MOUTH_OPENING_IDS, NOSE_TIP, opening_of_mouth_points
+from avatar.contracts.face_mesh import (
+    INNER_LIP_LOWER,
+    INNER_LIP_UPPER,
+    MOUTH_OPENING_IDS,
+    NOSE_TIP,
+    opening_of_mouth_points,
+)
 
 # At most MAX_COMPONENTS lower-face PCA components, fewer when they explain EXPLAINED_VARIANCE of its motion.
 MAX_COMPONENTS = 12
@@ -45,7 +51,7 @@ class ExpressionSpace:
         return self.targets.shape[1]
 
     @staticmethod
-    def fit(dataset: Dataset) -> "ExpressionSpace":
+    def fit(dataset: Dataset) -> ExpressionSpace:
         code = np.asarray(dataset.tracking("expression_pca"), np.float64)  # [N, P]
         basis = np.array(dataset.tracking("expression_basis"), np.float64)  # [P, 478, 3]
         canonical = np.array(dataset.tracking("canonical_face"), np.float64)
@@ -72,8 +78,18 @@ class ExpressionSpace:
         f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
         opening = codes_opening(canonical, basis, code)
         closed = train[opening[train] <= np.quantile(opening[train], 0.1)]
-        return ExpressionSpace(f32(targets), f32(mean), f32(components), scale, f32(to_code), f32(code_mean),
-                               f32(targets[closed].mean(0)), f32(direction), canonical, basis)
+        return ExpressionSpace(
+            f32(targets),
+            f32(mean),
+            f32(components),
+            scale,
+            f32(to_code),
+            f32(code_mean),
+            f32(targets[closed].mean(0)),
+            f32(direction),
+            canonical,
+            basis,
+        )
 
     def to_codes(self, expression: np.ndarray) -> np.ndarray:
         """[..., E] targets -> [..., P] expression codes (the landmarks follow as canonical + code @ basis)."""

@@ -19,8 +19,9 @@ from avatar.train.expression import ExpressionSpace
 SAMPLE_FRAMES = 24  # training frames averaged for the initial colours and torso
 
 
-def initial_model(dataset: Dataset, cfg: TrainConfig, encoder: AudioEncoder, space: ExpressionSpace,
-                  store: FrameStore) -> TalkingHead:
+def initial_model(
+    dataset: Dataset, cfg: TrainConfig, encoder: AudioEncoder, space: ExpressionSpace, store: FrameStore
+) -> TalkingHead:
     face = np.asarray(dataset.tracking("canonical_face"), np.float64)
     head = head_gaussians(face, cfg.head, cfg.seed)
     mouth = mouth_gaussians(face, cfg.mouth, cfg.head.sh_degree, cfg.seed)
@@ -31,11 +32,21 @@ def initial_model(dataset: Dataset, cfg: TrainConfig, encoder: AudioEncoder, spa
     intrinsics = dataset.intrinsics.scaled(res, res)
     basis = np.asarray(dataset.tracking("expression_basis"), np.float32)
     spec = HeadSpec(
-        fps=dataset.fps, resolution=res, intrinsics=dataclasses.asdict(intrinsics),
-        feature_dim=dataset.manifest.features.dim, feature_window=dataset.manifest.features.window,
-        expression_dim=space.dim, code_dim=basis.shape[0],
-        bbox_min=(lo - pad).tolist(), bbox_max=(hi + pad).tolist(), head=cfg.head, mouth=cfg.mouth, deform=cfg.deform,
-        triplane=cfg.triplane, audio=cfg.audio, backend=cfg.backend,
+        fps=dataset.fps,
+        resolution=res,
+        intrinsics=dataclasses.asdict(intrinsics),
+        feature_dim=dataset.manifest.features.dim,
+        feature_window=dataset.manifest.features.window,
+        expression_dim=space.dim,
+        code_dim=basis.shape[0],
+        bbox_min=(lo - pad).tolist(),
+        bbox_max=(hi + pad).tolist(),
+        head=cfg.head,
+        mouth=cfg.mouth,
+        deform=cfg.deform,
+        triplane=cfg.triplane,
+        audio=cfg.audio,
+        backend=cfg.backend,
     )
     model = TalkingHead(spec)
     model.head, model.mouth = head, mouth
@@ -54,7 +65,9 @@ def initial_model(dataset: Dataset, cfg: TrainConfig, encoder: AudioEncoder, spa
     rotation = np.asarray(dataset.tracking("rotation"), np.float32)
     translation = np.asarray(dataset.tracking("translation"), np.float32)
     with torch.no_grad():
-        rgb = sample_colours(head.means, frames, torch.from_numpy(rotation[ids]), torch.from_numpy(translation[ids]), model.K)
+        rgb = sample_colours(
+            head.means, frames, torch.from_numpy(rotation[ids]), torch.from_numpy(translation[ids]), model.K
+        )
         head.sh[:, 0] = (rgb - 0.5) / SH_C0
         model.reference_translation.copy_(torch.from_numpy(translation[train].mean(0)))
         motion = dataset.body_motion()

@@ -10,22 +10,28 @@ the checkpoints and the tensorboard logs.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
+from tqdm import tqdm
 
 from avatar.config_io import to_dict
 from avatar.contracts.atomic import atomic_path, exclusive, write_json
-from avatar.contracts.dataset import Dataset
+from avatar.contracts.dataset import Dataset, DatasetLayout
+from avatar.data.batches import TrainingData
 from avatar.device import resolve_device
 from avatar.errors import UserError
+from avatar.model.driving import DrivingData
+from avatar.model.talking_head import TalkingHead
 from avatar.train.checkpoint import RUN_FORMAT_VERSION, Checkpoint
 from avatar.train.config import TrainConfig
 from avatar.train.context import StageContext, StopRequested
+from avatar.train.expression import ExpressionSpace
 from avatar.train.stages import AudioStage, CanonicalStage, DeformStage, ImageStage, Stage, TorsoStage
 
 __all__ = ["RUN_FORMAT_VERSION", "Runner", "run"]
@@ -43,23 +49,27 @@ def open_training_dataset(cfg: TrainConfig) -> Dataset:
     dataset = Dataset(cfg.dataset)
     start, end = dataset.manifest.split.train
     if end - start < max(cfg.min_train_frames, cfg.batch_size):
-        raise UserError(f"{cfg.dataset}: only {end - start} training frames ({(end - start) / dataset.fps:.1f} s); at least "
-                        f"{max(cfg.min_train_frames, cfg.batch_size)} are needed. Preprocess a longer video.")
+        raise UserError(
+            f"{cfg.dataset}: only {end - start} training frames ({(end - start) / dataset.fps:.1f} s); at least "
+            f"{max(cfg.min_train_frames, cfg.batch_size)} are needed. Preprocess a longer video."
+        )
     return dataset
 
 
 # options that may differ on --resume: where and how fast it runs, how often it reports
-RESUMABLE_CHANGES = frozenset({"resume", "threads", "device", "out", "dataset", "log_every", "image_every",
-                               "checkpoint_every", "cache_mb"})
+RESUMABLE_CHANGES = frozenset(
+    {"resume", "threads", "device", "out", "dataset", "log_every", "image_every", "checkpoint_every", "cache_mb"}
+)
 
 
 def refuse_occupied(out: Path) -> None:
     """A new run goes into an empty or new directory, never over a dataset or someone's files."""
-    from avatar.contracts.dataset import DatasetLayout
 
     if DatasetLayout(out).manifest.is_file():
-        raise UserError(f"--out {out}: is a dataset (it has manifest.json). Give a new directory for the run, "
-                        f"e.g. --out {out.parent / 'run'}.")
+        raise UserError(
+            f"--out {out}: is a dataset (it has manifest.json). Give a new directory for the run, "
+            f"e.g. --out {out.parent / 'run'}."
+        )
     leftovers = {"config.json", "run.json", "tb", "checkpoints"}  # a start that ended before its first checkpoint
     if out.is_dir() and any(p.name not in leftovers for p in out.iterdir()):
         raise UserError(f"--out {out}: is not empty and holds no run. Give a new or empty directory for the run.")
@@ -69,28 +79,34 @@ def refuse_occupied(out: Path) -> None:
 
 def training_lock(out: Path):
     """One `avatar train` per run directory at a time (two would write over each other's checkpoints)."""
-    return exclusive(out, f"--out {out}: another `avatar train` is training this run right now. Wait for it to "
-                          "finish, or choose another --out.")
+    return exclusive(
+        out,
+        f"--out {out}: another `avatar train` is training this run right now. Wait for it to "
+        "finish, or choose another --out.",
+    )
 
 
 def refuse_changed_settings(out: Path, cfg: TrainConfig) -> None:
     """--resume continues the run as it was started: refuse, before anything is written, settings that differ
     from the run's config.json (a different preset or resolution would not fit its checkpoint)."""
-    import json
 
     saved_path = out / "config.json"
     if not saved_path.is_file():
         return
     saved, current = _flat(json.loads(saved_path.read_text())), _flat(to_dict(cfg))
-    changed = [f"--{k.replace('_', '-')} {current[k]} (the run has {saved[k]})"
-               for k in sorted(set(saved) | set(current))
-               if k.split(".")[0] not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)]
+    changed = [
+        f"--{k.replace('_', '-')} {current[k]} (the run has {saved[k]})"
+        for k in sorted(set(saved) | set(current))
+        if k.split(".")[0] not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)
+    ]
     if changed:
         shown = "; ".join(changed[:6]) + (f"; and {len(changed) - 6} more" if len(changed) > 6 else "")
         preset = saved.get("preset")
-        raise UserError(f"{out}: --resume with settings that differ from the run's: {shown}. Resume with the run's "
-                        f"own settings (the command that started it{f', --preset {preset}' if preset else ''}), or "
-                        "train into a new --out.")
+        raise UserError(
+            f"{out}: --resume with settings that differ from the run's: {shown}. Resume with the run's "
+            f"own settings (the command that started it{f', --preset {preset}' if preset else ''}), or "
+            "train into a new --out."
+        )
 
 
 def _flat(data: dict, prefix: str = "") -> dict:
@@ -104,7 +120,7 @@ def _flat(data: dict, prefix: str = "") -> dict:
 
 
 class Runner:
-    def __init__(self, cfg: TrainConfig, on_step: Callable[["Runner", str, int], None] | None = None):
+    def __init__(self, cfg: TrainConfig, on_step: Callable[[Runner, str, int], None] | None = None):
         self.cfg = cfg
         # fresh stage objects per run: an image stage keeps its optimizer and sampler while it runs
         self.stages: tuple[Stage, ...] = (AudioStage(), CanonicalStage(), TorsoStage(), DeformStage())
@@ -146,7 +162,6 @@ class Runner:
 
     @staticmethod
     def log(message: str) -> None:
-        from tqdm import tqdm
 
         tqdm.write(message)
 
@@ -157,19 +172,24 @@ class Runner:
             return self._train(checkpoint)
 
     def _train(self, checkpoint: Checkpoint | None) -> Path:
-        from torch.utils.tensorboard import SummaryWriter
-
-        from avatar.data.batches import TrainingData
-        from avatar.model.talking_head import TalkingHead
-        from avatar.train.expression import ExpressionSpace
+        from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 - tensorboard loads only when a run logs
 
         cfg = self.cfg
         write_json(self.out / "config.json", to_dict(cfg))
-        self.run_info = checkpoint.run_info if checkpoint else {
-            "format_version": RUN_FORMAT_VERSION, "dataset": str(Path(cfg.dataset).resolve()),
-            "dataset_manifest_sha256": self.dataset.manifest_sha256(), "preset": cfg.preset,
-            "status": "training", "stage_seconds": {}, "stage_cpu_seconds": {}, "metrics": {},
-        }
+        self.run_info = (
+            checkpoint.run_info
+            if checkpoint
+            else {
+                "format_version": RUN_FORMAT_VERSION,
+                "dataset": str(Path(cfg.dataset).resolve()),
+                "dataset_manifest_sha256": self.dataset.manifest_sha256(),
+                "preset": cfg.preset,
+                "status": "training",
+                "stage_seconds": {},
+                "stage_cpu_seconds": {},
+                "metrics": {},
+            }
+        )
         if checkpoint is None:  # from its start on, a run has a checkpoint to --resume from
             self._save(self.stages[0].name, None, {})
         else:
@@ -177,9 +197,16 @@ class Runner:
         expression = ExpressionSpace.fit(self.dataset)
         writer = SummaryWriter(str(self.out / "tb"))
         ctx = StageContext(
-            cfg=cfg, dataset=self.dataset, expression=expression, device=self.device, writer=writer, log=self.log,
+            cfg=cfg,
+            dataset=self.dataset,
+            expression=expression,
+            device=self.device,
+            writer=writer,
+            log=self.log,
             data=TrainingData(self.dataset, cfg.resolution, cfg.audio.context, expression.targets, cfg.cache_mb),
-            should_stop=lambda: self._stop_requested, save=self._save, record=self._record,
+            should_stop=lambda: self._stop_requested,
+            save=self._save,
+            record=self._record,
             on_step=None if self.on_step is None else (lambda name, step: self.on_step(self, name, step)),
         )
         names = [stage.name for stage in self.stages]
@@ -205,7 +232,6 @@ class Runner:
             writer.close()
 
     def _finish(self, model) -> Path:
-        from avatar.model.driving import DrivingData
 
         final = self.out / "avatar.pt"
         model = model.cpu()
@@ -222,9 +248,13 @@ class Runner:
 
     # ------------------------------------------------------------------ the context's doors
     def _save(self, stage: str, model, progress: dict) -> None:
-        state = Checkpoint(stage=stage, run_info=self.run_info, progress=progress,
-                           spec=None if model is None else to_dict(model.spec),
-                           model=None if model is None else model.state_dict())
+        state = Checkpoint(
+            stage=stage,
+            run_info=self.run_info,
+            progress=progress,
+            spec=None if model is None else to_dict(model.spec),
+            model=None if model is None else model.state_dict(),
+        )
         state.save(self.ckpt_path)
         self._write_run_info()
 
@@ -232,9 +262,10 @@ class Runner:
         self.run_info["metrics"][stage] = metrics
         self.run_info["stage_seconds"][stage] = seconds
         self.run_info.setdefault("stage_cpu_seconds", {})[stage] = cpu_seconds
-        self.log(f"{stage} validation: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
+        self.log(
+            f"{stage} validation: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float))
+        )
         self._write_run_info()
 
     def _write_run_info(self) -> None:
         write_json(self.out / "run.json", self.run_info)
-

@@ -26,13 +26,17 @@ from typing import Protocol
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from avatar.data.batches import FrameBatch, FrameSampler
 from avatar.metrics.image import psnr, ssim
+from avatar.metrics.lpips import LPIPS
 from avatar.model.gaussians import GaussianSet
 from avatar.model.talking_head import TalkingHead
+from avatar.train.audio_fit import fit_audio_encoder
 from avatar.train.context import StageContext, StopRequested
 from avatar.train.densify import Densifier
+from avatar.train.initialize import initial_model
 from avatar.train.losses import channels_first, dssim, image_grid, weighted_l1
 
 
@@ -61,15 +65,20 @@ class AudioStage:
     name = "audio"
 
     def run(self, ctx: StageContext, model: TalkingHead | None, progress: dict) -> TalkingHead:
-        from avatar.train.audio_fit import fit_audio_encoder
-        from avatar.train.initialize import initial_model
 
         cfg, clock = ctx.cfg, _Clock(progress)
         ctx.log(f"stage 1/4 audio -> expression ({cfg.audio_steps} steps per member)")
         encoder, metrics = fit_audio_encoder(
-            ctx.dataset, ctx.expression, cfg.audio, cfg.audio_steps, cfg.seed, log=ctx.log,
-            should_stop=ctx.should_stop, finished=progress.get("members"),
-            on_member=lambda members: ctx.save(self.name, None, {"members": members, **clock.state()}))
+            ctx.dataset,
+            ctx.expression,
+            cfg.audio,
+            cfg.audio_steps,
+            cfg.seed,
+            log=ctx.log,
+            should_stop=ctx.should_stop,
+            finished=progress.get("members"),
+            on_member=lambda members: ctx.save(self.name, None, {"members": members, **clock.state()}),
+        )
         ctx.log(f"audio encoder: validation lip-opening correlation {metrics['val_lip_corr']:.3f}")
         model = initial_model(ctx.dataset, cfg, encoder, ctx.expression, ctx.data.store)
         spent = clock.state()
@@ -78,8 +87,13 @@ class AudioStage:
 
 
 def gaussian_groups(s: GaussianSet, cfg, factor: float = 1.0) -> list[dict]:
-    lrs = {"means": cfg.lr_means, "log_scales": cfg.lr_scales, "quats": cfg.lr_quats,
-           "opacity_logits": cfg.lr_opacity, "sh": cfg.lr_colours}
+    lrs = {
+        "means": cfg.lr_means,
+        "log_scales": cfg.lr_scales,
+        "quats": cfg.lr_quats,
+        "opacity_logits": cfg.lr_opacity,
+        "sh": cfg.lr_colours,
+    }
     return [{"params": [getattr(s, name)], "lr": lr * factor} for name, lr in lrs.items()]
 
 
@@ -113,21 +127,28 @@ class ImageStage:
         return model
 
     # ----- hooks for the image stages
-    def batch_size(self) -> int: return self.cfg.batch_size
+    def batch_size(self) -> int:
+        return self.cfg.batch_size
+
     def setup(self) -> None: ...
-    def param_groups(self) -> list[dict]: raise NotImplementedError
-    def train_step(self, batch: FrameBatch) -> tuple[Tensor, dict[str, Tensor], Tensor]: raise NotImplementedError
+    def param_groups(self) -> list[dict]:
+        raise NotImplementedError
+
+    def train_step(self, batch: FrameBatch) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+        raise NotImplementedError
+
     def after_backward(self) -> None: ...
     def after_step(self) -> None: ...
-    def extra_state(self) -> dict: return {}
+    def extra_state(self) -> dict:
+        return {}
+
     def load_extra(self, state: dict) -> None: ...
-    def validate(self) -> dict: raise NotImplementedError
+    def validate(self) -> dict:
+        raise NotImplementedError
 
     # ----- the loop
     def lpips(self):
         if self._lpips is None:
-            from avatar.metrics.lpips import LPIPS
-
             self._lpips = LPIPS("alex").to(self.ctx.device)
         return self._lpips
 
@@ -145,11 +166,16 @@ class ImageStage:
         return loss, logs
 
     def progress(self, clock: _Clock) -> dict:
-        return {"step": self.step, "optimizer": self.optimizer.state_dict(), "sampler": self.sampler.state_dict(),
-                "generator": self.generator.get_state(), **clock.state(), **self.extra_state()}
+        return {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "generator": self.generator.get_state(),
+            **clock.state(),
+            **self.extra_state(),
+        }
 
     def loop(self, clock: _Clock) -> None:
-        from tqdm import tqdm
 
         cfg, ctx, writer = self.cfg, self.ctx, self.ctx.writer
         bar = tqdm(total=self.steps, initial=self.step, desc=self.name, dynamic_ncols=True)
@@ -173,7 +199,9 @@ class ImageStage:
                 for key, value in logs.items():
                     writer.add_scalar(f"{self.name}/{key}", float(value), self.step)
             if self.step % cfg.image_every == 0 or self.step == self.steps:
-                writer.add_image(f"{self.name}/pred_gt_error", image_grid(out["rgb"][0].detach(), batch.rgb[0]), self.step)
+                writer.add_image(
+                    f"{self.name}/pred_gt_error", image_grid(out["rgb"][0].detach(), batch.rgb[0]), self.step
+                )
             if ctx.on_step is not None:
                 ctx.on_step(self.name, self.step)
             stop = ctx.should_stop()
@@ -196,7 +224,7 @@ class ImageStage:
         val = self.ctx.dataset.indices("val")
         ids = val[np.linspace(0, len(val) - 1, min(self.cfg.val_frames, len(val))).round().astype(int)]
         for i in range(0, len(ids), size):
-            yield self.data.batch(ids[i:i + size]).to(self.ctx.device)
+            yield self.data.batch(ids[i : i + size]).to(self.ctx.device)
 
     @torch.no_grad()
     def measure(self, render) -> dict:
@@ -226,7 +254,8 @@ def head_background(batch: FrameBatch, plate: Tensor) -> Tensor:
 
 class CanonicalStage(ImageStage):
     """Fit the Gaussians to the frames, posed by tracking and moved by the landmark prior with the tracked
-    expression code (all of it, eyes and brows too, for the sharpest fit); no network. Densification grows the head where the image gradient says detail is missing."""
+    expression code (all of it, eyes and brows too, for the sharpest fit); no network. Densification grows the
+    head where the image gradient says detail is missing."""
 
     name = "canonical"
     seed_offset = 100
@@ -246,8 +275,18 @@ class CanonicalStage(ImageStage):
     def render(self, batch: FrameBatch, mode: str = "prior") -> dict[str, Tensor]:
         b = len(batch.indices)
         no_audio = torch.zeros(b, self.model.audio_encoder.embed_dim, device=batch.rgb.device)
-        return self.model(no_audio, batch.expression, batch.blink, batch.rotation, batch.translation, batch.body,
-                          head_background(batch, self.model.plate), mode=mode, show_torso=False, code=batch.code)
+        return self.model(
+            no_audio,
+            batch.expression,
+            batch.blink,
+            batch.rotation,
+            batch.translation,
+            batch.body,
+            head_background(batch, self.model.plate),
+            mode=mode,
+            show_torso=False,
+            code=batch.code,
+        )
 
     def train_step(self, batch: FrameBatch):
         out = self.render(batch)
@@ -314,18 +353,26 @@ class DeformStage(ImageStage):
             # Frame ids let the example memory skip each training frame's own neighbourhood, so these
             # predictions are as good as on unheard audio, not better.
             parts = [np.arange(i, min(i + 256, dataset.num_frames)) for i in range(0, dataset.num_frames, 256)]
-            outs = [self.model.audio_encoder(
-                torch.from_numpy(dataset.audio_windows(self.model.audio_context, part)).to(device),
-                torch.from_numpy(part).to(device)) for part in parts]
+            outs = [
+                self.model.audio_encoder(
+                    torch.from_numpy(dataset.audio_windows(self.model.audio_context, part)).to(device),
+                    torch.from_numpy(part).to(device),
+                )
+                for part in parts
+            ]
         self.embedding = torch.cat([e for e, _ in outs])
         self.predicted = torch.cat([x for _, x in outs])
 
     def param_groups(self) -> list[dict]:
         m, cfg = self.model, self.cfg
-        groups = gaussian_groups(m.head, cfg, cfg.gaussian_lr_factor) + gaussian_groups(m.mouth, cfg, cfg.gaussian_lr_factor)
+        groups = gaussian_groups(m.head, cfg, cfg.gaussian_lr_factor) + gaussian_groups(
+            m.mouth, cfg, cfg.gaussian_lr_factor
+        )
         networks = [*m.triplane.parameters(), *m.head_deform.parameters(), *m.mouth_deform.parameters()]
-        return groups + [{"params": networks, "lr": cfg.lr_network},
-                         {"params": m.torso.image_parameters(), "lr": cfg.lr_torso}]
+        return groups + [
+            {"params": networks, "lr": cfg.lr_network},
+            {"params": m.torso.image_parameters(), "lr": cfg.lr_torso},
+        ]
 
     def conditions(self, batch: FrameBatch, teacher: Tensor) -> tuple[Tensor, Tensor]:
         """Audio embedding and expression of the batch; rows where `teacher` [B] is True use the tracked expression."""
@@ -334,11 +381,21 @@ class DeformStage(ImageStage):
 
     def render(self, batch: FrameBatch, teacher: Tensor) -> dict[str, Tensor]:
         embedding, expression = self.conditions(batch, teacher)
-        return self.model(embedding, expression, batch.blink, batch.rotation, batch.translation, batch.body,
-                          self.model.plate, mode="full")
+        return self.model(
+            embedding,
+            expression,
+            batch.blink,
+            batch.rotation,
+            batch.translation,
+            batch.body,
+            self.model.plate,
+            mode="full",
+        )
 
     def train_step(self, batch: FrameBatch):
-        teacher = (torch.rand(len(batch.indices), generator=self.generator) < self.cfg.teacher_prob).to(batch.rgb.device)
+        teacher = (torch.rand(len(batch.indices), generator=self.generator) < self.cfg.teacher_prob).to(
+            batch.rgb.device
+        )
         out = self.render(batch, teacher)
         loss, logs = self.image_loss(out["rgb"], batch.rgb, batch, use_lpips=self.step >= self.cfg.lpips_start)
         alpha = (out["alpha"] - batch.mask("person")).abs().mean()

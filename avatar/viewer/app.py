@@ -10,8 +10,10 @@ gesture browsers require before they play sound).
 from __future__ import annotations
 
 import base64
+import errno
 import io
 import socket
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -21,7 +23,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from avatar.audio.io import SAMPLE_RATE, load_audio
+from avatar.device import resolve_device, set_threads
 from avatar.errors import UserError
+from avatar.model.talking_head import TalkingHead
 from avatar.rasterizer.compose import Layer
 from avatar.rasterizer.types import Camera
 from avatar.viewer.config import ViewerConfig
@@ -40,20 +45,25 @@ class Layers:
 def listening_port(host: str, port: int) -> int:
     """The port to serve on (`port`, or a free one for 0), or a UserError that says why `--host` / `--port`
     cannot be used: checked before the avatar is loaded."""
-    import errno
 
     with socket.socket() as s:
         try:
             s.bind((host, port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                raise UserError(f"--port {port}: in use on {host} (another viewer or server?). Give another --port, "
-                                "or leave it out for a free one.") from None
+                raise UserError(
+                    f"--port {port}: in use on {host} (another viewer or server?). Give another --port, "
+                    "or leave it out for a free one."
+                ) from None
             if exc.errno == errno.EACCES:
-                raise UserError(f"--port {port}: this user may not listen on it (ports below 1024 need administrator "
-                                "rights). Give a port above 1023, or leave it out for a free one.") from None
-            raise UserError(f"--host {host}: cannot listen there ({exc.strerror or exc}). Give an address of this "
-                            "machine: 127.0.0.1 (this machine only) or 0.0.0.0 (every network interface).") from None
+                raise UserError(
+                    f"--port {port}: this user may not listen on it (ports below 1024 need administrator "
+                    "rights). Give a port above 1023, or leave it out for a free one."
+                ) from None
+            raise UserError(
+                f"--host {host}: cannot listen there ({exc.strerror or exc}). Give an address of this "
+                "machine: 127.0.0.1 (this machine only) or 0.0.0.0 (every network interface)."
+            ) from None
         return s.getsockname()[1]
 
 
@@ -62,8 +72,9 @@ def training_fov_y(head) -> float:
     return float(2 * np.arctan(0.5 * head.intrinsics.height / head.intrinsics.fy))
 
 
-def view_camera(head, rotation: np.ndarray, translation: np.ndarray, cam_to_world: np.ndarray, fov_y: float,
-                width: int, height: int) -> Camera:
+def view_camera(
+    head, rotation: np.ndarray, translation: np.ndarray, cam_to_world: np.ndarray, fov_y: float, width: int, height: int
+) -> Camera:
     """The browser camera (cam_to_world [4, 4] in the training camera's frame) as a Camera whose world is the
     canonical head frame, as TalkingHead.render expects; at the training camera it equals the training view."""
     head_to_world = np.eye(4)
@@ -75,8 +86,12 @@ def view_camera(head, rotation: np.ndarray, translation: np.ndarray, cam_to_worl
     cy = 0.5 * height + (head.intrinsics.cy - 0.5 * head.intrinsics.height) * scale
     K = np.array([[f, 0, cx], [0, f, cy], [0, 0, 1]])
     device = head.K.device
-    return Camera(torch.as_tensor(world_to_cam, dtype=torch.float32, device=device),
-                  torch.as_tensor(K, dtype=torch.float32, device=device), width, height)
+    return Camera(
+        torch.as_tensor(world_to_cam, dtype=torch.float32, device=device),
+        torch.as_tensor(K, dtype=torch.float32, device=device),
+        width,
+        height,
+    )
 
 
 def backdrop(head, cond, layers: Layers, width: int, height: int) -> torch.Tensor:
@@ -92,25 +107,31 @@ def backdrop(head, cond, layers: Layers, width: int, height: int) -> torch.Tenso
     if pad > 0:
         image = F.pad(image, (pad // 2, pad - pad // 2, 0, 0), mode="replicate")
     elif pad < 0:
-        image = image[..., -pad // 2: -pad // 2 + width]
+        image = image[..., -pad // 2 : -pad // 2 + width]
     return image[0].permute(1, 2, 0)
 
 
 @torch.no_grad()
-def render_view(head, cond, layers: Layers, cam_to_world: np.ndarray, fov_y: float, width: int, height: int) -> np.ndarray:
+def render_view(
+    head, cond, layers: Layers, cam_to_world: np.ndarray, fov_y: float, width: int, height: int
+) -> np.ndarray:
     """One frame as the browser sees it: [height, width, 3] uint8."""
-    camera = view_camera(head, cond.rotation[0].cpu().numpy(), cond.translation[0].cpu().numpy(), cam_to_world,
-                         fov_y, width, height)
-    out = head.render(cond, background=backdrop(head, cond, layers, width, height), deform=layers.deform,
-                      camera=camera, show_torso=False)
+    camera = view_camera(
+        head, cond.rotation[0].cpu().numpy(), cond.translation[0].cpu().numpy(), cam_to_world, fov_y, width, height
+    )
+    out = head.render(
+        cond,
+        background=backdrop(head, cond, layers, width, height),
+        deform=layers.deform,
+        camera=camera,
+        show_torso=False,
+    )
     return (out["rgb"][0].clamp(0, 1) * 255).round().byte().cpu().numpy()
 
 
 def wav_data_uri(path: Path) -> str:
     """The clip's 16 kHz mono audio as a WAV data URI for the page's <audio> element."""
-    import soundfile as sf
-
-    from avatar.audio.io import SAMPLE_RATE, load_audio
+    import soundfile as sf  # noqa: PLC0415 - media libraries (absent from the GPU image) load when a file is read
 
     buf = io.BytesIO()
     sf.write(buf, load_audio(path), SAMPLE_RATE, subtype="PCM_16", format="WAV")
@@ -121,7 +142,7 @@ class ViewerApp:
     """The GUI, the playback clock and the render loop of one viewer."""
 
     def __init__(self, cfg: ViewerConfig, head, default_audio: Path):
-        import viser
+        import viser  # noqa: PLC0415 - the viewer's server loads only for `avatar view`
 
         self.cfg, self.head = cfg, head
         self.playback = Playback(head, cfg.audio or default_audio)
@@ -142,7 +163,9 @@ class ViewerApp:
         gui, pb = self.server.gui, self.playback
         with gui.add_folder("Playback"):
             self.play_button = gui.add_button("Play")
-            self.timeline = gui.add_slider("Time (s)", 0.0, max(pb.duration_s - 1 / pb.fps, 1 / pb.fps), 1 / pb.fps, 0.0)
+            self.timeline = gui.add_slider(
+                "Time (s)", 0.0, max(pb.duration_s - 1 / pb.fps, 1 / pb.fps), 1 / pb.fps, 0.0
+            )
             self.upload = gui.add_upload_button("Load audio...", mime_type="audio/*,video/*")
             self.audio_html = gui.add_html("")
             self.status = gui.add_markdown("")
@@ -155,8 +178,9 @@ class ViewerApp:
             self.torso_box = gui.add_checkbox("Torso", True)
             self.centres_box = gui.add_checkbox("Gaussian centres", False)
             # the run's own resolution (16 px and up) or --resolution is always on the scale
-            self.resolution_slider = gui.add_slider("Resolution", min(64, self.height), max(1024, self.height), 32,
-                                                    self.height)
+            self.resolution_slider = gui.add_slider(
+                "Resolution", min(64, self.height), max(1024, self.height), 32, self.height
+            )
         self.reset_button = gui.add_button("Reset camera")
         self.fps_text = gui.add_markdown("Render: -")
 
@@ -171,8 +195,16 @@ class ViewerApp:
                 self._update_audio_element()
                 self._dirty.set()
 
-        for control in (self.deform_box, self.auto_blink, self.blink_slider, self.pose_dropdown, self.background_box,
-                        self.torso_box, self.resolution_slider, self.centres_box):
+        for control in (
+            self.deform_box,
+            self.auto_blink,
+            self.blink_slider,
+            self.pose_dropdown,
+            self.background_box,
+            self.torso_box,
+            self.resolution_slider,
+            self.centres_box,
+        ):
             control.on_update(lambda event: self._controls_changed())
         self._controls_changed()
 
@@ -190,8 +222,9 @@ class ViewerApp:
         if self.centres_box.value:
             rotation, translation = self.playback.pose(self.playback.frame(), self.pose_dropdown.value)
             means = self.head.head.means.detach().cpu().numpy() @ rotation.T + translation
-            self._centres = self.server.scene.add_point_cloud("/centres", means.astype(np.float32),
-                                                             colors=(255, 80, 40), point_size=0.002)
+            self._centres = self.server.scene.add_point_cloud(
+                "/centres", means.astype(np.float32), colors=(255, 80, 40), point_size=0.002
+            )
 
     def toggle_play(self) -> None:
         if self.playback.playing:
@@ -211,7 +244,6 @@ class ViewerApp:
         self.audio_html.content = f'<audio autoplay src="{self._audio_uri}#t={start:.3f}"></audio>'
 
     def _on_upload(self, event) -> None:
-        import tempfile
 
         upload = self.upload.value
         suffix = Path(upload.name).suffix or ".wav"
@@ -281,9 +313,15 @@ class ViewerApp:
                 client.scene.set_background_image(image, format="jpeg", jpeg_quality=90)
             if clients:
                 seconds = time.perf_counter() - start
-                self.fps_shown = 0.8 * self.fps_shown + 0.2 * (len(clients) / max(seconds, 1e-6)) if self.fps_shown else len(clients) / max(seconds, 1e-6)
-                self.fps_text.content = (f"Render: **{self.fps_shown:.1f} FPS** at height {self.height}, "
-                                         f"{self.head.spec.backend} backend on {self.head.K.device.type}")
+                self.fps_shown = (
+                    0.8 * self.fps_shown + 0.2 * (len(clients) / max(seconds, 1e-6))
+                    if self.fps_shown
+                    else len(clients) / max(seconds, 1e-6)
+                )
+                self.fps_text.content = (
+                    f"Render: **{self.fps_shown:.1f} FPS** at height {self.height}, "
+                    f"{self.head.spec.backend} backend on {self.head.K.device.type}"
+                )
                 if self.playback.playing:
                     self.timeline.value = round(self.playback.frame() / self.playback.fps, 4)
                     if self.centres_box.value:
@@ -305,16 +343,16 @@ class ViewerApp:
 
 def _quat_to_matrix(wxyz: np.ndarray) -> np.ndarray:
     w, x, y, z = wxyz / np.linalg.norm(wxyz)
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-    ])
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+        ]
+    )
 
 
 def run(cfg: ViewerConfig) -> None:
-    from avatar.device import resolve_device, set_threads
-    from avatar.model.talking_head import TalkingHead
 
     listening_port(cfg.host, cfg.port)  # a bad --host or a busy --port is said before the avatar loads
     set_threads(cfg.threads)
@@ -322,7 +360,9 @@ def run(cfg: ViewerConfig) -> None:
     head.spec.backend = cfg.backend
     default_audio = Path(cfg.run) / "audio.wav"  # the training clip's sound, kept in the run
     if cfg.audio is None and not default_audio.is_file():
-        raise UserError(f"{default_audio}: missing, so there is no training sound to play. Give speech with --audio FILE.")
+        raise UserError(
+            f"{default_audio}: missing, so there is no training sound to play. Give speech with --audio FILE."
+        )
     app = ViewerApp(cfg, head, default_audio)
     app.start()
     print(f"avatar viewer: open {app.url} in a browser (Ctrl-C to stop)", flush=True)

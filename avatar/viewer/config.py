@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, ClassVar, Literal, Optional
+from typing import Annotated, ClassVar, Literal
 
 import tyro
 
@@ -13,19 +13,23 @@ import tyro
 class ViewerConfig:
     """Play a trained avatar live in the browser, driven by audio, from any viewpoint."""
 
-    LIMITS: ClassVar[dict] = {"port": (0, 65535), "resolution": (16, 4096), "threads": (1, None)}  # checked by config_io.check_values
+    LIMITS: ClassVar[dict] = {
+        "port": (0, 65535),
+        "resolution": (16, 4096),
+        "threads": (1, None),
+    }  # checked by config_io.check_values
 
     run: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="RUN")] = tyro.MISSING  # type: ignore[assignment]
     """the run directory written by `avatar train`"""
-    audio: Optional[Path] = None
+    audio: Path | None = None
     """speech to play (any audio or video file); default: the training video's own audio"""
     host: str = "127.0.0.1"
     """interface to listen on (127.0.0.1: this machine only)"""
     port: int = 0
     """port; 0 picks a free one"""
-    resolution: Optional[int] = None
+    resolution: int | None = None
     """rendered image height in pixels; default: the run's training resolution"""
-    threads: Optional[int] = None
+    threads: int | None = None
     """CPU threads torch may use; default half the cores (torch's all-core default crawls on a busy machine)"""
     device: str = "auto"
     """torch device: auto (a CUDA GPU when there is one), cpu, cuda or cuda:N"""

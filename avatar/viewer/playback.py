@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from avatar.model.driving import audio_windows, blink_schedule, pose_schedule
+from avatar.model.talking_head import FrameConditions
 
 if TYPE_CHECKING:
     from avatar.model.talking_head import FrameConditions, TalkingHead
@@ -24,7 +25,7 @@ PoseSource = Literal["track", "still", "smooth"]
 class Playback:
     """Audio-driven frames on a wall clock: play, pause, seek; conditions of any frame."""
 
-    def __init__(self, head: "TalkingHead", audio: Path):
+    def __init__(self, head: TalkingHead, audio: Path):
         self.head = head
         self.audio_path = Path(audio)
         context = head.audio_context
@@ -42,7 +43,9 @@ class Playback:
         self.windows = np.concatenate(centres)  # [N, W, F]
         self.num_frames = len(self.windows)
         self.fps = head.fps
-        self._poses = {mode: pose_schedule(head.driving, self.num_frames, mode) for mode in ("track", "still", "smooth")}
+        self._poses = {
+            mode: pose_schedule(head.driving, self.num_frames, mode) for mode in ("track", "still", "smooth")
+        }
         self._blinks = blink_schedule(head.driving, self.num_frames, self.fps, None)  # [N, 2]
         self.playing = False
         self._start_frame = 0
@@ -80,13 +83,19 @@ class Playback:
         rotations, translations, _ = self._poses[source]
         return rotations[frame], translations[frame]
 
-    def conditions(self, frame: int, source: PoseSource = "track", blink: float | None = None) -> "FrameConditions":
+    def conditions(self, frame: int, source: PoseSource = "track", blink: float | None = None) -> FrameConditions:
         """One frame's FrameConditions (B = 1). `blink` None: the person's own sampled blinks."""
-        from avatar.model.talking_head import FrameConditions
 
         k = self.head.audio_context
         neighbours = np.clip(np.arange(frame - k, frame + k + 1), 0, self.num_frames - 1)
         rotation, translation, body = (part[frame] for part in self._poses[source])
         blinks = self._blinks[frame] if blink is None else np.full(2, blink, np.float32)
-        return FrameConditions.from_arrays(self.head.K.device, self.windows[neighbours][None], rotation[None],
-                                           translation[None], blinks[None], body[None], self.clip_gain)
+        return FrameConditions.from_arrays(
+            self.head.K.device,
+            self.windows[neighbours][None],
+            rotation[None],
+            translation[None],
+            blinks[None],
+            body[None],
+            self.clip_gain,
+        )
