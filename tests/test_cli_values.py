@@ -107,9 +107,10 @@ def test_default_threads_leave_cores_free():
 def test_render_and_view_set_their_threads_before_the_avatar_loads(argv, tmp_path, monkeypatch):
     import avatar.device
     import avatar.render.video
+    import avatar.viewer.app
 
     seen = []
-    for module in (avatar.device, avatar.render.video):
+    for module in (avatar.device, avatar.render.video, avatar.viewer.app):
         monkeypatch.setattr(module, "set_threads", seen.append)
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2 and main([*argv, "--threads", "1"]) == 2  # then: no such run

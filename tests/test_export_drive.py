@@ -10,6 +10,7 @@ import pytest
 from export_fixtures import FPS, make_dataset, speech_like, write_wav
 
 from avatar.audio import streaming
+from avatar.audio.clip import AudioClip
 from avatar.audio.features import (
     SpeechFeatures,
     context_windows,
@@ -43,27 +44,40 @@ def driving(dataset) -> DrivingData:
 
 @pytest.mark.parametrize("phonetic", [False, True])
 def test_chunked_features_equal_all_at_once(tmp_path, monkeypatch, phonetic):
-    """Render-time features of a file, streamed in chunks, equal the dataset's features of the same audio;
-    the phonetic part is decoded on its fixed window grid (short windows here, so there are several)."""
+    """Render-time features of a file, read once and analysed in chunks, equal the dataset's features of the
+    same audio, statistics and windows included; the phonetic part is decoded on its fixed window grid (short
+    windows here, so there are several), fed from the same single decoding as the mel part."""
     monkeypatch.setattr(streaming, "ROWS_PER_CHUNK", 97)  # many chunks, not aligned to anything
     path = write_wav(tmp_path / "a.wav", speech_like(4.03, 44100, channels=2), 44100)
     mel = speech_features("mel").mel
     extractor = SpeechFeatures(mel, PhoneticFeatures(window_s=1.5, overlap_s=0.5) if phonetic else None)
     whole = extractor(load_audio(path))
-    scan = streaming.scan_audio(path, extractor)
-    assert scan.num_samples == len(load_audio(path)) and not scan.silent
-    rows = np.concatenate(list(streaming.feature_rows(scan, extractor)))
-    assert rows.shape == whole.shape
-    np.testing.assert_allclose(rows, whole, atol=1e-4)
-    stats = streaming.clip_feature_stats(scan, extractor)
-    for mine, reference in zip(stats, feature_stats(whole, extractor.normalized)):
+    clip = AudioClip.read(path, extractor)
+    assert clip.num_samples == len(load_audio(path)) and not clip.silent and clip.channels == 2
+    assert clip.rows.shape == whole.shape
+    np.testing.assert_allclose(clip.rows, whole, atol=1e-4)
+    for mine, reference in zip(clip.stats, feature_stats(whole, extractor.normalized)):
         np.testing.assert_allclose(mine, reference, rtol=1e-4, atol=1e-5)
     fps, context = 30.0, 3
     normalized = normalize_features(whole, feature_stats(whole, extractor.normalized))
-    reference = context_windows(frame_windows(normalized, 100.0, fps, scan.num_frames(fps), 16), context)
-    chunks = list(streaming.window_chunks(scan, extractor, stats, fps, 16, context, chunk_frames=7))
+    reference = context_windows(frame_windows(normalized, 100.0, fps, clip.num_frames(fps), 16), context)
+    chunks = list(clip.windows(fps, 16, context, chunk_frames=7))
     assert [len(c) for c in chunks[:-1]] == [7] * (len(chunks) - 1)
     np.testing.assert_allclose(np.concatenate(chunks), reference, atol=1e-3)
+    np.testing.assert_array_equal(np.concatenate(list(clip.windows(fps, 16, context, chunk_frames=50))),
+                                  np.concatenate(chunks))  # fmt: skip
+
+
+def test_a_clip_is_decoded_once(tmp_path, monkeypatch):
+    """One decoding feeds every analysis (mel and phones); a second pass over the windows decodes nothing."""
+    import avatar.audio.clip as clip_module
+
+    path = write_wav(tmp_path / "a.wav", speech_like(2.0, 16000), 16000)
+    decodings = []
+    monkeypatch.setattr(clip_module, "iter_audio", lambda *a: decodings.append(a) or iter_audio(*a))
+    clip = AudioClip.read(path, speech_features("mel+phones+visemes"))
+    first, second = (np.concatenate(list(clip.windows(25.0, 16, 2))) for _ in range(2))
+    assert len(decodings) == 1 and np.array_equal(first, second) and len(first) == 50
 
 
 def test_sample_reader_reads_exact_lengths_and_pads_the_end():
@@ -137,7 +151,8 @@ def test_blinks_from_the_persons_statistics(dataset, driving):
 
 def test_scan_detects_silence(tmp_path):
     path: Path = write_wav(tmp_path / "s.wav", speech_like(1.5, 16000, silent=True), 16000)
-    assert streaming.scan_audio(path, speech_features("mel")).silent
+    clip = AudioClip.read(path, speech_features("mel"))
+    assert clip.silent and not np.concatenate(list(clip.windows(FPS, 16, 2))).any()
 
 
 def _encode(path: Path, wave: np.ndarray, rate: int, codec: str) -> Path:
@@ -163,6 +178,6 @@ def test_common_audio_formats_are_read(tmp_path, suffix):
         sf.write(str(path), wave, rate)
     else:
         _encode(path, wave, rate, {"mp3": "libmp3lame", "m4a": "aac"}[suffix])
-    scan = streaming.scan_audio(path, speech_features("mel"))
-    assert abs(scan.duration_s - 2.0) < 0.06  # codec priming and padding are at most a frame or two
-    assert abs(scan.num_frames(FPS) - 50) <= 1
+    clip = AudioClip.read(path, speech_features("mel"))
+    assert abs(clip.duration_s - 2.0) < 0.06  # codec priming and padding are at most a frame or two
+    assert abs(clip.num_frames(FPS) - 50) <= 1

@@ -145,7 +145,7 @@ def test_a_run_in_training_is_said_to_be_one(tiny_dataset, speech, tmp_path, cap
 
 
 def test_ctrl_c_while_the_audio_stage_re_voices_stops_at_once_with_a_checkpoint(tiny_dataset, tmp_path, monkeypatch):
-    import avatar.audio.revoice
+    import avatar.train.audio_fit
 
     went_on = []
 
@@ -154,7 +154,7 @@ def test_ctrl_c_while_the_audio_stage_re_voices_stops_at_once_with_a_checkpoint(
         went_on.append(True)
         return []
 
-    monkeypatch.setattr(avatar.audio.revoice, "revoiced_copies", interrupted)
+    monkeypatch.setattr(avatar.train.audio_fit, "revoiced_copies", interrupted)
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         run(tiny_config(tiny_dataset.root, out))

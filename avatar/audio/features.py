@@ -75,6 +75,12 @@ class MelFeatures:
         long clip is processed in chunks (rows then depend only on samples within 512 of their centre).
         `warp` != 1 moves the mel bands' frequencies by that factor (vocal-tract-length perturbation, for
         training augmentation only)."""
+        rows, rms = self.rows_and_rms(wave, warp)
+        return self.voiced(rows, rms, self.voicing_threshold(rms) if voicing_rms is None else voicing_rms)
+
+    def rows_and_rms(self, wave: np.ndarray, warp: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """[T, dim] rows whose pitch column holds every frame's pitch, voiced or not, and [T] the frames' RMS:
+        what a chunked reader keeps until the whole clip's voicing threshold is known (`voiced`)."""
         import librosa  # noqa: PLC0415 - librosa starts numba (a second): loaded when features are computed
 
         hop = self.hop
@@ -93,10 +99,16 @@ class MelFeatures:
         rms = self.frame_rms(wave)
         log_energy = np.log(rms + 1e-5)
         f0 = librosa.yin(wave, fmin=60, fmax=400, sr=SAMPLE_RATE, frame_length=1024, hop_length=hop, center=True)
-        voiced = rms > (self.voicing_threshold(rms) if voicing_rms is None else voicing_rms)
-        log_f0 = np.where(voiced, np.log(f0), np.log(60.0))
-        T = min(log_mel.shape[1], log_energy.shape[0], log_f0.shape[0])
-        return np.concatenate([log_mel[:, :T].T, log_energy[:T, None], log_f0[:T, None]], axis=1).astype(np.float32)
+        T = min(log_mel.shape[1], log_energy.shape[0], f0.shape[0])
+        rows = np.concatenate([log_mel[:, :T].T, log_energy[:T, None], np.log(f0)[:T, None]], axis=1)
+        return rows.astype(np.float32), rms[:T]
+
+    @staticmethod
+    def voiced(rows: np.ndarray, rms: np.ndarray, voicing_rms: float) -> np.ndarray:
+        """`rows` with the pitch of the frames no louder than `voicing_rms` set to log(60 Hz), the unvoiced value."""
+        rows = rows.copy()
+        rows[rms <= voicing_rms, -1] = np.log(60.0)
+        return rows
 
 
 @dataclass

@@ -18,8 +18,8 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d
 from scipy.spatial.transform import Rotation
 
+from avatar.audio.clip import AudioClip
 from avatar.audio.features import SpeechFeatures, extractor_named
-from avatar.audio.streaming import AudioScan, clip_feature_stats, scan_audio, window_chunks
 from avatar.contracts.dataset import Crop, Dataset, FeatureInfo
 from avatar.errors import UserError
 
@@ -257,38 +257,15 @@ def feature_extractor(info: FeatureInfo) -> SpeechFeatures:
     return extractor
 
 
-def driving_windows(
-    scan: AudioScan,
-    features: FeatureInfo,
-    fps: float,
-    context: int,
-    chunk_frames: int,
-    extractor: SpeechFeatures | None = None,
-    stats: tuple[np.ndarray, np.ndarray] | None = None,
-) -> Iterator[np.ndarray]:
-    """Chunks of [b, 2 * context + 1, window, F] windows for the scan's frames at `fps`: the clip's own
-    normalised features (`stats`: the clip's statistics when already computed); for a silent clip all zeros,
-    the input the audio encoder is trained to answer with the person's closed mouth (a digitally silent clip
-    normalises to exactly that; near-silence, whose noise normalisation would blow up to speech level, is
-    given it too)."""
-    num_frames = scan.num_frames(fps)
-    if scan.silent:
-        rest = np.zeros((2 * context + 1, features.window, features.dim), np.float32)
-        return (
-            np.broadcast_to(rest, (min(chunk_frames, num_frames - first),) + rest.shape)
-            for first in range(0, num_frames, chunk_frames)
-        )
-    extractor = extractor or feature_extractor(features)
-    stats = stats if stats is not None else clip_feature_stats(scan, extractor)
-    return window_chunks(scan, extractor, stats, fps, features.window, context, chunk_frames)
+def read_clip(path: Path | str, driving: DrivingData) -> AudioClip:
+    """`path` read once and featurised by the extractor that made the avatar's training features."""
+    return AudioClip.read(path, feature_extractor(driving.features))
 
 
 def audio_windows(
     path: Path | str, driving: DrivingData, context: int, fps: float | None = None, chunk_frames: int = 200
 ) -> Iterator[np.ndarray]:
     """Chunks of [b, 2 * context + 1, W, F] normalised feature windows of the frames that `path` drives at
-    `fps` (default the training video's), with the clip's own normalisation statistics; memory stays
-    bounded for any length of audio. UserError for missing, undecodable, or empty audio."""
-    extractor = feature_extractor(driving.features)
-    scan = scan_audio(path, extractor)
-    return driving_windows(scan, driving.features, fps or driving.fps, context, chunk_frames, extractor)
+    `fps` (default the training video's), with the clip's own normalisation statistics (`AudioClip.windows`).
+    UserError for missing, undecodable, or empty audio."""
+    return read_clip(path, driving).windows(fps or driving.fps, driving.features.window, context, chunk_frames)

@@ -1,11 +1,12 @@
 """`avatar render`: new audio -> a lip-synced mp4 of the avatar, streamed chunk by chunk.
 
-    audio file ─scan, stats─▶ feature windows (chunks) ─▶ TalkingHead.render (batches) ─▶ H.264 ┐
-         └──────────────── decoded again at 48 kHz, cut to each batch's end ──────────▶ AAC ───┴▶ mp4
+    audio file ─read once─▶ feature rows ─▶ windows (chunks) ─▶ TalkingHead.render (batches) ─▶ H.264 ┐
+         └───────────────── decoded again at 48 kHz, cut to each batch's end ──────────────▶ AAC ───┴▶ mp4
 
 Sync: the video has `num_frames_for(audio samples, 16 kHz, fps)` frames (the audio duration times fps,
 halves rounded up) and the sound is cut or padded to exactly that many frames' duration. Memory does not
-grow with the audio's length: every stage holds at most one chunk. The file appears only when complete.
+grow with the audio's length beyond the clip's feature rows (`AudioClip`, about 60 kB a second): every
+other stage holds at most one chunk. The file appears only when complete.
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from avatar.audio.io import audio_channels, iter_audio
-from avatar.audio.streaming import SampleReader, clip_feature_stats, scan_audio
+from avatar.audio.io import iter_audio
+from avatar.audio.streaming import SampleReader
 from avatar.contracts.atomic import atomic_path
 from avatar.device import resolve_device, set_threads
 from avatar.errors import UserError
-from avatar.model.driving import blink_schedule, driving_windows, feature_extractor, pose_schedule, track_positions
+from avatar.model.driving import blink_schedule, pose_schedule, read_clip, track_positions
 from avatar.model.talking_head import FrameConditions, TalkingHead
 from avatar.render.config import RenderConfig
 from avatar.render.mux import AUDIO_RATE, VideoWriter
@@ -190,40 +191,26 @@ def render_video(cfg: RenderConfig, head: TalkingHead) -> Path:
     resolution = int(cfg.resolution or head.resolution)
     if resolution < 16 or resolution % 2:
         raise UserError(f"--resolution {resolution}: give an even number of pixels, at least 16.")
-    extractor = feature_extractor(driving.features)
-    with timer("audio features"):
-        scan = scan_audio(cfg.audio, extractor)
-        channels = audio_channels(cfg.audio)
     fps = float(cfg.fps or head.fps)
     if fps <= 0:
         raise UserError(f"--fps {cfg.fps}: give a positive frame rate.")
-    num_frames = scan.num_frames(fps)
+    with timer("audio features"):
+        clip = read_clip(cfg.audio, driving)
+    num_frames = clip.num_frames(fps)
     if num_frames == 0:
-        raise UserError(f"{cfg.audio}: {scan.duration_s:.3f} s of audio is shorter than half a frame at {fps:g} fps.")
-    if scan.silent:
+        raise UserError(f"{cfg.audio}: {clip.duration_s:.3f} s of audio is shorter than half a frame at {fps:g} fps.")
+    if clip.silent:
         print(f"{cfg.audio}: the audio is silent; the avatar keeps a still, closed mouth.", file=sys.stderr)
     device = next(head.parameters()).device
     plate = background_image(cfg.background, head.resolution)
     background = torch.from_numpy(plate).to(device) if plate is not None else None
     blinks = blink_schedule(driving, num_frames, fps, cfg.blink, cfg.seed)
-    with timer("audio features"):
-        stats = None if scan.silent else clip_feature_stats(scan, extractor)
+    window = driving.features.window
     with timer("motion gain"):  # a pass over the whole clip first: how lazily this voice moves the mouth
-        clip_gain = head.audio_encoder.clip_gain(
-            driving_windows(scan, driving.features, fps, head.audio_context, cfg.chunk_frames, extractor, stats)
-        )
+        clip_gain = head.audio_encoder.clip_gain(clip.windows(fps, window, head.audio_context, cfg.chunk_frames))
     print(f"motion gain of this clip: {clip_gain:.2f}")
-    # the analyses with their own line in the table, and their time so far (the motion gain's pass)
-    analyses = {
-        label: part
-        for label, part in (("phone decoding", extractor.phonetic), ("speech model", extractor.learned))
-        if part is not None
-    }
-    seconds_before = {label: part.seconds for label, part in analyses.items()}
-    windows = timer.timed(
-        "audio features",
-        driving_windows(scan, driving.features, fps, head.audio_context, cfg.chunk_frames, extractor, stats),
-    )
+    windows = timer.timed("audio features", clip.windows(fps, window, head.audio_context, cfg.chunk_frames))
+    channels = clip.channels
     sound = SampleReader(
         iter_audio(cfg.audio, AUDIO_RATE, "mono" if channels == 1 else "stereo"), 1 if channels == 1 else 2
     )
@@ -270,10 +257,11 @@ def render_video(cfg: RenderConfig, head: TalkingHead) -> Path:
         progress.close()
         if source is not None:
             source.close()
-    for label, part in analyses.items():  # part of the audio features' time, shown on its own line
-        timer.seconds["audio features"] -= part.seconds - seconds_before[label]
-        timer.seconds[label] = part.seconds - seconds_before[label]
-    print(timer.report(num_frames, scan.duration_s, time.perf_counter() - start))
+    for label, part in (("phone decoding", clip.extractor.phonetic), ("speech model", clip.extractor.learned)):
+        if part is not None:  # part of reading the clip, shown on its own line
+            timer.seconds["audio features"] -= part.seconds
+            timer.seconds[label] = part.seconds
+    print(timer.report(num_frames, clip.duration_s, time.perf_counter() - start))
     print(f"wrote {out} ({num_frames} frames at {fps:g} fps, {width}x{height}, H.264 + AAC)")
     return out
 
