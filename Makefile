@@ -18,4 +18,4 @@ lint: setup
 	.venv/bin/ruff format --check .
 
 bench: setup
-	.venv/bin/python benchmarks/run_all.py
+	.venv/bin/avatar bench

@@ -26,8 +26,10 @@ export PY=${PYTHON:-python3} WORK=$work MODE=$mode
 export PYTHONUNBUFFERED=1  # step output reaches the log as it happens (a timed-out step still shows how far it got)
 
 if [ "$mode" = gpu ]; then
-  # The GPU machine's image holds torch and friends; the carried packages go into a private target first.
-  export PYTHONPATH=$repo/.gpu/site:$repo
+  # The GPU machine's image holds torch and friends; the carried packages and this checkout, built as the one
+  # installed package `avatar` (its folders map into it), go into a private target. PYTHONSAFEPATH: the
+  # checkout's own avatar/ folder (without its mapped parts) must not shadow that package.
+  export PYTHONPATH=$repo/.gpu/site PYTHONSAFEPATH=1
   # torch's builder misses CUDA_HOME with CUDA 13; nvcc names its own bin/ (also when `nvcc` is a wrapper script)
   nvcc_bin=$(nvcc --dryrun -E -x cu /dev/null 2>&1 | sed -n 's/^#\$ _HERE_=//p' || true)
   export CUDA_HOME=${CUDA_HOME:-${nvcc_bin:+$(dirname "$nvcc_bin")}}
@@ -86,7 +88,8 @@ install_wheels() {
   rm -rf .gpu/site
   "$PY" -m pip install -q --no-index --no-deps --target .gpu/site .whl/*.whl
   cp -r .whl/stubs/. .gpu/site/
-  "$PY" -c "import gsplat, tyro, avatar.cli; print('imports ok: gsplat', gsplat.__version__)"
+  "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --target .gpu/site "$repo"  # setuptools carried
+  "$PY" -c "import gsplat, tyro, avatar.cli, avatar.cuda.hash_triplane; print('imports ok: gsplat', gsplat.__version__)"
 }
 
 build_gsplat() {  # gsplat builds on import of its backend; VERBOSE shows the compiler's output

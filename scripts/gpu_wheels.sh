@@ -10,7 +10,8 @@ py=${PYTHON:-python3}
 # Versions as installed and tested on the CPU machines (gsplat pinned as in scripts/setup.sh: we use its
 # private torch reference code). tyro's own requirements: docstring-parser, typeguard, typing-extensions
 # (already there). gsplat 1.5.3 is a py3-none-any wheel that compiles its CUDA code just in time.
-wheels=(gsplat==1.5.3 tyro==1.0.17 docstring-parser==0.18.0 typeguard==4.6.1)
+# setuptools builds this checkout into the one installed package `avatar` there (scripts/gpu_check.sh install).
+wheels=(gsplat==1.5.3 tyro==1.0.17 docstring-parser==0.18.0 typeguard==4.6.1 setuptools==84.2.1)
 
 rm -rf .whl
 mkdir -p .whl/stubs
