@@ -84,8 +84,19 @@ class Overlay:
             cv2.line(img, o, tuple(int(x) for x in uv[k + 1]), colour, max(2, int(3 * scale)), cv2.LINE_AA)
 
 
-def write_preview(root: Path, num_frames: int, fps: float, intrinsics: Intrinsics, path: Path) -> None:
-    """The first `num_frames` frames with overlays as H.264, muxed with the dataset's audio.wav (AAC)."""
+def label(img: np.ndarray, text: str, bottom: bool = False) -> None:
+    """White `text` on a black box in a top (or bottom) left corner of `img`, in place."""
+    (w, h), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
+    top = img.shape[0] - h - 10 if bottom else 0
+    cv2.rectangle(img, (0, top), (w + 10, top + h + 10), (0, 0, 0), -1)
+    cv2.putText(img, text, (5, top + h + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+
+
+def write_preview(
+    root: Path, num_frames: int, fps: float, intrinsics: Intrinsics, path: Path, caption: str = ""
+) -> None:
+    """The first `num_frames` frames with overlays (and `caption` at the bottom) as H.264, muxed with the
+    dataset's audio.wav (AAC)."""
 
     overlay = Overlay(root, intrinsics)
     wave, sr = sf.read(str(DatasetLayout(root).audio), dtype="float32")
@@ -101,6 +112,8 @@ def write_preview(root: Path, num_frames: int, fps: float, intrinsics: Intrinsic
             audio.layout = "mono"
             for i in progress(range(num_frames), "preview", num_frames):
                 img = overlay.draw(i)
+                if caption:
+                    label(img, caption, bottom=True)
                 if size % 2:
                     img = cv2.copyMakeBorder(img, 0, 1, 0, 1, cv2.BORDER_REPLICATE)
                 for packet in video.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
@@ -120,21 +133,30 @@ def write_preview(root: Path, num_frames: int, fps: float, intrinsics: Intrinsic
 
 
 def write_contact_sheet(
-    root: Path, num_frames: int, intrinsics: Intrinsics, count: int, path: Path, tile: int = 256, columns: int = 4
+    root: Path,
+    num_frames: int,
+    intrinsics: Intrinsics,
+    count: int,
+    path: Path,
+    tile: int = 256,
+    columns: int = 4,
+    caption: str = "",
 ) -> None:
-    """`count` frames evenly spread over the clip with overlays, then the background plate, on a grid."""
+    """`count` frames evenly spread over the clip with overlays, then the background plate (with `caption`
+    under its label), on a grid."""
     overlay = Overlay(root, intrinsics)
     indices = np.unique(np.linspace(0, num_frames - 1, count).round().astype(int))
     tiles = [(overlay.draw(int(i)), f"frame {int(i)}") for i in indices]
     plate = read_rgb(DatasetLayout(root).background)
     tiles.append((plate, "background plate"))
+    last = len(tiles) - 1
     rows = -(-len(tiles) // columns)
     sheet = np.full((rows * tile, columns * tile, 3), 32, np.uint8)
-    for k, (img, label) in enumerate(tiles):
+    for k, (img, name) in enumerate(tiles):
         small = cv2.resize(np.ascontiguousarray(img), (tile, tile), interpolation=cv2.INTER_AREA)
-        (w, h), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
-        cv2.rectangle(small, (0, 0), (w + 10, h + 10), (0, 0, 0), -1)
-        cv2.putText(small, label, (5, h + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+        label(small, name)
+        if caption and k == last:
+            label(small, caption, bottom=True)
         r, c = divmod(k, columns)
         sheet[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile] = small
     with atomic_path(path) as tmp:

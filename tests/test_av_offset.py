@@ -1,0 +1,69 @@
+"""The source video's A/V offset: a shared clip with its sound moved by a known number of frames is found
+within one frame of that shift (on top of the clip's own offset), from the lips and the decoded phones."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from avatar.audio.io import SAMPLE_RATE, load_audio
+from avatar.audio.phonetic import VISEME_NAMES, PhoneticFeatures
+from avatar.contracts.face_mesh import mouth_opening
+from avatar.preprocess.av_offset import estimate_offset, lag_correlations, rows_to_frames, shift_audio
+from tests.conftest import SHARED_DATA
+from tests.track_fixtures import real_detections
+
+FPS = 25.0  # the German anchor clip
+SECONDS = 16.0
+
+
+@pytest.fixture(scope="module")
+def anchor():
+    """(16 kHz sound, tracked lip opening per frame) of 16 s of the shared German anchor clip."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real test material not found at {SHARED_DATA}")
+    frames = int(SECONDS * FPS)
+    detections = real_detections("mimictalk_german_anchor_20s.mp4", 2.0, frames, 256)
+    wave = load_audio(SHARED_DATA / "mimictalk_german_anchor_20s.mp4")[int(2.0 * SAMPLE_RATE) :]
+    return wave[: int(SECONDS * SAMPLE_RATE)], mouth_opening(detections.landmarks_mp3d)
+
+
+def _estimate(wave, opening):
+    return estimate_offset(PhoneticFeatures(classes="visemes")(wave), 100.0, opening, FPS)
+
+
+def test_a_known_shift_of_the_sound_is_found_within_a_frame(anchor):
+    wave, opening = anchor
+    own = _estimate(wave, opening)
+    assert own.confident, own
+    for frames in (-6, -4, -2, 2, 4, 6):
+        late = shift_audio(wave, -1000.0 * frames / FPS, SAMPLE_RATE)  # the sound `frames` later than the lips
+        found = _estimate(late, opening)
+        assert found.confident, (frames, found)
+        assert abs((found.ms - own.ms) * FPS / 1000.0 - frames) <= 1.0, (frames, found, own)
+
+
+def test_another_speakers_sound_gives_no_confident_offset(anchor):
+    """The lips of one person against the speech of another: no peak to speak of, so nothing is applied."""
+    _, opening = anchor
+    other = load_audio(SHARED_DATA / "musetalk_eng_speech_60s.wav")[5 * SAMPLE_RATE : int((5 + SECONDS) * SAMPLE_RATE)]
+    assert not _estimate(other, opening).confident
+
+
+def test_the_pieces_on_made_up_signals():
+    # frame means of rows: 100 Hz rows at 25 fps, four rows a frame
+    np.testing.assert_allclose(rows_to_frames(np.repeat(np.arange(5.0), 4), 100.0, 25.0, 5), np.arange(5.0))
+    # the correlation peaks where the sound, made 3 frames later than the lips, lines up with them
+    lips = np.random.default_rng(0).normal(size=300)
+    assert int(np.argmax(lag_correlations(lips, np.roll(lips, 3)))) - 15 == 3
+    # sub-frame refinement: a peak between two lags lands between them
+    smooth = np.convolve(np.random.default_rng(1).normal(size=400), np.ones(5) / 5, "same")
+    visemes = np.zeros((1600, len(VISEME_NAMES)))
+    visemes[:, VISEME_NAMES.index("open")] = np.interp(np.arange(1600) / 100.0 - 0.06, np.arange(400) / 25.0, smooth)
+    found = estimate_offset(visemes, 100.0, np.interp(np.arange(400) / 25.0, np.arange(400) / 25.0, smooth), 25.0)
+    assert found.confident and 40.0 <= found.ms <= 80.0  # 60 ms = 1.5 frames
+    # moving the sound keeps its length; a positive offset (late sound) drops its start
+    wave = np.arange(10, dtype=np.float32)
+    assert shift_audio(wave, 2 / 16000 * 1000, 16000).tolist() == [2, 3, 4, 5, 6, 7, 8, 9, 0, 0]
+    assert shift_audio(wave, -2 / 16000 * 1000, 16000).tolist() == [0, 0, 0, 1, 2, 3, 4, 5, 6, 7]
+    assert shift_audio(wave, -1.0, 16000).tolist() == [0] * 10  # 16 samples: more than the wave holds
