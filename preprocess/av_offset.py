@@ -5,9 +5,10 @@ off the picture; an avatar trained on such a clip learns the offset and moves it
 new voice. The estimate compares two speaker-independent signals: how open the phone decoder's mouth-shape
 classes say the mouth is (open vowels open, bilabials and silence closed: `openness`), and the tracked
 inner-lip opening, each less its 1 s moving average (a person's slow drifts of expression and of speaking
-rate would otherwise spread the peak over many lags). Their correlation is scanned over +-`MAX_LAG_FRAMES` frames; the peak, refined below a
-frame by a parabola through its neighbours, is the offset; how far the peak stands above the correlations
-of the lags away from it (more than `PEAK_HALF_WIDTH` frames) is its confidence.
+rate would otherwise spread the peak over many lags). Their correlation is scanned over +-`MAX_LAG_FRAMES`
+frames; the peak, refined below a frame by a parabola through its neighbours, is the offset; how far the
+peak stands above the correlations of the lags away from it (more than `PEAK_HALF_WIDTH` frames) is its
+confidence.
 
 Sign: a positive offset means the sound comes later than the lips that make it (the audio must be moved
 earlier by that much to be in sync).

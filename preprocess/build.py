@@ -22,6 +22,7 @@ import soundfile as sf
 
 from avatar.audio.features import feature_stats, frame_log_energy, speech_features
 from avatar.audio.io import SAMPLE_RATE, num_frames_for, save_wav
+from avatar.audio.phonetic import PhoneticFeatures
 from avatar.config_io import check_values
 from avatar.contracts.atomic import atomic_dir, atomic_path, exclusive, jsonable, save_npy, sha256_of, write_json
 from avatar.contracts.camera import Intrinsics
@@ -42,6 +43,7 @@ from avatar.contracts.video import frames_at_times, probe_video, resampled_frame
 from avatar.errors import UserError
 from avatar.metrics.lip_sync import lagged_pearson
 from avatar.preprocess.audio import clip_audio, require_audio, time_origin
+from avatar.preprocess.av_offset import AvOffset, estimate_offset, shift_audio
 from avatar.preprocess.background import BackgroundAccumulator
 from avatar.preprocess.body_motion import BodyMotionConfig, track_body
 from avatar.preprocess.config import PreprocessConfig
@@ -167,8 +169,30 @@ class Builder:
                 f"{self.cfg.audio}: {wave.size / SAMPLE_RATE:.1f} s of audio for {stated:.1f} s of video; the dataset "
                 "keeps the part both cover. Is it the sound recorded with this video?"
             )
-        save_wav(self.layout.audio, wave)
+        save_wav(self._source_audio, wave)
         return {"num_samples": int(wave.size), "duration_s": wave.size / SAMPLE_RATE, "warnings": warnings}
+
+    @property
+    def _source_audio(self) -> Path:
+        """The sound as cut from the source, before the sync step moves it into audio.wav."""
+        return self.root / MARKER_DIR / "source_audio.wav"
+
+    def step_sync(self) -> dict:
+        """Estimate the source's A/V offset and write audio.wav with it removed (when confident, or as given)."""
+        wave, _ = sf.read(str(self._source_audio), dtype="float32")
+        opening = mouth_opening(np.load(self.layout.tracking("landmarks_mp3d"), mmap_mode="r"))
+        found = estimate_offset(PhoneticFeatures(classes="visemes")(wave), 100.0, opening, self.cfg.fps)
+        if self.cfg.av_offset is not None:
+            offset = AvOffset(self.cfg.av_offset, found.confidence, found.peak_correlation,
+                              found.correlation_at_zero, applied=self.cfg.av_offset != 0)  # fmt: skip
+        else:
+            offset = dataclasses.replace(found, applied=found.confident)
+        save_wav(self.layout.audio, shift_audio(wave, offset.ms, SAMPLE_RATE) if offset.applied else wave)
+        warnings = []
+        if not offset.applied and found.confident and abs(found.ms) * self.cfg.fps / 1000 >= 1:
+            warnings.append(f"{self.cfg.video}: its sound is {found.ms:+.0f} ms off its lips, kept as given "
+                            "(--av-offset 0); the avatar will learn that offset.")  # fmt: skip
+        return {"av_offset": offset.to_manifest(), "estimated_ms": round(found.ms, 1), "warnings": warnings}
 
     def step_crop(self) -> dict:
 
@@ -333,11 +357,12 @@ class Builder:
             motion.save(tmp)
         return {"frames": num_frames, "stats": record}
 
-    def step_preview(self, num_frames: int, intrinsics: Intrinsics) -> dict:
+    def step_preview(self, num_frames: int, intrinsics: Intrinsics, caption: str) -> dict:
 
         count = min(num_frames, int(round(self.cfg.preview_seconds * self.cfg.fps)))
-        write_preview(self.root, count, self.cfg.fps, intrinsics, self.layout.preview)
-        write_contact_sheet(self.root, num_frames, intrinsics, self.cfg.contact_sheet_frames, self.layout.contact_sheet)
+        write_preview(self.root, count, self.cfg.fps, intrinsics, self.layout.preview, caption)
+        sheet = self.cfg.contact_sheet_frames
+        write_contact_sheet(self.root, num_frames, intrinsics, sheet, self.layout.contact_sheet, caption=caption)
         return {"frames": count}
 
     # ------------------------------------------------------------------ the whole build
@@ -345,7 +370,7 @@ class Builder:
         cfg, run = self.cfg, self.steps.run
         source = {"sha256": self.source_sha, "audio_sha256": self.audio_sha, "origin_s": self.origin_s}
         layout = self.layout
-        audio = run("audio", source, self.step_audio, (layout.audio.name,))
+        audio = run("audio", source, self.step_audio, (f"{MARKER_DIR}/source_audio.wav",))
         crop_rec = run(
             "crop",
             {
@@ -378,11 +403,12 @@ class Builder:
             lambda: self.step_track(intrinsics),
             (layout.tracking_dir.name,),
         )
+        sync = run("sync", {"av_offset": cfg.av_offset}, self.step_sync, (layout.audio.name,))
         masks = run("masks", {}, lambda: self.step_masks(n), (layout.masks_dir.name, layout.background.name))
         run(
             "preview",
             {"seconds": cfg.preview_seconds, "sheet": cfg.contact_sheet_frames},
-            lambda: self.step_preview(n, intrinsics),
+            lambda: self.step_preview(n, intrinsics, offset_caption(sync["av_offset"])),
             (layout.preview.name, layout.contact_sheet.name),
         )
         split = Split.of(n, cfg.val_fraction)
@@ -427,6 +453,7 @@ class Builder:
             blendshape_names=track["blendshape_names"],
             versions=library_versions(),
             stats=self._stats(n, audio, lm, track, masks, body),
+            av_offset=sync["av_offset"],
         )
         write_json(layout.manifest, manifest.to_json())
         return manifest
@@ -455,6 +482,11 @@ class Builder:
             },
             "warnings": [w for r in records.values() for w in r.get("warnings", [])],
         }
+
+
+def offset_caption(offset: dict) -> str:
+    """What the preview says of the source's A/V offset."""
+    return f"A/V offset {offset['ms']:+.0f} ms, " + ("removed" if offset["applied"] else "kept")
 
 
 def speech_motion(root: Path, num_frames: int, fps: float, names: list[str], max_lag: int = 8) -> dict:

@@ -15,6 +15,7 @@ class PreprocessConfig:
 
     LIMITS: ClassVar[dict] = {
         "fps": (1, 120),
+        "av_offset": (-1000, 1000),
         "resolution": (64, 4096),
         "val_fraction": (0.01, 0.5),
         "fov_deg": (1, 150),
@@ -40,6 +41,10 @@ class PreprocessConfig:
     """side of the square dataset images in pixels"""
     audio: Path | None = None
     """audio file to use instead of the video's own soundtrack (needed when the video has none)"""
+    av_offset: float | None = None
+    """the source's audio-visual offset in ms (positive: the sound comes later than the lips), removed from the
+    dataset's sound; default: estimated from the lips and the phones, and removed when the estimate is
+    confident; 0 keeps the sound as it is"""
     val_fraction: float = 0.1
     """share of the frames, at the end of the clip, held out as the validation split (training measures itself on it)"""
     fov_deg: float = 20.0

@@ -67,3 +67,28 @@ def test_the_pieces_on_made_up_signals():
     assert shift_audio(wave, 2 / 16000 * 1000, 16000).tolist() == [2, 3, 4, 5, 6, 7, 8, 9, 0, 0]
     assert shift_audio(wave, -2 / 16000 * 1000, 16000).tolist() == [0, 0, 0, 1, 2, 3, 4, 5, 6, 7]
     assert shift_audio(wave, -1.0, 16000).tolist() == [0] * 10  # 16 samples: more than the wave holds
+
+
+def test_preprocess_removes_a_late_sound_and_keeps_it_when_told(shared_data, clip_dir, tmp_path):
+    """A clip whose sound was made 6 frames late: the dataset's audio.wav is the source's sound moved 240 ms
+    earlier (the lips' own offset aside), the manifest says so; `--av-offset 0` keeps the sound as it was."""
+    from avatar.contracts.dataset import Dataset
+    from avatar.preprocess.build import run
+    from avatar.preprocess.config import PreprocessConfig
+    from tests.conftest import cut_clip
+
+    late_ms = 6 / FPS * 1000
+    clip = cut_clip(shared_data / "mimictalk_german_anchor_20s.mp4", clip_dir / "late_sound.mp4", 2.0, 14.0,
+                    ["-af", f"adelay={late_ms:.0f}:all=1"])  # fmt: skip
+    small = dict(resolution=96, crop_samples=8, preview_seconds=1.0, contact_sheet_frames=4)
+    out = tmp_path / "late"
+    run(PreprocessConfig(video=clip, out=out, **small))
+    offset = Dataset(out).manifest.av_offset
+    assert offset["applied"] and abs(offset["ms"] - late_ms - 44) <= 1000 / FPS, offset  # the clip's own: +44 ms
+    source = load_audio(out / ".steps" / "source_audio.wav")
+    moved = int(round(offset["ms"] / 1000 * SAMPLE_RATE))
+    np.testing.assert_allclose(load_audio(out / "audio.wav")[: len(source) - moved], source[moved:], atol=1e-4)
+    run(PreprocessConfig(video=clip, out=out, av_offset=0.0, **small))  # redoes the sync step and those after it
+    kept = Dataset(out).manifest.av_offset
+    assert not kept["applied"] and kept["ms"] == 0.0
+    np.testing.assert_allclose(load_audio(out / "audio.wav"), source, atol=1e-4)

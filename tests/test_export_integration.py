@@ -1,5 +1,5 @@
 """`avatar render` on a real trained avatar: a few seconds of a shared video, preprocessed at low resolution
-and trained for a handful of steps (slow on a CPU: minutes, hence `slow`)."""
+and trained for a handful of steps."""
 
 from __future__ import annotations
 
@@ -14,8 +14,6 @@ from export_fixtures import probe, speech_like, write_wav
 from avatar.audio.io import num_frames_for
 from avatar.render.config import RenderConfig
 from avatar.render.video import run
-
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="session")

@@ -75,7 +75,19 @@ def test_manifest_describes_the_dataset(dataset, sync_clip):
     assert m.features.mean[82:] == [0.0] * classes and m.features.std[82:] == [1.0] * classes  # left as they are
     assert {"numpy", "av", "mediapipe", "librosa", "python"} <= set(m.versions)
     steps = m.stats["steps"]
-    assert set(steps) == {"audio", "crop", "frames", "landmarks", "track", "masks", "features", "preview", "body"}
+    assert set(steps) == {
+        "audio",
+        "crop",
+        "frames",
+        "landmarks",
+        "track",
+        "sync",
+        "masks",
+        "features",
+        "preview",
+        "body",
+    }
+    assert set(m.av_offset) >= {"ms", "confidence", "applied"} and abs(m.av_offset["ms"]) <= 600
     assert steps["landmarks"]["frames_per_s"] > 0
     assert m.stats["tracking"]["reprojection_error_px_at_512"] < 1.0
     assert -8 <= m.stats["lip_gap_energy_best_lag_frames"] <= 8 and "jaw_open_energy_correlation" in m.stats

@@ -131,6 +131,10 @@ class Manifest:
     blendshape_names: list[str]
     versions: dict  # library versions that made the dataset
     stats: dict = field(default_factory=dict)  # measured quality figures (reprojection error, jitter, ...)
+    # {"ms", "confidence", "peak_correlation", "correlation_at_zero", "applied"}: the source's A/V offset
+    # (positive: its sound came later than the lips), removed from audio.wav when "applied" (datasets made
+    # before the estimate have none)
+    av_offset: dict | None = None
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
