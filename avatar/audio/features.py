@@ -228,7 +228,9 @@ def frame_log_energy(wave: np.ndarray, fps: float, num_frames: int) -> np.ndarra
 def feature_stats(features: np.ndarray, normalized: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-dimension mean and std [F] of a clip's features (for clip-level normalisation); columns from
     `normalized` on (the phonetic classes of `SpeechFeatures`) keep mean 0 and std 1."""
-    mean, std = features.mean(0).astype(np.float32), (features.std(0) + 1e-4).astype(np.float32)
+    # float64 sums: a float32 mean of a constant column misses it by rounding, which the tiny std then magnifies
+    mean, std = features.mean(0, dtype=np.float64), features.std(0, dtype=np.float64) + 1e-4
+    mean, std = mean.astype(np.float32), std.astype(np.float32)
     return unnormalized_after(mean, std, normalized)
 
 
