@@ -5,10 +5,9 @@ off the picture; an avatar trained on such a clip learns the offset and moves it
 new voice. The estimate compares two speaker-independent signals: how open the phone decoder's mouth-shape
 classes say the mouth is (open vowels open, bilabials and silence closed: `openness`), and the tracked
 inner-lip opening, each less its 1 s moving average (a person's slow drifts of expression and of speaking
-rate would otherwise spread the peak over many lags). Their correlation is scanned over +-`MAX_LAG_FRAMES`
-frames; the peak, refined below a frame by a parabola through its neighbours, is the offset; how far the
-peak stands above the correlations of the lags away from it (more than `PEAK_HALF_WIDTH` frames) is its
-confidence.
+rate would otherwise spread the peak over many lags). Their correlation is scanned over +-`MAX_LAG_S`; the
+peak, refined below a frame by a parabola through its neighbours, is the offset; how far the peak stands above
+the correlations of the lags away from it (more than `PEAK_HALF_WIDTH_S`) is its confidence.
 
 Sign: a positive offset means the sound comes later than the lips that make it (the audio must be moved
 earlier by that much to be in sync).
@@ -22,14 +21,16 @@ import numpy as np
 from scipy.ndimage import uniform_filter1d
 
 from avatar.audio.phonetic import VISEME_NAMES
+from avatar.metrics.lip_sync import lagged_pearson
 
-MAX_LAG_FRAMES = 15
+MAX_LAG_S = 0.6  # the offsets searched: +-15 frames at 25 fps
 # How much each mouth-shape class opens the lips (the others count 0): a weighting, not a learned model
 OPENNESS = {"open": 1.0, "mid": 0.7, "spread": 0.5, "bilabial": -1.0, "silence": -1.0}
-PEAK_HALF_WIDTH = 4  # frames: the lips and the sound change slowly, so a true peak is a few frames wide
+PEAK_HALF_WIDTH_S = 0.16  # the lips and the sound change slowly, so a true peak is a few frames wide
 MIN_CONFIDENCE = 4.0  # the peak's height above the lags away from it, in their standard deviations
 MIN_PEAK_CORRELATION = 0.2
 TREND_S = 1.0  # the moving average taken off both signals
+MIN_SECONDS = 4.0  # shorter clips hold too few syllables for a peak to mean anything
 
 
 @dataclass
@@ -62,23 +63,17 @@ def rows_to_frames(rows: np.ndarray, rate_hz: float, fps: float, num_frames: int
     return (sums[end] - sums[first]) / (end - first)
 
 
-def lag_correlations(lips: np.ndarray, sound: np.ndarray, max_lag: int = MAX_LAG_FRAMES) -> np.ndarray:
-    """[2 * max_lag + 1] Pearson correlation of lips[i] with sound[i + lag], lag = -max_lag..max_lag."""
-    out = np.zeros(2 * max_lag + 1)
-    for k, lag in enumerate(range(-max_lag, max_lag + 1)):
-        a, b = (lips[: len(lips) - lag], sound[lag:]) if lag >= 0 else (lips[-lag:], sound[: len(sound) + lag])
-        a, b = a - a.mean(), b - b.mean()
-        out[k] = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
-    return out
-
-
 def estimate_offset(visemes: np.ndarray, rate_hz: float, lip_opening: np.ndarray, fps: float) -> AvOffset:
     """The offset between the sound (viseme rows [T, V] at `rate_hz`) and the lips (tracked opening [N] at
-    `fps`). Needs at least a few seconds of speech; a scan without a clear peak gives a low confidence."""
+    `fps`). Needs at least `MIN_SECONDS` of speech (a shorter clip gives 0 ms at confidence 0); a scan without
+    a clear peak gives a low confidence."""
     num_frames = len(lip_opening)
-    max_lag = min(MAX_LAG_FRAMES, max(1, num_frames // 4))
+    if num_frames < MIN_SECONDS * fps:
+        return AvOffset(0.0, 0.0, 0.0, 0.0)
+    max_lag, half_width = int(round(MAX_LAG_S * fps)), max(1, int(round(PEAK_HALF_WIDTH_S * fps)))
     sound = rows_to_frames(openness(visemes), rate_hz, fps, num_frames)
-    corrs = lag_correlations(_detrended(np.asarray(lip_opening, np.float64), fps), _detrended(sound, fps), max_lag)
+    lips, sound = _detrended(np.asarray(lip_opening, np.float64), fps), _detrended(sound, fps)
+    corrs = np.nan_to_num([lagged_pearson(lips, sound, lag) for lag in range(-max_lag, max_lag + 1)])
     k = int(np.argmax(corrs))
     lag = float(k - max_lag)
     if 0 < k < len(corrs) - 1:  # the parabola through the peak and its neighbours
@@ -86,7 +81,7 @@ def estimate_offset(visemes: np.ndarray, rate_hz: float, lip_opening: np.ndarray
         curvature = left - 2 * mid + right
         if curvature < 0:
             lag += float(np.clip(0.5 * (left - right) / curvature, -0.5, 0.5))
-    far = np.delete(corrs, np.arange(max(0, k - PEAK_HALF_WIDTH), k + PEAK_HALF_WIDTH + 1))
+    far = np.delete(corrs, np.arange(max(0, k - half_width), min(len(corrs), k + half_width + 1)))
     spread = float(np.std(far)) if len(far) > 1 else 0.0
     confidence = float((corrs[k] - far.mean()) / spread) if spread > 0 else 0.0
     return AvOffset(1000.0 * lag / fps, confidence, float(corrs[k]), float(corrs[max_lag]))

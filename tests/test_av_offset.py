@@ -9,7 +9,7 @@ import pytest
 from avatar.audio.io import SAMPLE_RATE, load_audio
 from avatar.audio.phonetic import VISEME_NAMES, PhoneticFeatures
 from avatar.contracts.face_mesh import mouth_opening
-from avatar.preprocess.av_offset import estimate_offset, lag_correlations, rows_to_frames, shift_audio
+from avatar.preprocess.av_offset import estimate_offset, rows_to_frames, shift_audio
 from tests.conftest import SHARED_DATA
 from tests.track_fixtures import real_detections
 
@@ -53,9 +53,13 @@ def test_another_speakers_sound_gives_no_confident_offset(anchor):
 def test_the_pieces_on_made_up_signals():
     # frame means of rows: 100 Hz rows at 25 fps, four rows a frame
     np.testing.assert_allclose(rows_to_frames(np.repeat(np.arange(5.0), 4), 100.0, 25.0, 5), np.arange(5.0))
-    # the correlation peaks where the sound, made 3 frames later than the lips, lines up with them
-    lips = np.random.default_rng(0).normal(size=300)
-    assert int(np.argmax(lag_correlations(lips, np.roll(lips, 3)))) - 15 == 3
+    # the scan peaks where the sound, made 3 frames later than the lips, lines up with them
+    lips = np.convolve(np.random.default_rng(0).normal(size=300), np.ones(3) / 3, "same")
+    visemes = np.zeros((1200, len(VISEME_NAMES)))
+    visemes[:, VISEME_NAMES.index("open")] = np.repeat(np.roll(lips, 3), 4)
+    found = estimate_offset(visemes, 100.0, lips, 25.0)
+    assert found.confident and abs(found.ms - 120.0) < 20.0, found
+    assert not estimate_offset(visemes[:200], 100.0, lips[:50], 25.0).confident  # 2 s: too short to tell
     # sub-frame refinement: a peak between two lags lands between them
     smooth = np.convolve(np.random.default_rng(1).normal(size=400), np.ones(5) / 5, "same")
     visemes = np.zeros((1600, len(VISEME_NAMES)))
@@ -70,25 +74,28 @@ def test_the_pieces_on_made_up_signals():
 
 
 def test_preprocess_removes_a_late_sound_and_keeps_it_when_told(shared_data, clip_dir, tmp_path):
-    """A clip whose sound was made 6 frames late: the dataset's audio.wav is the source's sound moved 240 ms
-    earlier (the lips' own offset aside), the manifest says so; `--av-offset 0` keeps the sound as it was."""
+    """A clip whose sound was made 6 frames late (given as `--audio`): the dataset's audio.wav is that sound
+    moved 240 ms earlier (the clip's own offset aside), the manifest says so; `--av-offset 0` keeps the sound
+    as it was."""
+    from avatar.audio.io import save_wav
     from avatar.contracts.dataset import Dataset
     from avatar.preprocess.build import run
     from avatar.preprocess.config import PreprocessConfig
     from tests.conftest import cut_clip
 
     late_ms = 6 / FPS * 1000
-    clip = cut_clip(shared_data / "mimictalk_german_anchor_20s.mp4", clip_dir / "late_sound.mp4", 2.0, 14.0,
-                    ["-af", f"adelay={late_ms:.0f}:all=1"])  # fmt: skip
+    clip = cut_clip(shared_data / "mimictalk_german_anchor_20s.mp4", clip_dir / "anchor_2_14.mp4", 2.0, 12.0)
+    late = tmp_path / "late.wav"
+    save_wav(late, shift_audio(load_audio(clip), -late_ms, SAMPLE_RATE))
     small = dict(resolution=96, crop_samples=8, preview_seconds=1.0, contact_sheet_frames=4)
     out = tmp_path / "late"
-    run(PreprocessConfig(video=clip, out=out, **small))
+    run(PreprocessConfig(video=clip, out=out, audio=late, **small))
     offset = Dataset(out).manifest.av_offset
     assert offset["applied"] and abs(offset["ms"] - late_ms - 44) <= 1000 / FPS, offset  # the clip's own: +44 ms
     source = load_audio(out / ".steps" / "source_audio.wav")
     moved = int(round(offset["ms"] / 1000 * SAMPLE_RATE))
     np.testing.assert_allclose(load_audio(out / "audio.wav")[: len(source) - moved], source[moved:], atol=1e-4)
-    run(PreprocessConfig(video=clip, out=out, av_offset=0.0, **small))  # redoes the sync step and those after it
+    run(PreprocessConfig(video=clip, out=out, audio=late, av_offset=0.0, **small))  # redoes the sync step on
     kept = Dataset(out).manifest.av_offset
     assert not kept["applied"] and kept["ms"] == 0.0
     np.testing.assert_allclose(load_audio(out / "audio.wav"), source, atol=1e-4)

@@ -87,10 +87,17 @@ def test_manifest_describes_the_dataset(dataset, sync_clip):
         "preview",
         "body",
     }
-    assert set(m.av_offset) >= {"ms", "confidence", "applied"} and abs(m.av_offset["ms"]) <= 600
+    # 3 s of picture: too short for an A/V offset estimate, so none is claimed and the sound is kept
+    assert m.av_offset == {
+        "ms": 0.0,
+        "confidence": 0.0,
+        "peak_correlation": 0.0,
+        "correlation_at_zero": 0.0,
+        "applied": False,
+    }
     assert steps["landmarks"]["frames_per_s"] > 0
     assert m.stats["tracking"]["reprojection_error_px_at_512"] < 1.0
-    assert -8 <= m.stats["lip_gap_energy_best_lag_frames"] <= 8 and "jaw_open_energy_correlation" in m.stats
+    assert np.isfinite([m.stats["lip_gap_energy_best_lag_frames"], m.stats["jaw_open_energy_correlation"]]).all()
     json.dumps(m.to_json())  # plain JSON all the way down
 
 
