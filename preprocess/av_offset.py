@@ -15,7 +15,7 @@ earlier by that much to be in sync).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from scipy.ndimage import uniform_filter1d
@@ -39,14 +39,34 @@ class AvOffset:
     confidence: float  # (peak - mean) / std of the correlations of the lags away from the peak
     peak_correlation: float
     correlation_at_zero: float
-    applied: bool = False
+    applied: bool = False  # removed from the dataset's sound
+    given: bool = False  # `ms` was given (--av-offset), not estimated
 
     @property
     def confident(self) -> bool:
         return self.confidence >= MIN_CONFIDENCE and self.peak_correlation >= MIN_PEAK_CORRELATION
 
+    def decided(self, given_ms: float | None) -> AvOffset:
+        """This estimate as the dataset keeps it: removed when confident; with `given_ms` (--av-offset) that
+        offset is removed instead, and 0 keeps the sound as it is (the estimate is still recorded)."""
+        if given_ms is None:
+            return replace(self, applied=self.confident)
+        if given_ms == 0:
+            return replace(self, applied=False)
+        return replace(self, ms=float(given_ms), applied=True, given=True)
+
     def to_manifest(self) -> dict:
-        return {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
+        return {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self).items()} | {
+            "confident": self.confident
+        }
+
+
+def remaining_offset_ms(record: dict | None) -> float | None:
+    """How far a dataset's sound is still off its lips, from its manifest's `av_offset` record (None: a
+    dataset made before the estimate, so unknown): 0 when an offset was removed or none was found."""
+    if record is None:
+        return None
+    return 0.0 if record["applied"] or not record.get("confident", False) else float(record["ms"])
 
 
 def openness(visemes: np.ndarray) -> np.ndarray:

@@ -43,7 +43,7 @@ from avatar.contracts.video import frames_at_times, probe_video, resampled_frame
 from avatar.errors import UserError
 from avatar.metrics.lip_sync import lagged_pearson
 from avatar.preprocess.audio import clip_audio, require_audio, time_origin
-from avatar.preprocess.av_offset import AvOffset, estimate_offset, shift_audio
+from avatar.preprocess.av_offset import estimate_offset, shift_audio
 from avatar.preprocess.background import BackgroundAccumulator
 from avatar.preprocess.body_motion import BodyMotionConfig, track_body
 from avatar.preprocess.config import PreprocessConfig
@@ -182,17 +182,16 @@ class Builder:
         wave, _ = sf.read(str(self._source_audio), dtype="float32")
         opening = mouth_opening(np.load(self.layout.tracking("landmarks_mp3d"), mmap_mode="r"))
         found = estimate_offset(PhoneticFeatures(classes="visemes")(wave), 100.0, opening, self.cfg.fps)
-        if self.cfg.av_offset is not None:
-            offset = AvOffset(self.cfg.av_offset, found.confidence, found.peak_correlation,
-                              found.correlation_at_zero, applied=self.cfg.av_offset != 0)  # fmt: skip
-        else:
-            offset = dataclasses.replace(found, applied=found.confident)
+        given = self.cfg.av_offset
+        offset = found.decided(given)
         save_wav(self.layout.audio, shift_audio(wave, offset.ms, SAMPLE_RATE) if offset.applied else wave)
         warnings = []
-        if not offset.applied and found.confident and abs(found.ms) * self.cfg.fps / 1000 >= 1:
-            warnings.append(f"{self.cfg.video}: its sound is {found.ms:+.0f} ms off its lips, kept as given "
-                            "(--av-offset 0); the avatar will learn that offset.")  # fmt: skip
-        return {"av_offset": offset.to_manifest(), "estimated_ms": round(found.ms, 1), "warnings": warnings}
+        if given == 0 and found.confident and abs(found.ms) * self.cfg.fps / 1000 >= 1:
+            warnings.append(
+                f"{self.cfg.video}: its sound is {found.ms:+.0f} ms off its lips, kept as given (--av-offset 0); "
+                "the avatar will learn that offset."
+            )
+        return {"av_offset": offset.to_manifest(), "warnings": warnings}
 
     def step_crop(self) -> dict:
 
@@ -486,7 +485,11 @@ class Builder:
 
 def offset_caption(offset: dict) -> str:
     """What the preview says of the source's A/V offset."""
-    return f"A/V offset {offset['ms']:+.0f} ms, " + ("removed" if offset["applied"] else "kept")
+    if offset["applied"]:
+        return f"A/V offset {offset['ms']:+.0f} ms, removed"
+    if offset["confident"]:
+        return f"A/V offset {offset['ms']:+.0f} ms, kept"
+    return "A/V offset: none found"
 
 
 def speech_motion(root: Path, num_frames: int, fps: float, names: list[str], max_lag: int = 8) -> dict:

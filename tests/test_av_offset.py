@@ -9,7 +9,7 @@ import pytest
 from avatar.audio.io import SAMPLE_RATE, load_audio
 from avatar.audio.phonetic import VISEME_NAMES, PhoneticFeatures
 from avatar.contracts.face_mesh import mouth_opening
-from avatar.preprocess.av_offset import estimate_offset, rows_to_frames, shift_audio
+from avatar.preprocess.av_offset import AvOffset, estimate_offset, remaining_offset_ms, rows_to_frames, shift_audio
 from tests.conftest import SHARED_DATA
 from tests.track_fixtures import real_detections
 
@@ -66,6 +66,17 @@ def test_the_pieces_on_made_up_signals():
     visemes[:, VISEME_NAMES.index("open")] = np.interp(np.arange(1600) / 100.0 - 0.06, np.arange(400) / 25.0, smooth)
     found = estimate_offset(visemes, 100.0, np.interp(np.arange(400) / 25.0, np.arange(400) / 25.0, smooth), 25.0)
     assert found.confident and 40.0 <= found.ms <= 80.0  # 60 ms = 1.5 frames
+    # what the dataset keeps: a confident estimate is removed, a doubtful one kept; --av-offset overrides
+    doubtful = AvOffset(80.0, 2.0, 0.3, 0.1)
+    assert found.decided(None).applied and not doubtful.decided(None).applied
+    assert not found.decided(0).applied and found.decided(0).ms == found.ms
+    assert doubtful.decided(-120).to_manifest() | {"confidence": 0} == {
+        "ms": -120.0, "confidence": 0, "peak_correlation": 0.3, "correlation_at_zero": 0.1,
+        "applied": True, "given": True, "confident": False,
+    }  # fmt: skip
+    assert remaining_offset_ms(found.decided(None).to_manifest()) == 0.0
+    assert remaining_offset_ms(found.decided(0).to_manifest()) == pytest.approx(found.ms, abs=1e-3)
+    assert remaining_offset_ms(doubtful.decided(0).to_manifest()) == 0.0 and remaining_offset_ms(None) is None
     # moving the sound keeps its length; a positive offset (late sound) drops its start
     wave = np.arange(10, dtype=np.float32)
     assert shift_audio(wave, 2 / 16000 * 1000, 16000).tolist() == [2, 3, 4, 5, 6, 7, 8, 9, 0, 0]
@@ -97,5 +108,5 @@ def test_preprocess_removes_a_late_sound_and_keeps_it_when_told(shared_data, cli
     np.testing.assert_allclose(load_audio(out / "audio.wav")[: len(source) - moved], source[moved:], atol=1e-4)
     run(PreprocessConfig(video=clip, out=out, audio=late, av_offset=0.0, **small))  # redoes the sync step on
     kept = Dataset(out).manifest.av_offset
-    assert not kept["applied"] and kept["ms"] == 0.0
+    assert kept == {**offset, "applied": False}  # the estimate is still recorded
     np.testing.assert_allclose(load_audio(out / "audio.wav"), source, atol=1e-4)

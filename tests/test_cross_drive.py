@@ -150,3 +150,24 @@ def test_an_avatar_without_recorded_openings_takes_them_from_its_dataset(avatar_
     assert np.allclose(person_openings(head, run_dir, tiny_dataset), recorded)
     with pytest.raises(UserError, match="does not record its person's mouth openings"):
         person_openings(head, run_dir, None)
+
+
+def test_the_drivers_own_av_offset_is_taken_out_of_its_mouth():
+    """Lag 0 means in time with the driving sound: a driver whose sound was kept 80 ms (2 frames) late has
+    its lips compared two frames later; one whose offset was removed, or none was found, as they are."""
+    from types import SimpleNamespace
+
+    from avatar.eval.cross_drive import driver_in_sync
+
+    openings = np.sin(np.arange(50) / 3.0)
+    record = {"ms": 80.0, "confidence": 9.0, "peak_correlation": 0.4, "correlation_at_zero": 0.1, "given": False}
+
+    def driver(av_offset):
+        return SimpleNamespace(mouth_openings=lambda: openings, fps=25.0, manifest=SimpleNamespace(av_offset=av_offset))
+
+    moved, ms = driver_in_sync(driver({**record, "applied": False, "confident": True}), np.zeros(16000))
+    assert ms == 80.0 and np.allclose(moved[2:], openings[:-2])
+    for kept in ({**record, "applied": True, "confident": True}, {**record, "applied": False, "confident": False}):
+        assert driver_in_sync(driver(kept), np.zeros(16000))[1] == 0.0
+    same, ms = driver_in_sync(driver(None), np.zeros(16000))  # made before the estimate: 2 s, too short to tell
+    assert ms == 0.0 and np.array_equal(same, openings)

@@ -94,6 +94,8 @@ def test_manifest_describes_the_dataset(dataset, sync_clip):
         "peak_correlation": 0.0,
         "correlation_at_zero": 0.0,
         "applied": False,
+        "given": False,
+        "confident": False,
     }
     assert steps["landmarks"]["frames_per_s"] > 0
     assert m.stats["tracking"]["reprojection_error_px_at_512"] < 1.0

@@ -131,9 +131,9 @@ class Manifest:
     blendshape_names: list[str]
     versions: dict  # library versions that made the dataset
     stats: dict = field(default_factory=dict)  # measured quality figures (reprojection error, jitter, ...)
-    # {"ms", "confidence", "peak_correlation", "correlation_at_zero", "applied"}: the source's A/V offset
-    # (positive: its sound came later than the lips), removed from audio.wav when "applied" (datasets made
-    # before the estimate have none)
+    # the source's A/V offset (preprocess/av_offset.py `AvOffset`: "ms", positive when its sound came later
+    # than the lips, "confidence", "confident", "applied" when removed from audio.wav, "given" when set by
+    # --av-offset); datasets made before the estimate have none
     av_offset: dict | None = None
 
     def to_json(self) -> dict:

@@ -6,7 +6,9 @@ track and blinks); the inner-lip opening (`face_mesh.mouth_opening` of the 3D la
 pose does not change) is detected on every rendered frame by the evaluation's landmark detector and
 compared with:
 - `--drive`: the other person's tracked opening on their own video: correlation at lag 0 and the best
-  within +-3 frames (and that lag), and the share of silent frames with a closed mouth;
+  within +-5 frames (and that lag), and the share of silent frames with a closed mouth. Their video's own
+  A/V offset is taken out first (`driver_in_sync`): lag 0 means in time with the sound, not with lips that
+  were off it;
 - `--drive-audio`: the audio itself: the share of pauses (200 ms or more) with a closed mouth, of vowel
   frames with an open one, and the correlation of the opening with the loudness envelope.
 Both report the motion ratio: the rendered opening's spread over the avatar's OWN person's real spread
@@ -36,9 +38,10 @@ from avatar.eval.frames import frame_conditions, quantize
 from avatar.eval.landmarks import LANDMARK_SCALE, FaceLandmarker
 from avatar.metrics.lip_sync import lagged_pearson, motion_ratio, pearson
 from avatar.model.driving import audio_windows, blink_schedule
+from avatar.preprocess.av_offset import estimate_offset, remaining_offset_ms
 from avatar.render.video import driven_batches
 
-MAX_LAG = 3  # frames either way for the best-lag correlation
+MAX_LAG = 5  # frames either way for the best-lag correlation
 PAUSE_S = 0.2  # a pause is at least this long
 EDGE_FRAMES = 2  # the mouth may still be closing/opening this many frames into a pause
 QUIET_DB = -20.0  # a frame is quiet below the clip's median loudness of sounding frames by this much
@@ -58,6 +61,21 @@ def lagged_correlation(pred: np.ndarray, truth: np.ndarray, max_lag: int = MAX_L
     finite = {k: v for k, v in by_lag.items() if np.isfinite(v)}
     best = max(finite, key=finite.get) if finite else 0
     return by_lag[0], by_lag[best], best
+
+
+def driver_in_sync(dataset: Dataset, wave: np.ndarray) -> tuple[np.ndarray, float]:
+    """(the driving dataset's tracked openings in time with its sound, the offset taken out in ms): its
+    preprocessing removed a confident offset from its sound; otherwise (an offset kept, or a dataset made
+    before the estimate, which is estimated here) the openings are moved by it."""
+    openings = dataset.mouth_openings()
+    offset_ms = remaining_offset_ms(dataset.manifest.av_offset)
+    if offset_ms is None:
+        found = estimate_offset(PhoneticFeatures(classes="visemes")(wave), 100.0, openings, dataset.fps)
+        offset_ms = found.ms if found.confident else 0.0
+    if offset_ms == 0:
+        return openings, 0.0
+    frames = np.arange(len(openings), dtype=np.float64)  # the lips that made the sound at frame j: j - offset
+    return np.interp(frames - offset_ms * dataset.fps / 1000.0, frames, openings), offset_ms
 
 
 def quiet_frames(loudness: np.ndarray) -> np.ndarray:
@@ -240,12 +258,14 @@ def cross_driven(
     if drive_dataset is not None:
         other = Dataset(drive_dataset)
         audio, fps = other.layout.audio, other.fps
-        truth = other.mouth_openings()
+        wave = load_audio(audio)
+        truth, offset_ms = driver_in_sync(other, wave)
         source = {"drive": str(other.root), "driver_video": other.manifest.source["path"]}
+        source["driver_offset_ms"] = round(offset_ms, 1)
     else:
         audio, fps = Path(drive_audio), head.fps
         source = {"drive_audio": str(audio)}
-    wave = load_audio(audio)
+        wave = load_audio(audio)
     count = num_frames_for(len(wave), SAMPLE_RATE, fps)
     count = min(count, max_frames or count, len(truth) if truth is not None else count)
     if count < 3:
