@@ -287,3 +287,32 @@ def test_missing_frames_are_found_before_the_first_stage_and_a_rerun_mends_them(
     err = capsys.readouterr().err
     assert "[frames] done" in err and "[body] done" in err and "[track] up to date" in err
     Dataset(dataset_copy, complete=True)
+
+
+@pytest.mark.parametrize("host, beyond", [("::1", False), ("0.0.0.0", True)])
+def test_the_viewer_serves_at_the_url_it_prints_and_says_when_others_can_reach_it(
+    trained, host, beyond, monkeypatch, capsys
+):
+    import re
+    import time
+    import urllib.request
+    from types import SimpleNamespace
+
+    import avatar.viewer.app
+
+    pages = []
+
+    def open_the_page_then_stop(seconds):
+        said = capsys.readouterr()
+        url = re.search(r"open (\S+) in a browser", said.out).group(1)
+        with urllib.request.urlopen(url, timeout=10) as page:
+            pages.append((url, page.status, said.err))
+        raise KeyboardInterrupt  # the user's Ctrl-C
+
+    monkeypatch.setattr(
+        avatar.viewer.app, "time", SimpleNamespace(perf_counter=time.perf_counter, sleep=open_the_page_then_stop)
+    )
+    assert main(["view", str(trained), "--host", host, "--threads", "1"]) == 0
+    ((url, status, said),) = pages
+    assert status == 200 and url.startswith("http://[::1]:" if host == "::1" else "http://127.0.0.1:")
+    assert ("warning: the viewer listens on every network interface (--host 0.0.0.0)" in said) == beyond
