@@ -217,6 +217,7 @@ def dataset_copy(tiny_dataset, tmp_path):
         ({"features": {"std": [1.0]}}, "features.std: 1 values for features.dim"),
         ({"crop": {"size": None, "x1": 3}}, "crop.x1: not a field this avatar version knows"),
         ({"blendshape_names": None}, "blendshape_names null: must be a list of names"),
+        ({"split": 5}, "split 5: must be an object {...}"),
     ],
 )
 def test_an_edited_manifest_is_refused_before_training_starts(dataset_copy, tmp_path, edit, said, capsys):

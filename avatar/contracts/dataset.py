@@ -165,15 +165,15 @@ _NUMBER = (_number, "a number")
 _AT_LEAST_1 = (lambda v: _whole(v) and v >= 1, "a whole number of at least 1")
 _TEXT = (lambda v: isinstance(v, str) and v != "", "a file name")
 _OBJECT = (lambda v: isinstance(v, dict), "an object {...}")
-_RANGE = (lambda v: isinstance(v, list) and len(v) == 2 and all(map(_whole, v)) and 0 <= v[0] <= v[1],
-          "[start, end] frame numbers, 0 <= start <= end")  # fmt: skip
+_RANGE = (
+    lambda v: isinstance(v, list) and len(v) == 2 and all(map(_whole, v)) and 0 <= v[0] <= v[1],
+    "[start, end] frame numbers, 0 <= start <= end",
+)
 
 # field -> (test, what it must be): the values every reader of a dataset divides by, counts with or opens
 MANIFEST_RULES = {
-    "source": _OBJECT,
-    "versions": _OBJECT,
-    "stats": _OBJECT,
-    "audio": _OBJECT,
+    **{section: _OBJECT for section in ("source", "versions", "stats", "audio", "crop", "intrinsics", "split")},
+    "features": _OBJECT,
     "fps": _ABOVE_0,
     "num_frames": _AT_LEAST_1,
     "resolution": _AT_LEAST_1,
@@ -203,7 +203,7 @@ MANIFEST_RULES = {
     "features.std": (
         lambda v: isinstance(v, list) and all(_number(x) and x > 0 for x in v),
         "a list of numbers above 0",
-    ),  # fmt: skip
+    ),
     "features.speech_model": (lambda v: isinstance(v, str), "a text"),
     "blendshape_names": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of names"),
     "av_offset": (lambda v: v is None or isinstance(v, dict), "an object {...} or null"),
@@ -248,7 +248,9 @@ def manifest_problems(data) -> list[str]:
         section, _, field_name = name.rpartition(".")
         fields = data.get(section) if section else data
         if isinstance(fields, dict) and field_name in fields and not valid(fields[field_name]):
-            problems.append(f"{name} {json.dumps(fields[field_name])}: must be {what}")
+            shown = json.dumps(fields[field_name])
+            shown = shown if len(shown) <= 40 else f"{shown[:37]}..."
+            problems.append(f"{name} {shown}: must be {what}")
     if problems:
         return problems
     n, features = data["num_frames"], data["features"]
