@@ -211,7 +211,7 @@ def format_report(rows: list[dict]) -> str:
     sections: dict[str, list[dict]] = {}
     for row in rows:
         sections.setdefault(row.get("section", ""), []).append({k: v for k, v in row.items() if k != "section"})
-    return "\n\n".join(f"== {name}\n{format_table(part)}" for name, part in sections.items())
+    return "\n\n".join(format_table(part, f"== {name}") for name, part in sections.items())
 
 
 def run(cfg: BenchConfig) -> list[dict]:

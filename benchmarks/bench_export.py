@@ -23,6 +23,7 @@ from pathlib import Path
 import soundfile as sf
 
 from avatar.examples import example_data
+from avatar.tables import format_table
 
 SPEECH = example_data() / "musetalk_eng_speech_60s.wav"
 MEMORY_FPS = 0.05  # one frame per 20 s: 90 frames for 30 minutes of audio
@@ -117,5 +118,4 @@ def run(quick: bool) -> list[dict]:
 
 
 if __name__ == "__main__":
-    for row in run("--quick" in sys.argv):
-        print(row)
+    print(format_table(run("--quick" in sys.argv)))

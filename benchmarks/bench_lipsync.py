@@ -36,6 +36,7 @@ from avatar.eval.evaluate import evaluation_dataset
 from avatar.eval.landmarks import FaceLandmarker
 from avatar.examples import example_data
 from avatar.model.talking_head import TalkingHead
+from avatar.tables import format_table
 
 SHARED = example_data()
 SPEECH_CLIPS = (
@@ -196,12 +197,7 @@ def synthesise_tts(folder: Path) -> list[Path]:
 
 
 def format_rows(rows: list[dict]) -> str:
-    head = f"{'avatar':<28} {'driver':<30} {'method':<11} {'frames':>6}" + "".join(f"{c:>14}" for c in COLUMNS)
-    lines = [head]
-    for r in rows:
-        cells = "".join(f"{r[c]:>14.3f}" if isinstance(r.get(c), float) else f"{str(r.get(c)):>14}" for c in COLUMNS)
-        lines.append(f"{r['avatar'][:28]:<28} {r['driver'][:30]:<30} {r['method']:<11} {r['frames']:>6}" + cells)
-    return "\n".join(lines)
+    return format_table([{k: r.get(k) for k in ("avatar", "driver", "method", "frames", *COLUMNS)} for r in rows])
 
 
 def table(runs: list[Path], max_frames: int | None, static: bool, extra_clips: list[Path] = ()) -> list[dict]:

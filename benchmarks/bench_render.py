@@ -17,6 +17,7 @@ import torch
 
 from avatar.rasterizer.rasterize import rasterize
 from avatar.rasterizer.types import Camera, Gaussians, RasterSettings
+from avatar.tables import format_table
 
 COUNTS = (10_000, 100_000)
 RESOLUTIONS = (128, 256, 512)
@@ -107,15 +108,22 @@ def run(quick: bool) -> list[dict]:
 
 def print_table(rows: list[dict]) -> None:
     print(
-        f"{'backend':8} {'device':6} {'gaussians':>10} {'res':>5} {'forward ms':>11} {'fwd+bwd ms':>11} "
-        f"{'fwd cpu ms':>11} {'f+b cpu ms':>11}"
-    )
-    for r in rows:
-        print(
-            f"{r['backend']:8} {r['device']:6} {r['gaussians']:>10} {r['resolution']:>5} "
-            f"{1000 * r['forward_s']:>11.1f} {1000 * r['forward_backward_s']:>11.1f} "
-            f"{1000 * r['forward_cpu_s']:>11.1f} {1000 * r['forward_backward_cpu_s']:>11.1f}"
+        format_table(
+            [
+                {
+                    "backend": r["backend"],
+                    "device": r["device"],
+                    "gaussians": r["gaussians"],
+                    "res": r["resolution"],
+                    "forward ms": 1000 * r["forward_s"],
+                    "fwd+bwd ms": 1000 * r["forward_backward_s"],
+                    "fwd cpu ms": 1000 * r["forward_cpu_s"],
+                    "f+b cpu ms": 1000 * r["forward_backward_cpu_s"],
+                }
+                for r in rows
+            ]
         )
+    )
 
 
 if __name__ == "__main__":

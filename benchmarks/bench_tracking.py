@@ -26,6 +26,7 @@ from avatar.metrics.lip_sync import lagged_pearson
 from avatar.preprocess.background import BackgroundAccumulator
 from avatar.preprocess.masks import MaskMaker
 from avatar.preprocess.track import BLENDSHAPE_NAMES, LandmarkFaceModel, detect_landmarks
+from avatar.tables import format_table
 
 DATA = example_data()
 VIDEOS = ("dfrf_macron_address_50s.mp4", "mimictalk_german_anchor_20s.mp4", "edtalk_obama_20s.mp4")
@@ -110,5 +111,4 @@ def run(quick: bool) -> list[dict]:
 
 
 if __name__ == "__main__":
-    for row in run("--quick" in sys.argv):
-        print(row, flush=True)
+    print(format_table(run("--quick" in sys.argv)))

@@ -25,6 +25,7 @@ from avatar.audio.grid import HOP, num_rows
 from avatar.audio.phonetic import PHONES, SAMPLE_RATE, SILENCE, PhoneticFeatures, decode_phones, row_labels
 from avatar.contracts.face_mesh import FaceMesh, mouth_opening
 from avatar.examples import example_data
+from avatar.tables import format_table
 
 DATA = example_data()
 CACHE = Path("/tmp/probe_phonetic_cache")
@@ -243,15 +244,13 @@ def main() -> None:
         f"Ridge probe: Pearson r of predicted vs tracked inner-lip opening, 'lag0/best within +-{MAX_LAG} "
         f"frames'; train on the clip left of '->', test on the one right of it; own = last 10 % held out."
     )
-    print(f"{'representation':<24}" + "".join(f"{c:>12}" for c in columns) + f"{'cross mean':>12}")
+    rows = []
     for name, row in table.items():
         mean0 = np.mean([row[i][0] for i in cross])
         meanb = np.mean([row[i][1] for i in cross])
-        print(
-            f"{name:<24}"
-            + "".join(f"{r0:>7.2f}/{rb:.2f}"[-12:].rjust(12) for r0, rb in row)
-            + f"{mean0:>7.2f}/{meanb:.2f}"
-        )
+        cells = {c: f"{r0:.2f}/{rb:.2f}" for c, (r0, rb) in zip(columns, row)}
+        rows.append({"representation": name, **cells, "cross mean": f"{mean0:.2f}/{meanb:.2f}"})
+    print(format_table(rows))
     for key, c in clips.items():
         seconds = c["wave"].size / SAMPLE_RATE
         labels = c["labels"]

@@ -177,21 +177,24 @@ class Builder:
         """The sound as cut from the source, before the sync step moves it into audio.wav."""
         return self.root / MARKER_DIR / "source_audio.wav"
 
-    def step_sync(self) -> dict:
-        """Estimate the source's A/V offset and write audio.wav with it removed (when confident, or as given)."""
+    def step_sync(self, num_frames: int) -> dict:
+        """Estimate the source's A/V offset and write audio.wav with it removed (when confident, or as given),
+        cut to the frames' span: the part the sound and the picture both cover (an --audio file may be longer)."""
         wave, _ = sf.read(str(self._source_audio), dtype="float32")
         opening = mouth_opening(np.load(self.layout.tracking("landmarks_mp3d"), mmap_mode="r"))
         found = estimate_offset(PhoneticFeatures(classes="visemes")(wave), 100.0, opening, self.cfg.fps)
         given = self.cfg.av_offset
         offset = found.decided(given)
-        save_wav(self.layout.audio, shift_audio(wave, offset.ms, SAMPLE_RATE) if offset.applied else wave)
+        synced = shift_audio(wave, offset.ms, SAMPLE_RATE) if offset.applied else wave
+        synced = synced[: int(round(num_frames / self.cfg.fps * SAMPLE_RATE))]
+        save_wav(self.layout.audio, synced)
         warnings = []
         if given == 0 and found.confident and abs(found.ms) * self.cfg.fps / 1000 >= 1:
             warnings.append(
                 f"{self.cfg.video}: its sound is {found.ms:+.0f} ms off its lips, kept as given (--av-offset 0); "
                 "the avatar will learn that offset."
             )
-        return {"av_offset": offset.to_manifest(), "warnings": warnings}
+        return {"av_offset": offset.to_manifest(), "num_samples": int(synced.size), "warnings": warnings}
 
     def step_crop(self) -> dict:
 
@@ -402,7 +405,7 @@ class Builder:
             lambda: self.step_track(intrinsics),
             (layout.tracking_dir.name,),
         )
-        sync = run("sync", {"av_offset": cfg.av_offset}, self.step_sync, (layout.audio.name,))
+        sync = run("sync", {"av_offset": cfg.av_offset}, lambda: self.step_sync(n), (layout.audio.name,))
         masks = run("masks", {}, lambda: self.step_masks(n), (layout.masks_dir.name, layout.background.name))
         run(
             "preview",
@@ -447,7 +450,12 @@ class Builder:
             crop=crop,
             intrinsics=intrinsics,
             split=split,
-            audio={"file": layout.audio.name, "sample_rate": SAMPLE_RATE, "num_samples": audio["num_samples"]},
+            audio={
+                "file": layout.audio.name,
+                "sample_rate": SAMPLE_RATE,
+                # a sync step recorded before audio.wav was cut to the frames kept the source's length
+                "num_samples": sync.get("num_samples", audio["num_samples"]),
+            },
             features=FeatureInfo(**feats["features"]),
             blendshape_names=track["blendshape_names"],
             versions=library_versions(),

@@ -84,6 +84,18 @@ def test_the_pieces_on_made_up_signals():
     assert shift_audio(wave, -1.0, 16000).tolist() == [0] * 10  # 16 samples: more than the wave holds
 
 
+@pytest.mark.parametrize("late_frames", [-14, 14, 15])
+def test_a_peak_at_the_edge_of_the_scan_is_measured(late_frames):
+    """The far lags, against which the peak's height is measured, are those inside the scan (a peak near its
+    end left an index past it)."""
+    smooth = np.convolve(np.random.default_rng(2).normal(size=400), np.ones(5) / 5, "same")
+    visemes = np.zeros((1600, len(VISEME_NAMES)))
+    late_s = late_frames / 25.0
+    visemes[:, VISEME_NAMES.index("open")] = np.interp(np.arange(1600) / 100.0 - late_s, np.arange(400) / 25.0, smooth)
+    found = estimate_offset(visemes, 100.0, smooth, 25.0)
+    assert found.confident and abs(found.ms - 1000 * late_s) <= 20.0
+
+
 def test_preprocess_removes_a_late_sound_and_keeps_it_when_told(shared_data, clip_dir, tmp_path):
     """A clip whose sound was made 6 frames late (given as `--audio`): the dataset's audio.wav is that sound
     moved 240 ms earlier (the clip's own offset aside), the manifest says so; `--av-offset 0` keeps the sound
@@ -105,8 +117,11 @@ def test_preprocess_removes_a_late_sound_and_keeps_it_when_told(shared_data, cli
     assert offset["applied"] and abs(offset["ms"] - late_ms - 44) <= 1000 / FPS, offset  # the clip's own: +44 ms
     source = load_audio(out / ".steps" / "source_audio.wav")
     moved = int(round(offset["ms"] / 1000 * SAMPLE_RATE))
-    np.testing.assert_allclose(load_audio(out / "audio.wav")[: len(source) - moved], source[moved:], atol=1e-4)
+    synced = load_audio(out / "audio.wav")  # as long as the source (the shift pads), cut to the frames' span
+    assert len(synced) == min(len(source), round(Dataset(out).num_frames / FPS * SAMPLE_RATE))
+    common = min(len(synced), len(source) - moved)
+    np.testing.assert_allclose(synced[:common], source[moved : moved + common], atol=1e-4)
     run(PreprocessConfig(video=clip, out=out, audio=late, av_offset=0.0, **small))  # redoes the sync step on
     kept = Dataset(out).manifest.av_offset
     assert kept == {**offset, "applied": False}  # the estimate is still recorded
-    np.testing.assert_allclose(load_audio(out / "audio.wav"), source, atol=1e-4)
+    np.testing.assert_allclose(load_audio(out / "audio.wav"), source[: len(synced)], atol=1e-4)

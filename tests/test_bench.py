@@ -11,15 +11,6 @@ from eval_fixtures import eval_dataset  # noqa: F401 - a fixture
 
 from avatar.bench import BenchConfig, component_rows, format_report, render_rows, run, training_rows
 from avatar.contracts.camera import Intrinsics
-from avatar.tables import format_table
-
-
-def test_format_table_aligns_rows_with_different_columns():
-    text = format_table([{"name": "a", "fps": 123.456}, {"name": "longer name", "ms": 2.0, "fps": None}])
-    lines = text.splitlines()
-    assert lines[0].split() == ["name", "fps", "ms"]
-    assert lines[1].split() == ["a", "123"] and lines[2].split() == ["longer", "name", "2"]
-    assert lines[1].index("123") == lines[0].index("fps")  # columns line up
 
 
 def test_component_benchmarks_are_collected_and_a_failure_is_a_row(tmp_path, monkeypatch):

@@ -79,5 +79,5 @@ def test_a_damaged_body_motion_file_is_a_clear_error(damage, tmp_path):
         path.write_bytes(path.read_bytes()[:100])
     else:
         np.savez(path, codes=BodyMotion.load(path).codes)
-    with pytest.raises(UserError, match="body_motion.npz: unreadable.*--force"):
-        Dataset(root).body_motion()
+    with pytest.raises(UserError, match=f"body_motion.npz is unreadable. Delete {path}, then run `avatar preprocess"):
+        Dataset(root).body_motion()  # refused as the dataset opens

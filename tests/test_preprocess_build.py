@@ -347,3 +347,26 @@ def test_intrinsics_default_fov_and_given_focal_follow_the_crop():
     assert given.fx == pytest.approx(1600 * 512 / 800)
     # the source image centre (960, 540) lands where the crop maps it
     assert (given.cx, given.cy) == pytest.approx(((960 - 600) * 0.64, (540 - 100) * 0.64))
+
+
+def test_a_longer_audio_file_is_cut_to_the_part_the_picture_covers(shared_data, clip_dir, tmp_path, capsys):
+    """--audio with 2 s more sound than picture: the warning says the dataset keeps the part both cover, and
+    audio.wav, the manifest and the feature rows hold just that (the sound from time 0 to the last frame's end)."""
+    from avatar.audio.io import load_audio
+    from avatar.preprocess.av_offset import shift_audio
+
+    clip = cut_clip(shared_data / GERMAN, clip_dir / "german_2_5s_noaudio.mp4", 4.0, 2.5, ["-an"])
+    longer = tmp_path / "longer.wav"
+    sf.write(str(longer), load_audio(shared_data / GERMAN)[4 * SAMPLE_RATE : int(8.5 * SAMPLE_RATE)], SAMPLE_RATE)
+    small = dict(resolution=64, crop_samples=4, preview_seconds=0.5, contact_sheet_frames=2, min_duration_s=2.0)
+    m = run(_config(clip, tmp_path / "ds", audio=longer, **small))
+    assert "4.5 s of audio for 2.5 s of video; the dataset keeps the part both cover" in capsys.readouterr().err
+    wave = load_audio(tmp_path / "ds" / "audio.wav")
+    frames_s = m.num_frames / m.fps
+    assert abs(frames_s - 2.5) <= 1 / m.fps and len(wave) == m.audio["num_samples"] == round(frames_s * SAMPLE_RATE)
+    rows = np.load(tmp_path / "ds" / "audio_features.npy").shape[0]
+    assert abs(rows - frames_s * m.features.rate_hz) <= 1
+    source = load_audio(longer)
+    if m.av_offset["applied"]:
+        source = shift_audio(source, m.av_offset["ms"], SAMPLE_RATE)
+    np.testing.assert_allclose(wave, source[: len(wave)], atol=1e-4)  # the start of the sound, not its end

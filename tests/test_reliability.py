@@ -91,6 +91,35 @@ def test_a_busy_port_or_a_foreign_host_is_said_before_the_avatar_loads(tmp_path,
     assert "--host 192.0.2.1: cannot listen there" in capsys.readouterr().err
 
 
+def test_an_empty_host_is_refused_and_ipv6_hosts_bind(tmp_path, capsys):
+    from avatar.viewer.address import listening_port
+
+    for host in ("", " "):
+        assert main(["view", str(tmp_path / "no_run"), "--host", host]) == 2
+        assert f"--host {host!r}: empty. Give 127.0.0.1 or ::1 (this machine only)" in capsys.readouterr().err
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    port = listening_port("::1", 0)
+    with socket.socket(socket.AF_INET6) as s:
+        s.bind(("::1", port))  # the port found is free on ::1
+
+
+def test_the_viewer_url_opens_here_and_a_reach_beyond_this_machine_is_said():
+    from avatar.viewer.address import exposure_warning, viewer_url
+
+    assert viewer_url("::1", 8767) == "http://[::1]:8767"
+    assert viewer_url("::", 8767) == "http://[::1]:8767"
+    assert viewer_url("0.0.0.0", 8767) == "http://127.0.0.1:8767"
+    assert viewer_url("localhost", 8767) == "http://localhost:8767"
+    assert viewer_url("fe80::1%eth0", 8767) == "http://[fe80::1%25eth0]:8767"
+    for host in ("127.0.0.1", "::1", "localhost"):
+        assert exposure_warning(host, 8767) is None
+    for host in ("0.0.0.0", "::"):
+        said = exposure_warning(host, 8767)
+        assert f"listens on every network interface (--host {host})" in said and "--host 127.0.0.1" in said
+    assert "listens on 192.0.2.1 (--host 192.0.2.1)" in exposure_warning("192.0.2.1", 8767)
+
+
 def test_no_subcommand_prints_help_and_fails(capsys):
     assert main([]) == 2
     out = capsys.readouterr()

@@ -195,3 +195,125 @@ def test_the_viewer_opens_a_run_at_its_own_small_resolution(trained):
         assert app.resolution_slider.value == 32
     finally:
         app.server.stop()
+
+
+@pytest.fixture
+def dataset_copy(tiny_dataset, tmp_path):
+    """A copy of the tiny dataset (with its build's step records) to edit or damage."""
+    copy = tmp_path / "ds"
+    shutil.copytree(tiny_dataset.root, copy)
+    return copy
+
+
+@pytest.mark.parametrize(
+    "edit, said",
+    [
+        ({"fps": 0}, "fps 0: must be a number above 0"),
+        ({"fps": "abc"}, 'fps "abc": must be a number above 0'),
+        ({"resolution": -1}, "resolution -1: must be a whole number of at least 1"),
+        ({"num_frames": 2.5}, "num_frames 2.5: must be a whole number of at least 1"),
+        ({"split": {"train": [0, 80], "val": [80, 9999]}}, "split.val [80, 9999]: ends after the last of the"),
+        ({"features": {"rate_hz": None}}, "features.rate_hz null: must be a number above 0"),
+        ({"features": {"std": [1.0]}}, "features.std: 1 values for features.dim"),
+        ({"crop": {"size": None, "x1": 3}}, "crop.x1: not a field this avatar version knows"),
+        ({"blendshape_names": None}, "blendshape_names null: must be a list of names"),
+        ({"split": 5}, "split 5: must be an object {...}"),
+    ],
+)
+def test_an_edited_manifest_is_refused_before_training_starts(dataset_copy, tmp_path, edit, said, capsys):
+    path = dataset_copy / "manifest.json"
+    manifest = json.loads(path.read_text())
+    for key, value in edit.items():
+        manifest[key] = {**manifest[key], **value} if isinstance(value, dict) else value
+    path.write_text(json.dumps(manifest))
+    out = tmp_path / "run"
+    assert main(["train", str(dataset_copy), "--out", str(out), "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: " in err and said in err and "Traceback" not in err
+    assert not out.exists()  # no stage started, no run.json says "training"
+
+
+def test_frames_counted_against_the_manifest(dataset_copy, tmp_path, capsys):
+    """An edited frame count disagrees with the files; the message names them and the rebuild."""
+    from avatar.contracts.dataset import Dataset
+
+    path = dataset_copy / "manifest.json"
+    manifest = json.loads(path.read_text())
+    path.write_text(json.dumps({**manifest, "num_frames": manifest["num_frames"] + 10}))
+    with pytest.raises(UserError) as refused:
+        Dataset(dataset_copy)
+    said = str(refused.value)
+    n = manifest["num_frames"]
+    assert f"frames/ lacks 10 of the {n + 10} frames ({n:06d}.jpg," in said
+    assert f"tracking/rotation.npy holds {n} frames, not {n + 10} (num_frames)" in said
+    assert f"`avatar preprocess {manifest['source']['path']} --out {dataset_copy}` again" in said
+
+
+def test_a_failing_stage_leaves_the_run_marked_failed(tiny_dataset, tmp_path, monkeypatch):
+    from avatar.train.stages import AudioStage
+
+    def broken(self, ctx, model, progress):
+        raise RuntimeError("out of disk")
+
+    monkeypatch.setattr(AudioStage, "run", broken)
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError):
+        run(tiny_config(tiny_dataset.root, out))
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "failed" and info["error"] == "RuntimeError: out of disk"
+    assert Checkpoint.load(out / "checkpoints" / "latest.pt").run_info["status"] == "training"  # --resume goes on
+
+
+def test_missing_frames_are_found_before_the_first_stage_and_a_rerun_mends_them(dataset_copy, tmp_path, capsys):
+    from avatar.contracts.dataset import Dataset
+    from avatar.preprocess.build import run as preprocess
+    from tests.train_fixtures import tiny_preprocess_config
+
+    frames = sorted((dataset_copy / "frames").iterdir())
+    for frame in frames[len(frames) // 2 :]:
+        frame.unlink()
+    (dataset_copy / "body_motion.npz").unlink()
+    out = tmp_path / "run"
+    assert main(["train", str(dataset_copy), "--out", str(out), "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    n, half = len(frames), len(frames) // 2
+    assert f"the dataset is damaged: frames/ lacks {n - half} of the {n} frames ({half:06d}.jpg" in err
+    assert "body_motion.npz is missing" in err and f"Delete {dataset_copy / 'frames'}, then run" in err
+    assert not out.exists()
+    shutil.rmtree(dataset_copy / "frames")  # as the message says
+    assert main(["train", str(dataset_copy), "--out", str(out), "--threads", "1"]) == 2
+    assert "the dataset is incomplete: frames/ is missing; body_motion.npz is missing. Run" in capsys.readouterr().err
+    source = Dataset(dataset_copy).manifest.source["path"]
+    preprocess(tiny_preprocess_config(source, dataset_copy))
+    err = capsys.readouterr().err
+    assert "[frames] done" in err and "[body] done" in err and "[track] up to date" in err
+    Dataset(dataset_copy, complete=True)
+
+
+@pytest.mark.parametrize("host, beyond", [("::1", False), ("0.0.0.0", True)])
+def test_the_viewer_serves_at_the_url_it_prints_and_says_when_others_can_reach_it(
+    trained, host, beyond, monkeypatch, capsys
+):
+    import re
+    import time
+    import urllib.request
+    from types import SimpleNamespace
+
+    import avatar.viewer.app
+
+    pages = []
+
+    def open_the_page_then_stop(seconds):
+        said = capsys.readouterr()
+        url = re.search(r"open (\S+) in a browser", said.out).group(1)
+        with urllib.request.urlopen(url, timeout=10) as page:
+            pages.append((url, page.status, said.err))
+        raise KeyboardInterrupt  # the user's Ctrl-C
+
+    monkeypatch.setattr(
+        avatar.viewer.app, "time", SimpleNamespace(perf_counter=time.perf_counter, sleep=open_the_page_then_stop)
+    )
+    assert main(["view", str(trained), "--host", host, "--threads", "1"]) == 0
+    ((url, status, said),) = pages
+    assert status == 200 and url.startswith("http://[::1]:" if host == "::1" else "http://127.0.0.1:")
+    assert ("warning: the viewer listens on every network interface (--host 0.0.0.0)" in said) == beyond

@@ -21,22 +21,26 @@ from tests.conftest import cut_clip
 @pytest.fixture(scope="session")
 def tiny_dataset(shared_data, clip_dir, tmp_path_factory) -> Dataset:
     from avatar.preprocess.build import run
-    from avatar.preprocess.config import PreprocessConfig
 
     clip = cut_clip(shared_data / "dfrf_macron_address_50s.mp4", clip_dir / "macron_4s.mp4", 10.0, 4.0)
     out = tmp_path_factory.mktemp("train_ds") / "macron"
-    run(
-        PreprocessConfig(
-            video=clip,
-            out=out,
-            resolution=128,
-            min_duration_s=2.0,
-            crop_samples=8,
-            preview_seconds=1.0,
-            contact_sheet_frames=4,
-        )
-    )
+    run(tiny_preprocess_config(clip, out))
     return Dataset(out)
+
+
+def tiny_preprocess_config(clip: Path, out: Path):
+    """The options that made `tiny_dataset` (a rerun with them resumes its build)."""
+    from avatar.preprocess.config import PreprocessConfig
+
+    return PreprocessConfig(
+        video=clip,
+        out=out,
+        resolution=128,
+        min_duration_s=2.0,
+        crop_samples=8,
+        preview_seconds=1.0,
+        contact_sheet_frames=4,
+    )
 
 
 def tiny_config(dataset: Path, out: Path, **overrides) -> TrainConfig:

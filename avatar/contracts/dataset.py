@@ -6,7 +6,8 @@ Layout of a dataset directory (format version `FORMAT_VERSION`):
     frames/000000.jpg ...    RGB frames, `resolution` square, JPEG quality 95, one per video frame
     masks/000000.png ...     uint8 bit masks, bit `MASK_BITS[name]` set where the pixel belongs to `name`
     background.png           clean background plate (RGB, `resolution` square)
-    audio.wav                16 kHz mono PCM16, the clip's audio from time 0 (frame 0 starts at 0)
+    audio.wav                16 kHz mono PCM16, the clip's audio from time 0 (frame 0 starts at 0) to the end
+                             of the last frame (num_frames / fps s): the part the sound and the picture both cover
     audio_features.npy       [T, F] float32 raw features (see avatar.audio.features), `features.rate_hz` rows/s
     tracking/*.npy           per-frame arrays, `TRACKING_ARRAYS` below (N = num_frames)
     body_motion.npz          the body's tracked motion, `BodyMotion` below (preprocess.body_motion)
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
 import zipfile
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -149,6 +152,129 @@ class Manifest:
         return Manifest(**data)
 
 
+def _whole(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+_ABOVE_0 = (lambda v: _number(v) and v > 0, "a number above 0")
+_NUMBER = (_number, "a number")
+_AT_LEAST_1 = (lambda v: _whole(v) and v >= 1, "a whole number of at least 1")
+_TEXT = (lambda v: isinstance(v, str) and v != "", "a file name")
+_OBJECT = (lambda v: isinstance(v, dict), "an object {...}")
+_RANGE = (
+    lambda v: isinstance(v, list) and len(v) == 2 and all(map(_whole, v)) and 0 <= v[0] <= v[1],
+    "[start, end] frame numbers, 0 <= start <= end",
+)
+
+# field -> (test, what it must be): the values every reader of a dataset divides by, counts with or opens
+MANIFEST_RULES = {
+    **{section: _OBJECT for section in ("source", "versions", "stats", "audio", "crop", "intrinsics", "split")},
+    "features": _OBJECT,
+    "fps": _ABOVE_0,
+    "num_frames": _AT_LEAST_1,
+    "resolution": _AT_LEAST_1,
+    "crop.x0": _NUMBER,
+    "crop.y0": _NUMBER,
+    "crop.size": _ABOVE_0,
+    "crop.source_width": _AT_LEAST_1,
+    "crop.source_height": _AT_LEAST_1,
+    "crop.resolution": _AT_LEAST_1,
+    "intrinsics.fx": _ABOVE_0,
+    "intrinsics.fy": _ABOVE_0,
+    "intrinsics.cx": _NUMBER,
+    "intrinsics.cy": _NUMBER,
+    "intrinsics.width": _AT_LEAST_1,
+    "intrinsics.height": _AT_LEAST_1,
+    "split.train": _RANGE,
+    "split.val": _RANGE,
+    "audio.file": _TEXT,
+    "audio.sample_rate": _AT_LEAST_1,
+    "audio.num_samples": (lambda v: _whole(v) and v >= 0, "a whole number of at least 0"),
+    "features.file": _TEXT,
+    "features.extractor": (lambda v: isinstance(v, str) and v != "", "the name of a feature extractor"),
+    "features.rate_hz": _ABOVE_0,
+    "features.dim": _AT_LEAST_1,
+    "features.window": _AT_LEAST_1,
+    "features.mean": (lambda v: isinstance(v, list) and all(map(_number, v)), "a list of numbers"),
+    "features.std": (
+        lambda v: isinstance(v, list) and all(_number(x) and x > 0 for x in v),
+        "a list of numbers above 0",
+    ),
+    "features.speech_model": (lambda v: isinstance(v, str), "a text"),
+    "blendshape_names": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of names"),
+    "av_offset": (lambda v: v is None or isinstance(v, dict), "an object {...} or null"),
+}
+# section -> (the fields it must have, the fields it may have; None: any)
+MANIFEST_SECTIONS = {
+    section: (
+        {
+            f.name
+            for f in dataclasses.fields(cls)
+            if dataclasses.MISSING is f.default and dataclasses.MISSING is f.default_factory
+        },
+        {f.name for f in dataclasses.fields(cls)},
+    )
+    for section, cls in {
+        "": Manifest,
+        "crop": Crop,
+        "intrinsics": Intrinsics,
+        "split": Split,
+        "features": FeatureInfo,
+    }.items()
+} | {"audio": ({"file", "sample_rate", "num_samples"}, None)}
+
+
+def manifest_problems(data) -> list[str]:
+    """What is wrong with a manifest's JSON (missing, unknown or ill-typed fields, values out of range, fields
+    that contradict each other), each naming its field: empty for a manifest every reader can rely on."""
+    if not isinstance(data, dict):
+        return ["not a JSON object {...}"]
+    problems = []
+    for section, (required, known) in MANIFEST_SECTIONS.items():
+        fields = data.get(section) if section else data
+        if not isinstance(fields, dict):
+            continue  # said by its rule (or missing)
+        prefix = f"{section}." if section else ""
+        problems += [f"{prefix}{name}: missing" for name in sorted(required - set(fields))]
+        problems += [
+            f"{prefix}{name}: not a field this avatar version knows"
+            for name in sorted(set(fields) - (known or set(fields)))
+        ]
+    for name, (valid, what) in MANIFEST_RULES.items():
+        section, _, field_name = name.rpartition(".")
+        fields = data.get(section) if section else data
+        if isinstance(fields, dict) and field_name in fields and not valid(fields[field_name]):
+            shown = json.dumps(fields[field_name])
+            shown = shown if len(shown) <= 40 else f"{shown[:37]}..."
+            problems.append(f"{name} {shown}: must be {what}")
+    if problems:
+        return problems
+    n, features = data["num_frames"], data["features"]
+    problems += [
+        f"split.{part} {json.dumps(data['split'][part])}: ends after the last of the {n} frames (num_frames)"
+        for part in ("train", "val")
+        if data["split"][part][1] > n
+    ]
+    problems += [
+        f"features.{stat}: {len(features[stat])} values for features.dim {features['dim']}"
+        for stat in ("mean", "std")
+        if len(features[stat]) != features["dim"]
+    ]
+    return problems
+
+
+def _array_shape(path: Path) -> tuple[int, ...] | None:
+    """The shape of a .npy file (its header only), None when it is unreadable."""
+    try:
+        return np.load(path, mmap_mode="r").shape
+    except (OSError, ValueError, EOFError):
+        return None
+
+
 def frame_name(i: int) -> str:
     return f"{i:06d}"
 
@@ -238,7 +364,10 @@ class Dataset:
     """Read-only access to a dataset directory. Frames and masks are read from disk on demand and
     tracking arrays are memory-mapped: opening a dataset of any length costs almost no RAM."""
 
-    def __init__(self, root: Path | str):
+    def __init__(self, root: Path | str, complete: bool = False):
+        """Refuses (UserError) a manifest that is damaged or edited out of range, and files that disagree with it;
+        with `complete`, also a dataset that lacks any part (training reads them all: it checks before its
+        first stage what its later ones read)."""
         self.root = Path(root)
         self.layout = DatasetLayout(self.root)
         path = self.layout.manifest
@@ -255,13 +384,100 @@ class Dataset:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise UserError(f"{path}: corrupt manifest ({exc}). Re-run preprocessing with --force.") from exc
-        version = data.get("format_version")
+        version = data.get("format_version") if isinstance(data, dict) else None
         if version != FORMAT_VERSION:
             raise UserError(
                 f"{path}: dataset format version {version}, this avatar version reads {FORMAT_VERSION}. "
                 "Re-run `avatar preprocess ... --force` to rebuild it."
             )
+        problems = manifest_problems(data)
+        if problems:
+            raise UserError(
+                f"{path}: {'; '.join(problems)}. The manifest was edited or damaged: restore it, or rebuild the "
+                "dataset with the `avatar preprocess` command that made it, adding --force."
+            )
         self.manifest = Manifest.from_json(data)
+        self._refuse(self.problems(complete))
+
+    # ----- what the files hold against what the manifest says
+    def problems(self, complete: bool) -> list[tuple[str, str]]:
+        """(the part to rebuild, what is wrong) of every part whose files disagree with the manifest (frames or
+        masks missing from their folder, arrays of another length); with `complete`, also every part that is
+        absent (what training reads: all of them). The part is "" when it is absent altogether (a rerun of
+        `avatar preprocess` makes it), else the step's output to delete before that rerun (a rerun keeps a
+        step whose output is there)."""
+        m, layout, n = self.manifest, self.layout, self.manifest.num_frames
+        found: list[tuple[str, str]] = []
+        for folder, suffix in ((layout.frames_dir, ".jpg"), (layout.masks_dir, ".png")):
+            if not folder.is_dir():
+                found += [("", f"{folder.name}/ is missing")] if complete else []
+                continue
+            names = set(os.listdir(folder))
+            lacking = [frame_name(i) + suffix for i in range(n) if frame_name(i) + suffix not in names]
+            if lacking:
+                shown = ", ".join(lacking[:3]) + (f" ... {lacking[-1]}" if len(lacking) > 3 else "")
+                found.append((f"{folder.name}/", f"{folder.name}/ lacks {len(lacking)} of the {n} frames ({shown})"))
+        for path in (layout.background, self.root / m.audio["file"]):
+            if complete and not path.is_file():
+                found.append(("", f"{path.name} is missing"))
+        features = self.root / m.features.file
+        if features.is_file():
+            shape = _array_shape(features)
+            if shape is None or len(shape) != 2 or shape[0] < 1 or shape[1] != m.features.dim:
+                held = "is unreadable" if shape is None else f"holds an array of shape {list(shape)}"
+                found.append((features.name, f"{features.name} {held}, not [rows, {m.features.dim}] (features.dim)"))
+        elif complete:
+            found.append(("", f"{features.name} is missing"))
+        found += self._tracking_problems(complete)
+        if layout.body_motion.is_file():
+            try:
+                rows = len(self._body_motion.codes)
+            except UserError:
+                rows = None
+            if rows != n:
+                held = "is unreadable" if rows is None else f"holds {rows} frames, not {n} (num_frames)"
+                found.append((layout.body_motion.name, f"{layout.body_motion.name} {held}"))
+        elif complete:
+            found.append(("", f"{layout.body_motion.name} is missing"))
+        return found
+
+    def _tracking_problems(self, complete: bool) -> list[tuple[str, str]]:
+        layout, n, names = self.layout, self.manifest.num_frames, self.manifest.blendshape_names
+        part = f"{layout.tracking_dir.name}/"
+        if not layout.tracking_dir.is_dir():
+            return [("", f"{part} is missing")] if complete else []
+        found = []
+        for name, (spec, _) in TRACKING_ARRAYS.items():
+            path = layout.tracking(name)
+            if not path.is_file():
+                found += [(part, f"{part}{path.name} is missing")] if complete else []
+                continue
+            shape = _array_shape(path)
+            per_frame = spec.startswith("[N")
+            if shape is None or (per_frame and len(shape) == 0):
+                found.append((part, f"{part}{path.name} is unreadable"))
+            elif per_frame and shape[0] != n:
+                found.append((part, f"{part}{path.name} holds {shape[0]} frames, not {n} (num_frames)"))
+            elif name == "blendshapes" and shape[1:] != (len(names),):
+                found.append((part, f"{part}{path.name}: {shape[1:]} values a frame for {len(names)} blendshape_names"))
+        return found
+
+    def _refuse(self, problems: list[tuple[str, str]]) -> None:
+        """One UserError for all `problems` (see `problems`), with the rerun of `avatar preprocess` that mends them."""
+        if not problems:
+            return
+        damaged = list(dict.fromkeys(part for part, _ in problems if part))
+        source = self.manifest.source
+        command = f"avatar preprocess {source.get('path') or 'VIDEO'}"
+        command += f" --audio {source['audio_path']}" if source.get("audio_path") else ""
+        raise UserError(
+            f"{self.root}: the dataset is {'damaged' if damaged else 'incomplete'}: "
+            + "; ".join(what for _, what in problems)
+            + ". "
+            + (f"Delete {', '.join(str(self.root / part) for part in damaged)}, then run" if damaged else "Run")
+            + f" `{command} --out {self.root}` again, with the other options that made it: it rebuilds what is "
+            "missing and keeps the rest."
+        )
 
     # ----- sizes and cameras
     @property

@@ -40,6 +40,7 @@ from avatar.metrics.lip_sync import lagged_pearson, motion_ratio, pearson
 from avatar.model.driving import audio_windows, blink_schedule
 from avatar.preprocess.av_offset import estimate_offset, remaining_offset_ms
 from avatar.render.video import driven_batches
+from avatar.tables import format_table
 
 MAX_LAG = 5  # frames either way for the best-lag correlation
 PAUSE_S = 0.2  # a pause is at least this long
@@ -325,21 +326,20 @@ def own_voice(head, dataset: Dataset, landmarker, batch: int) -> dict:
     return {**score(rendered, own_open, truth, loud, None, dataset.fps), "frames": len(val)}
 
 
+DRIVE_COLUMNS = (
+    "frames",
+    "corr_lag0",
+    "corr_best",
+    "best_lag",
+    "motion_ratio",
+    "silent_closed",
+    "pauses_closed",
+    "vowels_open",
+    "loudness_corr",
+    "face_detected",
+)
+
+
 def format_drive_table(result: dict) -> str:
-    cols = [
-        "frames",
-        "corr_lag0",
-        "corr_best",
-        "best_lag",
-        "motion_ratio",
-        "silent_closed",
-        "pauses_closed",
-        "vowels_open",
-        "loudness_corr",
-        "face_detected",
-    ]
-    lines = [f"{'method':<13}" + "".join(f"{c:>14}" for c in cols)]
-    for name, m in result["methods"].items():
-        cells = "".join(f"{m[c]:>14.3f}" if isinstance(m.get(c), float) else f"{str(m.get(c, '-')):>14}" for c in cols)
-        lines.append(f"{name:<13}" + cells)
-    return "\n".join(lines)
+    rows = [{"method": name, **{c: m.get(c) for c in DRIVE_COLUMNS}} for name, m in result["methods"].items()]
+    return format_table(rows)

@@ -31,6 +31,7 @@ from avatar.eval.scorer import REGIONS, FrameRegions, SequenceScorer, mouth_boxe
 from avatar.metrics.lpips import LPIPS
 from avatar.model.talking_head import TalkingHead
 from avatar.render.mux import AUDIO_RATE, VideoWriter
+from avatar.tables import format_table
 
 # metric -> True when higher is better; margins are signed so that positive means "the avatar is better"
 HIGHER_IS_BETTER = {
@@ -203,23 +204,31 @@ def _side_by_side(path: Path | None, dataset: Dataset, indices: np.ndarray, pane
             raise
 
 
-def format_table(result: dict) -> str:
-    """The methods as rows, the main metrics as columns; then PSNR / SSIM / LPIPS per region."""
+MAIN_COLUMNS = ("psnr", "ssim", "lpips", "lmd", "lmd_centred", "mouth_corr", "mouth_motion", "face_detected")
 
-    def table(cols: list[str], width: int = 12) -> list[str]:
-        lines = [f"{'method':<14}" + "".join(f"{c:>{width}}" for c in cols)]
-        for name, m in result["methods"].items():
-            lines.append(
-                f"{name:<14}"
-                + "".join(
-                    f"{m[c]:>{width}.4f}" if isinstance(m.get(c), float) else f"{str(m.get(c)):>{width}}" for c in cols
-                )
-            )
-        return lines
 
-    main = table(["psnr", "ssim", "lpips", "lmd", "lmd_centred", "mouth_corr", "mouth_motion", "face_detected"], 14)
-    regions = table([f"{metric}_{r}" for r in REGIONS for metric in ("psnr", "ssim", "lpips")], 11)
-    return "\n".join(main + ["", "per region (head, torso incl. neck, background, mouth box):"] + regions)
+def format_result(result: dict) -> str:
+    """The printed evaluation: the methods against the main metrics; PSNR / SSIM / LPIPS per method and region;
+    the avatar's margins over each baseline (positive: the avatar is better)."""
+    methods = result["methods"]
+    main = [{"method": name, **{c: m.get(c) for c in MAIN_COLUMNS}} for name, m in methods.items()]
+    regions = [
+        {"method": name, "region": r, **{metric: m.get(f"{metric}_{r}") for metric in ("psnr", "ssim", "lpips")}}
+        for name, m in methods.items()
+        for r in REGIONS
+    ]
+    tables = [
+        format_table(main, "metrics on the frames"),
+        format_table(regions, "per region (head, torso incl. neck, background, mouth box)"),
+    ]
+    if "margins" in result:
+        margins = [
+            {"avatar vs": base, **{c: m[c] for c in MAIN_COLUMNS if c in m}} for base, m in result["margins"].items()
+        ]
+        tables.append(
+            format_table(margins, "the avatar's margins (positive: the avatar is better; per region in metrics.json)")
+        )
+    return "\n\n".join(tables)
 
 
 def evaluation_dataset(head, run: Path, override: Path | None) -> Dataset:
@@ -301,9 +310,6 @@ def run(cfg: EvalConfig) -> dict:
     if video_path is not None:
         result["video"] = str(video_path)
     write_json(out / "metrics.json", result)
-    print(format_table(result))
-    if "margins" in result:
-        for base, m in result["margins"].items():
-            print(f"avatar vs {base}: LMD better by {m['lmd']}, mouth-opening correlation better by {m['mouth_corr']}")
+    print(format_result(result))
     print(f"wrote {out / 'metrics.json'}" + (f" and {video_path}" if video_path else ""))
     return result

@@ -35,6 +35,7 @@ from avatar.model.talking_head import FrameConditions, TalkingHead
 from avatar.render.config import RenderConfig
 from avatar.render.mux import AUDIO_RATE, VideoWriter
 from avatar.render.paste_back import SourceFrames, feather_weights, output_size, paste
+from avatar.tables import format_table
 
 if TYPE_CHECKING:
     from avatar.model.talking_head import FrameConditions, TalkingHead
@@ -74,14 +75,13 @@ class StageTimer:
             yield item
 
     def report(self, frames: int, audio_s: float, total_s: float) -> str:
-        lines = [
-            f"{frames} frames ({audio_s:.2f} s of audio) in {total_s:.1f} s, {audio_s / total_s:.2f}x real time",
-            f"  {'stage':<16}{'seconds':>9}{'frames/s':>10}",
+        """The table of stages: seconds and frames per second (none for a stage that took no time)."""
+        rows = [
+            {"stage": stage, "seconds": seconds, "frames/s": frames / seconds if seconds > 0 else None}
+            for stage, seconds in {**self.seconds, "total": total_s}.items()
         ]
-        for stage, seconds in self.seconds.items():
-            lines.append(f"  {stage:<16}{seconds:>9.2f}{frames / max(seconds, 1e-9):>10.1f}")
-        lines.append(f"  {'total':<16}{total_s:>9.2f}{frames / max(total_s, 1e-9):>10.1f}")
-        return "\n".join(lines)
+        title = f"{frames} frames ({audio_s:.2f} s of audio) in {total_s:.1f} s, {audio_s / total_s:.2f}x real time"
+        return format_table(rows, title)
 
 
 def refuse_overwriting_input(out: Path, source: Path, what: str = "the input --audio") -> None:

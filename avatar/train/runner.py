@@ -43,10 +43,12 @@ def run(cfg: TrainConfig) -> Path:
 
 
 def open_training_dataset(cfg: TrainConfig) -> Dataset:
-    """The dataset, or a UserError that says what to do when it is missing, outdated or too short."""
+    """The dataset, or a UserError that says what to do when it is missing, outdated, incomplete or too short:
+    before the first stage starts, since every stage reads its own part of it."""
     if str(cfg.dataset) in ("", "."):
         raise UserError("no dataset given. Usage: `avatar train DATASET --out RUN` (DATASET from `avatar preprocess`).")
-    dataset = Dataset(cfg.dataset)
+    dataset = Dataset(cfg.dataset, complete=True)
+    dataset.blinks()  # a dataset tracked before the blinks were is refused here, not after the audio stage
     start, end = dataset.manifest.split.train
     if end - start < max(cfg.min_train_frames, cfg.batch_size):
         raise UserError(
@@ -169,7 +171,13 @@ class Runner:
         checkpoint = Checkpoint.load(self.ckpt_path) if self.cfg.resume else None
         self.out.mkdir(parents=True, exist_ok=True)
         with training_lock(self.out):
-            return self._train(checkpoint)
+            try:
+                return self._train(checkpoint)
+            except Exception as exc:  # an interrupt leaves "training": --resume goes on from the checkpoint
+                if self.run_info:
+                    self.run_info.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+                    self._write_run_info()
+                raise
 
     def _train(self, checkpoint: Checkpoint | None) -> Path:
         from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 - tensorboard loads only when a run logs

@@ -10,9 +10,8 @@ gesture browsers require before they play sound).
 from __future__ import annotations
 
 import base64
-import errno
 import io
-import socket
+import sys
 import tempfile
 import threading
 import time
@@ -29,6 +28,7 @@ from avatar.errors import UserError
 from avatar.model.talking_head import TalkingHead
 from avatar.rasterizer.compose import Layer
 from avatar.rasterizer.types import Camera
+from avatar.viewer.address import exposure_warning, listening_port, viewer_url
 from avatar.viewer.config import ViewerConfig
 from avatar.viewer.playback import Playback
 
@@ -40,31 +40,6 @@ class Layers:
     deform: bool = True  # audio-driven deformation; off: the static canonical head
     background: bool = True  # the training background plate; off: flat grey
     torso: bool = True  # the pose-driven torso layer
-
-
-def listening_port(host: str, port: int) -> int:
-    """The port to serve on (`port`, or a free one for 0), or a UserError that says why `--host` / `--port`
-    cannot be used: checked before the avatar is loaded."""
-
-    with socket.socket() as s:
-        try:
-            s.bind((host, port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise UserError(
-                    f"--port {port}: in use on {host} (another viewer or server?). Give another --port, "
-                    "or leave it out for a free one."
-                ) from None
-            if exc.errno == errno.EACCES:
-                raise UserError(
-                    f"--port {port}: this user may not listen on it (ports below 1024 need administrator "
-                    "rights). Give a port above 1023, or leave it out for a free one."
-                ) from None
-            raise UserError(
-                f"--host {host}: cannot listen there ({exc.strerror or exc}). Give an address of this "
-                "machine: 127.0.0.1 (this machine only) or 0.0.0.0 (every network interface)."
-            ) from None
-        return s.getsockname()[1]
 
 
 def training_fov_y(head) -> float:
@@ -153,7 +128,7 @@ class ViewerApp:
         self._dirty = threading.Event()
         self._stop = threading.Event()
         self.server = viser.ViserServer(host=cfg.host, port=listening_port(cfg.host, cfg.port), verbose=False)
-        self.url = f"http://{cfg.host}:{self.server.get_port()}"
+        self.url = viewer_url(cfg.host, self.server.get_port())
         self._build_gui()
         self.server.on_client_connect(self._on_connect)
         self._thread = threading.Thread(target=self._render_loop, daemon=True)
@@ -366,6 +341,9 @@ def run(cfg: ViewerConfig) -> None:
     app = ViewerApp(cfg, head, default_audio)
     app.start()
     print(f"avatar viewer: open {app.url} in a browser (Ctrl-C to stop)", flush=True)
+    warning = exposure_warning(cfg.host, app.server.get_port())
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     try:
         while True:
             time.sleep(0.5)

@@ -24,7 +24,7 @@ class ViewerConfig:
     audio: Path | None = None
     """speech to play (any audio or video file); default: the training video's own audio"""
     host: str = "127.0.0.1"
-    """interface to listen on (127.0.0.1: this machine only)"""
+    """interface to listen on: 127.0.0.1 or ::1 this machine only; 0.0.0.0 or :: every interface (with a warning)"""
     port: int = 0
     """port; 0 picks a free one"""
     resolution: int | None = None
