@@ -86,7 +86,7 @@ def estimate_offset(visemes: np.ndarray, rate_hz: float, lip_opening: np.ndarray
         curvature = left - 2 * mid + right
         if curvature < 0:
             lag += float(np.clip(0.5 * (left - right) / curvature, -0.5, 0.5))
-    far = np.delete(corrs, np.arange(max(0, k - PEAK_HALF_WIDTH), k + PEAK_HALF_WIDTH + 1))
+    far = np.delete(corrs, np.arange(max(0, k - PEAK_HALF_WIDTH), min(len(corrs), k + PEAK_HALF_WIDTH + 1)))
     spread = float(np.std(far)) if len(far) > 1 else 0.0
     confidence = float((corrs[k] - far.mean()) / spread) if spread > 0 else 0.0
     return AvOffset(1000.0 * lag / fps, confidence, float(corrs[k]), float(corrs[max_lag]))

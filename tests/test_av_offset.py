@@ -69,6 +69,16 @@ def test_the_pieces_on_made_up_signals():
     assert shift_audio(wave, -1.0, 16000).tolist() == [0] * 10  # 16 samples: more than the wave holds
 
 
+def test_a_peak_at_the_last_lag_of_a_short_clip():
+    """A 2 s clip scans +-12 frames; a sound 12 frames late puts the peak on the scan's last lag (the lags
+    left out around the peak then run past the scan's end)."""
+    lips = np.random.default_rng(2).normal(size=50)
+    visemes = np.zeros((50, len(VISEME_NAMES)))
+    visemes[:, VISEME_NAMES.index("open")] = np.concatenate([np.zeros(12), lips[:-12]])  # 12 frames late
+    found = estimate_offset(visemes, 25.0, lips, 25.0)
+    assert found.ms == pytest.approx(1000.0 * 12 / 25.0, abs=40.0)  # as far as the scan goes, within a frame
+
+
 def test_preprocess_removes_a_late_sound_and_keeps_it_when_told(shared_data, clip_dir, tmp_path):
     """A clip whose sound was made 6 frames late: the dataset's audio.wav is the source's sound moved 240 ms
     earlier (the lips' own offset aside), the manifest says so; `--av-offset 0` keeps the sound as it was."""
