@@ -43,7 +43,7 @@ INTERRUPTED = {
     "preprocess": "finished steps are kept; run the same command again to resume.",
     "train": "the last checkpoint is kept; run the same command with --resume to continue.",
     "demo": "finished steps and checkpoints are kept; run the same command again to resume.",
-    "batch": "the workers and the cluster are stopped; finished jobs are kept and a rerun skips them.",
+    "batch": "its workers are stopped (and its local cluster); finished jobs are kept and a rerun skips them.",
 }
 
 

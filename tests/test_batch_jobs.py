@@ -108,6 +108,14 @@ def test_a_render_is_done_when_its_video_is_newer_than_its_audio_and_avatar(tmp_
     assert not job.done()
 
 
+def test_an_address_where_no_cluster_answers_is_said_at_once(tmp_path, capsys):
+    from avatar.cli import main
+
+    jobs = write(tmp_path / "jobs.csv", "run,audio,out\nrun,a.wav,o.mp4\n")
+    assert main(["batch", str(jobs), "--address", "127.0.0.1:1"]) == 2
+    assert "--address 127.0.0.1:1: no Ray cluster reached (nothing answers there)" in capsys.readouterr().err
+
+
 def test_option_text_parsing():
     assert parse_option(tuple[int, ...], "256, 512") == (256, 512)
     assert parse_option(tuple[float, float], "0.5 1") == (0.5, 1.0)

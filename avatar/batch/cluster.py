@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import sys
 import time
 from collections import deque
@@ -109,6 +110,8 @@ def cluster(ray, cfg: BatchConfig) -> Iterator[Plan]:
     started = not ray.is_initialized()
     if started and cfg.address:
         try:
+            if not answers(cfg.address):  # Ray itself would keep trying for minutes
+                raise ConnectionError("nothing answers there")
             ray.init(address=cfg.address, **QUIET)
         except (ConnectionError, ValueError, RuntimeError) as exc:
             raise UserError(
@@ -122,6 +125,18 @@ def cluster(ray, cfg: BatchConfig) -> Iterator[Plan]:
     finally:
         if started:
             ray.shutdown()
+
+
+def answers(address: str) -> bool:
+    """Whether something accepts connections at HOST:PORT ('auto' and ray:// addresses are Ray's to find)."""
+    host, _, port = address.rpartition(":")
+    if address == "auto" or "://" in address:
+        return True
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def shown(path: Path, base: Path) -> str:
@@ -335,7 +350,8 @@ class Scheduler:
                 self.ray.kill(actor)
             else:
                 self.ray.cancel(ref, force=True)
-        self.ray.wait(list(self.in_flight), num_returns=len(self.in_flight), timeout=30)
+        if self.in_flight:  # a killed worker's call ends at once, with its death
+            self.ray.wait(list(self.in_flight), num_returns=len(self.in_flight), timeout=30)
         for job, _ in self.in_flight.values():
             if isinstance(job, RenderJob):
                 sweep_stale_temporaries(job.render.out, older_than_s=0)
