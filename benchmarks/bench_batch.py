@@ -11,6 +11,7 @@ process timed from its start to its end, as a user would run it.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import subprocess
 import sys
 import tempfile
@@ -46,9 +47,7 @@ def run(quick: bool) -> list[dict]:
     run_dir = trained_run()
     if run_dir is None:
         return [{"name": "batch", "skipped": "no trained run: run `avatar demo` or set AVATAR_BENCH_RUN=RUN"}]
-    try:
-        import ray  # noqa: F401, PLC0415 - the optional extra: checked, not used here
-    except ImportError:
+    if importlib.util.find_spec("ray") is None:
         return [{"name": "batch", "skipped": "ray is not installed (the `batch` extra)"}]
     count, seconds = (3, 1.0) if quick else (8, 3.0)
     avatar = [sys.executable, "-m", "avatar.cli"]

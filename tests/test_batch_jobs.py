@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -114,6 +115,18 @@ def test_an_address_where_no_cluster_answers_is_said_at_once(tmp_path, capsys):
     jobs = write(tmp_path / "jobs.csv", "run,audio,out\nrun,a.wav,o.mp4\n")
     assert main(["batch", str(jobs), "--address", "127.0.0.1:1"]) == 2
     assert "--address 127.0.0.1:1: no Ray cluster reached (nothing answers there)" in capsys.readouterr().err
+
+
+def test_ray_is_imported_by_the_batch_driver_alone():
+    """Ray is an optional extra: `avatar render` and everything else work without it."""
+    root = Path(__file__).resolve().parents[1]
+    importing = sorted(
+        str(path.relative_to(root))
+        for folder in ("avatar", "preprocess", "benchmarks", "configs", "cuda")
+        for path in (root / folder).rglob("*.py")
+        if re.search(r"^\s*(import ray|from ray\b)", path.read_text(), re.MULTILINE)
+    )
+    assert importing == ["avatar/batch/cluster.py"]
 
 
 def test_option_text_parsing():

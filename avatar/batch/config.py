@@ -29,8 +29,8 @@ class BatchConfig:
     report: Path | None = None
     """also write what happened to every job (status, attempts, seconds, what failed and its message) as JSON"""
     workers: int | None = None
-    """workers at once; each holds one avatar and renders its clips one after another. Default: one per core
-    (threads each) on a local cluster, or as many as the cluster's GPUs (CPUs) hold"""
+    """workers at once; each holds one avatar and renders its clips one after another. Default: as many as the
+    cluster holds (by its GPUs, or its cores, and its memory); a local cluster gets one per --threads cores"""
     address: str | None = None
     """an existing Ray cluster: 'auto' (the one `ray start` made on this machine) or HOST:PORT of its head;
     default: a private local cluster started for this batch with workers x threads cores"""
@@ -40,4 +40,5 @@ class BatchConfig:
     """GPUs each worker asks for when the cluster has GPUs (0.5: two workers share a GPU)"""
     memory_mb: int = 4096
     """memory each worker reserves: Ray places no more workers on a machine than its memory holds, and a CPU
-    worker's allocations beyond it fail (the job is reported) instead of the machine running out"""
+    worker's allocations beyond it fail (the job is reported) instead of the machine running out (GPU workers:
+    the placement only)"""
