@@ -1,6 +1,7 @@
 """`avatar batch` against `avatar render` one clip at a time: clips per minute of the same clips rendered by a loop
 of `avatar render` commands (each loads the avatar again), by `avatar batch --workers 1` and by `--workers 2`
-(a local Ray cluster started by each batch; its start is part of the time), with their ratios, in one run.
+(a local Ray cluster started by each batch; its start is part of the time), with their ratios, in one run;
+and the seconds a batch worker spent on a clip (its report's per-job time: the avatar's first load included).
 
 Needs a trained run: $AVATAR_BENCH_RUN, or out/demo/run from `avatar demo`. Every measurement is a child
 process timed from its start to its end, as a user would run it.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import subprocess
 import sys
 import tempfile
@@ -66,8 +68,16 @@ def run(quick: bool) -> list[dict]:
                 table = csv.writer(f)
                 table.writerow(["run", "audio", "out"])
                 table.writerows([run_dir.resolve(), c, f"out_{workers}/{c.stem}.mp4"] for c in clips)
-            wall = timed([*avatar, "batch", str(jobs), "--workers", str(workers)])
-            rows.append({"name": f"avatar batch --workers {workers}", "seconds": wall})
+            report = folder / f"report_{workers}.json"
+            wall = timed([*avatar, "batch", str(jobs), "--workers", str(workers), "--report", str(report)])
+            worker_s = [job["seconds"] for job in json.loads(report.read_text())["jobs"]]
+            rows.append(
+                {
+                    "name": f"avatar batch --workers {workers}",
+                    "seconds": wall,
+                    "worker_s_per_clip": round(sum(worker_s) / len(worker_s), 2),  # the first load included
+                }
+            )
     for row in rows:
         row.update(
             clips=count,
