@@ -129,6 +129,16 @@ def test_ray_is_imported_by_the_batch_driver_alone():
     assert importing == ["avatar/batch/cluster.py"]
 
 
+def test_one_batch_of_a_jobs_file_at_a_time(tmp_path, capsys):
+    from avatar.cli import main
+    from avatar.contracts.atomic import exclusive
+
+    jobs = write(tmp_path / "jobs.csv", "run,audio,out\nrun,a.wav,o.mp4\n")
+    with exclusive(jobs, "held by the test"):
+        assert main(["batch", str(jobs)]) == 2
+    assert "another `avatar batch` is running these jobs" in capsys.readouterr().err
+
+
 def test_option_text_parsing():
     assert parse_option(tuple[int, ...], "256, 512") == (256, 512)
     assert parse_option(tuple[float, float], "0.5 1") == (0.5, 1.0)

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from avatar.batch.config import BatchConfig
 from avatar.batch.jobs import AvatarJob, Job, RenderJob, read_jobs
 from avatar.batch.workers import RenderWorker, make_avatar
-from avatar.contracts.atomic import write_json
+from avatar.contracts.atomic import exclusive, write_json
 from avatar.errors import UserError
 from avatar.render.video import sweep_stale_temporaries
 from avatar.tables import format_table
@@ -358,9 +358,16 @@ class Scheduler:
 
 
 def run(cfg: BatchConfig) -> list[dict]:
-    """`avatar batch JOBS`: returns the record of every job."""
-    started = time.perf_counter()
+    """`avatar batch JOBS`: returns the record of every job. One batch of a jobs file at a time (two would
+    render the same files side by side)."""
     batch = Batch(cfg)
+    busy = f"{cfg.jobs}: another `avatar batch` is running these jobs. Wait for it to finish (or stop it), then rerun."
+    with exclusive(Path(cfg.jobs), busy):
+        return run_batch(cfg, batch)
+
+
+def run_batch(cfg: BatchConfig, batch: Batch) -> list[dict]:
+    started = time.perf_counter()
     skipped = sum(r["status"] == "skipped" for r in batch.records)
     if skipped == len(batch.jobs):
         print(
