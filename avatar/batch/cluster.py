@@ -26,15 +26,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from avatar.batch.config import BatchConfig
-from avatar.batch.jobs import AvatarJob, Job, RenderJob, read_jobs
+from avatar.batch.jobs import AvatarJob, Job, RenderJob
+from avatar.batch.records import Batch
 from avatar.batch.workers import RenderWorker, make_avatar
-from avatar.contracts.atomic import exclusive, write_json
+from avatar.contracts.atomic import exclusive
 from avatar.errors import UserError
 from avatar.render.video import sweep_stale_temporaries
-from avatar.tables import format_table
 
-ATTEMPTS = 2  # a failing job is tried again once, then reported
-STATUSES = ("done", "skipped", "failed")  # of a batch that ran to its end
 LOCAL_OBJECT_STORE = 128 * 2**20  # jobs pass configs and small dicts: a local cluster needs no large store
 
 
@@ -137,111 +135,6 @@ def answers(address: str) -> bool:
     except (OSError, ValueError):
         return False
     return True
-
-
-def shown(path: Path, base: Path) -> str:
-    """A path as the user wrote it: relative to the jobs file's folder when inside it."""
-    try:
-        return str(Path(path).relative_to(base))
-    except ValueError:
-        return str(path)
-
-
-class Batch:
-    """The jobs of one jobs file and what became of each: the records the table and the report show."""
-
-    def __init__(self, cfg: BatchConfig):
-        self.cfg = cfg
-        self.base = Path(cfg.jobs).resolve().parent
-        self.jobs = read_jobs(Path(cfg.jobs).resolve())
-        self.records = [
-            {
-                "line": job.line,
-                "kind": job.kind,
-                **{k: str(v) for k, v in job.describe().items()},
-                "status": "skipped" if job.done() else "to do",
-                "attempts": 0,
-            }
-            for job in self.jobs
-        ]
-        self.index = {id(job): i for i, job in enumerate(self.jobs)}
-        self.progress = None
-
-    def record(self, job: Job) -> dict:
-        return self.records[self.index[id(job)]]
-
-    def target(self, job: Job) -> str:
-        """What the job makes: its video, or its run."""
-        return f"{job.kind} {shown(job.render.out if isinstance(job, RenderJob) else job.run, self.base)}"
-
-    def label(self, job: Job) -> str:
-        return f"line {job.line} ({self.target(job)})"
-
-    def say(self, text: str) -> None:
-        (tqdm.write if self.progress is not None else print)(text, file=sys.stderr)
-
-    def settle(self, job: Job, result: dict) -> bool:
-        """Record one try of `job`; True when the job is finished (done, or failed for the last time)."""
-        record = self.record(job)
-        record["attempts"] += 1
-        record["seconds"] = round(record.get("seconds", 0.0) + result.get("seconds", 0.0), 2)
-        if result["ok"]:
-            record.update(status="done", failed=None, message=None)
-            self.say(f"done: {self.label(job)} in {result['seconds']:.1f} s")
-        elif record["attempts"] < ATTEMPTS:
-            self.say(f"retrying {self.label(job)}: {result['failed']}: {result['message']}")
-            return False
-        else:
-            record.update(status="failed", failed=result["failed"], message=result["message"])
-            self.say(f"FAILED: {self.label(job)}: {result['failed']}: {result['message']}")
-        if self.progress is not None:
-            self.progress.update()
-        return True
-
-    def fail_unmade(self, job: RenderJob, avatar: AvatarJob) -> None:
-        """A render whose avatar job failed is not tried: reported with the reason."""
-        self.record(job).update(
-            status="failed",
-            failed="waiting for its avatar",
-            message=f"its avatar job, line {avatar.line}, failed: {self.record(avatar)['message']}",
-        )
-        if self.progress is not None:
-            self.progress.update()
-
-    def summary(self) -> str:
-        counts = [
-            {
-                "jobs": kind,
-                **{s: sum(r["kind"] == kind and r["status"] == s for r in self.records) for s in STATUSES},
-            }
-            for kind in ("avatar", "render")
-            if any(r["kind"] == kind for r in self.records)
-        ]
-        failed = [
-            {
-                "line": r["line"],
-                "job": self.target(job),
-                "failed": r["failed"],
-                "attempts": r["attempts"],
-                "message": r["message"],
-            }
-            for job, r in zip(self.jobs, self.records)
-            if r["status"] == "failed"
-        ]
-        return format_table(counts) + ("\n\nfailed jobs:\n" + format_table(failed) if failed else "")
-
-    def write_report(self, started: float, plan: Plan | None) -> None:
-        if self.cfg.report is not None:
-            write_json(
-                self.cfg.report,
-                {
-                    "jobs_file": str(Path(self.cfg.jobs).resolve()),
-                    "cluster": plan.where if plan else None,
-                    "workers": plan.workers if plan else None,
-                    "seconds": round(time.perf_counter() - started, 2),
-                    "jobs": self.records,
-                },
-            )
 
 
 class Scheduler:
@@ -375,12 +268,12 @@ def run_batch(cfg: BatchConfig, batch: Batch) -> list[dict]:
             "nothing to do. Remove an output to make it again.",
             file=sys.stderr,
         )
-        batch.write_report(started, None)
+        batch.write_report(started)
         return batch.records
     ray = import_ray()
-    plan = None
     try:
         with cluster(ray, cfg) as plan:
+            batch.where, batch.workers = plan.where, plan.workers
             print(
                 f"{len(batch.jobs)} jobs, {skipped} finished already (skipped); {plan.workers} worker(s) of "
                 f"{plan.threads} thread(s){' and a GPU share' if plan.device == 'cuda' else ''} on {plan.where}",
@@ -400,10 +293,10 @@ def run_batch(cfg: BatchConfig, batch: Batch) -> list[dict]:
         for record in batch.records:
             if record["status"] == "to do":
                 record["status"] = "interrupted"
-        batch.write_report(started, plan)
+        batch.write_report(started)
         raise
     print(batch.summary())
-    batch.write_report(started, plan)
+    batch.write_report(started)
     failed = sum(r["status"] == "failed" for r in batch.records)
     if failed:
         raise UserError(
