@@ -28,7 +28,13 @@ from tests.export_fixtures import expected_frames, probe
 from tests.train_fixtures import tiny_dataset  # noqa: F401 - the fixture
 
 SPEECH = "musetalk_eng_speech_60s.wav"
-PREPROCESS = {"resolution": 128, "min_duration_s": 2.0, "crop_samples": 8, "preview_seconds": 1.0}
+PREPROCESS = {  # the session's tiny dataset's own settings: the avatar job finds its steps done
+    "resolution": 128,
+    "min_duration_s": 2.0,
+    "crop_samples": 8,
+    "preview_seconds": 1.0,
+    "contact_sheet_frames": 4,
+}
 TRAIN = {  # seconds, not minutes: tests/train_fixtures.tiny_config as columns
     "resolution": 32,
     "batch_size": 2,
