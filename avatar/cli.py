@@ -7,6 +7,7 @@
     avatar eval RUN                            metrics on the validation frames
     avatar bench [RUN]                         speed and memory table
     avatar demo                                preprocess + train + render on the shared example data
+    avatar batch JOBS.csv|.jsonl               many render and avatar jobs at once, on Ray
 
 `--preset NAME` (anywhere on the line) starts from `configs/<command>/NAME.toml`; flags override it.
 Modules are imported only for the command that runs, so `avatar --help` is fast.
@@ -33,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("avatar.eval.config:EvalConfig", "avatar.eval.evaluate:run"),
     "bench": ("avatar.bench:BenchConfig", "avatar.bench:run"),
     "demo": ("avatar.demo:DemoConfig", "avatar.demo:run"),
+    "batch": ("avatar.batch.config:BatchConfig", "avatar.batch.cluster:run"),
 }
 
 
@@ -41,6 +43,7 @@ INTERRUPTED = {
     "preprocess": "finished steps are kept; run the same command again to resume.",
     "train": "the last checkpoint is kept; run the same command with --resume to continue.",
     "demo": "finished steps and checkpoints are kept; run the same command again to resume.",
+    "batch": "its workers are stopped (and its local cluster); finished jobs are kept and a rerun skips them.",
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
 import typing
 from importlib import resources
 from pathlib import Path
@@ -57,6 +58,56 @@ def from_dict(cls: type[T], data: dict, base: T | None = None) -> T:
             value = tuple(value)
         kwargs[f.name] = value
     return dataclasses.replace(base, **kwargs)
+
+
+def option_types(cls: type) -> dict[str, Any]:
+    """Every option of a config class by its dotted name (`audio.lr`, as on the command line), with its type."""
+    hints = typing.get_type_hints(cls)
+    types: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        typ = hints[f.name]
+        if dataclasses.is_dataclass(typ):
+            types.update({f"{f.name}.{name}": inner for name, inner in option_types(typ).items()})
+        else:
+            types[f.name] = typ
+    return types
+
+
+TRUE, FALSE = ("true", "yes", "1"), ("false", "no", "0")
+
+
+def parse_option(typ: Any, text: str) -> Any:
+    """An option's value written as text (a table cell), as `typ`: numbers, true/false, a choice of a Literal,
+    'none' for an optional one, space- or comma-separated tuples. A ValueError says what is expected."""
+    text = text.strip()
+    args = typing.get_args(typ)
+    if typing.get_origin(typ) in (typing.Union, types.UnionType) and type(None) in args:
+        if text.lower() in ("none", "null"):
+            return None
+        (typ,) = [a for a in args if a is not type(None)]
+        args = typing.get_args(typ)
+    origin = typing.get_origin(typ)
+    if origin is typing.Literal:
+        if text not in args:
+            raise ValueError(f"{text!r} is not one of {', '.join(map(str, args))}")
+        return text
+    if origin is tuple:
+        parts = text.replace(",", " ").split()
+        if Ellipsis not in args and len(parts) != len(args):
+            raise ValueError(f"{text!r}: give {len(args)} values")
+        return tuple(parse_option(args[0 if Ellipsis in args else i], part) for i, part in enumerate(parts))
+    if typ is bool:
+        if text.lower() not in TRUE + FALSE:
+            raise ValueError(f"{text!r} is not true or false")
+        return text.lower() in TRUE
+    if typ in (int, float):
+        try:
+            return typ(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is not {'an integer' if typ is int else 'a number'}") from None
+    if typ is Path:
+        return Path(text)
+    return text
 
 
 def check_values(cfg: Any, prefix: str = "", limits: dict | None = None) -> None:

@@ -19,6 +19,7 @@ from avatar.cli import command
 from avatar.config_io import load_preset
 from avatar.errors import UserError
 from avatar.examples import ENVIRONMENT_VARIABLE, example_data
+from avatar.train.runner import latest_checkpoint
 
 SHARED_DATA = example_data()
 
@@ -113,7 +114,7 @@ def run(cfg: DemoConfig) -> Path:
     if avatar.is_file():
         print(f"{avatar} exists: training is finished, reusing it.", file=sys.stderr)
     else:
-        resume = (run_dir / "checkpoints" / "latest.pt").is_file()
+        resume = latest_checkpoint(run_dir).is_file()
         train_cfg = dataclasses.replace(
             scaled_steps(load_preset("train", cfg.preset, TrainConfig), cfg.train_scale),
             dataset=dataset,

@@ -117,12 +117,13 @@ def check_output(out: Path) -> Path:
 STALE_S = 600.0  # a render writes its temporary continuously; one untouched this long was left by a killed render
 
 
-def sweep_stale_temporaries(out: Path) -> list[Path]:
-    """Remove the temporaries (`.NAME.XXXX.mp4`) that killed renders of `out` left behind; returns them."""
+def sweep_stale_temporaries(out: Path, older_than_s: float = STALE_S) -> list[Path]:
+    """Remove the temporaries (`.NAME.XXXX.mp4`) that killed renders of `out` left behind; returns them.
+    `avatar batch` stops its own renders and then removes theirs at once (`older_than_s=0`)."""
     removed = []
     for path in out.parent.glob(f".{out.stem}.*{out.suffix}"):
         try:
-            if time.time() - path.stat().st_mtime > STALE_S:
+            if time.time() - path.stat().st_mtime > older_than_s:
                 path.unlink()
                 removed.append(path)
         except OSError:
@@ -171,21 +172,24 @@ def background_image(spec: str, resolution: int) -> np.ndarray | None:
 def run(cfg: RenderConfig) -> Path:
     """`avatar render RUN --audio FILE --out OUT.mp4`."""
 
-    check_output(cfg.out)
+    check_output(cfg.out)  # before the avatar loads: a bad --out fails at once
     refuse_overwriting_input(cfg.out, cfg.audio)
     set_threads(cfg.threads)
     head = TalkingHead.load(cfg.run, device=resolve_device(cfg.device))
-    if cfg.paste_back:
-        refuse_overwriting_input(cfg.out, Path(head.driving.source.path), "the training video that --paste-back reads")
-    head.spec.backend = cfg.backend
     return render_video(cfg, head)
 
 
 def render_video(cfg: RenderConfig, head: TalkingHead) -> Path:
-    """Render `cfg.audio` spoken by a loaded avatar into `cfg.out`; returns the path written."""
+    """Render `cfg.audio` spoken by a loaded avatar into `cfg.out`; returns the path written. `avatar render`
+    loads the avatar for one clip; `avatar batch` loads it once per worker and renders many clips through here
+    (`cfg.run`, `cfg.device` and `cfg.threads` are the loader's: not read here)."""
 
     start = time.perf_counter()
     out = check_output(cfg.out)
+    refuse_overwriting_input(out, cfg.audio)
+    if cfg.paste_back:
+        refuse_overwriting_input(out, Path(head.driving.source.path), "the training video that --paste-back reads")
+    head.spec.backend = cfg.backend
     driving = head.driving
     timer = StageTimer()
     resolution = int(cfg.resolution or head.resolution)

@@ -34,12 +34,17 @@ from avatar.train.context import StageContext, StopRequested
 from avatar.train.expression import ExpressionSpace
 from avatar.train.stages import AudioStage, CanonicalStage, DeformStage, ImageStage, Stage, TorsoStage
 
-__all__ = ["RUN_FORMAT_VERSION", "Runner", "run"]
+__all__ = ["RUN_FORMAT_VERSION", "Runner", "latest_checkpoint", "run"]
 
 
 def run(cfg: TrainConfig) -> Path:
     """Train (or resume) the avatar described by `cfg`; returns the path of the final avatar.pt."""
     return Runner(cfg).train()
+
+
+def latest_checkpoint(out: Path | str) -> Path:
+    """Where a run keeps the checkpoint that `--resume` continues from."""
+    return Path(out) / "checkpoints" / "latest.pt"
 
 
 def open_training_dataset(cfg: TrainConfig) -> Dataset:
@@ -129,7 +134,7 @@ class Runner:
         self.on_step = on_step  # called after every completed step (used by tests to simulate Ctrl-C)
         self.dataset = open_training_dataset(cfg)
         self.out = Path(cfg.out)
-        self.ckpt_path = self.out / "checkpoints" / "latest.pt"
+        self.ckpt_path = latest_checkpoint(self.out)
         if self.out.is_dir():
             with training_lock(self.out):  # a run in training is said first (not "add --resume")
                 pass
