@@ -94,7 +94,7 @@ def _screenshot(driver) -> np.ndarray:
 
 @pytest.mark.skipif(
     shutil.which("chromium") is None or shutil.which("chromedriver") is None,
-    reason="Debian's chromium + chromium-driver are not installed (scripts/setup_browser.sh)",
+    reason="Debian's chromium + chromium-driver are not installed (scripts/setup_test_tools.sh)",
 )
 def test_viewer_in_headless_chromium(tiny_run, tmp_path):
     """Start `avatar view` on a tiny run, open it in Chromium: the avatar is on the canvas, and turning
