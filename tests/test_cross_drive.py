@@ -18,6 +18,7 @@ from avatar.eval.cross_drive import (
     PAUSE_S,
     Rendered,
     closed_threshold,
+    driver_in_sync,
     lagged_correlation,
     pauses,
     quiet_frames,
@@ -104,9 +105,12 @@ def test_eval_driven_by_another_persons_dataset(avatar_and_driver, tiny_dataset,
     avatar = methods["avatar"]
     assert avatar["frames"] == 40 and avatar["face_detected"] > 0.9
     assert all(np.isfinite(m["motion_ratio"]) and m["frames"] == 40 for m in (avatar, methods["static_head"]))
-    # the reference row scores the driver's own tracked mouth against the avatar's person's, as the avatar's is
-    real, driver = methods["driver_real"], Dataset(german).mouth_openings()[:40]
-    assert real["motion_ratio"] == pytest.approx(motion_ratio(driver, TalkingHead.load(run_dir).driving.openings))
+    # the reference row scores the driver's own tracked mouth (in time with its sound) against the avatar's
+    # person's, as the avatar's is
+    driver = Dataset(german)
+    in_sync = driver_in_sync(driver, load_audio(driver.layout.audio))[0][:40]
+    own = TalkingHead.load(run_dir).driving.openings
+    assert methods["driver_real"]["motion_ratio"] == pytest.approx(motion_ratio(in_sync, own))
     assert methods["own_voice"]["frames"] == len(tiny_dataset.indices("val"))  # on its own held-out voice
 
 
@@ -172,8 +176,6 @@ def test_the_drivers_own_av_offset_is_taken_out_of_its_mouth():
     """Lag 0 means in time with the driving sound: a driver whose sound was kept 80 ms (2 frames) late has
     its lips compared two frames later; one whose offset was removed, or none was found, as they are."""
     from types import SimpleNamespace
-
-    from avatar.eval.cross_drive import driver_in_sync
 
     openings = np.sin(np.arange(50) / 3.0)
     record = {"ms": 80.0, "confidence": 9.0, "peak_correlation": 0.4, "correlation_at_zero": 0.1, "given": False}
