@@ -99,9 +99,13 @@ def test_an_empty_host_is_refused_and_ipv6_hosts_bind(tmp_path, capsys):
         assert f"--host {host!r}: empty. Give 127.0.0.1 or ::1 (this machine only)" in capsys.readouterr().err
     if not socket.has_ipv6:
         pytest.skip("no IPv6 on this machine")
-    port = listening_port("::1", 0)
-    with socket.socket(socket.AF_INET6) as s:
-        s.bind(("::1", port))  # the port found is free on ::1
+    assert listening_port("::1", 0) > 0  # bound with an IPv6 socket (an IPv4 one cannot bind ::1)
+    with socket.socket(socket.AF_INET6) as held:  # a port this test holds: no other program can take it
+        held.bind(("::1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        with pytest.raises(UserError, match=f"--port {port}: in use on ::1"):
+            listening_port("::1", port)
 
 
 def test_the_viewer_url_opens_here_and_a_reach_beyond_this_machine_is_said():
