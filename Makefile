@@ -10,7 +10,7 @@ demo: setup
 	.venv/bin/avatar demo
 
 test: setup lint
-	bash scripts/setup_browser.sh
+	bash scripts/setup_test_tools.sh
 	.venv/bin/python -m pytest
 
 lint: setup

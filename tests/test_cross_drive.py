@@ -1,22 +1,39 @@
 """`avatar eval RUN --drive DATASET / --drive-audio FILE`: the avatar driven by audio it was not trained on,
-on two short real datasets (Macron trains, the German anchor drives), and the measures on known series."""
+on two short real datasets (Macron trains, the German anchor drives), and the measures on known series; and lip
+sync read off the picture of `avatar render` driven by another person's speech."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from avatar.audio.features import frame_log_energy
+from avatar.audio.io import SAMPLE_RATE, load_audio, num_frames_for
+from avatar.contracts.dataset import Dataset
 from avatar.errors import UserError
 from avatar.eval.cross_drive import (
+    EDGE_FRAMES,
+    PAUSE_S,
     Rendered,
     closed_threshold,
+    driver_in_sync,
     lagged_correlation,
     pauses,
     quiet_frames,
+    rendered_openings,
     score,
 )
+from avatar.eval.landmarks import FaceLandmarker
+from avatar.metrics.lip_sync import motion_ratio, pearson
+from avatar.model.gaussians import HeadConfig
+from avatar.model.mouth import MouthConfig
+from avatar.model.talking_head import TalkingHead
+from avatar.render.config import RenderConfig
+from avatar.render.video import run as render
 from tests.conftest import cut_clip
-from tests.export_fixtures import write_wav
+from tests.export_fixtures import probe, write_wav
 from tests.train_fixtures import tiny_config, tiny_dataset  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -87,10 +104,13 @@ def test_eval_driven_by_another_persons_dataset(avatar_and_driver, tiny_dataset,
     assert set(methods) == {"avatar", "static_head", "driver_real", "own_voice"}
     avatar = methods["avatar"]
     assert avatar["frames"] == 40 and avatar["face_detected"] > 0.9
-    assert -1 <= avatar["corr_lag0"] <= avatar["corr_best"] <= 1 and abs(avatar["best_lag"]) <= 3
     assert all(np.isfinite(m["motion_ratio"]) and m["frames"] == 40 for m in (avatar, methods["static_head"]))
-    real = methods["driver_real"]  # the driver's own tracked mouth against itself: the reference is wired right
-    assert real["corr_lag0"] == pytest.approx(1.0) and real["best_lag"] == 0
+    # the reference row scores the driver's own tracked mouth (in time with its sound) against the avatar's
+    # person's, as the avatar's is
+    driver = Dataset(german)
+    in_sync = driver_in_sync(driver, load_audio(driver.layout.audio))[0][:40]
+    own = TalkingHead.load(run_dir).driving.openings
+    assert methods["driver_real"]["motion_ratio"] == pytest.approx(motion_ratio(in_sync, own))
     assert methods["own_voice"]["frames"] == len(tiny_dataset.indices("val"))  # on its own held-out voice
 
 
@@ -157,8 +177,6 @@ def test_the_drivers_own_av_offset_is_taken_out_of_its_mouth():
     its lips compared two frames later; one whose offset was removed, or none was found, as they are."""
     from types import SimpleNamespace
 
-    from avatar.eval.cross_drive import driver_in_sync
-
     openings = np.sin(np.arange(50) / 3.0)
     record = {"ms": 80.0, "confidence": 9.0, "peak_correlation": 0.4, "correlation_at_zero": 0.1, "given": False}
 
@@ -171,3 +189,67 @@ def test_the_drivers_own_av_offset_is_taken_out_of_its_mouth():
         assert driver_in_sync(driver(kept), np.zeros(16000))[1] == 0.0
     same, ms = driver_in_sync(driver(None), np.zeros(16000))  # made before the estimate: 2 s, too short to tell
     assert ms == 0.0 and np.array_equal(same, openings)
+
+
+@pytest.fixture(scope="module")
+def lip_sync_avatar(tiny_dataset, tmp_path_factory) -> Path:
+    """A Macron avatar just big enough for its mouth to show in the picture: at 96 px with about 1200 Gaussians
+    a closed mouth reads closed on the rendered frames and an open one open (with the few hundred Gaussians of
+    `avatar_and_driver`, the opening detected on its frames does not follow its expression at all)."""
+    from avatar.train.runner import run as train
+
+    out = tmp_path_factory.mktemp("lip_sync") / "run"
+    train(
+        tiny_config(
+            tiny_dataset.root,
+            out,
+            audio_steps=40,
+            resolution=96,
+            canonical_steps=20,
+            lpips_start=10**6,
+            head=HeadConfig(num_face=800, num_shell=200, max_gaussians=1200),
+            mouth=MouthConfig(num_gaussians=80),
+        )
+    )
+    return out
+
+
+def syllable_shuffled(wave: np.ndarray, seed: int = 0, chunk_s: float = 0.2) -> np.ndarray:
+    """The same samples in chunks of about a syllable put in a seeded random order: the same sounds and loudness
+    distribution at other moments."""
+    chunk = int(chunk_s * SAMPLE_RATE)
+    pieces = [wave[i : i + chunk] for i in range(0, len(wave), chunk)]
+    return np.concatenate([pieces[i] for i in np.random.default_rng(seed).permutation(len(pieces))])
+
+
+def test_real_avatar_lip_syncs_another_persons_speech(lip_sync_avatar, shared_data, tmp_path):
+    """`avatar render` of the Macron avatar driven by 6 s of another speaker (English, a 640 ms pause at 1.4 s),
+    its mouth opening detected on the video's frames: it follows the speaker's loudness, which the same audio
+    shuffled in syllable-sized chunks does not give, and it closes in the pause (over most of the pause, past
+    the frames the mouth may take to close and reopen, the opening is in the person's closed-mouth range,
+    where the shuffled copy's mouth stays open). The video lasts as long as its sound."""
+    run_dir = lip_sync_avatar
+    head = TalkingHead.load(run_dir)
+    wave = load_audio(shared_data / "musetalk_eng_speech_60s.wav")[10 * SAMPLE_RATE : 16 * SAMPLE_RATE]
+    openings = {}
+    with FaceLandmarker() as landmarker:
+        for name, audio in (("speech", wave), ("shuffled", syllable_shuffled(wave))):
+            wav = write_wav(tmp_path / f"{name}.wav", audio, SAMPLE_RATE)
+            info = probe(render(RenderConfig(run=run_dir, audio=wav, out=tmp_path / f"{name}.mp4", device="cpu")))
+            assert info["num_frames"] == num_frames_for(len(audio), SAMPLE_RATE, head.fps) == 150
+            assert abs(info["audio_s"] - info["video_s"]) < 1 / head.fps, (info["audio_s"], info["video_s"])
+            found = rendered_openings([info["frames"]], landmarker)
+            assert found.detected == 1.0
+            openings[name] = found.openings
+    loudness = frame_log_energy(wave, head.fps, len(openings["speech"]))
+    follows, shuffled = pearson(openings["speech"], loudness), pearson(openings["shuffled"], loudness)
+    print(f"opening ~ loudness: {follows:.2f}, of the shuffled copy {shuffled:.2f}")
+    assert follows > 0.4 and follows > shuffled + 0.3
+    closed = closed_threshold(head.driving.openings)  # the person's own closed-mouth range
+    found_pauses = pauses(quiet_frames(loudness), int(np.ceil(PAUSE_S * head.fps)))
+    assert len(found_pauses) == 1
+    ((start, end),) = found_pauses
+    assert end - start >= 15
+    inner = slice(start + EDGE_FRAMES, end - EDGE_FRAMES)
+    print("opening in the pause:", np.round(openings["speech"][inner], 3), f"closed below {closed:.3f}")
+    assert np.median(openings["speech"][inner]) <= closed < np.median(openings["shuffled"][inner])

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 REPO = Path(__file__).resolve().parents[1]
 STEPS = ["install", "build_gsplat", "build_hash_triplane", "pytest_cuda", "dataset", "train", "bench"]
 
@@ -32,13 +34,18 @@ def test_dry_run_records_every_step_and_positive_speeds(tmp_path, shared_data):
 
     steps = result["steps"]
     assert list(steps) == STEPS
-    assert all(
-        step["status"] in ("ok", "skipped", "failed", "timeout") and step["seconds"] >= 0 for step in steps.values()
-    )
-    assert [steps[name]["status"] for name in STEPS[:3]] == ["skipped"] * 3  # installs and CUDA builds: GPU only
-    assert steps["pytest_cuda"]["status"] in ("ok", "skipped")  # skipped without a GPU
-    assert result["tests"]["failures"] == result["tests"]["errors"] == 0
-    assert [steps[name]["status"] for name in ("dataset", "train", "bench")] == ["ok"] * 3, proc.stdout
+    cuda = torch.cuda.is_available()
+    # what must hold here: installs and CUDA builds are GPU-only steps, the CUDA tests are collected and every
+    # one of them skips itself without a GPU, and the CPU steps all succeed
+    expected = {"install": "skipped", "build_gsplat": "skipped", "build_hash_triplane": "skipped"}
+    expected |= {"pytest_cuda": "ok" if cuda else "skipped", "dataset": "ok", "train": "ok", "bench": "ok"}
+    assert {name: step["status"] for name, step in steps.items()} == expected, proc.stdout
+    for name, step in steps.items():  # a step that ran took time, within its limit; a skipped one none
+        ran = name == "pytest_cuda" or expected[name] == "ok"
+        assert (0 < step["seconds"] <= step["limit_s"] + 10) if ran else step["seconds"] == 0, (name, step)
+    tests = result["tests"]
+    assert tests["tests"] > 0 and tests["failures"] == tests["errors"] == 0
+    assert tests["passed"] > 0 if cuda else tests["skipped"] == tests["tests"]
 
     training = result["training"]
     assert training["status"] == "done"

@@ -13,15 +13,16 @@ def _net():
 
 
 def _conditions(b: int):
-    pose = pose_features(torch.eye(3).expand(b, 3, 3), torch.randn(b, 3), torch.zeros(3))
-    return torch.randn(b, 8), torch.randn(b, 5), torch.rand(b, 2), pose
+    gen = torch.Generator().manual_seed(b)
+    pose = pose_features(torch.eye(3).expand(b, 3, 3), torch.randn(b, 3, generator=gen), torch.zeros(3))
+    return torch.randn(b, 8, generator=gen), torch.randn(b, 5, generator=gen), torch.rand(b, 2, generator=gen), pose
 
 
 def test_shapes_and_zero_initial_offsets():
     net = _net()
     tokens = net.tokens(*_conditions(3))
     assert tokens.shape == (3, len(CONDITIONS) + 1, 16)
-    offsets, attn = net(torch.randn(100, 24), tokens)
+    offsets, attn = net(torch.randn(100, 24, generator=torch.Generator().manual_seed(1)), tokens)
     assert offsets.means.shape == (3, 100, 3) and offsets.quats.shape == (3, 100, 4)
     assert offsets.log_scales.shape == (3, 100, 3) and offsets.opacity_logits.shape == (3, 100)
     assert offsets.colours.shape == (3, 100, 3)
@@ -32,7 +33,7 @@ def test_shapes_and_zero_initial_offsets():
 
 def test_offsets_learn_and_depend_on_the_audio():
     net = _net()
-    features = torch.randn(50, 24)
+    features = torch.randn(50, 24, generator=torch.Generator().manual_seed(1))
     audio, expression, blink, pose = _conditions(2)
     target = torch.zeros(2, 50, 3)
     target[0] = 0.01  # frame 0 should move, frame 1 should not: only the conditions tell them apart

@@ -26,7 +26,7 @@ def _layer(body_codes: torch.Tensor | None = None, frames: torch.Tensor | None =
     layer = TorsoLayer(SIZE)
     if body_codes is not None:
         layer.set_body_motion(*_shift_lattice(2.0))
-    frames = torch.rand(4, SIZE, SIZE, 3) if frames is None else frames
+    frames = torch.rand(4, SIZE, SIZE, 3, generator=torch.Generator().manual_seed(0)) if frames is None else frames
     masks = torch.zeros(len(frames), SIZE, SIZE)
     masks[:, 20:] = 1  # the body fills the bottom of the picture
     layer.init_from_frames(frames, masks, torch.zeros(SIZE, SIZE, 3), body_codes)

@@ -99,9 +99,13 @@ def test_an_empty_host_is_refused_and_ipv6_hosts_bind(tmp_path, capsys):
         assert f"--host {host!r}: empty. Give 127.0.0.1 or ::1 (this machine only)" in capsys.readouterr().err
     if not socket.has_ipv6:
         pytest.skip("no IPv6 on this machine")
-    port = listening_port("::1", 0)
-    with socket.socket(socket.AF_INET6) as s:
-        s.bind(("::1", port))  # the port found is free on ::1
+    assert listening_port("::1", 0) > 0  # bound with an IPv6 socket (an IPv4 one cannot bind ::1)
+    with socket.socket(socket.AF_INET6) as held:  # a port this test holds: no other program can take it
+        held.bind(("::1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        with pytest.raises(UserError, match=f"--port {port}: in use on ::1"):
+            listening_port("::1", port)
 
 
 def test_the_viewer_url_opens_here_and_a_reach_beyond_this_machine_is_said():
@@ -218,30 +222,28 @@ sys.exit(main(["render", "RUN", "--audio", "a.wav", "--out", {str(tmp_path / "ou
 
 def test_mediapipe_start_up_noise_is_silenced_and_real_messages_pass():
     """Every detector the pipeline makes (face mesh, face detection, selfie segmentation) starts its graph on
-    its own threads, which print the W0000 feedback-manager notice some time after the constructor returns:
-    the pause before the first image gives those threads the time to print it."""
+    its own threads, which print the W0000 feedback-manager notice while the first image goes through: each
+    detector's first real image below is that moment, so a detector made without its silenced warm-up image
+    (`Solution`) prints the notice here (checked: it then fails), with no pause needed to give it time."""
     import subprocess
     import sys
 
     script = """
-import os, sys, time, numpy as np
+import os, sys, numpy as np
 from avatar.contracts.face_mesh import FaceMesh, quiet_native_stderr
 from avatar.preprocess.landmarks import detect_landmarks
 from avatar.preprocess.masks import MaskMaker
 from avatar.errors import UserError
 blank = np.zeros((64, 64, 3), np.uint8)
 with FaceMesh(static=True) as mesh:
-    time.sleep(0.5)
     mesh.faces(blank)
 masks = MaskMaker()
-time.sleep(0.5)
 masks.person(blank)
 masks.close()
 try:
     detect_landmarks([blank] * 2, show_progress=False)  # face detection and a tracking face mesh
 except UserError:
     pass
-time.sleep(0.5)
 with quiet_native_stderr():
     os.write(2, b"a real native warning\\n")
 """

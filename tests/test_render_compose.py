@@ -37,8 +37,9 @@ def test_head_over_torso_equals_one_joint_render_when_the_head_is_in_front():
 
 
 def test_image_layer_with_a_matte():
-    frame = torch.rand(2, 8, 8, 3)  # a batch of two frames
-    matte = (torch.rand(2, 8, 8) > 0.5).float()
+    gen = torch.Generator().manual_seed(1)
+    frame = torch.rand(2, 8, 8, 3, generator=gen)  # a batch of two frames
+    matte = (torch.rand(2, 8, 8, generator=gen) > 0.5).float()
     background = torch.tensor([0.0, 1.0, 0.0])
     out = composite([Layer.from_image(frame, matte)], background)
     expected = torch.where(matte[..., None] > 0, frame, background.expand_as(frame))

@@ -92,21 +92,28 @@ def _screenshot(driver) -> np.ndarray:
     return cv2.imdecode(np.frombuffer(driver.get_screenshot_as_png(), np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
 
 
-@pytest.mark.skipif(
+def _poll(condition, timeout_s: float):
+    """Call `condition()` (it returns (met, value)) until it is met or `timeout_s` has passed: the last value.
+    Each call takes its own time (a screenshot, a render), so there is no pause between calls."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        met, value = condition()
+        if met or time.monotonic() > deadline:
+            return value
+
+
+needs_chromium = pytest.mark.skipif(
     shutil.which("chromium") is None or shutil.which("chromedriver") is None,
-    reason="Debian's chromium + chromium-driver are not installed (scripts/setup_browser.sh)",
+    reason="Debian's chromium + chromium-driver are not installed (scripts/setup_test_tools.sh)",
 )
-def test_viewer_in_headless_chromium(tiny_run, tmp_path):
-    """Start `avatar view` on a tiny run, open it in Chromium: the avatar is on the canvas, and turning
-    the background off changes the picture."""
+
+
+@pytest.fixture
+def chromium(tmp_path):
+    """Headless Chromium driven by selenium (a fresh profile), quit after the test."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    from avatar.model.talking_head import TalkingHead
-
-    head = TalkingHead.load(tiny_run)
-    app = ViewerApp(ViewerConfig(run=tiny_run, resolution=128), head, tiny_run / "audio.wav")
-    app.start()
     options = webdriver.ChromeOptions()
     for flag in (
         "--headless=new",
@@ -124,39 +131,136 @@ def test_viewer_in_headless_chromium(tiny_run, tmp_path):
     ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
-    try:
-        driver.get(app.url)
-        # the canvas centre (the GUI panel sits top right): wait for the first rendered picture
-        deadline, shot = time.time() + 90, None
-        while time.time() < deadline:
-            time.sleep(1.0)
-            shot = _screenshot(driver)
-            h, w = shot.shape[:2]
-            centre = shot[h // 4 : 3 * h // 4, w // 4 : w // 2]
-            if centre.std() > 15 and app.fps_shown > 0:
-                break
-        assert shot is not None and centre.std() > 15, "the canvas stayed blank: no avatar picture arrived"
-        import cv2
+    yield driver
+    driver.quit()
 
-        cv2.imwrite(str(tmp_path / "viewer.png"), shot[:, :, ::-1])
-        # the picture is the avatar: the canvas shows the app's own render of this view (stretched to the
-        # canvas), away from the notification (top left), the GUI panel (top right) and the axes (bottom left)
-        client = next(iter(app.server.get_clients().values()))
-        expected = cv2.resize(app.render_client(client), (w, h), interpolation=cv2.INTER_AREA)
+
+@pytest.fixture
+def viewer(head, tiny_run):
+    """The viewer of the tiny run, serving on a free port, stopped after the test."""
+    app = ViewerApp(ViewerConfig(run=tiny_run, resolution=128), head, tiny_run / "audio.wav")
+    app.start()
+    yield app
+    app.stop()
+
+
+@needs_chromium
+def test_viewer_in_headless_chromium(viewer, chromium, tmp_path):
+    """Open the viewer in Chromium: once the page has settled, the canvas shows the app's own render of the
+    browser's view, and turning the background off changes the picture.
+
+    The page fades in after connecting (about a second in software WebGL): a screenshot taken as soon as the
+    canvas is not blank can show a washed-out picture (mean difference 28.8 and 43.5 from the render were seen
+    in that fade, the failures of issue 26). So the picture is compared once it has stopped changing, and the
+    render it is compared with is made of the camera the browser reports at that moment."""
+    import cv2
+
+    app, driver = viewer, chromium
+    driver.get(app.url)
+    previous = None
+
+    def settled_on_the_render():
+        """(the canvas has stopped changing and shows the app's render of the client's view, (error, shot))"""
+        nonlocal previous
+        shot = _screenshot(driver).astype(np.float32)
+        h, w = shot.shape[:2]
+        still = previous is not None and np.abs(shot - previous).mean() < 1.0
+        previous = shot
+        clients = list(app.server.get_clients().values())
+        if not (still and clients and app.fps_shown > 0):
+            return False, (float("inf"), shot)
+        expected = cv2.resize(app.render_client(clients[0]), (w, h), interpolation=cv2.INTER_AREA)
+        # below the notification (top left) and the GUI panel (top right), right of the axes (bottom left)
         region = (slice(h // 2, int(0.9 * h)), slice(w // 10, int(0.6 * w)))
-        error = np.abs(shot[region].astype(np.float32) - expected[region]).mean()
-        assert error < 20, f"the canvas does not show the avatar render (mean abs diff {error:.1f})"
-        before = shot.astype(np.float32)
-        label = driver.find_element("xpath", "//label[contains(normalize-space(.), 'Background')]")
-        label.click()
-        deadline, diff = time.time() + 60, 0.0
-        while time.time() < deadline and diff < 8.0:
-            time.sleep(1.0)
-            after = _screenshot(driver).astype(np.float32)
-            diff = float(np.abs(after - before)[: h // 2, : w // 2].mean())
-        assert not app.background_box.value, "the click did not reach the viewer's control"
-        assert diff >= 8.0, f"turning the background off did not change the picture (mean diff {diff:.1f})"
-        assert "FPS" in driver.page_source
+        error = float(np.abs(shot[region] - expected[region]).mean())
+        return error < 20, (error, shot)
+
+    error, shot = _poll(settled_on_the_render, timeout_s=90)
+    cv2.imwrite(str(tmp_path / "viewer.png"), shot[:, :, ::-1].astype(np.uint8))
+    assert error < 20, f"the canvas does not show the avatar render (mean abs diff {error:.1f})"
+    h, w = shot.shape[:2]
+    label = driver.find_element("xpath", "//label[contains(normalize-space(.), 'Background')]")
+    label.click()
+
+    def changed():
+        diff = float(np.abs(_screenshot(driver).astype(np.float32) - shot)[: h // 2, : w // 2].mean())
+        return diff >= 8.0, diff
+
+    diff = _poll(changed, timeout_s=60)
+    assert not app.background_box.value, "the click did not reach the viewer's control"
+    assert diff >= 8.0, f"turning the background off did not change the picture (mean diff {diff:.1f})"
+    assert "FPS" in driver.page_source
+
+
+@needs_chromium
+def test_play_starts_the_page_audio_at_the_timeline_position(viewer, chromium):
+    """Type 2 s into the timeline, click Play: the page's <audio> element plays from 2 s, not from the start."""
+    from selenium.webdriver.common.keys import Keys
+
+    app, driver = viewer, chromium
+    driver.get(app.url)
+    _poll(lambda: (bool(app.server.get_clients()) and app.fps_shown > 0, None), timeout_s=90)
+    number = "//input[@inputmode='decimal']"  # the timeline's number box, beside its slider
+    box = driver.find_element("xpath", f"//label[normalize-space(.)='Time (s)']/ancestor::*[.{number}][1]{number}")
+    box.click()
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys("2", Keys.ENTER)
+    frame = _poll(lambda: (app.playback.frame() == 2 * app.playback.fps, app.playback.frame()), timeout_s=30)
+    assert frame == 2 * app.playback.fps, "typing in the timeline did not move the viewer's clock"
+    driver.find_element("xpath", "//button[normalize-space(.)='Play']").click()
+    clicked = time.monotonic()
+    read = "const a = document.querySelector('audio'); return a && !a.paused ? a.currentTime : null"
+    position = _poll(lambda: ((t := driver.execute_script(read)) is not None and t > 0, t), timeout_s=30)
+    assert position is not None, "no audio started playing in the page"
+    assert 2.0 <= position <= 2.0 + (time.monotonic() - clicked), f"the page's audio is at {position:.3f} s"
+    assert app.playback.playing
+
+
+def test_every_frames_audio_is_the_render_paths(head, tiny_run, tmp_path, shared_data, monkeypatch):
+    """The conditions' audio of every frame the viewer plays equal those `avatar render` gives the same frame of
+    the same file (its windows read in 7-frame chunks, so chunk seams are crossed), with the same motion gain."""
+    from avatar.audio.io import SAMPLE_RATE, load_audio
+    from avatar.render.config import RenderConfig
+    from avatar.render.video import render_video
+    from tests.export_fixtures import write_wav
+
+    wave = load_audio(shared_data / "sadtalker_hdtf_radio31_8s.wav")[: 3 * SAMPLE_RATE]
+    audio = write_wav(tmp_path / "speech.wav", wave, SAMPLE_RATE)
+    rendered = []
+
+    def recorded(cond, background=None, **kwargs):
+        rendered.append(cond)
+        return {"rgb": torch.zeros(len(cond.audio), head.resolution, head.resolution, 3)}
+
+    monkeypatch.setattr(head, "render", recorded)
+    cfg = RenderConfig(run=tiny_run, audio=audio, out=tmp_path / "out.mp4", chunk_frames=7, batch_frames=5)
+    render_video(cfg, head)
+    playback = Playback(head, audio)
+    windows = torch.cat([cond.audio for cond in rendered])
+    assert len(windows) == playback.num_frames == 75
+    for i in range(playback.num_frames):
+        assert torch.equal(playback.conditions(i).audio[0], windows[i]), f"frame {i}"
+    # the gain sums float32 predictions made in batches of another size: equal but for the rounding
+    assert [cond.clip_gain for cond in rendered] == pytest.approx([playback.clip_gain] * len(rendered), rel=1e-6)
+
+
+def test_a_port_taken_while_the_viewer_starts_is_said(head, tiny_run, monkeypatch):
+    """The viewer binds its port once: with --port 0 the server's own bind picks it, and a given port taken by
+    another program after the check (here: the check is skipped) is an error, not a viewer on the next port."""
+    import socket
+
+    import avatar.viewer.app as app_module
+    from avatar.errors import UserError
+
+    app = ViewerApp(ViewerConfig(run=tiny_run), head, tiny_run / "audio.wav")
+    try:
+        assert app.server.get_port() > 0 and app.url.endswith(f":{app.server.get_port()}")
     finally:
-        driver.quit()
-        app.stop()
+        app.server.stop()
+    monkeypatch.setattr(app_module, "listening_port", lambda host, port: port)
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        with pytest.raises(UserError, match=f"--port {port}: taken by another program"):
+            ViewerApp(ViewerConfig(run=tiny_run, port=port), head, tiny_run / "audio.wav")

@@ -27,8 +27,8 @@ def _addresses(host: str, port: int) -> list[tuple]:
 
 
 def listening_port(host: str, port: int) -> int:
-    """The port to serve on (`port`, or a free one for 0), or a UserError that says why `--host` / `--port`
-    cannot be used. The socket has the host's own address family (IPv6 for ::1)."""
+    """The port a test bind of `host` got (`port`, or a free one for 0, given back at once), or a UserError that
+    says why `--host` / `--port` cannot be used. The socket has the host's own address family (IPv6 for ::1)."""
     family, address = _addresses(host, port)[0]
     with socket.socket(family, socket.SOCK_STREAM) as s:
         try:

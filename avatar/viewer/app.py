@@ -127,7 +127,16 @@ class ViewerApp:
         self._centres = None  # point-cloud handle while "Gaussian centres" is on
         self._dirty = threading.Event()
         self._stop = threading.Event()
-        self.server = viser.ViserServer(host=cfg.host, port=listening_port(cfg.host, cfg.port), verbose=False)
+        listening_port(cfg.host, cfg.port)  # a bad --host or a busy --port is said clearly
+        # viser binds the port once and keeps it; with 0 the system picks a free one as it binds (a port found
+        # free here and bound again later could be taken in between)
+        self.server = viser.ViserServer(host=cfg.host, port=cfg.port, verbose=False)
+        if cfg.port and self.server.get_port() != cfg.port:  # taken since the check: viser went on to the next one
+            self.server.stop()
+            raise UserError(
+                f"--port {cfg.port}: taken by another program while the viewer started. Give another --port, "
+                "or leave it out for a free one."
+            )
         self.url = viewer_url(cfg.host, self.server.get_port())
         self._build_gui()
         self.server.on_client_connect(self._on_connect)
