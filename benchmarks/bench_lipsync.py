@@ -31,7 +31,7 @@ import torch
 
 from avatar.contracts.atomic import write_json
 from avatar.errors import UserError
-from avatar.eval.cross_drive import cross_driven, own_voice
+from avatar.eval.cross_drive import DRIVE_COLUMNS, cross_driven, own_voice
 from avatar.eval.evaluate import evaluation_dataset
 from avatar.eval.landmarks import FaceLandmarker
 from avatar.examples import example_data
@@ -112,16 +112,7 @@ TTS_SET = (
         "bleibt kalt, mit Schnee in den Bergen.",
     ),
 )
-COLUMNS = (
-    "corr_lag0",
-    "corr_best",
-    "best_lag",
-    "motion_ratio",
-    "silent_closed",
-    "pauses_closed",
-    "vowels_open",
-    "loudness_corr",
-)
+COLUMNS = tuple(c for c in DRIVE_COLUMNS if c not in ("frames", "face_detected"))  # frames has its own column
 
 
 def avatar_rows(
