@@ -4,8 +4,9 @@ What `avatar.audio.clip.AudioClip` computes over a whole file is computed here o
 arrives, on a rolling window:
 - mel rows by `IncrementalRows`: each row equals the file's as soon as the 32 ms around it are in;
 - the voicing threshold and the normalisation statistics over the rows of the last `history_s` seconds (up
-  to the newest row), beside the training clip's statistics weighted as `prior_s` seconds of rows (early in a
-  stream the history is short, and a few words would set the scale);
+  to the newest row) less the long pauses (`LiveFeatures._talk`), beside the training clip's statistics
+  weighted as `prior_s` seconds of rows (early in a stream the history is short, and a few words would set the
+  scale; with less than `min_talk_s` of talk they stand alone);
 - the phone classes from `avatar.live.phones.PhoneStream` (a decoder that follows the stream), smoothed as a
   file's are;
 - silence: a history below -50 dBFS throughout gives all-zero windows, the input the encoder answers with the
@@ -14,8 +15,9 @@ arrives, on a rolling window:
 Frame k shows the audio of [k, k + 1) / fps; its stack needs rows up to the end of frame k + K's window (K:
 the encoder's context frames), 242 ms after the frame's end at 25 fps with K = 4. The look-ahead says how
 long after the frame's end its stack is made: rows not yet heard then repeat the newest one, as a file's last
-row is repeated. With a look-ahead and a history that cover the whole stream and no prior, the stacks equal
-`AudioClip.windows` of the same audio (tested); the phone classes then equal the stream decoder's final path.
+row is repeated. With a look-ahead, a history and a pause allowance that cover the whole stream and no prior,
+the stacks equal `AudioClip.windows` of the same audio (tested); the phone classes then equal the stream
+decoder's final path.
 """
 
 from __future__ import annotations
@@ -24,12 +26,16 @@ import numpy as np
 
 from avatar.audio.features import SpeechFeatures, feature_stats, frame_window_rows
 from avatar.audio.io import SAMPLE_RATE, is_silent, num_frames_for
+from avatar.audio.phonetic import PHONES, SILENCE
 from avatar.audio.streaming import IncrementalRows
 from avatar.contracts.dataset import FeatureInfo
 from avatar.errors import UserError
 from avatar.live.phones import PhoneStream
 
 SILENCE_BLOCK = SAMPLE_RATE // 10  # is_silent's 100 ms blocks, from the stream's start
+QUIET_RMS = 10 ** (-50 / 20)  # is_silent's -50 dBFS
+RELATIVE_QUIET = 10 ** (-30 / 20)  # a row 30 dB under the history's loud rows is a pause
+SILENCE_LABEL = PHONES.index(SILENCE)
 
 
 class LiveFeatures:
@@ -45,6 +51,8 @@ class LiveFeatures:
         history_s: float = 20.0,
         prior_s: float = 3.0,
         phones: PhoneStream | None = None,
+        pause_keep_s: float = 0.5,
+        min_talk_s: float = 1.0,
     ):
         if extractor.learned is not None:
             raise UserError(
@@ -55,6 +63,7 @@ class LiveFeatures:
             raise ValueError("an extractor with phone classes needs a PhoneStream")
         self.extractor, self.fps, self.context, self.window = extractor, fps, context, info.window
         self.lookahead_s, self.history_rows, self.prior_rows = lookahead_s, int(history_s * 100), prior_s * 100
+        self.pause_keep_rows, self.min_talk_rows = int(pause_keep_s * 100), int(min_talk_s * 100)
         self.prior = (np.asarray(info.mean, np.float64), np.asarray(info.std, np.float64))
         self.phones = phones if extractor.phonetic is not None else None
         mel = extractor.mel
@@ -131,9 +140,9 @@ class LiveFeatures:
         if self.mel_rows is not None:
             mel = self.extractor.mel
             history = self.rows[lo_row - self.first_row : known - self.first_row]
+            history = history[self._talk(history[:, -1], lo_row)]
             threshold = mel.voicing_threshold(history[:, -1])
-            voiced = mel.voiced(history[:, :-1], history[:, -1], threshold)
-            mean, std = self._stats(voiced)
+            mean, std = self._stats(mel.voiced(history[:, :-1], history[:, -1], threshold))
             needed = self.rows[r_lo - self.first_row : r_hi - self.first_row]
             parts.append((mel.voiced(needed[:, :-1], needed[:, -1], threshold) - mean) / std)
         if self.phones is not None:
@@ -142,8 +151,24 @@ class LiveFeatures:
         self._forget(min(lo_row, r_lo))
         return table[rows - r_lo]
 
+    def _talk(self, rms: np.ndarray, first_row: int) -> np.ndarray:
+        """[n] bool: the history's rows that its statistics follow: all but the pauses' rows after their first
+        `pause_keep_s`. A pause is a row below -50 dBFS or 30 dB under the history's loud rows (95th percentile),
+        or one the phone decoder hears as silence. A file is one talk, pauses and all; a live session is talk
+        between silences of any length, which would otherwise become the norm and open the mouth in them."""
+        quiet = rms <= max(QUIET_RMS, RELATIVE_QUIET * float(np.percentile(rms, 95)) if len(rms) else 0.0)
+        if self.phones is not None:
+            quiet |= self.phones.labels(first_row, first_row + len(rms)) == SILENCE_LABEL
+        index = np.arange(len(rms))
+        starts = quiet & ~np.concatenate([[False], quiet[:-1]])
+        run_start = np.maximum.accumulate(np.where(starts, index, 0))
+        return ~quiet | (index - run_start < self.pause_keep_rows)
+
     def _stats(self, voiced: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and std of the mel columns: the history's, and the training clip's weighted as prior rows."""
+        """Mean and std of the mel columns: the history's talk, and the training clip's weighted as `prior_s`
+        of rows (alone while the history holds less than `min_talk_s` of talk)."""
+        if len(voiced) < self.min_talk_rows and self.prior_rows > 0:
+            return tuple(p[: voiced.shape[1]].astype(np.float32) for p in self.prior)
         mean, std = (s.astype(np.float64) for s in feature_stats(voiced))
         weight = self.prior_rows / (self.prior_rows + len(voiced)) if self.prior_rows > 0 else 0.0
         if weight > 0:

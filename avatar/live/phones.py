@@ -51,7 +51,8 @@ class LiveDecoder:
 
     def start(self, first_sample: int, keep_mean: bool = False) -> None:
         """A new utterance at `first_sample` (a multiple of the row hop); a new stream resets the mean."""
-        if not keep_mean:
+        if not keep_mean:  # a new stream: as a fresh decoder (the feature state, noise estimate included)
+            self.decoder.reinit_feat()
             self.decoder.set_cmn(self.initial_cmn)
             self.answered = 0
         self.utterance_start = first_sample

@@ -240,6 +240,10 @@ class LiveServer:
                 await pc.close()
             self._server.close()
             await self._server.wait_closed()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
         if self._server is not None:
             try:
@@ -248,6 +252,8 @@ class LiveServer:
                 pass
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self.loop.close()
 
     # ----- HTTP: the page, or a refusal
     def _request(self, connection, request):

@@ -247,6 +247,8 @@ class Session:
         while not self.timeline.started(0.2):
             if stop.is_set():
                 return self._finish()
+        if self.timeline.t0 is None:  # the input ended before any audio came
+            return self._finish()
         self.report.started = time.time()
         k = 0
         while not stop.is_set():
