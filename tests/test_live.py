@@ -33,7 +33,7 @@ from avatar.live.config import LiveConfig
 from avatar.live.features import LiveFeatures
 from avatar.live.phones import PhoneStream
 from avatar.live.server import LiveServer, PageSink
-from avatar.live.session import LiveAvatar, Session, size_ladder
+from avatar.live.session import LiveAvatar, Session, SizeControl, size_ladder
 from avatar.live.timeline import AudioTimeline
 from avatar.metrics.lip_sync import lagged_pearson
 from avatar.model.driving import feature_extractor
@@ -244,9 +244,26 @@ def test_a_stalled_input_rests_and_the_delay_does_not_grow(double, speech):
     assert max(i["latency_s"] for i in made) < 1.0
 
 
-def test_size_ladder_and_control():
+def test_the_render_size_follows_what_the_machine_can_do():
+    """Slow frames step the size down, but not below a size that was no faster; frames that fit with room
+    bring it back up; drops that no size can help are said."""
     assert size_ladder(256, 64) == [256, 224, 196, 170, 148, 128, 112, 98, 84, 72, 64]
     assert size_ladder(64, 64) == [64]
+    control, said = SizeControl(size_ladder(256, 64), 0.04), []
+
+    def frames(n, cost, dropped=0):
+        for i in range(n):
+            message = control.update(cost(control.size), dropped if i % 5 == 0 else 0)
+            if message:
+                said.append(message)
+
+    frames(50, lambda size: 0.03 + 0.04 * (size / 256) ** 2)  # 256: 70 ms, 224: 61 ms: too slow for 40 ms
+    assert control.size == 196 and "rendering at 196 px" in said[-1]
+    frames(200, lambda size: 0.045, dropped=1)  # a fixed cost, whatever the size: smaller does not help
+    assert control.size == 196 and any("no faster at a smaller size" in m for m in said)
+    assert "dropping frames" in said[-1]
+    frames(300, lambda size: 0.01 * (size / 256) ** 2)  # the machine is free again
+    assert control.size == 256 and said[-1].startswith("back to 256 px")
 
 
 # ---------------------------------------------------------------- stdin mode, end to end

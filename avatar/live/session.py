@@ -68,34 +68,59 @@ def size_ladder(output: int, smallest: int) -> list[int]:
 
 
 class SizeControl:
-    """The render size: a step down when frames take more than `DOWN` of the frame interval (or frames were
-    dropped), a step up after `SETTLE` frames in which the larger size would have fit within `UP` of it
-    (render time taken to grow with the pixels)."""
+    """The render size, judged every `WINDOW` frames: a step down when frames took more than `DOWN` of the frame
+    interval or were dropped, unless the smaller size was no faster when last tried, and back up when this size
+    is no faster than the larger one (on a CPU the cost per Gaussian dominates at small sizes: `HELPS` is the
+    gain a step must bring); a step up after `SETTLE` frames when the larger size would fit within `UP` of the
+    interval (its time there, or this one grown with the pixels). Times older than `REPEAT` frames are
+    forgotten (the machine's load changes). When no size helps, frames are dropped, and that is said too (at
+    most every `REPEAT` frames)."""
 
-    DOWN, UP, SETTLE = 0.9, 0.7, 75
+    DOWN, UP, HELPS, WINDOW, SETTLE, REPEAT = 0.9, 0.7, 0.95, 25, 75, 250
 
     def __init__(self, sizes: list[int], interval_s: float):
         self.sizes, self.interval, self.index = sizes, interval_s, 0
         self.average: float | None = None
-        self.since_change = 0
+        self.seen: dict[int, tuple[float, int]] = {}  # size -> (average frame time there, when: frame count)
+        self.frames = self.since_change = self.dropped = 0
+        self.said_drops = -self.REPEAT
 
     @property
     def size(self) -> int:
         return self.sizes[self.index]
 
     def update(self, seconds: float, dropped: int) -> str | None:
-        """Account one frame's processing time and the frames dropped before it; a message when the size changes."""
+        """Account one frame's processing time and the frames dropped before it; a message when the size changes
+        or frames go on being dropped."""
         self.average = seconds if self.average is None else 0.9 * self.average + 0.1 * seconds
+        self.frames += 1
         self.since_change += 1
-        if self.since_change < 10:
+        self.dropped += dropped
+        if self.frames % self.WINDOW:
             return None
-        if (dropped or self.average > self.DOWN * self.interval) and self.index + 1 < len(self.sizes):
-            return self._change(+1, "cannot keep up")
-        if self.index > 0 and self.since_change >= self.SETTLE:
-            larger = self.sizes[self.index - 1]
-            if self.average * (larger / self.size) ** 2 < self.UP * self.interval:
+        dropped, self.dropped = self.dropped, 0
+        self.seen[self.size] = (self.average, self.frames)
+        larger = self.sizes[self.index - 1] if self.index > 0 else None
+        smaller = self.sizes[self.index + 1] if self.index + 1 < len(self.sizes) else None
+        if dropped or self.average > self.DOWN * self.interval:
+            if larger is not None and self.average >= self.HELPS * self._seen(larger, float("inf")):
+                return self._change(-1, "is no faster at a smaller size")
+            if smaller is not None and self._seen(smaller, 0.0) < self.HELPS * self.average:
+                return self._change(+1, "cannot keep up")
+            if dropped and self.frames - self.said_drops >= self.REPEAT:
+                self.said_drops = self.frames
+                shown = self.WINDOW / (self.WINDOW + dropped) / self.interval
+                return f"dropping frames to stay in time: about {shown:.0f} FPS shown (this machine renders no faster)"
+        elif larger is not None and self.since_change >= self.SETTLE:
+            if self._seen(larger, self.average * (larger / self.size) ** 2) < self.UP * self.interval:
                 return self._change(-1, "has room again")
         return None
+
+    def _seen(self, size: int, otherwise: float) -> float:
+        """The average frame time at `size` when last judged, unless that is older than REPEAT frames (the
+        machine's load changes)."""
+        average, when = self.seen.get(size, (otherwise, self.frames))
+        return average if self.frames - when <= self.REPEAT else otherwise
 
     def _change(self, step: int, why: str) -> str:
         self.index += step
