@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -25,19 +24,21 @@ from avatar.audio.features import MelFeatures, speech_features
 from avatar.audio.io import SAMPLE_RATE, load_audio, save_wav
 from avatar.audio.phonetic import PhoneticFeatures
 from avatar.audio.streaming import IncrementalRows
+from avatar.benchmarks.bench_live import live_command, start_live, write_in_real_time, writer_latency
 from avatar.cli import main
 from avatar.contracts.dataset import FeatureInfo
 from avatar.hosts import is_local, url_host
 from avatar.live.app import Live
 from avatar.live.config import LiveConfig
 from avatar.live.features import LiveFeatures
+from avatar.live.outputs import read_log
 from avatar.live.phones import PhoneStream
 from avatar.live.server import LiveServer, PageSink
 from avatar.live.session import LiveAvatar, Session, SizeControl, size_ladder
 from avatar.live.timeline import AudioTimeline
 from avatar.metrics.lip_sync import lagged_pearson
 from avatar.model.driving import feature_extractor
-from tests.export_fixtures import EnergyMouthHead, make_dataset
+from tests.export_fixtures import EnergyMouthHead, make_dataset, probe
 from tests.train_fixtures import tiny_config, tiny_dataset  # noqa: F401 - the fixture
 
 REPO = Path(__file__).resolve().parents[1]
@@ -273,46 +274,28 @@ def test_stdin_session_latency_log_no_drift_and_recording(tiny_run, speech, tmp_
     time (k + 1) / 25) and a summary; the latency measured on the writer's own clock never grows, and the
     recording holds every frame with the sound that drove it."""
     record, log = tmp_path / "live.mp4", tmp_path / "latency.jsonl"
-    pcm = (speech[: 4 * SAMPLE_RATE] * 32768).astype("<i2").tobytes() + b"\x01"  # the odd byte
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [str(REPO / ".venv" / "bin" / "avatar"), "live", str(tiny_run), "--audio-in", "-", "--record",
-         str(record), "--latency-log", str(log)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-    )  # fmt: skip
-    assert "watch at http" in proc.stdout.readline().decode()  # ready: the avatar is loaded and warm
-    step = 1280  # 40 ms
-    written = {}  # samples -> when they were written (the writer's clock)
-    start = time.time()
-    for i in range(0, len(pcm), step):
-        while time.time() < start + (i + step) / 2 / SAMPLE_RATE:
-            time.sleep(0.002)
-        proc.stdin.write(pcm[i : i + step])
-        proc.stdin.flush()
-        written[(i + len(pcm[i : i + step])) // 2] = time.time()
-    out, err = proc.communicate(timeout=120)  # closes stdin: the input ends
-    assert proc.returncode == 0, err.decode()
-    assert "odd number of bytes" in err.decode()
+    child, _ = start_live(
+        live_command(tiny_run, "--audio-in", "-", "--record", str(record), "--latency-log", str(log)), subprocess.PIPE
+    )  # returns once the avatar is loaded and warm
+    written = write_in_real_time(child.stdin, (speech[: 4 * SAMPLE_RATE] * 32768).astype("<i2").tobytes() + b"\x01")
+    out, err = (text.decode() for text in child.communicate(timeout=120))  # closes stdin: the input ends
+    assert child.returncode == 0, err
+    assert "odd number of bytes" in err
     assert record.is_file() and not list(tmp_path.glob(".live.*"))
-    lines = [json.loads(line) for line in log.read_text().splitlines()]
-    frames, summary = lines[:-1], lines[-1]
-    assert summary["summary"] and {"frames", "dropped", "fps", "latency_ms_p50", "latency_ms_p95"} <= set(summary)
+    frames, summary = read_log(log)
+    assert {"frames", "dropped", "fps", "latency_ms_p50", "latency_ms_p95", "latency_ms_max"} <= set(summary)
     assert summary["frames"] == len(frames) and summary["frames"] + summary["dropped"] == 100
     for line in frames:
         assert {"frame", "audio_s", "wall_s"} <= set(line)
         assert abs(line["audio_s"] - (line["frame"] + 1) / 25) < 1e-9  # frame k shows audio up to (k + 1) / 25
-    ends, times = np.array(sorted(written)), np.array([written[k] for k in sorted(written)])
-    # latency on the writer's clock: from when the frame's last sample was written to when the frame was ready
-    latency = np.array([f["wall_s"] - times[np.searchsorted(ends, f["audio_s"] * SAMPLE_RATE - 1e-6)] for f in frames])
-    assert latency.min() > 0.1  # the look-ahead is heard first
+    latency = writer_latency(frames, written)  # on the writer's clock: last sample written -> frame ready
     audio_s = np.array([f["audio_s"] for f in frames])
+    assert latency[audio_s < 3.8].min() > 0.1  # the look-ahead is heard first (at the end there is none to hear)
     slope = np.polyfit(audio_s, latency, 1)[0]
     assert abs(slope) < 0.05, f"the delay grows by {slope * 1000:.0f} ms per second of audio"
-    from tests.export_fixtures import probe
-
     info = probe(record)
     assert info["num_frames"] == 100 and abs(info["audio_s"] - 4.0) < 0.05
-    assert "session 1: " in out.decode()
+    assert "session 1: " in out
 
 
 # ---------------------------------------------------------------- who may connect

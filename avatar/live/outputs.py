@@ -136,8 +136,16 @@ class Recorder:
         writer.write_audio(np.pad(sound, (0, max(0, want - len(sound))))[:want, None])
 
 
+def read_log(path: Path) -> tuple[list[dict], dict | None]:
+    """A latency log's frame lines and its summary line (None while the session is still going)."""
+    lines = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    if lines and lines[-1].get("summary"):
+        return lines[:-1], lines[-1]
+    return lines, None
+
+
 class LatencyLog:
-    """One JSON line per frame made, then the session's summary line."""
+    """One JSON line per frame made, then the session's summary line (`read_log` reads them)."""
 
     def __init__(self, path: Path):
         self.path = check_log(path)
