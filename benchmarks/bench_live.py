@@ -194,6 +194,7 @@ def quality_rows(run: Path, drive: Path, tmp: Path, lookahead_ms: int | None = N
     _, err = child.communicate(timeout=600)
     if child.returncode != 0:
         raise RuntimeError(f"`avatar live --audio-in FILE` failed: {err.decode()[-2000:]}")
+    replayed = replay(run, load_audio(audio), tmp / "replay.mp4", lookahead_ms)
     subprocess.run(
         [sys.executable, "-m", "avatar.cli", "render", str(run), "--audio", str(audio), "--out", str(render_mp4)],
         check=True, capture_output=True,
@@ -203,21 +204,54 @@ def quality_rows(run: Path, drive: Path, tmp: Path, lookahead_ms: int | None = N
     wave = load_audio(audio)
     rows = []
     with FaceLandmarker() as landmarker:
-        for name, video in (("avatar render", render_mp4), ("avatar live", live_mp4)):
+        videos = (("avatar render", render_mp4), ("live features, every frame", replayed), ("avatar live", live_mp4))
+        for name, video in videos:
             rendered = rendered_openings(_batches(video), landmarker)
             n = min(len(rendered.openings), len(truth))
             rendered.openings = rendered.openings[:n]
             scored = score(rendered, own, truth[:n], frame_log_energy(wave, dataset.fps, n), None, dataset.fps)
             rows.append({"name": f"quality: {name}, driven by {drive.name}", "frames": n, **scored})
     _, summary = read_log(tmp / "quality.jsonl")
-    live, offline = rows[1], rows[0]
-    live.update(
-        corr_vs_render=live["corr_best"] / offline["corr_best"],
-        motion_vs_render=live["motion_ratio"] / offline["motion_ratio"],
-        lookahead_ms=summary["lookahead_ms"],
-        dropped=summary["dropped"],
-    )
+    offline = rows[0]
+    for row in rows[1:]:
+        row.update(
+            corr_vs_render=row["corr_best"] / offline["corr_best"],
+            motion_vs_render=row["motion_ratio"] / offline["motion_ratio"],
+            lookahead_ms=summary["lookahead_ms"],
+        )
+    rows[2].update(dropped=summary["dropped"], load=os.getloadavg()[0])
     return rows
+
+
+def replay(run: Path, wave: np.ndarray, out: Path, lookahead_ms: int | None = None) -> Path:
+    """`wave` through a live session that makes every frame in time (`Session.replay`), recorded to `out`."""
+    from avatar.live.config import LiveConfig  # noqa: PLC0415 - the quality rows only
+    from avatar.live.features import LiveFeatures  # noqa: PLC0415
+    from avatar.live.outputs import Recorder  # noqa: PLC0415
+    from avatar.live.phones import PhoneStream  # noqa: PLC0415
+    from avatar.live.session import LiveAvatar, Session  # noqa: PLC0415
+    from avatar.live.timeline import AudioTimeline  # noqa: PLC0415
+    from avatar.model.driving import feature_extractor  # noqa: PLC0415
+    from avatar.model.talking_head import TalkingHead  # noqa: PLC0415
+
+    cfg = LiveConfig(run=run, **({} if lookahead_ms is None else {"lookahead_ms": lookahead_ms}))
+    head = TalkingHead.load(run)
+    extractor = feature_extractor(head.driving.features)
+    phones = PhoneStream() if extractor.phonetic is not None else None
+    try:
+        if phones is not None:
+            phones.start()
+        avatar = LiveAvatar(head, cfg.pose, cfg.seed)
+        features = LiveFeatures(
+            extractor, head.driving.features, avatar.fps, head.audio_context, cfg.lookahead_ms / 1000, cfg.history_s,
+            phones=phones,
+        )  # fmt: skip
+        recorder = Recorder(out, avatar.output, avatar.fps)
+        Session(avatar, features, AudioTimeline(self_clocked=True), [recorder], say=lambda text: None).replay(wave)
+    finally:
+        if phones is not None:
+            phones.close()
+    return out
 
 
 def _batches(video: Path, batch: int = 32):

@@ -93,10 +93,11 @@ class SizeControl:
         """Account one frame's processing time and the frames dropped before it; a message when the size changes
         or frames go on being dropped."""
         self.average = seconds if self.average is None else 0.9 * self.average + 0.1 * seconds
-        self.frames += 1
-        self.since_change += 1
+        window = self.frames // self.WINDOW
+        self.frames += 1 + dropped  # frames of the stream, made or dropped: the judgement keeps to time
+        self.since_change += 1 + dropped
         self.dropped += dropped
-        if self.frames % self.WINDOW:
+        if self.frames // self.WINDOW == window:
             return None
         dropped, self.dropped = self.dropped, 0
         self.seen[self.size] = (self.average, self.frames)
@@ -330,13 +331,13 @@ class Session:
         seconds = now - self.timeline.t0 - self.features.lookahead_s
         return int(np.floor(seconds * self.fps)) - 1
 
-    def _frame(self, k: int) -> tuple[np.ndarray, dict]:
+    def _frame(self, k: int, phones_wait_s: float = PHONES_WAIT_S) -> tuple[np.ndarray, dict]:
         """Frame k's image and its latency-log record: the frame, the end of the audio it shows (s), when it was
         ready (time.time()), the latency from that audio's arrival, and the size it was rendered at."""
         features = self.features
         with self.report.timer("phones wait"):
             if features.phones is not None:
-                features.phones.sync(features.samples_for(k), PHONES_WAIT_S)
+                features.phones.sync(features.samples_for(k), phones_wait_s)
         with self.report.timer("features"):
             stack = features.window_stack(k)
         with self.report.timer("render"):
@@ -361,6 +362,27 @@ class Session:
         with self.report.timer("sinks"):
             for sink in self.sinks:
                 sink.frame(k, image, audio, info)
+
+    def replay(self, wave: np.ndarray, piece: int = SAMPLE_RATE // 25) -> dict:
+        """The session as it is when every frame is made in time, without a clock: `wave` comes in `piece`s as a
+        live input does, each frame is made as soon as its look-ahead is in, none is dropped and the phone
+        decoder is waited for. What the live features cost in quality, apart from what a slow machine costs
+        (`avatar.benchmarks.bench_live`); latencies mean nothing here."""
+        self.report.started = time.time()
+        self.timeline.put(wave)
+        self.timeline.close()
+        self.timeline.take()
+        k = 0
+        for i in range(0, len(wave) + piece, piece):
+            if i < len(wave):
+                self.features.push(wave[i : i + piece])
+                self.audio = np.concatenate([self.audio, wave[i : i + piece]])
+            else:
+                self.features.end()
+            while k < self.features.num_frames:
+                self._emit(k, *self._frame(k, phones_wait_s=60.0))
+                k += 1
+        return self._finish()
 
     def _finish(self) -> dict:
         if self.summary is not None:  # ended already (Ctrl-C while the sinks were closing)
