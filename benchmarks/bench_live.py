@@ -225,7 +225,8 @@ def quality_rows(run: Path, drive: Path, tmp: Path, lookahead_ms: int | None = N
 
 def replay(run: Path, wave: np.ndarray, out: Path, lookahead_ms: int | None = None) -> Path:
     """`wave` through a live session that makes every frame in time (`Session.replay`), recorded to `out`."""
-    from avatar.live.config import LiveConfig  # noqa: PLC0415 - the quality rows only
+    from avatar.device import set_threads  # noqa: PLC0415 - the quality rows only
+    from avatar.live.config import LiveConfig  # noqa: PLC0415
     from avatar.live.features import LiveFeatures  # noqa: PLC0415
     from avatar.live.outputs import Recorder  # noqa: PLC0415
     from avatar.live.phones import PhoneStream  # noqa: PLC0415
@@ -235,6 +236,7 @@ def replay(run: Path, wave: np.ndarray, out: Path, lookahead_ms: int | None = No
     from avatar.model.talking_head import TalkingHead  # noqa: PLC0415
 
     cfg = LiveConfig(run=run, **({} if lookahead_ms is None else {"lookahead_ms": lookahead_ms}))
+    set_threads(cfg.threads)  # as `avatar live` does: torch's all-core default crawls on a busy machine
     head = TalkingHead.load(run)
     extractor = feature_extractor(head.driving.features)
     phones = PhoneStream() if extractor.phonetic is not None else None
