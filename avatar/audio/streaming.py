@@ -57,18 +57,22 @@ class IncrementalRows:
                  max_rows: int = ROWS_PER_CHUNK):  # fmt: skip
         self.rows_of, self.hop, self.min_rows, self.max_rows = rows_of, hop, min_rows, max_rows
         self.margin = MARGIN_ROWS * hop
-        self.buffer = np.zeros(0, np.float32)
-        self.buffer_start = 0  # stream index of buffer[0]
+        self.pieces: list[np.ndarray] = []  # the samples from buffer_start on, joined when rows are made
+        self.buffer_start = 0  # stream index of the first held sample
+        self.samples = 0  # samples pushed so far
         self.next_row = 0  # the first row not yet given
 
     @property
-    def samples(self) -> int:
-        """Samples pushed so far."""
-        return self.buffer_start + len(self.buffer)
+    def buffer(self) -> np.ndarray:
+        if len(self.pieces) != 1:
+            self.pieces = [np.concatenate(self.pieces) if self.pieces else np.zeros(0, np.float32)]
+        return self.pieces[0]
 
     def push(self, samples: np.ndarray) -> list[np.ndarray]:
         """Blocks of the rows that `samples` completed (possibly none)."""
-        self.buffer = np.concatenate([self.buffer, np.asarray(samples, np.float32).reshape(-1)])
+        samples = np.asarray(samples, np.float32).reshape(-1)
+        self.pieces.append(samples)
+        self.samples += len(samples)
         blocks = []
         while (complete := (self.samples - self.margin) // self.hop) - self.next_row >= self.min_rows:
             end_row = min(complete, self.next_row + self.max_rows)
@@ -90,7 +94,7 @@ class IncrementalRows:
         rows = rows[skip : skip + end_row - self.next_row]
         self.next_row = end_row
         keep_from = max(0, end_row * self.hop - self.margin)
-        self.buffer, self.buffer_start = self.buffer[keep_from - self.buffer_start :], keep_from
+        self.pieces, self.buffer_start = [self.buffer[keep_from - self.buffer_start :]], keep_from
         return rows
 
 
