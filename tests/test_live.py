@@ -9,6 +9,7 @@ import json
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -435,6 +436,15 @@ def test_faults_are_said_before_the_avatar_loads(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("words")
     assert "cannot be decoded" in _fails(["live", str(run), "--audio-in", str(tmp_path / "notes.txt")], capsys)
     assert "training has not finished" in _fails(["live", str(run)], capsys)
+
+
+def test_a_terminal_is_not_taken_for_audio(tmp_path, capsys, monkeypatch):
+    class Terminal:
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stdin", Terminal())
+    assert "stdin is a terminal" in _fails(["live", str(tmp_path), "--audio-in", "-"], capsys)
 
 
 def test_a_damaged_run_is_refused(tiny_run, tmp_path, capsys):

@@ -65,8 +65,15 @@ def tls_context(cfg: LiveConfig) -> ssl.SSLContext | None:
 
 
 def check_input(audio_in: str | None) -> None:
-    """A UserError for an --audio-in file that is missing, unreadable or has no sound."""
-    if audio_in is not None and audio_in != "-":
+    """A UserError for an --audio-in file that is missing, unreadable or has no sound, or for stdin that is a
+    terminal (nothing pipes audio into it)."""
+    if audio_in == "-":
+        if sys.stdin is None or sys.stdin.isatty():
+            raise UserError(
+                "--audio-in -: stdin is a terminal, not audio. Pipe raw 16 kHz mono s16le PCM into it, e.g. "
+                "`my-tts | avatar live RUN --audio-in -`, or give an audio file instead of -."
+            )
+    elif audio_in is not None:
         audio_channels(Path(audio_in))
 
 
