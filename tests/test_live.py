@@ -339,6 +339,53 @@ def test_page_and_signalling_need_the_access_token(tmp_path):
         server.stop()
 
 
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key (PEM), made with `cryptography` (aiortc's)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "key.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return folder / "cert.pem", folder / "key.pem"
+
+
+def test_https_with_the_given_certificate(tmp_path):
+    """--tls-cert / --tls-key serve the page over https (and still only with the token)."""
+    import ssl
+
+    from avatar.live.app import tls_context
+
+    cert, key = _self_signed(tmp_path)
+    context = tls_context(LiveConfig(run=tmp_path, host="0.0.0.0", tls_cert=cert, tls_key=key))
+    server = LiveServer("127.0.0.1", 0, "t0ken", 25.0, context, watch=PageSink(25.0))
+    port = server.start()
+    trust = ssl.create_default_context(cafile=str(cert))
+    try:
+        with urllib.request.urlopen(f"https://127.0.0.1:{port}/?token=t0ken", context=trust, timeout=10) as page:
+            assert page.status == 200 and "<video" in page.read().decode()
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"https://127.0.0.1:{port}/", context=trust, timeout=10)
+        assert refused.value.code == 403
+    finally:
+        server.stop()
+
+
 async def _client(port: int, token: str):
     """An aiortc browser stand-in: a silent microphone, the avatar's video and sound back. Returns its peer
     connection, socket and first message."""

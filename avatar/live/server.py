@@ -239,7 +239,10 @@ class LiveServer:
             for pc in list(self._pcs):
                 await pc.close()
             self._server.close()
-            await self._server.wait_closed()
+            try:  # a connection still closing its TLS need not hold the shutdown
+                await asyncio.wait_for(self._server.wait_closed(), 2)
+            except TimeoutError:
+                pass
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             for task in tasks:
                 task.cancel()
