@@ -4,6 +4,7 @@
     avatar train DATASET --out RUN             dataset -> avatar (presets: --preset tiny|default|quality)
     avatar render RUN --audio FILE --out MP4   audio -> lip-synced video
     avatar view RUN                            live browser viewer
+    avatar live RUN [--audio-in - | FILE]      the avatar speaks as you speak (microphone, stdin, file)
     avatar eval RUN                            metrics on the validation frames
     avatar bench [RUN]                         speed and memory table
     avatar demo                                preprocess + train + render on the shared example data
@@ -31,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("avatar.train.config:TrainConfig", "avatar.train.runner:run"),
     "render": ("avatar.render.config:RenderConfig", "avatar.render.video:run"),
     "view": ("avatar.viewer.config:ViewerConfig", "avatar.viewer.app:run"),
+    "live": ("avatar.live.config:LiveConfig", "avatar.live.app:run"),
     "eval": ("avatar.eval.config:EvalConfig", "avatar.eval.evaluate:run"),
     "bench": ("avatar.bench:BenchConfig", "avatar.bench:run"),
     "demo": ("avatar.demo:DemoConfig", "avatar.demo:run"),
@@ -44,6 +46,7 @@ INTERRUPTED = {
     "train": "the last checkpoint is kept; run the same command with --resume to continue.",
     "demo": "finished steps and checkpoints are kept; run the same command again to resume.",
     "batch": "its workers are stopped (and its local cluster); finished jobs are kept and a rerun skips them.",
+    "live": "the session was ended there: its recording and latency log are complete up to that moment.",
 }
 
 

@@ -151,4 +151,5 @@ def run(cfg: DemoConfig) -> Path:
     )
     print(f"Your avatar saying {Path(cfg.audio).name}: {video.resolve()}")
     print(f"Its mouth, frame by frame: {(lip_sync / 'mouth_strip.png').resolve()}")
+    print(f"Make it speak as you speak (microphone, in the browser): avatar live {run_dir}")
     return video

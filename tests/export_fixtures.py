@@ -137,7 +137,9 @@ class EnergyMouthHead(torch.nn.Module):
         self.spec = SimpleNamespace(backend="auto")
         self.anchor = torch.nn.Parameter(torch.zeros(1))
         # the clip's motion gain is left at 1: the double's mouth follows the energy as it is
-        self.audio_encoder = SimpleNamespace(clip_gain=lambda chunks: 1.0)
+        self.audio_encoder = SimpleNamespace(
+            clip_gain=lambda chunks: 1.0, speaking_moments=lambda chunks: np.zeros(3), gain_for=lambda moments: 1.0
+        )
         self.calls = 0
         self.fail_at_call = fail_at_call
 

@@ -39,6 +39,9 @@ from avatar.cli import main
         (["render", "RUN", "--audio", "a.wav", "--seed", "-1"], "--seed -1"),
         (["preprocess", "VIDEO", "--val-fraction", "0"], "--val-fraction 0.0"),  # training needs validation frames
         (["view", "RUN", "--port", "70000"], "--port 70000"),
+        (["live", "RUN", "--port", "70000"], "--port 70000"),
+        (["live", "RUN", "--lookahead-ms", "-1"], "--lookahead-ms -1"),
+        (["live", "RUN", "--min-resolution", "8"], "--min-resolution 8"),
         (["bench", "--frames", "0"], "--frames 0"),
         (["bench", "--resolutions", "0"], "--resolutions 0"),
         (["demo", "--train-resolution", "0"], "--train-resolution 0"),
@@ -103,14 +106,15 @@ def test_default_threads_leave_cores_free():
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("argv", [["render", "RUN", "--audio", "a.wav"], ["view", "RUN"]])
+@pytest.mark.parametrize("argv", [["render", "RUN", "--audio", "a.wav"], ["view", "RUN"], ["live", "RUN"]])
 def test_render_and_view_set_their_threads_before_the_avatar_loads(argv, tmp_path, monkeypatch):
     import avatar.device
+    import avatar.live.app
     import avatar.render.video
     import avatar.viewer.app
 
     seen = []
-    for module in (avatar.device, avatar.render.video, avatar.viewer.app):
+    for module in (avatar.device, avatar.render.video, avatar.viewer.app, avatar.live.app):
         monkeypatch.setattr(module, "set_threads", seen.append)
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2 and main([*argv, "--threads", "1"]) == 2  # then: no such run

@@ -80,6 +80,7 @@ def test_the_wheel_holds_one_top_level_package_with_its_data(wheel):
         "avatar/cuda/hash_triplane.py",
         "avatar/preprocess/build.py",
         "avatar/benchmarks/bench_render.py",
+        "avatar/live/page.html",
     ):
         assert member in names
     shipped = {n for n in names if n.endswith((".py", ".toml", ".cu", ".cpp", ".h"))}
@@ -99,6 +100,7 @@ def test_the_declared_requirements_name_what_the_code_imports():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     declared = {r.split(">")[0].split("=")[0].split("<")[0].strip().lower() for r in project["dependencies"]}
     assert {"torch", "gsplat", "mediapipe", "numpy", "librosa", "pocketsphinx", "av", "tyro", "viser"} <= declared
+    assert {"aiortc", "websockets"} <= declared  # avatar live
     assert {"lpips", "gpu", "dev"} <= set(project["optional-dependencies"])
 
 

@@ -157,7 +157,7 @@ def test_device_is_one_option_everywhere():
     from avatar.device import resolve_device
 
     with_device = [name for name in COMMANDS if "device" in typing.get_type_hints(command(name)[0])]
-    assert set(with_device) == {"train", "render", "view", "eval", "bench"}
+    assert set(with_device) == {"train", "render", "view", "live", "eval", "bench"}
     for name in with_device:
         cls = command(name)[0]
         assert typing.get_type_hints(cls)["device"] is str and cls.device == "auto"

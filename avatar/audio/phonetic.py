@@ -107,11 +107,12 @@ def normalize_phone(label: str) -> str:
     return label if label in PHONES and label not in FILLERS else SILENCE
 
 
-def _new_decoder():
-    """A fresh allphone decoder (about 0.2 s: it loads the acoustic model). Not reused across calls: a
-    decoder keeps state between utterances (its cepstral mean and more), and a reused one decoded the same
-    50 s wave differently the second time (0.2 % of rows), which would make training and render-time
-    features of the same audio differ."""
+def new_decoder(**settings):
+    """A fresh allphone decoder (about 0.2 s: it loads the acoustic model); `settings` override the
+    decoder's (the live stream's running cepstral mean). Not reused across offline calls: a decoder keeps
+    state between utterances (its cepstral mean and more), and a reused one decoded the same 50 s wave
+    differently the second time (0.2 % of rows), which would make training and render-time features of the
+    same audio differ."""
     import pocketsphinx  # noqa: PLC0415 - the phone decoder loads when phones are decoded
 
     model = pocketsphinx.get_model_path()
@@ -124,6 +125,7 @@ def _new_decoder():
         pbeam=1e-20,
         samprate=float(SAMPLE_RATE),
         logfn=os.devnull,
+        **settings,
     )
 
 
@@ -136,6 +138,20 @@ def dither(first_sample: int, count: int, amplitude: float = DITHER_LSB) -> np.n
     return (hashed.astype(np.float64) / float(1 << 32) * 2.0 - 1.0) * amplitude
 
 
+def decoder_pcm(wave: np.ndarray, first_sample: int = 0) -> np.ndarray:
+    """[S] float samples starting at `first_sample` of a recording -> the int16 samples the decoder hears
+    (with the `dither` of their sample indices)."""
+    scaled = np.clip(wave, -1.0, 1.0) * 32767.0 + dither(first_sample, wave.size)
+    return np.clip(np.round(scaled), -32768, 32767).astype(np.int16)
+
+
+def decoded_segments(decoder, first_row: int = 0) -> list[Segment]:
+    """The decoder's best path so far as (phone, start_row, end_row) on the 100 Hz row grid of a recording
+    whose row `first_row` is the utterance's first frame."""
+    shift = first_row + FRAME_TO_ROW_SHIFT
+    return [(normalize_phone(s.word), s.start_frame + shift, s.end_frame + 1 + shift) for s in decoder.seg() or ()]
+
+
 def decode_phones(wave: np.ndarray, first_sample: int = 0) -> list[Segment]:
     """Phones of a mono float wave at 16 kHz as (phone, start_row, end_row) on the 100 Hz row grid, end
     exclusive, in time order, gaps between segments left out. Fillers come back as SIL. `first_sample` is
@@ -144,16 +160,11 @@ def decode_phones(wave: np.ndarray, first_sample: int = 0) -> list[Segment]:
     wave = np.asarray(wave, np.float32).reshape(-1)
     if wave.size < DECODER_FRAME:
         return []
-    scaled = np.clip(wave, -1.0, 1.0) * 32767.0 + dither(first_sample, wave.size)
-    pcm = np.clip(np.round(scaled), -32768, 32767).astype(np.int16)
-    decoder = _new_decoder()
+    decoder = new_decoder()
     decoder.start_utt()
-    decoder.process_raw(pcm.tobytes(), full_utt=True)
+    decoder.process_raw(decoder_pcm(wave, first_sample).tobytes(), full_utt=True)
     decoder.end_utt()
-    return [
-        (normalize_phone(s.word), s.start_frame + FRAME_TO_ROW_SHIFT, s.end_frame + 1 + FRAME_TO_ROW_SHIFT)
-        for s in decoder.seg()
-    ]
+    return decoded_segments(decoder)
 
 
 def row_labels(segments: list[Segment], rows: int) -> np.ndarray:

@@ -46,6 +46,58 @@ class SampleReader:
         return out
 
 
+class IncrementalRows:
+    """`rows_of` (a centred-frame analysis: [S] -> [1 + S // hop, ...]) over a stream of samples pushed as they
+    come: each row as soon as the samples within `MARGIN_ROWS * hop` of its centre are in, equal to that row of
+    `rows_of(whole stream)`; `end` gives the rest, the stream's end padded as the analysis pads a whole clip.
+    Rows are computed in blocks of `min_rows` to `max_rows` (a live stream wants every row at once, a file
+    few long calls)."""
+
+    def __init__(self, rows_of: Callable[[np.ndarray], np.ndarray], hop: int, min_rows: int = 1,
+                 max_rows: int = ROWS_PER_CHUNK):  # fmt: skip
+        self.rows_of, self.hop, self.min_rows, self.max_rows = rows_of, hop, min_rows, max_rows
+        self.margin = MARGIN_ROWS * hop
+        self.pieces: list[np.ndarray] = []  # the samples from buffer_start on, joined when rows are made
+        self.buffer_start = 0  # stream index of the first held sample
+        self.samples = 0  # samples pushed so far
+        self.next_row = 0  # the first row not yet given
+
+    @property
+    def buffer(self) -> np.ndarray:
+        if len(self.pieces) != 1:
+            self.pieces = [np.concatenate(self.pieces) if self.pieces else np.zeros(0, np.float32)]
+        return self.pieces[0]
+
+    def push(self, samples: np.ndarray) -> list[np.ndarray]:
+        """Blocks of the rows that `samples` completed (possibly none)."""
+        samples = np.asarray(samples, np.float32).reshape(-1)
+        self.pieces.append(samples)
+        self.samples += len(samples)
+        blocks = []
+        while (complete := (self.samples - self.margin) // self.hop) - self.next_row >= self.min_rows:
+            end_row = min(complete, self.next_row + self.max_rows)
+            blocks.append(self._rows(end_row, end_row * self.hop + self.margin))
+        return blocks
+
+    def end(self) -> list[np.ndarray]:
+        """Blocks of the remaining rows: the stream has ended."""
+        blocks, last = [], 1 + self.samples // self.hop
+        while self.next_row < last:
+            blocks.append(self._rows(min(last, self.next_row + self.max_rows), self.samples))
+        return blocks
+
+    def _rows(self, end_row: int, stop: int) -> np.ndarray:
+        """Rows [next_row, end_row) from the samples before `stop`; the buffer keeps what later rows need."""
+        start = max(0, self.next_row * self.hop - self.margin)  # a multiple of hop: row k of the piece is a stream row
+        rows = self.rows_of(self.buffer[start - self.buffer_start : stop - self.buffer_start])
+        skip = (self.next_row * self.hop - start) // self.hop
+        rows = rows[skip : skip + end_row - self.next_row]
+        self.next_row = end_row
+        keep_from = max(0, end_row * self.hop - self.margin)
+        self.pieces, self.buffer_start = [self.buffer[keep_from - self.buffer_start :]], keep_from
+        return rows
+
+
 def rows_in_chunks(
     chunks: Iterator[np.ndarray],
     rows_of: Callable[[np.ndarray], np.ndarray],
@@ -54,35 +106,7 @@ def rows_in_chunks(
 ) -> Iterator[np.ndarray]:
     """Apply `rows_of` (a centred-frame analysis: [S] -> [1 + S // hop, ...]) to a stream of [n] samples,
     yielding consecutive blocks of its rows, equal to `rows_of(whole stream)` split into blocks."""
-    margin = MARGIN_ROWS * hop
-    buffer = np.zeros(0, np.float32)
-    buffer_start = 0  # stream index of buffer[0]
-    ended = False
-    first_row = 0
-    while True:
-        end_row = first_row + rows_per_chunk
-        needed = end_row * hop + margin  # samples the rows [first_row, end_row) depend on
-        pieces = [buffer]
-        have = buffer_start + len(buffer)
-        while not ended and have < needed:
-            chunk = next(chunks, None)
-            if chunk is None:
-                ended = True
-            else:
-                pieces.append(chunk)
-                have += len(chunk)
-        buffer = np.concatenate(pieces)
-        if ended:  # the clip's own end: the analysis pads it exactly as it pads the whole clip
-            end_row = min(end_row, 1 + have // hop)
-            stop = have
-        else:
-            stop = needed
-        if first_row >= end_row:
-            return
-        start = max(0, first_row * hop - margin)  # a multiple of hop, so row k of the piece is a stream row
-        rows = rows_of(buffer[start - buffer_start : stop - buffer_start])
-        skip = (first_row * hop - start) // hop
-        yield rows[skip : skip + end_row - first_row]
-        first_row = end_row
-        keep_from = max(0, first_row * hop - margin)
-        buffer, buffer_start = buffer[keep_from - buffer_start :], keep_from
+    rows = IncrementalRows(rows_of, hop, rows_per_chunk, rows_per_chunk)
+    for chunk in chunks:
+        yield from rows.push(chunk)
+    yield from rows.end()

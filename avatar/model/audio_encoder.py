@@ -274,10 +274,13 @@ class AudioEncoder(nn.Module):
         return embedding, expression
 
     @torch.no_grad()
-    def speaking_spread(self, chunks: Iterable[Tensor | np.ndarray], frames: Iterable[Tensor | None] = ()) -> float:
-        """Standard deviation of the gained lip opening over the frames of `chunks` ([b, 2K+1, W, F] window
-        stacks of consecutive frames) that are not pauses; nan with fewer than MIN_SPEAKING_FRAMES of them.
-        `frames`: the chunks' dataset frame ids (for the training clip, see `forward`)."""
+    def speaking_moments(
+        self, chunks: Iterable[Tensor | np.ndarray], frames: Iterable[Tensor | None] = ()
+    ) -> np.ndarray:
+        """[3] float64 count, sum and sum of squares of the gained lip opening over the frames of `chunks`
+        ([b, 2K+1, W, F] window stacks of consecutive frames) that are not pauses: moments add up, so a live
+        stream keeps them over a rolling span. `frames`: the chunks' dataset frame ids (for the training clip,
+        see `forward`)."""
         total = torch.zeros(3, dtype=torch.float64)  # count, sum, sum of squares
         frames = iter(frames)
         for chunk in chunks:
@@ -291,10 +294,12 @@ class AudioEncoder(nn.Module):
             total += torch.stack(
                 [torch.tensor(float(len(opening)), dtype=torch.float64), opening.sum(), (opening**2).sum()]
             ).cpu()
-        count, s, sq = total.tolist()
-        if count < MIN_SPEAKING_FRAMES:
-            return float("nan")
-        return float(np.sqrt(max(sq / count - (s / count) ** 2, 0.0)))
+        return total.numpy()
+
+    def speaking_spread(self, chunks: Iterable[Tensor | np.ndarray], frames: Iterable[Tensor | None] = ()) -> float:
+        """Standard deviation of the gained lip opening over the frames of `chunks` that are not pauses
+        (`speaking_moments`); nan with fewer than MIN_SPEAKING_FRAMES of them."""
+        return spread_of(self.speaking_moments(chunks, frames))
 
     def clip_gain(self, chunks: Iterable[Tensor | np.ndarray]) -> float:
         """How much a driving clip's motion is amplified: the person's own speaking spread over the clip's,
@@ -302,8 +307,12 @@ class AudioEncoder(nn.Module):
         that already moves as much is left as it is, and a clip with too little speech gets 1)."""
         if float(self.speech_spread) <= 0 or self.cfg.max_clip_gain <= 1:
             return 1.0
-        spread = self.speaking_spread(chunks)
-        if not np.isfinite(spread) or spread <= 0:
+        return self.gain_for(self.speaking_moments(chunks))
+
+    def gain_for(self, moments: np.ndarray) -> float:
+        """`clip_gain` of the frames whose `speaking_moments` are `moments`."""
+        spread = spread_of(moments)
+        if float(self.speech_spread) <= 0 or self.cfg.max_clip_gain <= 1 or not np.isfinite(spread) or spread <= 0:
             return 1.0
         return float(np.clip(float(self.speech_spread) / spread, 1.0, self.cfg.max_clip_gain))
 
@@ -325,3 +334,11 @@ class AudioEncoder(nn.Module):
         if int(self.energy_column) < 0:
             return sure
         return sure * (-1.0 - ahead[..., int(self.energy_column)].mean(-1)).clamp(0, 1)
+
+
+def spread_of(moments: np.ndarray) -> float:
+    """Standard deviation from [3] count, sum and sum of squares; nan under MIN_SPEAKING_FRAMES."""
+    count, total, squares = (float(v) for v in moments)
+    if count < MIN_SPEAKING_FRAMES:
+        return float("nan")
+    return float(np.sqrt(max(squares / count - (total / count) ** 2, 0.0)))
