@@ -28,7 +28,7 @@ from avatar.audio.streaming import IncrementalRows
 from avatar.benchmarks.bench_live import live_command, start_live, write_in_real_time, writer_latency
 from avatar.cli import main
 from avatar.contracts.dataset import FeatureInfo
-from avatar.hosts import is_local, url_host
+from avatar.hosts import is_local, url
 from avatar.live.app import Live
 from avatar.live.config import LiveConfig
 from avatar.live.features import LiveFeatures
@@ -303,8 +303,8 @@ def test_stdin_session_latency_log_no_drift_and_recording(tiny_run, speech, tmp_
 def test_is_local_and_url_hosts():
     assert is_local("127.0.0.1") and is_local("::1") and is_local("localhost") and is_local("[::1]")
     assert not is_local("0.0.0.0") and not is_local("") and not is_local("192.168.1.4") and not is_local("::")
-    assert url_host("::1") == "[::1]" and url_host("127.0.0.1") == "127.0.0.1"
-    assert url_host("0.0.0.0") == socket.gethostname()
+    assert url("::1", 8000, "https", "/?token=t") == "https://[::1]:8000/?token=t"
+    assert url("0.0.0.0", 8000) == "http://127.0.0.1:8000"  # a wildcard is opened here at the loopback
 
 
 def _get(address: str) -> tuple[int, str]:

@@ -92,7 +92,7 @@ def test_a_busy_port_or_a_foreign_host_is_said_before_the_avatar_loads(tmp_path,
 
 
 def test_an_empty_host_is_refused_and_ipv6_hosts_bind(tmp_path, capsys):
-    from avatar.viewer.address import listening_port
+    from avatar.hosts import listening_port
 
     for host in ("", " "):
         assert main(["view", str(tmp_path / "no_run"), "--host", host]) == 2
@@ -109,7 +109,8 @@ def test_an_empty_host_is_refused_and_ipv6_hosts_bind(tmp_path, capsys):
 
 
 def test_the_viewer_url_opens_here_and_a_reach_beyond_this_machine_is_said():
-    from avatar.viewer.address import exposure_warning, viewer_url
+    from avatar.hosts import exposure_warning
+    from avatar.hosts import url as viewer_url
 
     assert viewer_url("::1", 8767) == "http://[::1]:8767"
     assert viewer_url("::", 8767) == "http://[::1]:8767"

@@ -20,7 +20,7 @@ import numpy as np
 from avatar.audio.io import SAMPLE_RATE, audio_channels
 from avatar.device import resolve_device, set_threads
 from avatar.errors import UserError
-from avatar.hosts import is_local, url
+from avatar.hosts import is_local, listening_port, url
 from avatar.live.config import LiveConfig
 from avatar.live.features import LiveFeatures
 from avatar.live.outputs import LatencyLog, Recorder, check_log, numbered
@@ -31,7 +31,6 @@ from avatar.live.timeline import AudioTimeline, play_file, read_stdin
 from avatar.model.driving import feature_extractor
 from avatar.model.talking_head import TalkingHead
 from avatar.render.video import check_output
-from avatar.viewer.app import listening_port
 
 CERT_HINT = (
     "a self-signed pair: `openssl req -x509 -newkey rsa:2048 -nodes -keyout key.pem -out cert.pem -days 365 "
@@ -181,7 +180,7 @@ class Live:
         self.watch = PageSink(self.avatar.fps) if cfg.audio_in is not None else None
         self.server = LiveServer(cfg.host, cfg.port, token, self.avatar.fps, context, self.requests.put, self.watch)
         port = self.server.start()
-        return url("https" if context is not None else "http", cfg.host, port, f"/?token={token}")
+        return url(cfg.host, port, "https" if context is not None else "http", f"/?token={token}")
 
     def serve_microphone(self) -> None:
         """Run the browsers' sessions one after the other until `stop` is set."""

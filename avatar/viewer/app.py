@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from avatar.audio.io import SAMPLE_RATE, load_audio
 from avatar.device import resolve_device, set_threads
 from avatar.errors import UserError
+from avatar.hosts import exposure_warning, listening_port, url
 from avatar.model.talking_head import TalkingHead
 from avatar.rasterizer.compose import Layer
 from avatar.rasterizer.types import Camera
-from avatar.viewer.address import exposure_warning, listening_port, viewer_url
 from avatar.viewer.config import ViewerConfig
 from avatar.viewer.playback import Playback
 
@@ -137,7 +137,7 @@ class ViewerApp:
                 f"--port {cfg.port}: taken by another program while the viewer started. Give another --port, "
                 "or leave it out for a free one."
             )
-        self.url = viewer_url(cfg.host, self.server.get_port())
+        self.url = url(cfg.host, self.server.get_port())
         self._build_gui()
         self.server.on_client_connect(self._on_connect)
         self._thread = threading.Thread(target=self._render_loop, daemon=True)
