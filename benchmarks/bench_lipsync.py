@@ -3,9 +3,10 @@
 Each RUN (from `avatar train` on one of the shared videos) is driven, as `avatar eval --drive` /
 `--drive-audio` drive it (avatar.eval.cross_drive: rendered, the mouth detected on every frame), by
 - every OTHER run's dataset: that person's voice, scored against that person's tracked mouth (correlation at
-  lag 0 and best within +-3 frames, its lag, the motion ratio, the silent frames with a closed mouth);
+  lag 0 and best within +-5 frames, its lag, the motion ratio, the silent frames with a closed mouth);
 - the speech clips in ../shared/data without video (the espeak-ng voices, MuseTalk's English speech,
-  Macron's voice from another recording): motion ratio, pauses closed, vowels open, loudness correlation;
+  Macron's voice from another recording, a radio interview over a music bed): motion ratio, pauses closed,
+  vowels open, loudness correlation;
 - its own held-out voice (the validation frames), scored like the cross-driven pairs;
 - with `--tts DIR`, eight more synthetic voices (`TTS_SET`: English, British, French and German espeak-ng voices
   saying other texts), made at run time into DIR: the set to develop the pause and motion behaviour on, so
@@ -44,6 +45,7 @@ SPEECH_CLIPS = (
     "espeak_en_us_female_12s.wav",
     "musetalk_eng_speech_60s.wav",
     "genefacepp_macron_speech_12s.wav",
+    "sadtalker_hdtf_radio31_8s.wav",
 )
 # (file stem, espeak-ng voice, words a minute, pitch 0-99, text): voices and texts the shared clips do not use
 TTS_SET = (

@@ -14,6 +14,7 @@ from avatar.audio.io import SAMPLE_RATE, load_audio
 from avatar.contracts.atomic import write_json
 from avatar.contracts.camera import Intrinsics
 from avatar.contracts.dataset import FORMAT_VERSION, BodyMotion, Crop, FeatureInfo, Manifest, Split
+from avatar.model.audio_encoder import ClipLevels
 
 FPS = 25.0
 RES = 64
@@ -136,9 +137,11 @@ class EnergyMouthHead(torch.nn.Module):
         self.intrinsics = Intrinsics.from_fov(20.0, RES, RES)
         self.spec = SimpleNamespace(backend="auto")
         self.anchor = torch.nn.Parameter(torch.zeros(1))
-        # the clip's motion gain is left at 1: the double's mouth follows the energy as it is
+        # the clip's levels are left alone: the double's mouth follows the energy as it is
         self.audio_encoder = SimpleNamespace(
-            clip_gain=lambda chunks: 1.0, speaking_moments=lambda chunks: np.zeros(3), gain_for=lambda moments: 1.0
+            levels=lambda chunks: ClipLevels(),
+            frame_measures=lambda chunk: np.zeros((len(chunk), 3)),
+            levels_of=lambda measures: ClipLevels(),
         )
         self.calls = 0
         self.fail_at_call = fail_at_call

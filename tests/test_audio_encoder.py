@@ -14,7 +14,7 @@ from avatar.audio.features import MelFeatures, context_windows, feature_stats, f
 from avatar.audio.io import SAMPLE_RATE, save_wav
 from avatar.contracts.dataset import Dataset
 from avatar.contracts.face_mesh import EYE_OUTER_CORNERS, INNER_LIP_LOWER, INNER_LIP_UPPER, NOSE_TIP
-from avatar.model.audio_encoder import AudioEncoder, AudioEncoderConfig, ExampleMemory
+from avatar.model.audio_encoder import AudioEncoder, AudioEncoderConfig, ClipLevels, ExampleMemory
 from avatar.train.audio_fit import _augment, fit_audio_encoder, predict_expression
 from avatar.train.expression import ExpressionSpace
 
@@ -306,21 +306,22 @@ def test_a_clip_that_moves_the_mouth_less_than_the_persons_voice_is_amplified_up
     cfg = AudioEncoderConfig(context=1, channels=8, embed_dim=8, heads=2, members=1, max_clip_gain=1.3)
     enc = _ScaledEncoder(cfg, feature_dim=4, window=16, expression_dim=3).eval()
     enc.closed, enc.opening, enc.gain = torch.tensor([0.5, 0.0, -1.0]), torch.tensor([1.0, 0.0, 0.0]), torch.tensor(1.2)
-    assert enc.clip_gain([_clip(1.0)]) == 1.0  # no reference recorded (an older avatar): off
-    enc.speech_spread = torch.tensor(enc.speaking_spread([_clip(1.0, seed=1)]))
+    assert enc.levels([_clip(1.0)]).gain == 1.0  # no reference recorded (an older avatar): off
+    own = enc.frame_measures(_clip(1.0, seed=1))
+    enc.speech_spread = torch.tensor(enc.speaking_spread(own, enc.noise_floor(own)))
     assert enc.speech_spread == pytest.approx(1.2, rel=0.15)  # the gained opening's spread
-    assert enc.clip_gain([_clip(1.0, seed=2)]) == pytest.approx(1.0, abs=0.15)  # like the person's voice
-    assert enc.clip_gain([_clip(0.9, seed=3)[:100], _clip(0.9, seed=3)[100:]]) == pytest.approx(1 / 0.9, rel=0.15)
-    assert enc.clip_gain([_clip(0.3)]) == 1.3  # a lazy clip: at most max_clip_gain
-    assert enc.clip_gain([_clip(3.0)]) == 1.0  # more motion than the person's: left as it is
-    assert enc.clip_gain([_clip(0.3, frames=20)]) == 1.0  # under a second of speech: not measured
+    assert enc.levels([_clip(1.0, seed=2)]).gain == pytest.approx(1.0, abs=0.15)  # like the person's voice
+    assert enc.levels([_clip(0.9, seed=3)[:100], _clip(0.9, seed=3)[100:]]).gain == pytest.approx(1 / 0.9, rel=0.15)
+    assert enc.levels([_clip(0.3)]).gain == 1.3  # a lazy clip: at most max_clip_gain
+    assert enc.levels([_clip(3.0)]).gain == 1.0  # more motion than the person's: left as it is
+    assert enc.levels([_clip(0.3, frames=20)]).gain == 1.0  # under a second of speech: not measured
     enc.silence_column, enc.energy_column = torch.tensor(3), torch.tensor(1)
     lazy_with_pauses = _clip(0.9, frames=400, paused=200, seed=3)
     lazy_with_pauses[:200, :, :, 0] *= 10  # loud motion inside pauses does not count: they are closed anyway
-    assert enc.clip_gain([lazy_with_pauses]) == pytest.approx(1 / 0.9, rel=0.15)
+    assert enc.levels([lazy_with_pauses]).gain == pytest.approx(1 / 0.9, rel=0.15)
     audio = _clip(0.5, frames=8)  # the gain scales the departure from the closed mouth
     _, once = enc(audio)
-    _, amplified = enc(audio, clip_gain=1.3)
+    _, amplified = enc(audio, clip=ClipLevels(gain=1.3))
     torch.testing.assert_close(amplified - enc.closed, 1.3 * (once - enc.closed))
 
 
@@ -331,11 +332,11 @@ def test_training_records_the_persons_speaking_spread_and_older_avatars_load_wit
     torch.testing.assert_close(encoder.opening, torch.from_numpy(space.opening))
     assert float(encoder.speech_spread) > 0
     windows = torch.from_numpy(dataset.audio_windows(context=SMALL.context)[dataset.indices("train")])
-    assert encoder.clip_gain([windows]) == pytest.approx(1.0, abs=0.1)  # its own voice is not amplified
+    assert encoder.levels([windows]).gain == pytest.approx(1.0, abs=0.1)  # its own voice is not amplified
     state = {k: v for k, v in encoder.state_dict().items() if k not in ("opening", "speech_spread")}
     old = AudioEncoder(SMALL, encoder.members[0].window_encoder.convs[0].in_channels, 16, space.dim)
     old.load_state_dict(state)
-    assert float(old.speech_spread) == 0 and old.clip_gain([windows]) == 1.0
+    assert float(old.speech_spread) == 0 and old.levels([windows]).gain == 1.0
 
 
 def test_an_unreliable_encoder_amplifies_no_clip(dataset):
@@ -349,4 +350,30 @@ def test_an_unreliable_encoder_amplifies_no_clip(dataset):
     assert any("follow new audio weakly" in line and "1-3 minutes" in line for line in lines)  # the user is told
     assert float(encoder.speech_spread) == 0
     quiet = torch.from_numpy(dataset.audio_windows(context=SMALL.context)[dataset.indices("train")]) * 0.5
-    assert encoder.clip_gain([quiet]) == 1.0
+    assert encoder.levels([quiet]).gain == 1.0
+
+
+def test_a_noisy_recordings_pauses_close_at_its_noise_floor():
+    """Room noise holds a recording's pauses about 1.5 clip standard deviations below its mean, where the fixed
+    rule (1-2 below) counts them half as voice; the clip's own noise floor closes them and leaves its speech,
+    even speech the decoder cannot parse, alone."""
+    cfg = AudioEncoderConfig(context=1, channels=8, embed_dim=8, heads=2, members=1, dropout=0.0)
+    silence, energy = 5, 0
+    enc = AudioEncoder(cfg, feature_dim=6, window=16, expression_dim=3).eval()
+    enc.silence_column, enc.energy_column = torch.tensor(silence), torch.tensor(energy)
+    frames = 200
+    clip = torch.zeros(frames, 3, 16, 6)
+    level = torch.linspace(-0.6, 1.5, frames)  # speech at many loudnesses
+    paused, unparsed = torch.arange(frames) % 10 == 0, torch.arange(frames) % 10 == 5
+    level[paused] = -1.5 + 0.05 * torch.randn(int(paused.sum()), generator=torch.Generator().manual_seed(0))
+    clip[..., energy] = level[:, None, None]
+    clip[paused | unparsed, :, :, silence] = 1.0  # the decoder hears silence in the pauses and in unparsed speech
+    levels = enc.levels([clip])
+    assert levels.noise_floor == pytest.approx(-1.5, abs=0.1)
+    fixed, floored = enc.pause(clip), enc.pause(clip, levels.noise_floor)
+    assert float(fixed[paused].max()) < 0.6  # the fixed rule: half open at best
+    assert float(floored[paused].min()) > 0.95
+    assert float(floored[~paused].max()) == 0.0  # speech, heard as a phone or not, is left alone
+    clean = clip.clone()
+    clean[paused, :, :, energy] = -3.0  # a clean recording's pauses close by the fixed rule alone
+    torch.testing.assert_close(enc.pause(clean), enc.pause(clean, enc.levels([clean]).noise_floor))

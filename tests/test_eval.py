@@ -13,6 +13,7 @@ from eval_fixtures import FPS, SIZE, eval_dataset  # noqa: F401 - a fixture
 
 from avatar.contracts.dataset import Dataset
 from avatar.eval.baselines import NearestAudioBaseline, nearest_windows
+from avatar.model.audio_encoder import ClipLevels
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -32,7 +33,7 @@ class OracleHead:
         self.dataset = dataset
         self.driving = SimpleNamespace(features=dataset.manifest.features)  # trained on this dataset's features
         self.windows = torch.from_numpy(dataset.audio_windows(self.audio_context))  # [N, C, W, F]
-        self.audio_encoder = SimpleNamespace(clip_gain=lambda chunks: 1.0)  # no motion gain on exact frames
+        self.audio_encoder = SimpleNamespace(levels=lambda chunks: ClipLevels())  # no motion gain on exact frames
 
     def render(self, cond, deform: bool = True) -> dict:
         frames = []

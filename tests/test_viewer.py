@@ -240,8 +240,9 @@ def test_every_frames_audio_is_the_render_paths(head, tiny_run, tmp_path, shared
     assert len(windows) == playback.num_frames == 75
     for i in range(playback.num_frames):
         assert torch.equal(playback.conditions(i).audio[0], windows[i]), f"frame {i}"
-    # the gain sums float32 predictions made in batches of another size: equal but for the rounding
-    assert [cond.clip_gain for cond in rendered] == pytest.approx([playback.clip_gain] * len(rendered), rel=1e-6)
+    # the levels come from float32 predictions made in batches of another size: equal but for the rounding
+    assert [cond.clip.gain for cond in rendered] == pytest.approx([playback.levels.gain] * len(rendered), rel=1e-6)
+    assert [cond.clip.noise_floor for cond in rendered] == pytest.approx([playback.levels.noise_floor] * len(rendered))
 
 
 def test_a_port_taken_while_the_viewer_starts_is_said(head, tiny_run, monkeypatch):

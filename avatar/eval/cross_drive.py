@@ -213,10 +213,10 @@ def drive(
             seen += len(chunk)
 
     blinks = blink_schedule(head.driving, num_frames, fps, None)
-    clip_gain = head.audio_encoder.clip_gain(limited())
+    levels = head.audio_encoder.levels(limited())
 
     def images():
-        for frames, cond in driven_batches(head, limited(), blinks, pose, fps, batch, clip_gain):
+        for frames, cond in driven_batches(head, limited(), blinks, pose, fps, batch, levels):
             with torch.no_grad():
                 yield quantize(head.render(cond, deform=deform)["rgb"])
             print(f"[eval] {'avatar' if deform else 'static head'}: {frames.stop}/{num_frames} frames", flush=True)
@@ -308,13 +308,13 @@ def own_voice(head, dataset: Dataset, landmarker, batch: int) -> dict:
     val = dataset.indices("val")
     audio = dataset.audio_windows(head.audio_context, val)
     device = next(head.parameters()).device
-    clip_gain = head.audio_encoder.clip_gain([audio])
+    levels = head.audio_encoder.levels([audio])
 
     def images():
         for start in range(0, len(val), batch):
             idx = val[start : start + batch]
             with torch.no_grad():
-                cond = frame_conditions(dataset, idx, audio[start : start + len(idx)], device, clip_gain)
+                cond = frame_conditions(dataset, idx, audio[start : start + len(idx)], device, levels)
                 yield quantize(head.render(cond)["rgb"])
 
     rendered = rendered_openings(images(), landmarker)

@@ -104,7 +104,7 @@ def evaluate(
             "--features ...` (only that step runs), or retrain the avatar."
         )
     audio = dataset.audio_windows(head.audio_context, indices)  # [n, C, W, F], the clip's own statistics
-    clip_gain = head.audio_encoder.clip_gain([audio])  # the evaluated frames heard as one clip
+    levels = head.audio_encoder.levels([audio])  # the evaluated frames heard as one clip
     sources: dict[str, FrameSource] = {"avatar": lambda idx, cond, truth: render_frames(head, cond, size)}
     if cfg.baselines:
         nearest = NearestAudioBaseline(dataset, indices, size)
@@ -126,7 +126,7 @@ def evaluate(
                 truth = np.stack([resize_rgb(f, size) for f in gt_full])
                 gt = to_chw(truth, device)
                 regions = frame_regions(dataset, idx, boxes[start : start + len(idx)], size, device)
-                cond = frame_conditions(dataset, idx, audio[start : start + len(idx)], device, clip_gain)
+                cond = frame_conditions(dataset, idx, audio[start : start + len(idx)], device, levels)
                 for name, source in sources.items():
                     t0 = time.perf_counter()
                     frames = source(idx, cond, truth)  # [B, size, size, 3] uint8

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from avatar.contracts.dataset import Dataset
+from avatar.model.audio_encoder import NO_LEVELS, ClipLevels
 from avatar.model.talking_head import FrameConditions
 
 
@@ -47,10 +48,10 @@ def render_frames(head, cond, size: int, deform: bool = True) -> np.ndarray:
 
 
 def frame_conditions(
-    dataset: Dataset, indices: np.ndarray, audio: np.ndarray, device: torch.device, clip_gain: float = 1.0
+    dataset: Dataset, indices: np.ndarray, audio: np.ndarray, device: torch.device, levels: ClipLevels = NO_LEVELS
 ):
     """The tracked conditions of dataset frames `indices` [B]: their audio windows `audio` [B, C, W, F],
-    head pose, body codes and eye blinks, and the motion gain of the clip they belong to."""
+    head pose, body codes and eye blinks, and the levels of the clip they belong to."""
 
     return FrameConditions.from_arrays(
         device,
@@ -59,5 +60,5 @@ def frame_conditions(
         dataset.tracking("translation")[indices],
         dataset.blinks()[indices],
         dataset.body_motion().codes[indices],
-        clip_gain,
+        levels,
     )

@@ -28,6 +28,7 @@ from avatar.live.phones import PhoneStream
 from avatar.live.server import LiveServer, PageSink, SessionRequest
 from avatar.live.session import LiveAvatar, Session
 from avatar.live.timeline import AudioTimeline, play_file, read_stdin
+from avatar.model.audio_encoder import NO_LEVELS
 from avatar.model.driving import feature_extractor
 from avatar.model.talking_head import TalkingHead
 from avatar.render.video import check_output
@@ -130,7 +131,7 @@ class Live:
             self.extractor.mel.rows_and_rms(np.zeros(SAMPLE_RATE // 2, np.float32))
         f = self.head.driving.features
         silence = np.zeros((2 * self.head.audio_context + 1, f.window, f.dim), np.float32)
-        self.avatar.render(self.avatar.conditions(silence, 0, 1.0), self.avatar.output)
+        self.avatar.render(self.avatar.conditions(silence, 0, NO_LEVELS), self.avatar.output)
 
     def _features(self, phones=None) -> LiveFeatures:
         if phones is not None:

@@ -26,6 +26,7 @@ import torch
 from avatar.audio.io import SAMPLE_RATE
 from avatar.live.features import LiveFeatures
 from avatar.live.timeline import AudioTimeline
+from avatar.model.audio_encoder import NO_LEVELS, ClipLevels
 from avatar.model.driving import blink_schedule, pose_schedule
 from avatar.model.talking_head import FrameConditions
 from avatar.render.video import StageTimer
@@ -36,7 +37,7 @@ MAX_LATE_S = 0.06  # a frame that would start later than this after its audio wa
 PHONES_WAIT_S = 0.03  # at most this long for the phone decoder to catch up with a frame's audio
 BLINK_FRAMES = 25 * 60 * 30  # blinks are drawn for 30 minutes at a time (then the schedule repeats)
 POSE_BLOCK = 1500  # frames of head pose computed at once
-GAIN_BLOCK = 25  # frames per block of the motion-gain moments
+LEVELS_BLOCK = 25  # the clip's levels are measured again every this many frames
 
 
 class Sink(Protocol):
@@ -151,11 +152,11 @@ class LiveAvatar:
             self._poses = (first, pose_schedule(self.head.driving, POSE_BLOCK, self.pose, self.fps, first))
         return tuple(part[k - first] for part in self._poses[1])
 
-    def conditions(self, stack: np.ndarray, k: int, gain: float) -> FrameConditions:
+    def conditions(self, stack: np.ndarray, k: int, levels: ClipLevels) -> FrameConditions:
         rotation, translation, body = self.pose_of(k)
         blink = self.blinks[k % len(self.blinks)]
         return FrameConditions.from_arrays(
-            self.device, stack[None], rotation[None], translation[None], blink[None], body[None], gain
+            self.device, stack[None], rotation[None], translation[None], blink[None], body[None], levels
         )
 
     @torch.no_grad()
@@ -172,22 +173,22 @@ class LiveAvatar:
         return image
 
 
-class RollingGain:
-    """The clip's motion gain (`AudioEncoder.clip_gain`) over the recent frames: its moments in blocks of
-    GAIN_BLOCK frames, summed over the last `blocks` of them (moments add, so this is the gain of that span)."""
+class RollingLevels:
+    """The stream's `ClipLevels` (motion gain, noise floor: `AudioEncoder.levels`) over its last `frames`
+    frames, measured again every LEVELS_BLOCK frames."""
 
-    def __init__(self, encoder, blocks: int):
+    def __init__(self, encoder, frames: int):
         self.encoder = encoder
-        self.moments: deque[np.ndarray] = deque(maxlen=blocks)
+        self.measures: deque[np.ndarray] = deque(maxlen=max(1, frames // LEVELS_BLOCK))
         self.pending: list[np.ndarray] = []
-        self.value = 1.0
+        self.value = NO_LEVELS
 
     def add(self, stack: np.ndarray) -> None:
         self.pending.append(stack)
-        if len(self.pending) == GAIN_BLOCK:
-            self.moments.append(self.encoder.speaking_moments([np.stack(self.pending)]))
+        if len(self.pending) == LEVELS_BLOCK:
+            self.measures.append(self.encoder.frame_measures(np.stack(self.pending)))
             self.pending = []
-            self.value = self.encoder.gain_for(np.sum(self.moments, axis=0))
+            self.value = self.encoder.levels_of(np.concatenate(self.measures))
 
 
 @dataclass
@@ -243,7 +244,7 @@ class Session:
         self.sizes = SizeControl(size_ladder(avatar.output, min(min_size, avatar.output)), 1 / self.fps)
         if avatar.head.resolution < avatar.output:  # rendering above the training size gains nothing
             self.sizes.sizes = [s for s in self.sizes.sizes if s <= avatar.head.resolution] or [avatar.head.resolution]
-        self.gain = RollingGain(avatar.head.audio_encoder, max(1, int(history_s * self.fps) // GAIN_BLOCK))
+        self.levels = RollingLevels(avatar.head.audio_encoder, int(history_s * self.fps))
         self.report = Report()
         self.audio = np.zeros(0, np.float32)  # taken samples not yet handed to the sinks
         self.audio_start = 0  # stream index of self.audio[0]
@@ -341,10 +342,10 @@ class Session:
         with self.report.timer("features"):
             stack = features.window_stack(k)
         with self.report.timer("render"):
-            cond = self.avatar.conditions(stack, k, self.gain.value)
+            cond = self.avatar.conditions(stack, k, self.levels.value)
             image = self.avatar.render(cond, self.sizes.size)
         with self.report.timer("motion gain"):
-            self.gain.add(stack)
+            self.levels.add(stack)
         self.report.frames += 1
         self.report.sizes[self.sizes.size] = self.report.sizes.get(self.sizes.size, 0) + 1
         end = int(round((k + 1) / self.fps * SAMPLE_RATE))

@@ -14,6 +14,7 @@ closed-mouth expression (`ExpressionSpace.rest`), and is constant over time, so 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -68,6 +69,25 @@ class AudioEncoderConfig:
 
 
 MIN_SPEAKING_FRAMES = 25  # a second of speech at 25 fps before a clip's motion is measured
+# A clip's noise floor is the energy its quietest frames reach (this percentile, in clip standard deviations
+# from its mean). A frame within FLOOR_QUIET of it is quiet for the pause gate, one beyond FLOOR_QUIET +
+# FLOOR_RAMP is not: room noise, a music bed or hiss sits about 1.5 standard deviations below a recording's
+# mean, where the fixed 1-2 below (`AudioEncoder.pause`) counted it as voice. Kept this close to the floor
+# because a speaker's soft, unparsed speech can lie a few tenths above it with the mouth open.
+FLOOR_PERCENTILE = 5.0
+FLOOR_QUIET, FLOOR_RAMP = 0.1, 0.3
+
+
+@dataclass(frozen=True)
+class ClipLevels:
+    """What the audio encoder reads off a whole driving clip before driving frames with it
+    (`AudioEncoder.levels`): how much to amplify its motion and where its quiet is."""
+
+    gain: float = 1.0  # the clip's motion gain (see `AudioEncoder.levels`)
+    noise_floor: float = -math.inf  # normalised energy of the clip's quietest frames (-inf: the fixed rule only)
+
+
+NO_LEVELS = ClipLevels()  # frames heard on their own (training): no gain, the fixed quietness rule
 
 
 # ------------------------------------------------------------------------------------------------- model
@@ -263,82 +283,98 @@ class AudioEncoder(nn.Module):
             expression = (1 - w) * expression + w * self.memory(audio, frames)
         return embedding, expression
 
-    def forward(self, audio: Tensor, frames: Tensor | None = None, clip_gain: float = 1.0) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, audio: Tensor, frames: Tensor | None = None, clip: ClipLevels = NO_LEVELS
+    ) -> tuple[Tensor, Tensor]:
         """`frames` [B]: dataset frame ids of training-set stacks, so the memory skips their own neighbourhood;
-        `clip_gain`: the driving clip's gain (`clip_gain`)."""
+        `clip`: the driving clip's levels (`levels`)."""
         embedding, expression = self._blend(audio, frames)
-        expression = self.closed + self.gain * clip_gain * (expression - self.closed)
+        expression = self.closed + self.gain * clip.gain * (expression - self.closed)
         if self.cfg.pause_closes and int(self.silence_column) >= 0:
-            expression = self.closed + (1 - self.pause(audio)[:, None]) * (expression - self.closed)
+            expression = self.closed + (1 - self.pause(audio, clip.noise_floor)[:, None]) * (expression - self.closed)
         expression = torch.minimum(torch.maximum(expression, self.target_min), self.target_max)
         return embedding, expression
 
     @torch.no_grad()
-    def speaking_moments(
-        self, chunks: Iterable[Tensor | np.ndarray], frames: Iterable[Tensor | None] = ()
-    ) -> np.ndarray:
-        """[3] float64 count, sum and sum of squares of the gained lip opening over the frames of `chunks`
-        ([b, 2K+1, W, F] window stacks of consecutive frames) that are not pauses: moments add up, so a live
-        stream keeps them over a rolling span. `frames`: the chunks' dataset frame ids (for the training clip,
-        see `forward`)."""
-        total = torch.zeros(3, dtype=torch.float64)  # count, sum, sum of squares
+    def frame_measures(self, chunk: Tensor | np.ndarray, frames: Tensor | None = None) -> np.ndarray:
+        """[b, 3] float64 per frame of `chunk` ([b, 2K+1, W, F] windows of consecutive frames): the gained lip
+        opening before the pause gate, the decoder's pause certainty and the energy the gate reads
+        (`_pause_parts`), from which `levels_of` finds a clip's levels; a live stream keeps them over a rolling
+        span. `frames`: the chunk's dataset frame ids (for the training clip, see `forward`)."""
+        audio = torch.as_tensor(
+            np.array(chunk, np.float32) if isinstance(chunk, np.ndarray) else chunk, device=self.opening.device
+        )
+        opening = (self.gain * (self._blend(audio, frames)[1] - self.closed)) @ self.opening
+        if int(self.silence_column) >= 0:
+            sure, energy = self._pause_parts(audio)
+        else:
+            sure = energy = torch.zeros_like(opening)
+        return torch.stack([opening, sure, energy], dim=1).double().cpu().numpy()
+
+    def noise_floor(self, measures: np.ndarray) -> float:
+        """The clip's noise floor (`ClipLevels`) from its frames' `frame_measures` [N, 3]."""
+        if len(measures) == 0 or int(self.silence_column) < 0:
+            return -math.inf
+        return float(np.percentile(measures[:, 2], FLOOR_PERCENTILE))
+
+    def speaking_spread(self, measures: np.ndarray, noise_floor: float) -> float:
+        """Standard deviation of the gained lip opening over the frames that are not pauses; nan with fewer
+        than MIN_SPEAKING_FRAMES of them."""
+        opening, sure, energy = measures.T
+        if int(self.silence_column) >= 0:
+            opening = opening[sure * quietness(energy, noise_floor) < 0.5]
+        return float(np.std(opening)) if len(opening) >= MIN_SPEAKING_FRAMES else float("nan")
+
+    def levels_of(self, measures: np.ndarray) -> ClipLevels:
+        """The `ClipLevels` of the frames whose `frame_measures` are `measures` [N, 3]: the noise floor, then
+        the motion gain: the person's own speaking spread over the clip's, within 1 .. max_clip_gain (a voice
+        the encoder never heard gives hedged, lazy predictions; a clip that already moves as much is left as
+        it is, and a clip with too little speech gets 1)."""
+        floor = self.noise_floor(measures)
+        spread = self.speaking_spread(measures, floor)
+        gain = 1.0
+        if float(self.speech_spread) > 0 and self.cfg.max_clip_gain > 1 and np.isfinite(spread) and spread > 0:
+            gain = float(np.clip(float(self.speech_spread) / spread, 1.0, self.cfg.max_clip_gain))
+        return ClipLevels(gain, floor)
+
+    def levels(self, chunks: Iterable[Tensor | np.ndarray], frames: Iterable[Tensor | None] = ()) -> ClipLevels:
+        """The `ClipLevels` of a whole clip given as chunks of windows (see `frame_measures`)."""
         frames = iter(frames)
-        for chunk in chunks:
-            audio = torch.as_tensor(
-                np.array(chunk, np.float32) if isinstance(chunk, np.ndarray) else chunk, device=self.opening.device
-            )
-            opening = (self.gain * (self._blend(audio, next(frames, None))[1] - self.closed)) @ self.opening
-            if int(self.silence_column) >= 0:
-                opening = opening[self.pause(audio) < 0.5]
-            opening = opening.double()
-            total += torch.stack(
-                [torch.tensor(float(len(opening)), dtype=torch.float64), opening.sum(), (opening**2).sum()]
-            ).cpu()
-        return total.numpy()
+        measures = [self.frame_measures(chunk, next(frames, None)) for chunk in chunks]
+        return self.levels_of(np.concatenate(measures) if measures else np.zeros((0, 3)))
 
-    def speaking_spread(self, chunks: Iterable[Tensor | np.ndarray], frames: Iterable[Tensor | None] = ()) -> float:
-        """Standard deviation of the gained lip opening over the frames of `chunks` that are not pauses
-        (`speaking_moments`); nan with fewer than MIN_SPEAKING_FRAMES of them."""
-        return spread_of(self.speaking_moments(chunks, frames))
-
-    def clip_gain(self, chunks: Iterable[Tensor | np.ndarray]) -> float:
-        """How much a driving clip's motion is amplified: the person's own speaking spread over the clip's,
-        within 1 .. max_clip_gain (a voice the encoder never heard gives hedged, lazy predictions; a clip
-        that already moves as much is left as it is, and a clip with too little speech gets 1)."""
-        if float(self.speech_spread) <= 0 or self.cfg.max_clip_gain <= 1:
-            return 1.0
-        return self.gain_for(self.speaking_moments(chunks))
-
-    def gain_for(self, moments: np.ndarray) -> float:
-        """`clip_gain` of the frames whose `speaking_moments` are `moments`."""
-        spread = spread_of(moments)
-        if float(self.speech_spread) <= 0 or self.cfg.max_clip_gain <= 1 or not np.isfinite(spread) or spread <= 0:
-            return 1.0
-        return float(np.clip(float(self.speech_spread) / spread, 1.0, self.cfg.max_clip_gain))
-
-    def pause(self, audio: Tensor) -> Tensor:
-        """[B, 2K+1, W, F] -> [B] in 0..1: how surely the frame is in a pause: the decoder's silence
-        probability (over 50 ms, from 0.5 to 0.9) at the frame's centre or later in its window, times
-        quietness from 1 to 2 clip standard deviations below the clip's mean log energy, over the frame's
-        centre (+-20 ms) and the rest of its window ahead.
-
-        Why ahead and not around: the decoder counts a word's decaying end to the word, so its pause starts
-        a frame or two after the sound has faded, and the mouth would close late; looking ahead closes it as
-        the sound fades. At a pause's end a speaker's mouth opens before the sound starts (their own
-        recordings show it), so the speech that follows must not hold it closed: nothing looks back."""
+    def _pause_parts(self, audio: Tensor) -> tuple[Tensor, Tensor]:
+        """[B] each: how surely the phone decoder hears a pause (its silence probability over 50 ms, from 0.5
+        to 0.9, at the frame's centre or later in its window), and the clip-normalised energy over the frame's
+        centre (+-20 ms) and the rest of its window ahead (see `pause`)."""
         c, w = audio.shape[1] // 2, audio.shape[2] // 2
         ahead = audio[:, c, w - 2 :]  # [B, rows, F]: from 20 ms before the centre to the window's end
         span = min(5, ahead.shape[1])  # 50 ms (a 4-row window has fewer rows ahead)
         silence = ahead[..., int(self.silence_column)].unfold(1, span, 1).mean(-1)  # [B, rows - span + 1]
         sure = ((silence.amax(-1) - 0.5) / 0.4).clamp(0, 1)
-        if int(self.energy_column) < 0:
-            return sure
-        return sure * (-1.0 - ahead[..., int(self.energy_column)].mean(-1)).clamp(0, 1)
+        if int(self.energy_column) < 0:  # no energy column: every frame is quiet, the decoder decides alone
+            return sure, torch.full_like(sure, -1e6)
+        return sure, ahead[..., int(self.energy_column)].mean(-1)
+
+    def pause(self, audio: Tensor, noise_floor: float = -math.inf) -> Tensor:
+        """[B, 2K+1, W, F] -> [B] in 0..1: how surely the frame is in a pause: the decoder's silence
+        probability (over 50 ms, from 0.5 to 0.9) at the frame's centre or later in its window, times the
+        `quietness` of the energy over the frame's centre (+-20 ms) and the rest of its window ahead, given
+        the clip's `noise_floor` (`ClipLevels`).
+
+        Why ahead and not around: the decoder counts a word's decaying end to the word, so its pause starts
+        a frame or two after the sound has faded, and the mouth would close late; looking ahead closes it as
+        the sound fades. At a pause's end a speaker's mouth opens before the sound starts (their own
+        recordings show it), so the speech that follows must not hold it closed: nothing looks back."""
+        sure, energy = self._pause_parts(audio)
+        return sure * quietness(energy, noise_floor)
 
 
-def spread_of(moments: np.ndarray) -> float:
-    """Standard deviation from [3] count, sum and sum of squares; nan under MIN_SPEAKING_FRAMES."""
-    count, total, squares = (float(v) for v in moments)
-    if count < MIN_SPEAKING_FRAMES:
-        return float("nan")
-    return float(np.sqrt(max(squares / count - (total / count) ** 2, 0.0)))
+def quietness(energy, noise_floor: float):
+    """0..1 per frame (a tensor or array of clip-normalised energies): from 1 to 2 clip standard deviations
+    below the clip's mean, or from FLOOR_QUIET + FLOOR_RAMP to FLOOR_QUIET above its noise floor, whichever
+    says quieter (a clean recording's pauses reach the first, a noisy one's only the second)."""
+    fixed = -1.0 - energy
+    floor = (noise_floor + FLOOR_QUIET + FLOOR_RAMP - energy) / FLOOR_RAMP
+    both = np.maximum(fixed, floor) if isinstance(energy, np.ndarray) else torch.maximum(fixed, floor)
+    return both.clip(0, 1)

@@ -24,7 +24,7 @@ from avatar.config_io import from_dict, to_dict
 from avatar.contracts.atomic import atomic_path, load_versioned
 from avatar.contracts.camera import Intrinsics
 from avatar.errors import UserError
-from avatar.model.audio_encoder import AudioEncoder, AudioEncoderConfig
+from avatar.model.audio_encoder import NO_LEVELS, AudioEncoder, AudioEncoderConfig, ClipLevels
 from avatar.model.deform import DeformConfig, Offsets, SpatialAudioAttention, pose_features
 from avatar.model.driving import DrivingData
 from avatar.model.gaussians import GaussianSet, HeadConfig, skinned_displacement
@@ -50,7 +50,7 @@ class FrameConditions:
     translation: Tensor  # [B, 3]
     blink: Tensor  # [B, 2] eyeBlinkLeft, eyeBlinkRight in 0..1
     body: Tensor  # [B, K] the body's motion codes of the pose track's rows (avatar.model.torso)
-    clip_gain: float = 1.0  # the driving clip's motion gain (AudioEncoder.clip_gain)
+    clip: ClipLevels = NO_LEVELS  # the driving clip's motion gain and noise floor (AudioEncoder.levels)
 
     @staticmethod
     def from_arrays(
@@ -60,16 +60,14 @@ class FrameConditions:
         translation: np.ndarray,
         blink: np.ndarray,
         body: np.ndarray,
-        clip_gain: float = 1.0,
+        clip: ClipLevels = NO_LEVELS,
     ) -> FrameConditions:
         """The same fields as numpy arrays (any float dtype), as float32 tensors on `device`."""
 
         def tensor(array: np.ndarray) -> Tensor:
             return torch.from_numpy(np.ascontiguousarray(array, np.float32)).to(device)
 
-        return FrameConditions(
-            tensor(audio), tensor(rotation), tensor(translation), tensor(blink), tensor(body), clip_gain
-        )
+        return FrameConditions(tensor(audio), tensor(rotation), tensor(translation), tensor(blink), tensor(body), clip)
 
 
 @dataclass
@@ -152,7 +150,8 @@ class TalkingHead(nn.Module):
         return features
 
     def train(self, mode: bool = True) -> TalkingHead:
-        self._feature_cache = None
+        if mode:  # weights may change from here on; `render` calls eval() every time, which keeps the cache
+            self._feature_cache = None
         return super().train(mode)
 
     def _load_from_state_dict(self, *args, **kwargs):
@@ -227,7 +226,7 @@ class TalkingHead(nn.Module):
         one sees the head from there (its world frame is the canonical head frame); the torso layer and the
         plate stay those of the training camera."""
         self.eval()
-        embedding, expression = self.audio_encoder(cond.audio, clip_gain=cond.clip_gain)
+        embedding, expression = self.audio_encoder(cond.audio, clip=cond.clip)
         out = self.forward(
             embedding,
             expression,

@@ -30,6 +30,7 @@ from avatar.audio.streaming import SampleReader
 from avatar.contracts.atomic import atomic_path
 from avatar.device import resolve_device, set_threads
 from avatar.errors import UserError
+from avatar.model.audio_encoder import NO_LEVELS, ClipLevels
 from avatar.model.driving import blink_schedule, pose_schedule, read_clip, track_positions
 from avatar.model.talking_head import FrameConditions, TalkingHead
 from avatar.render.config import RenderConfig
@@ -211,8 +212,8 @@ def render_video(cfg: RenderConfig, head: TalkingHead) -> Path:
     blinks = blink_schedule(driving, num_frames, fps, cfg.blink, cfg.seed)
     window = driving.features.window
     with timer("motion gain"):  # a pass over the whole clip first: how lazily this voice moves the mouth
-        clip_gain = head.audio_encoder.clip_gain(clip.windows(fps, window, head.audio_context, cfg.chunk_frames))
-    print(f"motion gain of this clip: {clip_gain:.2f}")
+        levels = head.audio_encoder.levels(clip.windows(fps, window, head.audio_context, cfg.chunk_frames))
+    print(f"motion gain of this clip: {levels.gain:.2f}")
     windows = timer.timed("audio features", clip.windows(fps, window, head.audio_context, cfg.chunk_frames))
     channels = clip.channels
     sound = SampleReader(
@@ -230,7 +231,7 @@ def render_video(cfg: RenderConfig, head: TalkingHead) -> Path:
         with atomic_path(out) as tmp:
             writer = VideoWriter(tmp, width, height, fps, channels, cfg.crf, cfg.encoder_speed, cfg.audio_kbps)
             try:
-                for frames, cond in driven_batches(head, windows, blinks, cfg.pose, fps, cfg.batch_frames, clip_gain):
+                for frames, cond in driven_batches(head, windows, blinks, cfg.pose, fps, cfg.batch_frames, levels):
                     with timer("render"):
                         rgb = head.render(cond, background=background)["rgb"]
                         rgb = (rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()  # [B, H, W, 3]
@@ -277,11 +278,11 @@ def driven_batches(
     pose: str,
     fps: float,
     batch_frames: int,
-    clip_gain: float = 1.0,
+    levels: ClipLevels = NO_LEVELS,
 ) -> Iterator[tuple[range, FrameConditions]]:
     """(output frames, their FrameConditions) in batches of at most `batch_frames`, from chunks of feature
     windows [b, C, W, F] of consecutive frames, the avatar's pose schedule, the blinks [N, 2] and the clip's
-    motion gain."""
+    levels (`AudioEncoder.levels`)."""
 
     device = next(head.parameters()).device
     first = 0
@@ -298,7 +299,7 @@ def driven_batches(
                     translation,
                     blinks[frames.start : frames.stop],
                     body,
-                    clip_gain,
+                    levels,
                 ),
             )
         first += len(chunk)

@@ -331,7 +331,8 @@ def fit_audio_encoder(
     if cfg.max_clip_gain > 1 and blend["reliable"]:
         parts = torch.split(train_t, 256)
         stacks = (plain[_context_index(part, cfg.context, audio_rows.num_frames)] for part in parts)
-        encoder.speech_spread = torch.tensor(encoder.speaking_spread(stacks, parts))
+        measures = np.concatenate([encoder.frame_measures(stack, part) for stack, part in zip(stacks, parts)])
+        encoder.speech_spread = torch.tensor(encoder.speaking_spread(measures, encoder.noise_floor(measures)))
     if log is not None:
         log(
             f"audio encoder: example memory share {blend['memory_weight']:.2f} with k={blend['memory_k']} "

@@ -37,9 +37,7 @@ class Playback:
                 yield chunk
 
         chunks = kept(audio_windows(self.audio_path, head.driving, context))
-        self.clip_gain = head.audio_encoder.clip_gain(chunks)  # see AudioEncoder.clip_gain
-        for _ in chunks:  # the clip gain may not need every chunk
-            pass
+        self.levels = head.audio_encoder.levels(chunks)  # see AudioEncoder.levels
         self.windows = np.concatenate(centres)  # [N, W, F]
         self.num_frames = len(self.windows)
         self.fps = head.fps
@@ -97,5 +95,5 @@ class Playback:
             translation[None],
             blinks[None],
             body[None],
-            self.clip_gain,
+            self.levels,
         )
