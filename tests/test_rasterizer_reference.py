@@ -225,9 +225,14 @@ def random_scene(n: int, seed: int, sh_degree: int | None, camera: Camera, dtype
     return Gaussians(t(means), t(quats), t(scales), t(opac), t(colors), sh_degree)
 
 
-def renderer_output(g: Gaussians, camera: Camera, settings: RasterSettings):
+def renderer_output(g: Gaussians, camera: Camera, settings: RasterSettings, differentiable: bool = False):
+    """The torch backend's image; `differentiable`: through its autograd steps (training), else through its
+    compiled per-pixel loop (rendering a trained avatar)."""
+    if differentiable:
+        g = Gaussians(*(t.clone().requires_grad_(True) for t in (g.means, g.quats, g.scales, g.opacities, g.colors)),
+                      g.sh_degree)  # fmt: skip
     out = rasterize(g, camera, None, backend="torch", settings=settings)
-    return out.rgb.double().numpy(), out.alpha.double().numpy(), out.depth.double().numpy()
+    return tuple(x.detach().double().numpy() for x in (out.rgb, out.alpha, out.depth))
 
 
 def max_differences(ours, ref) -> dict[str, float]:
@@ -237,8 +242,9 @@ def max_differences(ours, ref) -> dict[str, float]:
 CASES = [(sh, aa) for sh in (None, 0, 1, 2, 3) for aa in (False, True)]
 
 
+@pytest.mark.parametrize("differentiable", [False, True], ids=["compiled", "autograd"])
 @pytest.mark.parametrize("sh_degree, antialiased", CASES)
-def test_renderer_matches_the_equations(sh_degree, antialiased):
+def test_renderer_matches_the_equations(sh_degree, antialiased, differentiable):
     camera = look_at_camera()
     g = random_scene(64, seed=CASES.index((sh_degree, antialiased)), sh_degree=sh_degree, camera=camera)
     settings = RasterSettings(antialiased=antialiased)
@@ -248,18 +254,19 @@ def test_renderer_matches_the_equations(sh_degree, antialiased):
     alpha = ref[1][..., 0]
     assert (alpha < 0.02).any() and ((alpha > 0.2) & (alpha < 0.8)).any(), "the scene should leave gaps"
     assert stats["stopped"] > 0 and (stats["clamped"] > 0 or antialiased), stats
-    diffs = max_differences(renderer_output(g, camera, settings), ref)
+    diffs = max_differences(renderer_output(g, camera, settings, differentiable), ref)
     assert max(diffs.values()) < ATOL64, diffs
 
 
-def test_float32_renderer_matches_the_equations():
+@pytest.mark.parametrize("differentiable", [False, True], ids=["compiled", "autograd"])
+def test_float32_renderer_matches_the_equations(differentiable):
     camera = look_at_camera()
     g = random_scene(64, seed=3, sh_degree=3, camera=camera)
     settings = RasterSettings(antialiased=True)
     ref = reference(g, camera, settings)
     g32 = Gaussians(*(t.float() for t in (g.means, g.quats, g.scales, g.opacities, g.colors)), g.sh_degree)
     cam32 = Camera(camera.world_to_cam.float(), camera.K.float(), WIDTH, HEIGHT)
-    diffs = max_differences(renderer_output(g32, cam32, settings), ref)
+    diffs = max_differences(renderer_output(g32, cam32, settings, differentiable), ref)
     assert diffs["rgb"] < 1e-4 and diffs["alpha"] < 1e-4 and diffs["depth"] < 1e-4, diffs
 
 

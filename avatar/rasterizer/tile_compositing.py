@@ -5,17 +5,29 @@ the backward pass. Here the forward keeps only the final images and the list of 
 steps and computes gradients analytically (as gsplat's CUDA backward does), so memory stays at one step's
 worth. Per step, the Gaussian exponent over a tile is one matrix product: with pixel offsets (u, v) from the
 tile centre and the Gaussian's centre (x, y) relative to it, power = q . [1, u, v, u^2, uv, v^2].
+
+Without gradients (rendering a trained avatar) `composite` runs the same maths one pixel at a time in a
+compiled loop (numba) instead: each pixel stops at its own saturation, where the vectorised steps evaluate
+whole blocks of Gaussians for every pixel of a tile, and nothing [tiles, pixels, Gaussians]-sized is made.
 """
 
 from __future__ import annotations
 
+import math
+import threading
 from dataclasses import dataclass
 
+import numba
+import numpy as np
 import torch
 from torch import Tensor
 
 ALPHA_MAX = 0.999  # gsplat clamps every Gaussian's alpha so a pixel is never fully opaque after one
 TRANSMITTANCE_MIN = 1e-4  # a pixel stops before the Gaussian that would take it this low
+# numba's OpenMP layer keeps its threads spinning between calls, where they compete with torch's own pool for
+# the same cores; its work queue does not, but takes one caller at a time: the lock.
+numba.config.THREADING_LAYER = "workqueue"
+_COMPILED = threading.Lock()
 
 
 @dataclass
@@ -184,3 +196,72 @@ def _quadratic_vjp(rel: Tensor, conics: Tensor, g_q: Tensor) -> tuple[Tensor, Te
     g_b = g0 * x * y - g1 * y - g2 * x + g4
     g_c = g0 * 0.5 * y * y - g2 * y + 0.5 * g5
     return torch.stack([g_x, g_y], dim=-1), torch.stack([g_a, g_b, g_c], dim=-1)
+
+
+def composite(
+    means2d: Tensor,
+    conics: Tensor,
+    opacities: Tensor,
+    features: Tensor,
+    lists: TileLists,
+    depth_block: int,
+    chunk_elements: int,
+    alpha_threshold: float,
+) -> tuple[Tensor, Tensor]:
+    """`CompositeTiles`: feature sums [T, P, C] and final transmittance [T, P]; the compiled per-pixel loop
+    when no gradient is wanted from CPU tensors, else the differentiable steps."""
+    inputs = (means2d, conics, opacities, features)
+    if torch.is_grad_enabled() and any(x.requires_grad for x in inputs) or means2d.device.type != "cpu":
+        return CompositeTiles.apply(*inputs, lists, depth_block, chunk_elements, alpha_threshold)
+    dtype = means2d.dtype
+    arrays = [x.detach().contiguous().numpy() for x in inputs]
+    acc = np.zeros((len(lists.counts), lists.tile_size**2, features.shape[1]), arrays[0].dtype)
+    t = np.ones((len(lists.counts), lists.tile_size**2), arrays[0].dtype)
+    with _COMPILED:  # as many threads as torch is given
+        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+        _composite_pixels(
+            lists.gaussian_ids.numpy(), lists.offsets.numpy(), lists.counts.numpy(),
+            lists.centres.detach().numpy().astype(arrays[0].dtype), lists.inside.numpy(), lists.tile_size,
+            *arrays, alpha_threshold, acc, t,
+        )  # fmt: skip
+    return torch.from_numpy(acc).to(dtype), torch.from_numpy(t).to(dtype)
+
+
+@numba.njit(parallel=True, cache=True, fastmath=True)
+def _composite_pixels(ids, offsets, counts, centres, inside, tile_size, means2d, conics, opacities, features,
+                      alpha_threshold, acc, t):  # fmt: skip
+    """`composite` without gradients, in place into acc [T, P, C] (zeros) and t [T, P] (ones): per pixel,
+    the tile's Gaussians front to back until the next one would take its transmittance to TRANSMITTANCE_MIN.
+    A Gaussian is skipped before its exponential where its power exceeds log(opacity / alpha_threshold)."""
+    for tile in numba.prange(len(counts)):
+        first, count = offsets[tile], counts[tile]
+        local = np.empty((count, 7), means2d.dtype)  # x, y, a, b, c, opacity, power limit: the tile's list in order
+        for j in range(count):
+            g = ids[first + j]
+            local[j, 0], local[j, 1] = means2d[g, 0], means2d[g, 1]
+            local[j, 2], local[j, 3], local[j, 4] = 0.5 * conics[g, 0], conics[g, 1], 0.5 * conics[g, 2]
+            local[j, 5] = opacities[g]
+            local[j, 6] = math.log(opacities[g] / alpha_threshold) if opacities[g] > 0 else -1.0
+        for pixel in range(tile_size * tile_size):
+            if not inside[tile, pixel]:
+                continue
+            u = pixel % tile_size + 0.5 - tile_size / 2 + centres[tile, 0]
+            v = pixel // tile_size + 0.5 - tile_size / 2 + centres[tile, 1]
+            transmittance = 1.0
+            for j in range(count):
+                dx, dy = local[j, 0] - u, local[j, 1] - v
+                power = local[j, 2] * dx * dx + local[j, 3] * dx * dy + local[j, 4] * dy * dy
+                if power > local[j, 6]:
+                    continue
+                alpha = local[j, 5] * math.exp(-power)
+                if alpha < alpha_threshold:
+                    continue
+                alpha = min(alpha, ALPHA_MAX)
+                after = transmittance * (1.0 - alpha)
+                if after <= TRANSMITTANCE_MIN:
+                    break
+                g = ids[first + j]
+                for channel in range(features.shape[1]):
+                    acc[tile, pixel, channel] += alpha * transmittance * features[g, channel]
+                transmittance = after
+            t[tile, pixel] = transmittance

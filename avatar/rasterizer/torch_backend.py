@@ -16,7 +16,7 @@ import torch
 from gsplat.cuda._torch_impl import _persp_proj, _quat_scale_to_covar_preci, _spherical_harmonics, _world_to_cam
 from torch import Tensor
 
-from avatar.rasterizer.tile_compositing import CompositeTiles, TileLists
+from avatar.rasterizer.tile_compositing import TileLists, composite
 from avatar.rasterizer.types import Camera, Gaussians, RasterSettings
 
 EXTENT_SIGMAS = 3.33  # bounding-box half size in standard deviations (opacity may shrink it)
@@ -137,7 +137,7 @@ def render_premultiplied(g: Gaussians, camera: Camera, s: RasterSettings) -> tup
     lists = TileLists(
         bins.gaussian_ids, bins.offsets[tiles], bins.counts[tiles], (tile_xy * ts).to(dtype) + ts / 2, inside, ts
     )
-    colour_depth, t_final = CompositeTiles.apply(
+    colour_depth, t_final = composite(
         means2d, p.conics, p.opacities, features, lists, s.torch_depth_block, s.chunk_elements, s.alpha_threshold
     )
     tile_image = torch.cat([colour_depth, 1.0 - t_final[..., None]], dim=-1)  # [T, P, 5]
