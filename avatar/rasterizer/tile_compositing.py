@@ -217,10 +217,14 @@ def composite(
     arrays = [x.detach().contiguous().numpy() for x in inputs]
     acc = np.zeros((len(lists.counts), lists.tile_size**2, features.shape[1]), arrays[0].dtype)
     t = np.ones((len(lists.counts), lists.tile_size**2), arrays[0].dtype)
-    with _COMPILED:  # as many threads as torch is given
-        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))  # as many as torch is given
+    # numba hands each thread one contiguous block of the loop, and the tiles come heaviest first: dealt out
+    # in turn instead, every thread gets its share of the heavy ones
+    order = np.concatenate([np.arange(k, len(lists.counts), threads) for k in range(threads)])
+    with _COMPILED:
+        numba.set_num_threads(threads)
         _composite_pixels(
-            lists.gaussian_ids.numpy(), lists.offsets.numpy(), lists.counts.numpy(),
+            order, lists.gaussian_ids.numpy(), lists.offsets.numpy(), lists.counts.numpy(),
             lists.centres.detach().numpy().astype(arrays[0].dtype), lists.inside.numpy(), lists.tile_size,
             *arrays, alpha_threshold, acc, t,
         )  # fmt: skip
@@ -228,12 +232,14 @@ def composite(
 
 
 @numba.njit(parallel=True, cache=True, fastmath=True)
-def _composite_pixels(ids, offsets, counts, centres, inside, tile_size, means2d, conics, opacities, features,
-                      alpha_threshold, acc, t):  # fmt: skip
-    """`composite` without gradients, in place into acc [T, P, C] (zeros) and t [T, P] (ones): per pixel,
-    the tile's Gaussians front to back until the next one would take its transmittance to TRANSMITTANCE_MIN.
-    A Gaussian is skipped before its exponential where its power exceeds log(opacity / alpha_threshold)."""
-    for tile in numba.prange(len(counts)):
+def _composite_pixels(order, ids, offsets, counts, centres, inside, tile_size, means2d, conics, opacities,
+                      features, alpha_threshold, acc, t):  # fmt: skip
+    """`composite` without gradients, in place into acc [T, P, C] (zeros) and t [T, P] (ones), the tiles in
+    `order`: per pixel, the tile's Gaussians front to back until the next one would take its transmittance to
+    TRANSMITTANCE_MIN. A Gaussian is skipped before its exponential where its power exceeds
+    log(opacity / alpha_threshold)."""
+    for i in numba.prange(len(order)):
+        tile = order[i]
         first, count = offsets[tile], counts[tile]
         local = np.empty((count, 7), means2d.dtype)  # x, y, a, b, c, opacity, power limit: the tile's list in order
         for j in range(count):
