@@ -169,3 +169,22 @@ def test_new_audio_never_moves_the_torso(tmp_path):
     assert uncovered.float().mean() > 0.3 and (frames[0]["alpha"] - frames[0]["head_alpha"]).abs().max() > 0.1
     assert torch.equal(frames[0]["rgb"] * uncovered, frames[1]["rgb"] * uncovered)
     assert not torch.equal(frames[0]["rgb"], frames[1]["rgb"])
+
+
+def test_rendering_computes_the_triplane_features_once_and_training_again(tmp_path, monkeypatch):
+    """The canonical Gaussians' tri-plane features do not depend on the frame: rendered frames reuse them (render
+    calls eval() every time, which must not drop them), and training mode recomputes them every step."""
+    head = small_head(tmp_path)
+    calls = []
+    forward = head.triplane.forward
+    monkeypatch.setattr(head.triplane, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    first = head.render(conditions(1))["rgb"]
+    assert torch.equal(head.render(conditions(1))["rgb"], first)
+    assert len(calls) == 1
+    head.train()
+    head.gaussian_features()
+    head.gaussian_features()
+    assert len(calls) == 3
+    head.render(conditions(1))
+    head.render(conditions(1))
+    assert len(calls) == 4
