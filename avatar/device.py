@@ -8,15 +8,25 @@ import torch
 
 from avatar.errors import UserError
 
+_compositing_threads: int | None = None  # set by set_threads
+
 
 def set_threads(threads: int | None) -> int:
     """Set torch's CPU threads: `threads`, or by default half the cores (at least 1). Torch's own default
     takes every core, and on a machine that is busy with anything else its threads spin against each other
-    (a render on a loaded 2-core machine ran 28x slower than with one thread). Returns the count set."""
-
+    (a render on a loaded 2-core machine ran 28x slower than with one thread). The compiled compositing
+    (`compositing_threads`) gets `threads` too, or by default every core: its threads sleep between calls
+    instead of spinning. Returns torch's count."""
+    global _compositing_threads
     count = threads or max(1, (os.cpu_count() or 2) // 2)
     torch.set_num_threads(count)
+    _compositing_threads = threads or os.cpu_count() or 1
     return count
+
+
+def compositing_threads() -> int:
+    """Threads for the rasterizer's compiled compositing: as `set_threads` chose, else torch's count."""
+    return _compositing_threads or torch.get_num_threads()
 
 
 def resolve_device(name: str) -> torch.device:

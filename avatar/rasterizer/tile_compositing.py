@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from avatar.device import compositing_threads
+
 ALPHA_MAX = 0.999  # gsplat clamps every Gaussian's alpha so a pixel is never fully opaque after one
 TRANSMITTANCE_MIN = 1e-4  # a pixel stops before the Gaussian that would take it this low
 # numba's OpenMP layer keeps its threads spinning between calls, where they compete with torch's own pool for
@@ -217,7 +219,7 @@ def composite(
     arrays = [x.detach().contiguous().numpy() for x in inputs]
     acc = np.zeros((len(lists.counts), lists.tile_size**2, features.shape[1]), arrays[0].dtype)
     t = np.ones((len(lists.counts), lists.tile_size**2), arrays[0].dtype)
-    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))  # as many as torch is given
+    threads = max(1, min(compositing_threads(), numba.config.NUMBA_NUM_THREADS))
     # numba hands each thread one contiguous block of the loop, and the tiles come heaviest first: dealt out
     # in turn instead, every thread gets its share of the heavy ones
     order = np.concatenate([np.arange(k, len(lists.counts), threads) for k in range(threads)])
