@@ -57,7 +57,7 @@ class LiveConfig:
     seed: int = 0
     """seed of the sampled blinks"""
     threads: int | None = None
-    """CPU threads torch may use; default half the cores"""
+    """CPU threads torch and the renderer may use; default half the cores for torch, every core for the compositing"""
     device: str = "auto"
     """torch device: auto (a CUDA GPU when there is one), cpu, cuda or cuda:N"""
     backend: Literal["auto", "cuda", "torch"] = "auto"

@@ -30,7 +30,8 @@ class ViewerConfig:
     resolution: int | None = None
     """rendered image height in pixels; default: the run's training resolution"""
     threads: int | None = None
-    """CPU threads torch may use; default half the cores (torch's all-core default crawls on a busy machine)"""
+    """CPU threads torch and the renderer may use; default half the cores for torch (its all-core default crawls on
+    a busy machine), every core for the compositing (its threads sleep between frames)"""
     device: str = "auto"
     """torch device: auto (a CUDA GPU when there is one), cpu, cuda or cuda:N"""
     backend: Literal["auto", "cuda", "torch"] = "auto"
