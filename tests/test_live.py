@@ -40,7 +40,7 @@ from avatar.live.timeline import AudioTimeline
 from avatar.metrics.lip_sync import lagged_pearson
 from avatar.model.driving import feature_extractor
 from tests.export_fixtures import EnergyMouthHead, make_dataset, probe
-from tests.train_fixtures import tiny_config, tiny_dataset  # noqa: F401 - the fixture
+from tests.train_fixtures import tiny_dataset, tiny_run  # noqa: F401 - the fixtures
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") is not None and shutil.which("chromedriver") is not None
@@ -58,16 +58,6 @@ def phones():
     stream = PhoneStream()
     yield stream
     stream.close()
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tiny_dataset, tmp_path_factory):
-    """A real run trained for a few steps on 4 s of a shared video (mel + phone features)."""
-    from avatar.train.runner import run
-
-    out = tmp_path_factory.mktemp("live") / "run"
-    run(tiny_config(tiny_dataset.root, out))
-    return out
 
 
 @pytest.fixture(scope="module")

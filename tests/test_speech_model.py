@@ -5,6 +5,7 @@ the messages for a missing model or package."""
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from avatar.audio.grid import num_rows  # noqa: E402
 from avatar.audio.speech_model import SpeechModelFeatures, frames_to_rows, receptive_field  # noqa: E402
 from avatar.errors import UserError  # noqa: E402
 from tests.export_fixtures import probe, speech_like, write_wav  # noqa: E402
-from tests.train_fixtures import tiny_config, tiny_dataset  # noqa: E402, F401 - the fixture
+from tests.train_fixtures import tiny_config, tiny_dataset, tiny_preprocess_config  # noqa: E402, F401 - the fixture
 
 SR = 16000
 HIDDEN = 24
@@ -128,7 +129,6 @@ def test_dataset_training_and_render_with_a_speech_model(tiny_dataset, model_dir
     them, new audio rendered through the same model; without the model folder the render says which."""
     from avatar.contracts.dataset import Dataset
     from avatar.preprocess.build import run as preprocess
-    from avatar.preprocess.config import PreprocessConfig
     from avatar.render.config import RenderConfig
     from avatar.render.video import run as render
     from avatar.train.runner import run as train
@@ -136,18 +136,7 @@ def test_dataset_training_and_render_with_a_speech_model(tiny_dataset, model_dir
     root = tmp_path / "dataset"
     shutil.copytree(tiny_dataset.root, root)
     source = Dataset(root).manifest.source["path"]
-    preprocess(
-        PreprocessConfig(
-            video=source,
-            out=root,
-            resolution=128,
-            min_duration_s=2.0,
-            crop_samples=8,
-            preview_seconds=1.0,
-            contact_sheet_frames=4,
-            speech_model=model_dir,
-        )
-    )
+    preprocess(replace(tiny_preprocess_config(source, root), speech_model=model_dir))
     dataset = Dataset(root)
     f = dataset.manifest.features
     assert f.speech_model == str(model_dir.resolve()) and f.dim == tiny_dataset.manifest.features.dim + HIDDEN

@@ -12,17 +12,7 @@ import torch
 from avatar.viewer.app import Layers, ViewerApp, render_view, training_fov_y, view_camera
 from avatar.viewer.config import ViewerConfig
 from avatar.viewer.playback import Playback
-from tests.train_fixtures import tiny_config, tiny_dataset  # noqa: F401 - the fixture
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tiny_dataset, tmp_path_factory):
-    """A real run trained for a few steps on 4 s of a shared video (see tests/train_fixtures.py)."""
-    from avatar.train.runner import run
-
-    out = tmp_path_factory.mktemp("viewer") / "run"
-    run(tiny_config(tiny_dataset.root, out))
-    return out
+from tests.train_fixtures import tiny_dataset, tiny_run  # noqa: F401 - the fixtures
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,16 @@ def tiny_dataset(shared_data, clip_dir, tmp_path_factory) -> Dataset:
     return Dataset(out)
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tiny_dataset, tmp_path_factory) -> Path:
+    """A real run trained for a few steps on `tiny_dataset` (`tiny_config`); read it only (copy it to change it)."""
+    from avatar.train.runner import run
+
+    out = tmp_path_factory.mktemp("tiny_run") / "run"
+    run(tiny_config(tiny_dataset.root, out))
+    return out
+
+
 def tiny_preprocess_config(clip: Path, out: Path):
     """The options that made `tiny_dataset` (a rerun with them resumes its build)."""
     from avatar.preprocess.config import PreprocessConfig

@@ -213,7 +213,8 @@ def composite(
     """`CompositeTiles`: feature sums [T, P, C] and final transmittance [T, P]; the compiled per-pixel loop
     when no gradient is wanted from CPU tensors, else the differentiable steps."""
     inputs = (means2d, conics, opacities, features)
-    if torch.is_grad_enabled() and any(x.requires_grad for x in inputs) or means2d.device.type != "cpu":
+    wants_grad = torch.is_grad_enabled() and any(x.requires_grad for x in inputs)
+    if wants_grad or means2d.device.type != "cpu":
         return CompositeTiles.apply(*inputs, lists, depth_block, chunk_elements, alpha_threshold)
     dtype = means2d.dtype
     arrays = [x.detach().contiguous().numpy() for x in inputs]
