@@ -132,6 +132,9 @@ def test_example_memory_recalls_neighbours_but_never_a_frame_itself():
     copy = ExampleMemory(AudioEncoderConfig())
     copy.load_state_dict(memory.state_dict())
     assert torch.equal(copy.keys, memory.keys) and int(copy.k) == 1
+    # Filled again (the keys' norms are kept between frames): it recalls the new examples, not the old.
+    memory.fill(windows.flip(0), targets, torch.arange(n), rest, k=1, span=2)
+    assert torch.equal(memory(stacks), targets.flip(0))
 
 
 def test_the_memory_finds_what_was_said_more_than_how_it_sounded():

@@ -46,3 +46,22 @@ def test_offsets_learn_and_depend_on_the_audio():
         opt.step()
     offsets, _ = net(features, net.tokens(audio, expression, blink, pose))
     assert (offsets.means[0] - 0.01).abs().mean() < 0.002 and offsets.means[1].abs().mean() < 0.002
+
+
+def test_outside_training_the_per_gaussian_part_is_kept_and_training_drops_it():
+    net = _net()
+    torch.nn.init.normal_(net.out.weight, std=0.1)  # non-zero offsets, so a stale part would show
+    features = torch.randn(40, 24, generator=torch.Generator().manual_seed(1))
+    tokens = net.tokens(*_conditions(2))
+    fresh = net(features, tokens)[0].means  # training mode: nothing kept
+    net.eval()
+    with torch.no_grad():
+        first, again = net(features, tokens)[0].means, net(features, tokens)[0].means
+        assert torch.allclose(first, fresh, atol=1e-6) and torch.equal(first, again)
+        assert net._per_gaussian_cache is not None
+        net.train()
+        net.trunk[0].bias.add_(1.0)  # a training step changes the weights
+        moved = net(features, tokens)[0].means
+        net.eval()
+        assert torch.allclose(net(features, tokens)[0].means, moved, atol=1e-6)
+    assert not torch.allclose(moved, first, atol=1e-4)

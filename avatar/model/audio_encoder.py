@@ -167,6 +167,7 @@ class ExampleMemory(nn.Module):
         self.register_buffer("weight", torch.tensor(0.0))  # share of the memory in the blend with the network
         self.register_buffer("voice_columns", torch.tensor(0))  # the first feature columns describe the voice
         self.register_buffer("voice_weight", torch.tensor(float(cfg.memory_voice_weight)))
+        self._key_norms: tuple[Tensor, Tensor] | None = None  # (the keys they belong to, [M] squared norms)
 
     def fill(
         self, windows: Tensor, targets: Tensor, frames: Tensor, rest: Tensor, k: int, span: int, voice_columns: int = 0
@@ -204,6 +205,15 @@ class ExampleMemory(nn.Module):
     def active(self) -> bool:
         return len(self.frames) > 0 and float(self.weight) > 0
 
+    def _squared_distances(self, queries: Tensor) -> Tensor:
+        """[Q, W*F] -> [Q, M] squared Euclidean distances to the keys, as |q|^2 + |k|^2 - 2 q.k (the order is
+        that of the distances). The keys' squared norms are kept while the keys stay the same tensor: over a
+        long video's memory they were most of the work of every frame."""
+        if self._key_norms is None or self._key_norms[0] is not self.keys:
+            self._key_norms = (self.keys, self.keys.pow(2).sum(-1))
+        keys, norms = self.keys.to(queries.dtype), self._key_norms[1].to(queries.dtype)
+        return (queries.pow(2).sum(-1, keepdim=True) + norms - 2 * queries @ keys.T).clamp_min(0)
+
     def forward(self, audio: Tensor, frames: Tensor | None = None, k: int | None = None) -> Tensor:
         """[B, 2K+1, W, F] window stacks -> [B, E]. `frames` [B]: the dataset frames the stacks belong to;
         memory entries whose windows overlap any window of the stack are then skipped (a training frame
@@ -215,7 +225,7 @@ class ExampleMemory(nn.Module):
         use = weights > 0.05  # context frames that matter for the smoothing
         queries = self._weighted(audio[:, use]).flatten(2)  # [B, C', W*F]
         flat = queries.reshape(-1, queries.shape[-1])
-        dist = torch.cdist(flat, self.keys.to(audio.dtype)).reshape(b, -1, len(self.keys))  # [B, C', M]
+        dist = self._squared_distances(flat).reshape(b, -1, len(self.keys))  # [B, C', M]
         if frames is not None:
             reach = int(offsets[use].abs().max()) + int(self.span)  # entries this close share audio with a window
             near = (self.frames[None, :] - frames[:, None].to(self.frames.device)).abs() < reach  # [B, M]

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 CONDITIONS = ("audio", "expression", "blink", "pose")  # plus the learned null token
@@ -70,6 +71,29 @@ class SpatialAudioAttention(nn.Module):
         self.out = nn.Linear(cfg.hidden, 3 + 4 + 3 + 1 + 3)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
+        self._per_gaussian_cache: tuple[Tensor, Tensor, Tensor] | None = None
+
+    def train(self, mode: bool = True) -> SpatialAudioAttention:
+        if mode:
+            self._per_gaussian_cache = None
+        return super().train(mode)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._per_gaussian_cache = None
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def _per_gaussian(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        """[N, D] queries and [N, hidden] the features' share of the trunk's first layer (with its bias): they
+        depend on the Gaussian alone, so outside training they are kept for as long as the same `features`
+        (the head caches its tri-plane features) come back."""
+        cache = self._per_gaussian_cache
+        if not self.training and cache is not None and cache[0] is features:
+            return cache[1], cache[2]
+        first = self.trunk[0]
+        queries = self.query(features)
+        base = F.linear(features, first.weight[:, : features.shape[-1]], first.bias)
+        self._per_gaussian_cache = None if self.training else (features, queries, base)
+        return queries, base
 
     def tokens(self, audio: Tensor, expression: Tensor, blink: Tensor, pose: Tensor) -> Tensor:
         """[B, *] condition vectors -> [B, T, D] tokens (T = 5 with the null token)."""
@@ -80,13 +104,13 @@ class SpatialAudioAttention(nn.Module):
 
     def forward(self, features: Tensor, tokens: Tensor) -> tuple[Offsets, Tensor]:
         """features [N, F] (shared by the frames), tokens [B, T, D] -> (Offsets [B, N, ...], attention [B, N, T])."""
-        q = self.query(features)  # [N, D]
+        q, base = self._per_gaussian(features)  # [N, D], [N, hidden]
         k, v = self.key(tokens), self.value(tokens)  # [B, T, D]
         attn = torch.softmax(torch.einsum("nd,btd->bnt", q, k) / q.shape[-1] ** 0.5, -1)
         attended = torch.einsum("bnt,btd->bnd", attn, v)  # [B, N, D]
-        b, n = attended.shape[:2]
-        h = self.trunk(torch.cat([features.expand(b, n, -1), attended], -1))
-        o = self.out(h)
+        # the trunk's first layer on [feature, attended], as the sum of its two parts
+        h = torch.relu(base + F.linear(attended, self.trunk[0].weight[:, features.shape[-1] :]))
+        o = self.out(self.trunk[2:](h))
         offsets = Offsets(
             means=o[..., 0:3] * self.position_scale,
             quats=o[..., 3:7],

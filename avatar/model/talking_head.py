@@ -150,7 +150,7 @@ class TalkingHead(nn.Module):
         return features
 
     def train(self, mode: bool = True) -> TalkingHead:
-        if mode:  # weights may change from here on; `render` calls eval() every time, which keeps the cache
+        if mode:  # weights may change from here on; the cache is kept through eval()
             self._feature_cache = None
         return super().train(mode)
 
@@ -225,7 +225,8 @@ class TalkingHead(nn.Module):
         deform False renders the static canonical head (the baseline). A `camera` other than the training
         one sees the head from there (its world frame is the canonical head frame); the torso layer and the
         plate stay those of the training camera."""
-        self.eval()
+        if self.training:  # (eval() walks every submodule: a millisecond a frame when live)
+            self.eval()
         embedding, expression = self.audio_encoder(cond.audio, clip=cond.clip)
         out = self.forward(
             embedding,

@@ -25,6 +25,7 @@ class TorsoLayer(nn.Module):
         self.alpha_logits = nn.Parameter(torch.full((1, 1, size, size), -4.0))
         self.register_buffer("body_mean", torch.zeros(2, 0, 0))  # BodyMotion.mean / .basis (set_body_motion)
         self.register_buffer("body_basis", torch.zeros(0, 2, 0, 0))
+        self._identity: Tensor | None = None
 
     def image_parameters(self) -> list[nn.Parameter]:
         """The torso image: colour and coverage logits."""
@@ -45,10 +46,17 @@ class TorsoLayer(nn.Module):
                 setattr(self, name, torch.empty_like(state_dict[prefix + name]))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    def _identity_grid(self) -> Tensor:
+        """[1, H, W, 2] the identity sampling grid, made once (it is the same every frame)."""
+        device = self.rgb_logits.device
+        if self._identity is None or self._identity.device != device:
+            identity = torch.tensor([[[1.0, 0, 0], [0, 1, 0]]], device=device)
+            self._identity = F.affine_grid(identity, [1, 4, self.size, self.size], align_corners=False)
+        return self._identity
+
     def _grid(self, body: Tensor | None, batch: int, sign: float = 1.0) -> Tensor:
         """[B, H, W, 2] sampling grid: the identity plus `sign` times the body flow (none without a lattice)."""
-        identity = torch.tensor([[1.0, 0, 0], [0, 1, 0]], device=self.rgb_logits.device).expand(batch, -1, -1)
-        grid = F.affine_grid(identity, [batch, 4, self.size, self.size], align_corners=False)
+        grid = self._identity_grid().expand(batch, -1, -1, -1)
         if self.body_mean.shape[-1] == 0:
             return grid
         flow = self.body_mean.expand(batch, -1, -1, -1)

@@ -211,15 +211,19 @@ def composite(
     alpha_threshold: float,
 ) -> tuple[Tensor, Tensor]:
     """`CompositeTiles`: feature sums [T, P, C] and final transmittance [T, P]; the compiled per-pixel loop
-    when no gradient is wanted from CPU tensors, else the differentiable steps."""
+    when no gradient is wanted from CPU tensors of colour and depth (C = 4), else the differentiable steps."""
     inputs = (means2d, conics, opacities, features)
     wants_grad = torch.is_grad_enabled() and any(x.requires_grad for x in inputs)
-    if wants_grad or means2d.device.type != "cpu":
+    if wants_grad or means2d.device.type != "cpu" or features.shape[1] != COMPILED_CHANNELS:
         return CompositeTiles.apply(*inputs, lists, depth_block, chunk_elements, alpha_threshold)
     dtype = means2d.dtype
     arrays = [x.detach().contiguous().numpy() for x in inputs]
-    acc = np.zeros((len(lists.counts), lists.tile_size**2, features.shape[1]), arrays[0].dtype)
-    t = np.ones((len(lists.counts), lists.tile_size**2), arrays[0].dtype)
+    np_dtype = arrays[0].dtype
+    acc = np.empty((len(lists.counts), lists.tile_size**2, features.shape[1]), np_dtype)
+    t = np.ones((len(lists.counts), lists.tile_size**2), np_dtype)
+    pixel_uv = pixel_basis(lists.tile_size, dtype, means2d.device)[:, 1:3].numpy()
+    # (the kernel computes in the inputs' precision: its constants come in an array of that type)
+    constants = np.array([ALPHA_MAX, TRANSMITTANCE_MIN, alpha_threshold, 1.0], np_dtype)
     threads = max(1, min(compositing_threads(), numba.config.NUMBA_NUM_THREADS))
     # numba hands each thread one contiguous block of the loop, and the tiles come heaviest first: dealt out
     # in turn instead, every thread gets its share of the heavy ones
@@ -228,49 +232,58 @@ def composite(
         numba.set_num_threads(threads)
         _composite_pixels(
             order, lists.gaussian_ids.numpy(), lists.offsets.numpy(), lists.counts.numpy(),
-            lists.centres.detach().numpy().astype(arrays[0].dtype), lists.inside.numpy(), lists.tile_size,
-            *arrays, alpha_threshold, acc, t,
+            lists.centres.detach().numpy().astype(np_dtype), lists.inside.numpy(), pixel_uv, constants,
+            *arrays, acc, t,
         )  # fmt: skip
     return torch.from_numpy(acc).to(dtype), torch.from_numpy(t).to(dtype)
 
 
-@numba.njit(parallel=True, cache=True, fastmath=True)
-def _composite_pixels(order, ids, offsets, counts, centres, inside, tile_size, means2d, conics, opacities,
-                      features, alpha_threshold, acc, t):  # fmt: skip
-    """`composite` without gradients, in place into acc [T, P, C] (zeros) and t [T, P] (ones), the tiles in
-    `order`: per pixel, the tile's Gaussians front to back until the next one would take its transmittance to
-    TRANSMITTANCE_MIN. A Gaussian is skipped before its exponential where its power exceeds
-    log(opacity / alpha_threshold)."""
+COMPILED_CHANNELS = 4  # the compiled loop keeps a pixel's sums in registers: colour and depth
+
+
+@numba.njit(parallel=True, cache=True, fastmath=True, nogil=True)
+def _composite_pixels(order, ids, offsets, counts, centres, inside, pixel_uv, constants, means2d, conics, opacities,
+                      features, acc, t):  # fmt: skip
+    """`composite` without gradients, into acc [T, P, 4] and t [T, P] (ones), the tiles in `order`: per pixel,
+    the tile's Gaussians front to back until the next one would take its transmittance to TRANSMITTANCE_MIN.
+    A Gaussian is skipped before its exponential where its power exceeds log(opacity / alpha_threshold).
+    pixel_uv [P, 2]: pixel centres relative to the tile centre; constants: ALPHA_MAX, TRANSMITTANCE_MIN,
+    alpha_threshold and 1, in the inputs' precision."""
+    alpha_max, t_min, threshold, one = constants[0], constants[1], constants[2], constants[3]
     for i in numba.prange(len(order)):
         tile = order[i]
         first, count = offsets[tile], counts[tile]
-        local = np.empty((count, 7), means2d.dtype)  # x, y, a, b, c, opacity, power limit: the tile's list in order
+        # the tile's list in order: x, y, a / 2, b, c / 2, opacity, power limit | the four features
+        local = np.empty((count, 7), means2d.dtype)
+        feature = np.empty((count, 4), means2d.dtype)
         for j in range(count):
             g = ids[first + j]
             local[j, 0], local[j, 1] = means2d[g, 0], means2d[g, 1]
             local[j, 2], local[j, 3], local[j, 4] = 0.5 * conics[g, 0], conics[g, 1], 0.5 * conics[g, 2]
             local[j, 5] = opacities[g]
-            local[j, 6] = math.log(opacities[g] / alpha_threshold) if opacities[g] > 0 else -1.0
-        for pixel in range(tile_size * tile_size):
-            if not inside[tile, pixel]:
-                continue
-            u = pixel % tile_size + 0.5 - tile_size / 2 + centres[tile, 0]
-            v = pixel // tile_size + 0.5 - tile_size / 2 + centres[tile, 1]
-            transmittance = 1.0
-            for j in range(count):
+            local[j, 6] = math.log(opacities[g] / threshold) if opacities[g] > 0 else -1.0
+            feature[j] = features[g]
+        for pixel in range(len(pixel_uv)):
+            u, v = pixel_uv[pixel, 0] + centres[tile, 0], pixel_uv[pixel, 1] + centres[tile, 1]
+            transmittance = one
+            s0 = s1 = s2 = s3 = one - one
+            for j in range(count if inside[tile, pixel] else 0):
                 dx, dy = local[j, 0] - u, local[j, 1] - v
                 power = local[j, 2] * dx * dx + local[j, 3] * dx * dy + local[j, 4] * dy * dy
                 if power > local[j, 6]:
                     continue
                 alpha = local[j, 5] * math.exp(-power)
-                if alpha < alpha_threshold:
+                if alpha < threshold:
                     continue
-                alpha = min(alpha, ALPHA_MAX)
-                after = transmittance * (1.0 - alpha)
-                if after <= TRANSMITTANCE_MIN:
+                alpha = min(alpha, alpha_max)
+                after = transmittance * (one - alpha)
+                if after <= t_min:
                     break
-                g = ids[first + j]
-                for channel in range(features.shape[1]):
-                    acc[tile, pixel, channel] += alpha * transmittance * features[g, channel]
+                weight = alpha * transmittance
+                s0 += weight * feature[j, 0]
+                s1 += weight * feature[j, 1]
+                s2 += weight * feature[j, 2]
+                s3 += weight * feature[j, 3]
                 transmittance = after
+            acc[tile, pixel, 0], acc[tile, pixel, 1], acc[tile, pixel, 2], acc[tile, pixel, 3] = s0, s1, s2, s3
             t[tile, pixel] = transmittance
