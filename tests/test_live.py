@@ -236,6 +236,33 @@ def test_a_stalled_input_rests_and_the_delay_does_not_grow(double, speech):
     assert max(i["latency_s"] for i in made) < 1.0
 
 
+def test_frames_rendered_at_once_go_out_in_order_and_a_render_error_fails_the_session(double, speech):
+    """Two render threads: the frames reach the sinks in order however the renders finish; an error in a render
+    thread ends the session with that error, and the sinks are aborted (no half-written recording)."""
+    sink = Collect()
+    session, timeline = _double_session(double, [sink])
+    render, rendered, finished = session.avatar.render, [], []
+
+    def uneven(cond, size):  # every other frame longer than a frame interval, so the next one finishes first
+        k = len(rendered)
+        rendered.append(k)
+        time.sleep(0.07 if k % 2 == 0 else 0.0)
+        if k == 30:
+            raise RuntimeError("render failed")
+        image = render(cond, size)
+        finished.append(k)
+        return image
+
+    session.avatar.render = uneven
+    timeline.put(speech[: 2 * SAMPLE_RATE])
+    timeline.close()
+    with pytest.raises(RuntimeError, match="render failed"):
+        session.run(threading.Event())
+    assert finished != sorted(finished)  # some frames did finish before the ones in front of them
+    assert sink.summary == "aborted"
+    assert 20 <= len(sink.frames) <= 30 and sink.frames == list(range(len(sink.frames)))
+
+
 def test_the_render_size_follows_what_the_machine_can_do():
     """Slow frames step the size down, but not below a size that was no faster; frames that fit with room
     bring it back up; drops that no size can help are said."""

@@ -1,21 +1,25 @@
 """One live session: the clock that turns a timeline of audio into frames as they fall due, never later.
 
     timeline ──take──▶ LiveFeatures (mel here, phones in their process) ──stack──▶ LiveAvatar.render ──▶ sinks
-       ▲ source thread (microphone, stdin, file)                       frame k and the audio of [k, k+1) / fps
+       ▲ source thread (microphone, stdin, file)          (FRAMES_IN_FLIGHT render threads)   frame k and the
+                                                                                    audio of [k, k+1) / fps, in order
 
 Frame k shows the audio of [k, k + 1) / fps and is made once the audio up to its end plus the look-ahead is
 in (or, when the audio is late, once silence has been put in its place). A frame that could only start more
 than `MAX_LATE_S` after its audio was due is dropped: the session jumps to the newest frame whose audio is in,
-so the delay cannot grow. The render size steps down when frames do not fit the frame interval and back up
-when they fit with room (`SizeControl`); every change is said to the sinks (the page, the log, stderr).
+so the delay cannot grow. The render size steps down when the loop's work for a frame (its features and the
+wait for a free render thread) does not fit the frame interval, and back up when it fits with room
+(`SizeControl`); every change is said to the sinks (the page, the log, stderr).
 Each sink gets every frame in order with its sound: the image, or None for a dropped frame.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -38,6 +42,10 @@ PHONES_WAIT_S = 0.03  # at most this long for the phone decoder to catch up with
 BLINK_FRAMES = 25 * 60 * 30  # blinks are drawn for 30 minutes at a time (then the schedule repeats)
 POSE_BLOCK = 1500  # frames of head pose computed at once
 LEVELS_BLOCK = 25  # the clip's levels are measured again every this many frames
+# Frames rendered at once: while one frame's networks run (one core, mostly), the other's pixels are
+# composited, so a 2-core CPU is kept busy; frames still go out in order, each as soon as it and those before
+# it are ready.
+FRAMES_IN_FLIGHT = 2
 
 
 class Sink(Protocol):
@@ -250,6 +258,8 @@ class Session:
         self.audio_start = 0  # stream index of self.audio[0]
         self.stalled_since: float | None = None
         self.summary: dict | None = None  # set when the session has ended
+        self._out_lock = threading.Lock()
+        self._next_out, self._done = 0, {}  # the next frame to go out; frames ready before their turn
 
     def _status(self, text: str) -> None:
         self.say(text)
@@ -277,26 +287,33 @@ class Session:
         if self.timeline.t0 is None:  # the input ended before any audio came
             return self._finish()
         self.report.started = time.time()
-        k = 0
-        while not stop.is_set():
-            if not self._audio_for(k):
-                break
-            now = time.monotonic()
-            if now - self.timeline.due(self.features.samples_for(k)) > MAX_LATE_S:
-                skip = max(0, min(self.features.num_frames - 1, self._due_frame(now)) - k)
-            else:
-                skip = 0
-            for j in range(k, k + skip):
-                self._emit(j, None, None)
-            self.report.dropped += skip
-            k += skip
-            start = time.perf_counter()
-            image, info = self._frame(k)
-            self._emit(k, image, info)
-            message = self.sizes.update(time.perf_counter() - start, skip)
-            if message:
-                self._status(message)
-            k += 1
+        in_flight: deque[Future] = deque()
+        with ThreadPoolExecutor(FRAMES_IN_FLIGHT, thread_name_prefix="live-render") as pool:
+            k = 0
+            while not stop.is_set():
+                if not self._audio_for(k):
+                    break
+                start = time.perf_counter()  # from here the loop works (or waits for a render): its duty
+                now = time.monotonic()
+                if now - self.timeline.due(self.features.samples_for(k)) > MAX_LATE_S:
+                    skip = max(0, min(self.features.num_frames - 1, self._due_frame(now)) - k)
+                else:
+                    skip = 0
+                for j in range(k, k + skip):
+                    self._out(j, None)
+                self.report.dropped += skip
+                k += skip
+                size = self.sizes.size
+                cond = self._prepare(k)
+                in_flight.append(pool.submit(self._render_out, k, cond, size))
+                while len(in_flight) >= FRAMES_IN_FLIGHT or (in_flight and in_flight[0].done()):
+                    in_flight.popleft().result()  # (an error in a render thread goes on from here)
+                message = self.sizes.update(time.perf_counter() - start, skip)
+                if message:
+                    self._status(message)
+                k += 1
+            while in_flight:
+                in_flight.popleft().result()
         return self._finish()
 
     def _audio_for(self, k: int) -> bool:
@@ -332,28 +349,56 @@ class Session:
         seconds = now - self.timeline.t0 - self.features.lookahead_s
         return int(np.floor(seconds * self.fps)) - 1
 
-    def _frame(self, k: int, phones_wait_s: float = PHONES_WAIT_S) -> tuple[np.ndarray, dict]:
-        """Frame k's image and its latency-log record: the frame, the end of the audio it shows (s), when it was
-        ready (time.time()), the latency from that audio's arrival, and the size it was rendered at."""
+    def _prepare(self, k: int, phones_wait_s: float = PHONES_WAIT_S) -> FrameConditions:
+        """Frame k's conditions (its window stack, pose, blinks and the stream's levels so far)."""
         features = self.features
         with self.report.timer("phones wait"):
             if features.phones is not None:
                 features.phones.sync(features.samples_for(k), phones_wait_s)
         with self.report.timer("features"):
             stack = features.window_stack(k)
-        with self.report.timer("render"):
-            cond = self.avatar.conditions(stack, k, self.levels.value)
-            image = self.avatar.render(cond, self.sizes.size)
+        cond = self.avatar.conditions(stack, k, self.levels.value)
         with self.report.timer("motion gain"):
             self.levels.add(stack)
+        return cond
+
+    def _render(self, cond: FrameConditions, size: int) -> tuple[np.ndarray, float]:
+        """(the image, seconds it took): run by the render threads."""
+        start = time.perf_counter()
+        return self.avatar.render(cond, size), time.perf_counter() - start
+
+    def _render_out(self, k: int, cond: FrameConditions, size: int) -> None:
+        """A render thread's work: frame k, out to the sinks once the frames before it are out."""
+        image, seconds = self._render(cond, size)
+        self._out(k, image, size, seconds)
+
+    def _out(self, k: int, image: np.ndarray | None, size: int = 0, seconds: float = 0.0) -> None:
+        """Frame k is ready (None: dropped): to the sinks, in order, from whichever thread got it."""
+        with self._out_lock:
+            self._done[k] = (image, size, seconds)
+            while self._next_out in self._done:
+                j = self._next_out
+                image, size, seconds = self._done.pop(j)
+                self.report.timer.add("render", seconds)
+                self._emit(j, image, None if image is None else self._record(j, size))
+                self._next_out += 1
+
+    def _frame(self, k: int, phones_wait_s: float = PHONES_WAIT_S) -> tuple[np.ndarray, dict]:
+        """Frame k's image and its latency-log record, made here and now (the replay)."""
+        image, seconds = self._render(self._prepare(k, phones_wait_s), self.sizes.size)
+        self.report.timer.add("render", seconds)
+        return image, self._record(k, self.sizes.size)
+
+    def _record(self, k: int, size: int) -> dict:
+        """Frame k's latency-log record as it goes out: the frame, the end of the audio it shows (s), when it was
+        ready (time.time()), the latency from that audio's arrival, and the size it was rendered at."""
         self.report.frames += 1
-        self.report.sizes[self.sizes.size] = self.report.sizes.get(self.sizes.size, 0) + 1
+        self.report.sizes[size] = self.report.sizes.get(size, 0) + 1
         end = int(round((k + 1) / self.fps * SAMPLE_RATE))
         latency = time.monotonic() - self.timeline.arrival(min(end, self.timeline.received))
         self.report.latencies.append(latency)
-        info = {"frame": k, "audio_s": end / SAMPLE_RATE, "wall_s": time.time(), "latency_s": latency,
-                "size": self.sizes.size}  # fmt: skip
-        return image, info
+        return {"frame": k, "audio_s": end / SAMPLE_RATE, "wall_s": time.time(), "latency_s": latency,
+                "size": size}  # fmt: skip
 
     def _emit(self, k: int, image: np.ndarray | None, info: dict | None) -> None:
         end = int(round((k + 1) / self.fps * SAMPLE_RATE))

@@ -64,7 +64,11 @@ class StageTimer:
         try:
             yield
         finally:
-            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+            self.add(stage, time.perf_counter() - start)
+
+    def add(self, stage: str, seconds: float) -> None:
+        """Count time measured elsewhere (another thread's) to `stage`."""
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
 
     def timed(self, stage: str, items: Iterator) -> Iterator:
         """`items`, with the time spent producing each one counted to `stage`."""
