@@ -47,7 +47,7 @@ class FeatureExtractor(Protocol):
 @functools.lru_cache(maxsize=8)
 def _mel_basis(n_mels: int, fmin: float, fmax: float) -> np.ndarray:
     """[n_mels, 257] librosa's mel filters for a 512-point FFT at 16 kHz, made once (`avatar live` computes
-    features 25 times a second, and making them was a third of the work)."""
+    features 25 times a second)."""
     import librosa  # noqa: PLC0415 - see MelFeatures.frame_rms
 
     return librosa.filters.mel(sr=SAMPLE_RATE, n_fft=512, n_mels=n_mels, fmin=fmin, fmax=fmax)

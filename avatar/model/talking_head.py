@@ -225,7 +225,7 @@ class TalkingHead(nn.Module):
         deform False renders the static canonical head (the baseline). A `camera` other than the training
         one sees the head from there (its world frame is the canonical head frame); the torso layer and the
         plate stay those of the training camera."""
-        if self.training:  # (eval() walks every submodule: a millisecond a frame when live)
+        if self.training:  # (eval() walks every submodule: not for every frame when live)
             self.eval()
         embedding, expression = self.audio_encoder(cond.audio, clip=cond.clip)
         out = self.forward(
