@@ -208,7 +208,7 @@ class ExampleMemory(nn.Module):
     def _squared_distances(self, queries: Tensor) -> Tensor:
         """[Q, W*F] -> [Q, M] squared Euclidean distances to the keys, as |q|^2 + |k|^2 - 2 q.k (the order is
         that of the distances). The keys' squared norms are kept while the keys stay the same tensor: for a
-        long video's memory they would otherwise be the most of each frame's work."""
+        long video's memory they would otherwise be most of each frame's work."""
         if self._key_norms is None or self._key_norms[0] is not self.keys:
             self._key_norms = (self.keys, self.keys.pow(2).sum(-1))
         keys, norms = self.keys.to(queries.dtype), self._key_norms[1].to(queries.dtype)
