@@ -9,6 +9,9 @@ import torch
 from avatar.errors import UserError
 
 _compositing_threads: int | None = None  # set by set_threads
+# Frames an interactive renderer (`avatar live`, `avatar view`) renders at once: while one frame's networks run
+# (one core, mostly), the other's pixels are composited (every core), so a 2-core CPU is kept busy.
+FRAMES_IN_FLIGHT = 2
 
 
 def set_threads(threads: int | None) -> int:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from avatar.audio.io import SAMPLE_RATE
+from avatar.device import FRAMES_IN_FLIGHT
 from avatar.live.features import LiveFeatures
 from avatar.live.timeline import AudioTimeline
 from avatar.model.audio_encoder import NO_LEVELS, ClipLevels
@@ -42,10 +43,6 @@ PHONES_WAIT_S = 0.03  # at most this long for the phone decoder to catch up with
 BLINK_FRAMES = 25 * 60 * 30  # blinks are drawn for 30 minutes at a time (then the schedule repeats)
 POSE_BLOCK = 1500  # frames of head pose computed at once
 LEVELS_BLOCK = 25  # the clip's levels are measured again every this many frames
-# Frames rendered at once: while one frame's networks run (one core, mostly), the other's pixels are
-# composited, so a 2-core CPU is kept busy; frames still go out in order, each as soon as it and those before
-# it are ready.
-FRAMES_IN_FLIGHT = 2
 
 
 class Sink(Protocol):

@@ -2,7 +2,7 @@
 
 The viser world frame is the training camera's frame (OpenCV axes): the browser's camera starts exactly
 at the training camera, so the first picture is what `avatar render` makes, and orbiting moves away from it.
-A render thread draws the current audio frame for every connected browser; the sound plays in the page
+Render threads draw the current audio frame for every connected browser, two frames at once; the sound plays in the page
 through an HTML <audio> element started at the timeline position on Play (the click on Play is the user
 gesture browsers require before they play sound).
 """
@@ -15,6 +15,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from avatar.audio.io import SAMPLE_RATE, load_audio
-from avatar.device import resolve_device, set_threads
+from avatar.device import FRAMES_IN_FLIGHT, resolve_device, set_threads
 from avatar.errors import UserError
 from avatar.hosts import exposure_warning, listening_port, url
 from avatar.model.talking_head import TalkingHead
@@ -127,6 +129,11 @@ class ViewerApp:
         self._centres = None  # point-cloud handle while "Gaussian centres" is on
         self._dirty = threading.Event()
         self._stop = threading.Event()
+        self._taken = 0  # views taken by the render loop so far
+        self._shown: dict[int, int] = {}  # browser -> the newest view number it shows
+        self._shown_lock = threading.Lock()
+        self._last_done: float | None = None  # when the last views were done (the FPS shown) ...
+        self._seconds = 0.0  # ... and the average time per view between them
         listening_port(cfg.host, cfg.port)  # a bad --host or a busy --port is said clearly
         # viser binds the port once and keeps it; with 0 the system picks a free one as it binds (a port found
         # free here and bound again later could be taken in between)
@@ -270,6 +277,10 @@ class ViewerApp:
         return None if self.auto_blink.value else float(self.blink_slider.value)
 
     def render_client(self, client) -> np.ndarray:
+        return self._render(self._view(client))
+
+    def _view(self, client) -> tuple:
+        """What a browser is to see now: the current frame's conditions and the browser's camera."""
         frame = self.playback.frame()
         cond = self.playback.conditions(frame, self.pose_dropdown.value, self.blink())
         cam = client.camera
@@ -278,38 +289,65 @@ class ViewerApp:
         cam_to_world[:3, 3] = cam.position
         height = self.height
         width = max(16, int(round(height * cam.aspect)))
-        return render_view(self.head, cond, self.layers, cam_to_world, cam.fov, width, height)
+        return cond, self.layers, cam_to_world, cam.fov, width, height
+
+    def _render(self, view: tuple) -> np.ndarray:
+        return render_view(self.head, *view)
 
     def _render_loop(self) -> None:
-        while not self._stop.is_set():
-            if not (self.playback.playing or self._dirty.is_set()):
-                self._dirty.wait(0.05)
-                continue
-            self._dirty.clear()
-            clients = list(self.server.get_clients().values())
-            start = time.perf_counter()
-            for client in clients:
-                try:
-                    image = self.render_client(client)
-                except Exception as exc:  # a client that disconnects mid-frame, say: keep serving the others
-                    self.status.content = f"render error: {exc}"
+        """Views are taken here, FRAMES_IN_FLIGHT at a time rendered by a pool (`_show`); a render that
+        finishes after a newer one of the same browser is not shown."""
+        in_flight: deque[Future] = deque()
+        with ThreadPoolExecutor(FRAMES_IN_FLIGHT, thread_name_prefix="view-render") as pool:
+            while not self._stop.is_set():
+                if not (self.playback.playing or self._dirty.is_set()):
+                    self._dirty.wait(0.05)
                     continue
-                client.scene.set_background_image(image, format="jpeg", jpeg_quality=90)
-            if clients:
-                seconds = time.perf_counter() - start
-                self.fps_shown = (
-                    0.8 * self.fps_shown + 0.2 * (len(clients) / max(seconds, 1e-6))
-                    if self.fps_shown
-                    else len(clients) / max(seconds, 1e-6)
-                )
-                self.fps_text.content = (
-                    f"Render: **{self.fps_shown:.1f} FPS** at height {self.height}, "
-                    f"{self.head.spec.backend} backend on {self.head.K.device.type}"
-                )
-                if self.playback.playing:
+                self._dirty.clear()
+                self._taken += 1
+                views = []
+                for client in list(self.server.get_clients().values()):
+                    try:
+                        views.append((client, self._view(client)))
+                    except Exception as exc:  # a client that disconnects meanwhile, say: keep serving the others
+                        self.status.content = f"render error: {exc}"
+                in_flight.append(pool.submit(self._show, self._taken, views))
+                while len(in_flight) >= FRAMES_IN_FLIGHT or (in_flight and in_flight[0].done()):
+                    in_flight.popleft().result()
+                if views and self.playback.playing:
                     self.timeline.value = round(self.playback.frame() / self.playback.fps, 4)
                     if self.centres_box.value:
                         self._update_centres()
+            for future in in_flight:
+                future.result()
+
+    def _show(self, taken: int, views: list) -> None:
+        """Render the views taken as number `taken` and put them in their browsers, unless newer ones are
+        there already; the FPS shown is the rate at which the views are done (after a pause: this render's own)."""
+        started = time.perf_counter()
+        for client, view in views:
+            try:
+                image = self._render(view)
+            except Exception as exc:  # a client that disconnects mid-frame, say: keep serving the others
+                self.status.content = f"render error: {exc}"
+                continue
+            with self._shown_lock:
+                if self._shown.get(client.client_id, 0) > taken:
+                    continue
+                self._shown[client.client_id] = taken
+            client.scene.set_background_image(image, format="jpeg", jpeg_quality=90)
+        if not views:
+            return
+        with self._shown_lock:
+            now = time.perf_counter()
+            seconds = (now - max(self._last_done or started, started)) / len(views)  # per view
+            self._seconds = 0.8 * self._seconds + 0.2 * seconds if self._seconds else seconds
+            self.fps_shown = 1 / max(self._seconds, 1e-6)
+            self._last_done = now
+        self.fps_text.content = (
+            f"Render: **{self.fps_shown:.1f} FPS** at height {self.height}, "
+            f"{self.head.spec.backend} backend on {self.head.K.device.type}"
+        )
 
     def start(self) -> None:
         self._audio_uri = wav_data_uri(self.playback.audio_path)
