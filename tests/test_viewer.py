@@ -255,3 +255,22 @@ def test_a_port_taken_while_the_viewer_starts_is_said(head, tiny_run, monkeypatc
         port = other.getsockname()[1]
         with pytest.raises(UserError, match=f"--port {port}: taken by another program"):
             ViewerApp(ViewerConfig(run=tiny_run, port=port), head, tiny_run / "audio.wav")
+
+
+def test_a_render_finished_after_a_newer_one_is_not_shown(viewer, monkeypatch):
+    """Two renders at once: the later-taken view's picture stays when the earlier one finishes after it."""
+    shown = []
+
+    class Scene:
+        def set_background_image(self, image, **options):
+            shown.append(int(image[0, 0, 0]))
+
+    class Browser:
+        client_id, scene = 7, Scene()
+
+    monkeypatch.setattr(viewer, "_render", lambda view: np.full((4, 4, 3), view, np.uint8))
+    viewer._show(2, [(Browser(), 20)])  # taken second, finished first
+    viewer._show(1, [(Browser(), 10)])  # taken first, finished last: not shown
+    viewer._show(3, [(Browser(), 30)])
+    assert shown == [20, 30]
+    assert viewer.fps_shown > 0
