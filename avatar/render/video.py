@@ -1,6 +1,6 @@
 """`avatar render`: new audio -> a lip-synced mp4 of the avatar, streamed chunk by chunk.
 
-    audio file ─read once─▶ feature rows ─▶ windows (chunks) ─▶ TalkingHead.render (batches) ─▶ H.264 ┐
+    audio file ─read once─▶ feature rows ─▶ windows (chunks) ─▶ TalkingHead.render (batches, two at once) ─▶ H.264 ┐
          └───────────────── decoded again at 48 kHz, cut to each batch's end ──────────────▶ AAC ───┴▶ mp4
 
 Sync: the video has `num_frames_for(audio samples, 16 kHz, fps)` frames (the audio duration times fps,
@@ -15,7 +15,9 @@ import os
 import sys
 import tempfile
 import time
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,7 +30,7 @@ from tqdm import tqdm
 from avatar.audio.io import iter_audio
 from avatar.audio.streaming import SampleReader
 from avatar.contracts.atomic import atomic_path
-from avatar.device import resolve_device, set_threads
+from avatar.device import FRAMES_IN_FLIGHT, resolve_device, set_threads
 from avatar.errors import UserError
 from avatar.model.audio_encoder import NO_LEVELS, ClipLevels
 from avatar.model.driving import blink_schedule, pose_schedule, read_clip, track_positions
@@ -235,10 +237,14 @@ def render_video(cfg: RenderConfig, head: TalkingHead) -> Path:
         with atomic_path(out) as tmp:
             writer = VideoWriter(tmp, width, height, fps, channels, cfg.crf, cfg.encoder_speed, cfg.audio_kbps)
             try:
-                for frames, cond in driven_batches(head, windows, blinks, cfg.pose, fps, cfg.batch_frames, levels):
-                    with timer("render"):
-                        rgb = head.render(cond, background=background)["rgb"]
-                        rgb = (rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()  # [B, H, W, 3]
+
+                def rendered(cond: FrameConditions) -> tuple[np.ndarray, float]:  # in a render thread
+                    begin = time.perf_counter()
+                    rgb = head.render(cond, background=background)["rgb"]
+                    rgb = (rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()  # [B, H, W, 3]
+                    return rgb, time.perf_counter() - begin
+
+                def write(frames: range, rgb: np.ndarray) -> None:
                     if resolution != rgb.shape[1] and not cfg.paste_back:
                         with timer("resize"):
                             interp = cv2.INTER_AREA if rgb.shape[1] > resolution else cv2.INTER_CUBIC
@@ -257,6 +263,23 @@ def render_video(cfg: RenderConfig, head: TalkingHead) -> Path:
                         writer.write_frames(rgb)
                         writer.write_audio(sound.read(writer.samples_until(frames.stop) - writer.samples_written))
                     progress.update(len(frames))
+
+                # FRAMES_IN_FLIGHT batches rendered at once (one's networks beside the other's compositing),
+                # written in order while the next ones render
+                def write_oldest(in_flight: deque[tuple[range, Future]]) -> None:
+                    frames, future = in_flight.popleft()
+                    rgb, seconds = future.result()
+                    timer.add(f"render ({FRAMES_IN_FLIGHT} at once)", seconds)  # (their seconds overlap)
+                    write(frames, rgb)
+
+                in_flight: deque[tuple[range, Future]] = deque()
+                with ThreadPoolExecutor(FRAMES_IN_FLIGHT, thread_name_prefix="render") as pool:
+                    for frames, cond in driven_batches(head, windows, blinks, cfg.pose, fps, cfg.batch_frames, levels):
+                        in_flight.append((frames, pool.submit(rendered, cond)))
+                        if len(in_flight) >= FRAMES_IN_FLIGHT:
+                            write_oldest(in_flight)
+                    while in_flight:
+                        write_oldest(in_flight)
                 with timer("encode"):
                     writer.close()
             except BaseException:
