@@ -4,6 +4,7 @@ sync at every common sample rate, a video as the audio source, and every bad inp
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +89,29 @@ def test_video_file_as_audio_source(tmp_path, head):
     assert info["num_frames"] == expected_frames(source)
     assert abs(info["num_frames"] - 80) <= 1
     assert abs(info["audio_s"] - info["video_s"]) < 1 / FPS
+
+
+def test_batches_rendered_at_once_are_written_in_order(tmp_path, head, monkeypatch):
+    """Two batches render at once; every other one is slow, so later ones finish first: the video is still the
+    one a render of one batch at a time makes, frame for frame (lossless H.264)."""
+    import avatar.render.video as video
+
+    audio = write_wav(tmp_path / "speech.wav", speech_like(3.0, 16000), 16000)
+    one_at_a_time = tmp_path / "one.mp4"
+    monkeypatch.setattr(video, "FRAMES_IN_FLIGHT", 1)
+    render_video(config(audio, one_at_a_time, batch_frames=4, crf=0), head)
+    monkeypatch.setattr(video, "FRAMES_IN_FLIGHT", 2)
+    render, calls = head.render, []
+
+    def uneven(cond, **kwargs):
+        calls.append(len(calls))
+        time.sleep(0.05 if len(calls) % 2 else 0.0)
+        return render(cond, **kwargs)
+
+    monkeypatch.setattr(head, "render", uneven)
+    at_once = render_video(config(audio, tmp_path / "two.mp4", batch_frames=4, crf=0), head)
+    assert len(calls) > 4
+    assert np.array_equal(probe(at_once)["frames"], probe(one_at_a_time)["frames"])
 
 
 def test_silence_gives_a_still_closed_mouth(tmp_path, head):
