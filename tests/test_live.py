@@ -261,6 +261,8 @@ def test_frames_rendered_at_once_go_out_in_order_and_a_render_error_fails_the_se
     assert finished != sorted(finished)  # some frames did finish before the ones in front of them
     assert sink.summary == "aborted"
     assert 20 <= len(sink.frames) <= 30 and sink.frames == list(range(len(sink.frames)))
+    sent = np.concatenate(sink.audio)  # every sample once, in order, whichever thread sent its frame
+    assert np.array_equal(sent, speech[: len(sent)].astype(np.float32))
 
 
 def test_the_render_size_follows_what_the_machine_can_do():

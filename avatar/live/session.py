@@ -253,6 +253,7 @@ class Session:
         self.report = Report()
         self.audio = np.zeros(0, np.float32)  # taken samples not yet handed to the sinks
         self.audio_start = 0  # stream index of self.audio[0]
+        self._audio_lock = threading.Lock()  # the loop adds to self.audio while render threads hand it out
         self.stalled_since: float | None = None
         self.summary: dict | None = None  # set when the session has ended
         self._out_lock = threading.Lock()
@@ -333,7 +334,7 @@ class Session:
                 new = tl.take()
                 if len(new):
                     self.features.push(new)
-                    self.audio = np.concatenate([self.audio, new])
+                    self._keep_audio(new)
                 if tl.ended and not self.features.ended and tl.received == self.features.samples:
                     self.features.end()
             if k < self.features.num_frames:
@@ -397,11 +398,17 @@ class Session:
         return {"frame": k, "audio_s": end / SAMPLE_RATE, "wall_s": time.time(), "latency_s": latency,
                 "size": size}  # fmt: skip
 
+    def _keep_audio(self, samples: np.ndarray) -> None:
+        """Taken samples wait here until the frame they belong to goes out (`_emit`)."""
+        with self._audio_lock:
+            self.audio = np.concatenate([self.audio, samples])
+
     def _emit(self, k: int, image: np.ndarray | None, info: dict | None) -> None:
         end = int(round((k + 1) / self.fps * SAMPLE_RATE))
-        audio = self.audio[: max(0, end - self.audio_start)]
-        audio = np.pad(audio, (0, max(0, end - self.audio_start - len(audio))))
-        self.audio, self.audio_start = self.audio[len(audio) :], end
+        with self._audio_lock:
+            audio = self.audio[: max(0, end - self.audio_start)]
+            audio = np.pad(audio, (0, max(0, end - self.audio_start - len(audio))))
+            self.audio, self.audio_start = self.audio[len(audio) :], end
         with self.report.timer("sinks"):
             for sink in self.sinks:
                 sink.frame(k, image, audio, info)
@@ -419,7 +426,7 @@ class Session:
         for i in range(0, len(wave) + piece, piece):
             if i < len(wave):
                 self.features.push(wave[i : i + piece])
-                self.audio = np.concatenate([self.audio, wave[i : i + piece]])
+                self._keep_audio(wave[i : i + piece])
             else:
                 self.features.end()
             while k < self.features.num_frames:
