@@ -274,3 +274,15 @@ def test_a_render_finished_after_a_newer_one_is_not_shown(viewer, monkeypatch):
     viewer._show(3, [(Browser(), 30)])
     assert shown == [20, 30]
     assert viewer.fps_shown > 0
+
+
+def test_a_viewer_stopped_before_it_started_stops_cleanly(head, tiny_run):
+    """(`stop` raised "cannot join thread before it is started" here.) The port is free again afterwards."""
+    import socket
+
+    app = ViewerApp(ViewerConfig(run=tiny_run, resolution=128), head, tiny_run / "audio.wav")
+    port = app.server.get_port()
+    app.stop()
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))

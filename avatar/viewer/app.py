@@ -357,9 +357,11 @@ class ViewerApp:
             self.toggle_play()
 
     def stop(self) -> None:
+        """Stop rendering and serving; also before `start` (a viewer that failed while starting)."""
         self._stop.set()
         self._dirty.set()
-        self._thread.join(timeout=5)
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout=5)
         self.server.stop()
 
 
