@@ -204,6 +204,13 @@ def test_play_starts_the_page_audio_at_the_timeline_position(viewer, chromium):
     assert position is not None, "no audio started playing in the page"
     assert 2.0 <= position <= 2.0 + (time.monotonic() - clicked), f"the page's audio is at {position:.3f} s"
     assert app.playback.playing
+    # The sound keeps to the picture's clock (it was loaded with the page, not at Play):
+    time.sleep(1.0)
+    sound, picture = driver.execute_script(read), app.playback.frame() / app.playback.fps
+    assert abs(sound - picture) < 0.35, f"the sound is at {sound:.3f} s, the picture at {picture:.3f} s"
+    driver.find_element("xpath", "//button[normalize-space(.)='Pause']").click()
+    paused = "return document.querySelector('audio').paused"
+    assert _poll(lambda: ((p := driver.execute_script(paused)), p), timeout_s=30), "Pause did not pause the sound"
 
 
 def test_every_frames_audio_is_the_render_paths(head, tiny_run, tmp_path, shared_data, monkeypatch):

@@ -2,9 +2,9 @@
 
 The viser world frame is the training camera's frame (OpenCV axes): the browser's camera starts exactly
 at the training camera, so the first picture is what `avatar render` makes, and orbiting moves away from it.
-Render threads draw the current audio frame for every connected browser, two frames at once; the sound plays in the page
-through an HTML <audio> element started at the timeline position on Play (the click on Play is the user
-gesture browsers require before they play sound).
+Render threads draw the current audio frame for every connected browser, two frames at once; the sound plays
+in the page through an HTML <audio> element, loaded when the page opens and started at the timeline position on
+Play (the click on Play is the user gesture browsers require before they play sound).
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ from avatar.rasterizer.compose import Layer
 from avatar.rasterizer.types import Camera
 from avatar.viewer.config import ViewerConfig
 from avatar.viewer.playback import Playback
+
+AUDIO_ELEMENT = "avatar-sound"  # the id of the page's <audio> element
 
 
 @dataclass
@@ -130,6 +132,7 @@ class ViewerApp:
         self._dirty = threading.Event()
         self._stop = threading.Event()
         self._taken = 0  # views taken by the render loop so far
+        self._commands = 0  # play / pause commands sent to the page's sound
         self._shown: dict[int, int] = {}  # browser -> the newest view number it shows
         self._shown_lock = threading.Lock()
         self._last_done: float | None = None  # when the last views were done (the FPS shown) ...
@@ -158,7 +161,8 @@ class ViewerApp:
                 "Time (s)", 0.0, max(pb.duration_s - 1 / pb.fps, 1 / pb.fps), 1 / pb.fps, 0.0
             )
             self.upload = gui.add_upload_button("Load audio...", mime_type="audio/*,video/*")
-            self.audio_html = gui.add_html("")
+            self.audio_html = gui.add_html("")  # the clip's <audio> element, loaded once
+            self.audio_command = gui.add_html("")  # plays or pauses it (see _update_audio_element)
             self.status = gui.add_markdown("")
         with gui.add_folder("Avatar"):
             self.deform_box = gui.add_checkbox("Deformation", True)
@@ -226,13 +230,26 @@ class ViewerApp:
         self._update_audio_element()
         self._dirty.set()
 
+    def _load_audio_element(self) -> None:
+        """The clip's sound in the page: an <audio> element the browser loads and decodes as soon as it has it,
+        so that Play starts the sound at once, with the picture (made at Play, it started late by the time
+        the browser took to read the whole file)."""
+        self.audio_html.content = f'<audio id="{AUDIO_ELEMENT}" preload="auto" src="{self._audio_uri}"></audio>'
+        self._update_audio_element()
+
     def _update_audio_element(self) -> None:
-        """Sound in the page: an <audio> element that starts at the timeline position while playing."""
-        if not self.playback.playing:
-            self.audio_html.content = ""
-            return
-        start = self.playback.frame() / self.playback.fps
-        self.audio_html.content = f'<audio autoplay src="{self._audio_uri}#t={start:.3f}"></audio>'
+        """Play the page's sound from the timeline position, or pause it. The page runs no script of ours, so
+        the command is an image that cannot load: its error handler runs it (numbered, so each one is new)."""
+        self._commands += 1
+        if self.playback.playing:
+            start = self.playback.frame() / self.playback.fps
+            action = f"a.currentTime={start:.3f};a.play();"
+        else:
+            action = "a.pause();"
+        self.audio_command.content = (
+            f'<img alt="" style="display:none" data-n="{self._commands}" src="data:," '
+            f"onerror=\"var a=document.getElementById('{AUDIO_ELEMENT}');if(a){{{action}}}\">"
+        )
 
     def _on_upload(self, event) -> None:
 
@@ -247,6 +264,7 @@ class ViewerApp:
             return
         self.playback = playback
         self._audio_uri = wav_data_uri(playback.audio_path)
+        self._load_audio_element()
         self.timeline.max = max(playback.duration_s - 1 / playback.fps, 1 / playback.fps)
         self.timeline.value = 0.0
         self.status.content = f"Audio: {upload.name} ({playback.duration_s:.1f} s)"
@@ -351,6 +369,7 @@ class ViewerApp:
 
     def start(self) -> None:
         self._audio_uri = wav_data_uri(self.playback.audio_path)
+        self._load_audio_element()
         self.status.content = f"Audio: {self.playback.audio_path.name} ({self.playback.duration_s:.1f} s)"
         self._thread.start()
         if self.cfg.autoplay:
