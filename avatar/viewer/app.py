@@ -346,14 +346,13 @@ class ViewerApp:
         for client, view in views:
             try:
                 image = self._render(view)
+                with self._shown_lock:
+                    if self._shown.get(client.client_id, 0) > taken:
+                        continue
+                    self._shown[client.client_id] = taken
+                client.scene.set_background_image(image, format="jpeg", jpeg_quality=90)
             except Exception as exc:  # a client that disconnects mid-frame, say: keep serving the others
                 self.status.content = f"render error: {exc}"
-                continue
-            with self._shown_lock:
-                if self._shown.get(client.client_id, 0) > taken:
-                    continue
-                self._shown[client.client_id] = taken
-            client.scene.set_background_image(image, format="jpeg", jpeg_quality=90)
         if not views:
             return
         with self._shown_lock:
