@@ -124,6 +124,22 @@ def test_live_features_equal_offline_where_the_lookahead_covers_the_window(speec
     assert np.mean(live_visemes == offline_visemes) > 0.7
 
 
+def test_a_new_stream_ignores_the_answers_about_the_one_before(speech, phones):
+    """A stream left without waiting for its decoding (a session that ended, a test that moved on): its answers
+    still on their way must not land on the next stream's rows, nor end it."""
+    from avatar.audio.phonetic import PHONES, SILENCE
+
+    phones.start()
+    phones.push(speech[: 3 * SAMPLE_RATE])
+    phones.end()
+    time.sleep(3.0)  # decoded and answered meanwhile, the answers unread
+    phones.start()
+    silence = np.zeros(SAMPLE_RATE, np.float32)
+    phones.push(silence)
+    assert phones.sync(len(silence), 60) and not phones.ended
+    assert (phones.labels(0, len(silence) // 160) == PHONES.index(SILENCE)).all()
+
+
 def test_silence_after_speech_rests_within_the_lookahead_plus_200_ms(tiny_run, speech, phones):
     """Speech, then silence, through the live features at the default look-ahead: every frame that shows
     audio from 200 ms after the speech's end on is the closed mouth exactly (the pause gate), and stays so

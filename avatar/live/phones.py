@@ -113,9 +113,10 @@ class LiveDecoder:
 
 def _serve(inbox: Connection, outbox: Connection) -> None:
     """The child process: ("start",) a new stream, ("audio", int16 bytes), ("end",) its end, ("stop",).
-    Answers ("rows", decoded samples, segments, ended) after each batch of messages; stops when the session's
-    end of the pipe closes."""
+    Answers ("rows", stream, decoded samples, segments, ended) after each batch of messages, the stream counted
+    by its starts as the session side counts them; stops when the session's end of the pipe closes."""
     live = LiveDecoder(live_decoder())
+    stream = 0
     outbox.send(("ready",))
     while True:
         try:
@@ -131,12 +132,13 @@ def _serve(inbox: Connection, outbox: Connection) -> None:
             if message[0] == "start":
                 live.finish()
                 live.start(0)
+                stream += 1
                 segments, ended = [], False
             elif message[0] == "audio":
                 segments = _merge(segments, live.feed(np.frombuffer(message[1], np.int16)))
             elif message[0] == "end":
                 segments, ended = _merge(segments, live.finish()), True
-        outbox.send(("rows", live.decoded, segments, ended))
+        outbox.send(("rows", stream, live.decoded, segments, ended))
 
 
 def _merge(old: list, new: list) -> list:
@@ -167,6 +169,7 @@ class PhoneStream:
         self._conn = Connection(to_parent, writable=False)
         self._start_timeout_s = start_timeout_s
         self._ready = False
+        self.stream = 0  # streams started (the decoding process counts them too)
         self._reset()
 
     def _wait_ready(self) -> None:
@@ -187,8 +190,9 @@ class PhoneStream:
         self.last = _SILENCE
 
     def start(self) -> None:
-        """A new stream from sample 0."""
+        """A new stream from sample 0 (answers about the one before, still on their way, are dropped)."""
         self._tell(("start",))
+        self.stream += 1
         self._reset()
 
     def push(self, wave: np.ndarray) -> None:
@@ -215,8 +219,9 @@ class PhoneStream:
         while True:
             try:
                 while self._conn.poll():
-                    _, decoded, segments, ended = self._conn.recv()
-                    self._apply(decoded, segments, ended)
+                    _, stream, decoded, segments, ended = self._conn.recv()
+                    if stream == self.stream:
+                        self._apply(decoded, segments, ended)
             except (EOFError, OSError):
                 raise RuntimeError(
                     f"the phone decoder process has stopped (exit code {self._process.poll()})"
