@@ -15,7 +15,7 @@ from avatar.audio.io import SAMPLE_RATE, save_wav
 from avatar.contracts.dataset import Dataset
 from avatar.contracts.face_mesh import EYE_OUTER_CORNERS, INNER_LIP_LOWER, INNER_LIP_UPPER, NOSE_TIP
 from avatar.model.audio_encoder import AudioEncoder, AudioEncoderConfig, ClipLevels, ExampleMemory
-from avatar.train.audio_fit import _augment, fit_audio_encoder, predict_expression
+from avatar.train.audio_fit import _augment, fit_audio_encoder, gain_share, predict_expression
 from avatar.train.expression import ExpressionSpace
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -318,6 +318,10 @@ def test_a_clip_that_moves_the_mouth_less_than_the_persons_voice_is_amplified_up
     assert enc.levels([_clip(0.3)]).gain == 1.3  # a lazy clip: at most max_clip_gain
     assert enc.levels([_clip(3.0)]).gain == 1.0  # more motion than the person's: left as it is
     assert enc.levels([_clip(0.3, frames=20)]).gain == 1.0  # under a second of speech: not measured
+    enc.gain_share = torch.tensor(0.5)  # half the gains earned: half the ceiling
+    assert enc.levels([_clip(0.3)]).gain == pytest.approx(1.15)
+    assert enc.levels([_clip(0.9, seed=3)]).gain == pytest.approx(1 / 0.9, rel=0.15)  # under it: as before
+    enc.gain_share = torch.tensor(1.0)
     enc.silence_column, enc.energy_column = torch.tensor(3), torch.tensor(1)
     lazy_with_pauses = _clip(0.9, frames=400, paused=200, seed=3)
     lazy_with_pauses[:200, :, :, 0] *= 10  # loud motion inside pauses does not count: they are closed anyway
@@ -330,7 +334,9 @@ def test_a_clip_that_moves_the_mouth_less_than_the_persons_voice_is_amplified_up
 
 def test_training_records_the_persons_speaking_spread_and_older_avatars_load_without_it(dataset):
     space = ExpressionSpace.fit(dataset)
-    encoder, metrics = fit_audio_encoder(dataset, space, replace(SMALL, gain_min_corr=-1), steps=40, seed=0)
+    encoder, metrics = fit_audio_encoder(
+        dataset, space, replace(SMALL, gain_min_corr=-1, gain_full_corr=-0.99), steps=40, seed=0
+    )
     assert metrics["reliable"]
     torch.testing.assert_close(encoder.opening, torch.from_numpy(space.opening))
     assert float(encoder.speech_spread) > 0
@@ -342,14 +348,22 @@ def test_training_records_the_persons_speaking_spread_and_older_avatars_load_wit
     assert float(old.speech_spread) == 0 and old.levels([windows]).gain == 1.0
 
 
+def test_the_motion_gains_grow_with_the_held_out_correlation():
+    """No gain below `gain_min_corr`, all of it from `gain_full_corr`, in proportion between: no cliff where two
+    trainings of one video land either side of one threshold."""
+    cfg = AudioEncoderConfig(gain_min_corr=0.4, gain_full_corr=0.55)
+    shares = [gain_share(c, cfg) for c in (0.2, 0.4, 0.475, 0.496, 0.55, 0.9, float("nan"))]
+    assert shares == pytest.approx([0.0, 0.0, 0.5, 0.64, 1.0, 1.0, 0.0])
+
+
 def test_an_unreliable_encoder_amplifies_no_clip(dataset):
     """Below `gain_min_corr` on the held-out slices the prediction is mostly noise: no gain of either kind."""
     space = ExpressionSpace.fit(dataset)
     lines = []
     encoder, metrics = fit_audio_encoder(
-        dataset, space, replace(SMALL, gain_min_corr=1.0), steps=40, seed=0, log=lines.append
+        dataset, space, replace(SMALL, gain_min_corr=0.99, gain_full_corr=1.0), steps=40, seed=0, log=lines.append
     )
-    assert not metrics["reliable"] and metrics["gain"] == 1.0
+    assert not metrics["reliable"] and metrics["gain"] == 1.0 and metrics["gain_share"] == 0.0
     assert any("follow new audio weakly" in line and "1-3 minutes" in line for line in lines)  # the user is told
     assert float(encoder.speech_spread) == 0
     quiet = torch.from_numpy(dataset.audio_windows(context=SMALL.context)[dataset.indices("train")]) * 0.5

@@ -102,3 +102,12 @@ def test_the_tts_development_set_is_made_once_and_needs_espeak(tmp_path, monkeyp
     assert all(c.is_file() for c in clips) and "Guten Abend" in clips[-1].read_text()
     bench.synthesise_tts(tmp_path / "tts")  # the second time reuses the files
     assert len(calls.read_text().split()) == len(bench.TTS_SET)
+
+
+def test_the_encoder_probe_reads_option_changes_and_refuses_unknown_ones():
+    probe = importlib.import_module("avatar.benchmarks.probe_encoder")
+    cfg = probe.configured(["time_shift=6", "memory_k=[3, 5]", "voice_dropout=0.8"])
+    assert (cfg.time_shift, cfg.memory_k, cfg.voice_dropout) == (6, (3, 5), 0.8)
+    assert probe.configured([]) == probe.AudioEncoderConfig()
+    with pytest.raises(SystemExit, match="no option 'time_shifts'"):
+        probe.configured(["time_shifts=6"])

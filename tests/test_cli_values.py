@@ -62,6 +62,8 @@ def test_options_that_must_agree_are_refused_together(capsys, tmp_path, monkeypa
     assert "--audio.heads must divide --audio.embed-dim" in capsys.readouterr().err
     assert main(["train", "DATASET", "--triplane.base-resolution", "64", "--triplane.max-resolution", "32"]) == 2
     assert "--triplane.max-resolution 32: must be at least --triplane.base-resolution (64)" in capsys.readouterr().err
+    assert main(["train", "DATASET", "--audio.gain-min-corr", "0.6", "--audio.gain-full-corr", "0.5"]) == 2
+    assert "--audio.gain-full-corr 0.5: must be above --audio.gain-min-corr (0.6)" in capsys.readouterr().err
 
 
 def test_every_range_names_an_option_and_every_preset_is_in_range():

@@ -42,7 +42,7 @@ class AudioEncoderConfig:
     feature_noise: float = 0.15  # std of Gaussian noise added to the normalised features while training
     voice_dropout: float = 0.5  # share of training samples whose voice (mel) columns are zeroed: phones alone
     freq_mask: int = 12  # SpecAugment: up to this many adjacent feature bins zeroed per sample while training
-    time_shift: int = 2  # sub-frame augmentation: audio shifted by up to this many feature rows (10 ms each)
+    time_shift: int = 4  # augmentation: audio shifted by up to this many feature rows (10 ms each), targets follow
     silence_fraction: float = 0.05  # share of each batch replaced by all-zero audio with the closed-mouth target
     opening_weight: float = 1.0  # extra loss weight of the inner-lip opening (relative to all targets together)
     holdout_fraction: float = 0.12  # share of the training frames held out for early stopping, per member
@@ -58,9 +58,12 @@ class AudioEncoderConfig:
     # (5 min) cost ~8 ms a frame on a 2-core CPU and 39 MB.
     memory_max: int = 7500
     max_gain: float = 2.0  # at most this amplification of the predicted motion (see AudioEncoder.gain)
-    # Amplify only a prediction this well correlated on the held-out slices (by `max_gain` or `max_clip_gain`):
-    # below it the prediction is mostly noise, and amplifying it makes the lips chatter.
-    gain_min_corr: float = 0.5
+    # How much of the motion gains (`max_gain`, `max_clip_gain`) a prediction gets from its held-out lip-opening
+    # correlation: none below `gain_min_corr` (mostly noise, amplifying it makes the lips chatter), all from
+    # `gain_full_corr`, in proportion between (a single threshold made two trainings of one video that landed
+    # either side of it opposite avatars: one lazy on every other voice, one lively; docs/audio.md).
+    gain_min_corr: float = 0.4
+    gain_full_corr: float = 0.7
     # A voice the encoder never heard moves the mouth less than the person's own (it hedges); each clip's
     # motion is amplified by up to this factor to the spread the person's own voice gives (1: off).
     max_clip_gain: float = 1.3
@@ -258,6 +261,9 @@ class AudioEncoder(nn.Module):
         # closed mouth, not the mean: a closed mouth must stay closed, not be pushed through itself), then
         # clamped to the range the person's face showed in the training frames.
         self.register_buffer("gain", torch.tensor(1.0))
+        # Share of the motion gains the held-out correlation earned (`audio_fit.gain_share`): it also scales the
+        # per-clip gain's ceiling (`levels_of`).
+        self.register_buffer("gain_share", torch.tensor(1.0))
         self.register_buffer("closed", torch.zeros(expression_dim))
         self.register_buffer("target_min", torch.full((expression_dim,), -float("inf")))
         self.register_buffer("target_max", torch.full((expression_dim,), float("inf")))
@@ -281,6 +287,7 @@ class AudioEncoder(nn.Module):
             state_dict.setdefault(prefix + name, torch.tensor(-1))
         state_dict.setdefault(prefix + "opening", torch.zeros_like(self.opening))
         state_dict.setdefault(prefix + "speech_spread", torch.tensor(0.0))
+        state_dict.setdefault(prefix + "gain_share", torch.tensor(1.0))  # before the share: all or nothing
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _blend(self, audio: Tensor, frames: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -339,12 +346,12 @@ class AudioEncoder(nn.Module):
         """The `ClipLevels` of the frames whose `frame_measures` are `measures` [N, 3]: the noise floor, then
         the motion gain: the person's own speaking spread over the clip's, within 1 .. max_clip_gain (a voice
         the encoder never heard gives hedged, lazy predictions; a clip that already moves as much is left as
-        it is, and a clip with too little speech gets 1)."""
+        it is, and a clip with too little speech gets 1); the ceiling is scaled by `gain_share`."""
         floor = self.noise_floor(measures)
         spread = self.speaking_spread(measures, floor)
-        gain = 1.0
-        if float(self.speech_spread) > 0 and self.cfg.max_clip_gain > 1 and np.isfinite(spread) and spread > 0:
-            gain = float(np.clip(float(self.speech_spread) / spread, 1.0, self.cfg.max_clip_gain))
+        gain, ceiling = 1.0, 1.0 + float(self.gain_share) * (self.cfg.max_clip_gain - 1.0)
+        if float(self.speech_spread) > 0 and ceiling > 1 and np.isfinite(spread) and spread > 0:
+            gain = float(np.clip(float(self.speech_spread) / spread, 1.0, ceiling))
         return ClipLevels(gain, floor)
 
     def levels(self, chunks: Iterable[Tensor | np.ndarray], frames: Iterable[Tensor | None] = ()) -> ClipLevels:

@@ -216,9 +216,9 @@ def choose_memory_blend(
     For each member, its held-out slice is predicted by that member (which never saw it) and by a memory of
     the frames the member was fitted on, so both are judged on audio they did not hold. Returns
     "memory_k", "memory_weight", the mean held-out correlations of the chosen blend and of the network, and
-    "gain": how much the blend's lip opening must be amplified to move as much as the tracked one there, and
-    "reliable": whether the blend's correlation there reaches `cfg.gain_min_corr` (if not, neither this gain
-    nor the per-clip gain amplifies anything).
+    "gain": how much the blend's lip opening is amplified: towards moving as much as the tracked one there by
+    "gain_share" (0 to 1, `gain_share`) of the way, and "reliable": whether that share is above 0 (if not,
+    neither this gain nor the per-clip gain amplifies anything).
     """
     n = windows.shape[0]
     scores: dict[tuple[int, float], list[tuple[float, float, float]]] = {}  # (k, share) -> (corr, spreads)
@@ -239,16 +239,24 @@ def choose_memory_blend(
     mean = {key: float(np.nanmean([c for c, _, _ in v])) for key, v in scores.items()}
     k, w = max(mean, key=lambda key: (mean[key], -key[1]))
     predicted_std, truth_std = (float(np.mean([row[i] for row in scores[(k, w)]])) for i in (1, 2))
-    reliable = mean[(k, w)] >= cfg.gain_min_corr
-    gain = float(np.clip(truth_std / max(predicted_std, 1e-9), 1.0, cfg.max_gain)) if reliable else 1.0
+    share = gain_share(mean[(k, w)], cfg)
+    full = float(np.clip(truth_std / max(predicted_std, 1e-9), 1.0, cfg.max_gain))
     return {
         "memory_k": int(k),
         "memory_weight": float(w),
         "memory_held_out_corr": mean[(k, w)],
         "network_held_out_corr": mean[(cfg.memory_k[0], 0.0)],
-        "gain": gain,
-        "reliable": bool(reliable),
+        "gain": 1.0 + share * (full - 1.0),
+        "gain_share": share,
+        "reliable": share > 0,
     }
+
+
+def gain_share(held_out_corr: float, cfg: AudioEncoderConfig) -> float:
+    """0..1: how much of the motion gains a prediction this well correlated on the held-out slices gets (none
+    below `cfg.gain_min_corr`, all from `cfg.gain_full_corr`, linear between)."""
+    share = (held_out_corr - cfg.gain_min_corr) / (cfg.gain_full_corr - cfg.gain_min_corr)
+    return float(np.clip(share, 0.0, 1.0)) if np.isfinite(share) else 0.0
 
 
 def fit_audio_encoder(
@@ -322,7 +330,11 @@ def fit_audio_encoder(
     kept_t = torch.as_tensor(kept)
     encoder.memory.fill(plain[kept_t], targets[kept_t], kept_t, rest, blend["memory_k"], span, audio_rows.voice_columns)
     encoder.memory.weight = torch.tensor(blend["memory_weight"])
-    encoder.gain, encoder.closed = torch.tensor(blend["gain"]), rest.clone()
+    encoder.gain, encoder.gain_share, encoder.closed = (
+        torch.tensor(blend["gain"]),
+        torch.tensor(blend["gain_share"]),
+        rest.clone(),
+    )
     encoder.silence_column = torch.tensor(audio_rows.silence_column)
     encoder.energy_column = torch.tensor(audio_rows.energy_column)
     train_t = torch.as_tensor(train)
@@ -339,7 +351,7 @@ def fit_audio_encoder(
             f"(held-out lip-opening correlation {blend['memory_held_out_corr']:.3f}, network alone "
             f"{blend['network_held_out_corr']:.3f}); motion gain {blend['gain']:.2f}"
             + (
-                ""
+                f" ({blend['gain_share']:.0%} of the way to the tracked motion)"
                 if blend["reliable"]
                 else " (too unreliable to amplify: no per-clip gain either). Warning: with "
                 f"{len(train) / dataset.fps:.0f} s "

@@ -102,6 +102,7 @@ class TrainConfig:
         "audio.memory_max": (1, None),
         "audio.max_gain": (1, None),
         "audio.gain_min_corr": (-1, 1),
+        "audio.gain_full_corr": (-1, 1),
         "audio.voices.copies": (0, None),
         "audio.voices.clean_share": (0, 1),
         "audio.voices.pitch_semitones": (0, 12),
@@ -195,6 +196,11 @@ class TrainConfig:
             raise UserError(
                 f"--audio.embed-dim {self.audio.embed_dim} --audio.heads {self.audio.heads}: the attention "
                 "heads split the embedding, so --audio.heads must divide --audio.embed-dim."
+            )
+        if self.audio.gain_full_corr <= self.audio.gain_min_corr:
+            raise UserError(
+                f"--audio.gain-full-corr {self.audio.gain_full_corr}: must be above --audio.gain-min-corr "
+                f"({self.audio.gain_min_corr}): between the two the motion gains grow from none to all."
             )
         if self.triplane.max_resolution < self.triplane.base_resolution:
             raise UserError(

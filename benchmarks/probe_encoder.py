@@ -1,0 +1,90 @@
+"""The audio encoder alone, on other voices: a minute per fit instead of a training and a rendered evaluation.
+
+Fits only the audio -> expression encoder (avatar.train.audio_fit, the `tiny` preset's 600 steps) on DATASET,
+with any of its options changed, for each seed; then drives it with each OTHER dataset's audio and correlates
+the predicted inner-lip opening with that person's tracked opening, in time with their sound (lag 0, their
+A/V offset taken out as `avatar eval --drive` does). Before rendering: what the encoder decides, not what the
+landmark detector sees (a mouth that moves too little loses more in the render; `avatar eval --drive` gives that).
+Printed per seed and as means: the held-out correlation (where the motion gain is chosen), the validation
+correlation (the own-voice frames never trained on), the gain, and each driver's correlation.
+
+    .venv/bin/python -m avatar.benchmarks.probe_encoder DATASET --drivers OTHER [OTHER ...] [--seeds 0 1]
+        [--set time_shift=4 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from avatar.audio.io import load_audio
+from avatar.contracts.dataset import Dataset
+from avatar.eval.cross_drive import driver_in_sync
+from avatar.model.audio_encoder import AudioEncoder, AudioEncoderConfig
+from avatar.model.driving import DrivingData, audio_windows
+from avatar.tables import format_table
+from avatar.train.audio_fit import fit_audio_encoder
+from avatar.train.expression import ExpressionSpace
+
+AUDIO_STEPS = 600  # the `tiny` preset's steps per member
+
+
+def configured(changes: list[str]) -> AudioEncoderConfig:
+    """The default encoder config with `name=value` changes (values read as JSON: 4, 0.8, [3, 5])."""
+    cfg = AudioEncoderConfig()
+    for change in changes:
+        name, _, value = change.partition("=")
+        if not hasattr(cfg, name):
+            raise SystemExit(f"--set {change}: the audio encoder has no option {name!r}")
+        parsed = json.loads(value)
+        cfg = replace(cfg, **{name: tuple(parsed) if isinstance(parsed, list) else parsed})
+    return cfg
+
+
+def predicted_openings(encoder: AudioEncoder, driving: DrivingData, driver: Dataset) -> np.ndarray:
+    """The encoder's lip opening (around the closed mouth, gains and pause gate applied) for `driver`'s audio."""
+    chunks = list(audio_windows(driver.layout.audio, driving, encoder.context, driver.fps))
+    levels = encoder.levels(chunks)
+    with torch.no_grad():
+        expression = torch.cat([encoder(torch.as_tensor(c), clip=levels)[1] for c in chunks])
+    return ((expression - encoder.closed) @ encoder.opening).numpy()
+
+
+def probe(dataset: Dataset, drivers: list[Dataset], cfg: AudioEncoderConfig, seed: int) -> dict:
+    space = ExpressionSpace.fit(dataset)
+    encoder, metrics = fit_audio_encoder(dataset, space, cfg, AUDIO_STEPS, seed)
+    driving = DrivingData.from_dataset(dataset)
+    row = {
+        "seed": seed,
+        "held-out": metrics["memory_held_out_corr"],
+        "val": metrics["val_lip_corr"],
+        "gain": metrics["gain"],
+    }
+    for driver in drivers:
+        truth = driver_in_sync(driver, load_audio(driver.layout.audio))[0]
+        predicted = predicted_openings(encoder, driving, driver)
+        n = min(len(truth), len(predicted))
+        row[f"<- {driver.root.name}"] = float(np.corrcoef(predicted[:n], truth[:n])[0, 1])
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("dataset", help="the dataset the encoder learns from")
+    parser.add_argument("--drivers", nargs="+", required=True, help="other datasets whose voices drive it")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE", help="encoder options to change")
+    args = parser.parse_args()
+    cfg = configured(args.set)
+    dataset, drivers = Dataset(args.dataset), [Dataset(d) for d in args.drivers]
+    rows = [probe(dataset, drivers, cfg, seed) for seed in args.seeds]
+    mean = {key: "mean" if key == "seed" else float(np.mean([r[key] for r in rows])) for key in rows[0]}
+    print(format_table(rows + [mean], title=f"{dataset.root.name}: audio encoder {' '.join(args.set) or 'defaults'}"))
+
+
+if __name__ == "__main__":
+    main()
