@@ -342,10 +342,12 @@ def test_training_records_the_persons_speaking_spread_and_older_avatars_load_wit
     assert float(encoder.speech_spread) > 0
     windows = torch.from_numpy(dataset.audio_windows(context=SMALL.context)[dataset.indices("train")])
     assert encoder.levels([windows]).gain == pytest.approx(1.0, abs=0.1)  # its own voice is not amplified
-    state = {k: v for k, v in encoder.state_dict().items() if k not in ("opening", "speech_spread")}
+    state = {k: v for k, v in encoder.state_dict().items() if k not in ("opening", "speech_spread", "gain_share")}
     old = AudioEncoder(SMALL, encoder.members[0].window_encoder.convs[0].in_channels, 16, space.dim)
+    old.gain_share = torch.tensor(0.0)
     old.load_state_dict(state)
     assert float(old.speech_spread) == 0 and old.levels([windows]).gain == 1.0
+    assert float(old.gain_share) == 1.0  # made before the share: its gains were all or nothing, kept as they were
 
 
 def test_the_motion_gains_grow_with_the_held_out_correlation():
