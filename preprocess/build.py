@@ -43,7 +43,7 @@ from avatar.contracts.video import frames_at_times, probe_video, resampled_frame
 from avatar.errors import UserError
 from avatar.metrics.lip_sync import lagged_pearson
 from avatar.preprocess.audio import clip_audio, require_audio, time_origin
-from avatar.preprocess.av_offset import estimate_offset, shift_audio
+from avatar.preprocess.av_offset import estimate_offset, heard_frames, shift_audio
 from avatar.preprocess.background import BackgroundAccumulator
 from avatar.preprocess.body_motion import BodyMotionConfig, track_body
 from avatar.preprocess.config import PreprocessConfig
@@ -413,7 +413,7 @@ class Builder:
             lambda: self.step_preview(n, intrinsics, offset_caption(sync["av_offset"])),
             (layout.preview.name, layout.contact_sheet.name),
         )
-        split = Split.of(n, cfg.val_fraction)
+        split = Split.of(n, cfg.val_fraction, heard_frames(sync["av_offset"], n, cfg.fps))
         body = run(
             "body",
             {"split": split.train, **dataclasses.asdict(BodyMotionConfig())},

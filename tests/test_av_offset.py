@@ -8,8 +8,16 @@ import pytest
 
 from avatar.audio.io import SAMPLE_RATE, load_audio
 from avatar.audio.phonetic import VISEME_NAMES, PhoneticFeatures
+from avatar.contracts.dataset import Split
 from avatar.contracts.face_mesh import mouth_opening
-from avatar.preprocess.av_offset import AvOffset, estimate_offset, remaining_offset_ms, rows_to_frames, shift_audio
+from avatar.preprocess.av_offset import (
+    AvOffset,
+    estimate_offset,
+    heard_frames,
+    remaining_offset_ms,
+    rows_to_frames,
+    shift_audio,
+)
 from tests.conftest import SHARED_DATA
 from tests.track_fixtures import real_detections
 
@@ -84,6 +92,25 @@ def test_the_pieces_on_made_up_signals():
     assert shift_audio(wave, -1.0, 16000).tolist() == [0] * 10  # 16 samples: more than the wave holds
 
 
+def test_frames_left_silent_by_the_shift_are_neither_trained_nor_validated():
+    """Removing a 236 ms offset (the Obama clip's) leaves the last 5.9 frames of 500 in silence: 6 frames whose
+    centre is there are out of the split, which takes its validation tenth from the 494 heard; a negative
+    offset leaves the first frames out; a kept or missing offset, none."""
+
+    def record(ms, applied=True):
+        return {"ms": ms, "applied": applied}
+
+    assert heard_frames(record(235.6), 500, 25.0) == (0, 494)
+    assert heard_frames(record(-235.6), 500, 25.0) == (6, 500)
+    assert heard_frames(record(19.0), 500, 25.0) == (0, 500)  # 0.48 frame: the last frame's centre is heard
+    assert heard_frames(record(21.0), 500, 25.0) == (0, 499)
+    assert heard_frames(record(235.6, applied=False), 500, 25.0) == (0, 500) == heard_frames(None, 500, 25.0)
+    assert heard_frames(record(1e6), 500, 25.0) == (0, 0)
+    assert Split.of(500, 0.1, (0, 494)) == Split(train=(0, 445), val=(445, 494))
+    assert Split.of(500, 0.1, (6, 500)) == Split(train=(6, 451), val=(451, 500))
+    assert Split.of(500, 0.1) == Split(train=(0, 450), val=(450, 500))
+
+
 @pytest.mark.parametrize("late_frames", [-14, 14, 15])
 def test_a_peak_at_the_edge_of_the_scan_is_measured(late_frames):
     """The far lags, against which the peak's height is measured, are those inside the scan (a peak near its
@@ -115,6 +142,8 @@ def test_preprocess_removes_a_late_sound_and_keeps_it_when_told(shared_data, cli
     run(PreprocessConfig(video=clip, out=out, audio=late, **small))
     offset = Dataset(out).manifest.av_offset
     assert offset["applied"] and abs(offset["ms"] - late_ms - 44) <= 1000 / FPS, offset  # the clip's own: +44 ms
+    split, n = Dataset(out).manifest.split, Dataset(out).num_frames
+    assert split.train[0] == 0 and abs(n - split.val[1] - offset["ms"] / 1000 * FPS) <= 0.5  # the silent end left out
     source = load_audio(out / ".steps" / "source_audio.wav")
     moved = int(round(offset["ms"] / 1000 * SAMPLE_RATE))
     synced = load_audio(out / "audio.wav")  # as long as the source (the shift pads), cut to the frames' span
@@ -124,4 +153,5 @@ def test_preprocess_removes_a_late_sound_and_keeps_it_when_told(shared_data, cli
     run(PreprocessConfig(video=clip, out=out, audio=late, av_offset=0.0, **small))  # redoes the sync step on
     kept = Dataset(out).manifest.av_offset
     assert kept == {**offset, "applied": False}  # the estimate is still recorded
+    assert Dataset(out).manifest.split.val[1] == n  # the sound as it was covers every frame
     np.testing.assert_allclose(load_audio(out / "audio.wav"), source[: len(synced)], atol=1e-4)

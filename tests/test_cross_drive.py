@@ -114,6 +114,32 @@ def test_eval_driven_by_another_persons_dataset(avatar_and_driver, tiny_dataset,
     assert methods["own_voice"]["frames"] == len(tiny_dataset.indices("val"))  # on its own held-out voice
 
 
+def test_a_drivers_frames_left_silent_by_its_offset_are_not_scored(avatar_and_driver, tmp_path):
+    """A driver whose preprocessing removed an offset holds silence where its sound was cut away: those frames
+    (3 at the end for +120 ms, the first 3 for -120 ms) are in no row, and the real driver's row scores its
+    tracked mouth on the others."""
+    import json
+    import shutil
+
+    from avatar.eval.cross_drive import cross_driven
+
+    run_dir, german = avatar_and_driver
+    head = TalkingHead.load(run_dir)
+    openings = Dataset(german).mouth_openings()
+    n = len(openings)
+    for ms, heard in ((120.0, slice(0, n - 3)), (-120.0, slice(3, n))):
+        moved = tmp_path / f"german_{ms:+.0f}"
+        shutil.copytree(german, moved)
+        manifest = json.loads((moved / "manifest.json").read_text())
+        manifest["av_offset"] = {**manifest["av_offset"], "ms": ms, "applied": True}
+        (moved / "manifest.json").write_text(json.dumps(manifest))
+        methods = cross_driven(head, run_dir, moved, None, None, 16, None, baselines=False)["methods"]
+        assert methods["avatar"]["frames"] == n - 3
+        real = methods["driver_real"]
+        assert real["corr_lag0"] == pytest.approx(1.0)
+        assert real["motion_ratio"] == pytest.approx(motion_ratio(openings[heard], head.driving.openings))
+
+
 def test_eval_driven_by_audio_alone(avatar_and_driver, shared_data, tmp_path):
     from avatar.audio.io import SAMPLE_RATE, load_audio
     from avatar.eval.config import EvalConfig

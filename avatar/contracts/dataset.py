@@ -96,15 +96,17 @@ class Crop:
 
 @dataclass
 class Split:
-    """Frame index ranges [start, end): training first, validation the last `val_fraction` of the clip."""
+    """Frame index ranges [start, end): training first, validation the last `val_fraction` of the frames
+    with sound (frames a removed A/V offset left silent are in neither: preprocess/av_offset.heard_frames)."""
 
     train: tuple[int, int]
     val: tuple[int, int]
 
     @staticmethod
-    def of(num_frames: int, val_fraction: float) -> Split:
-        n_val = max(1, int(round(num_frames * val_fraction)))
-        return Split(train=(0, num_frames - n_val), val=(num_frames - n_val, num_frames))
+    def of(num_frames: int, val_fraction: float, heard: tuple[int, int] | None = None) -> Split:
+        first, end = heard or (0, num_frames)
+        n_val = max(1, int(round((end - first) * val_fraction)))
+        return Split(train=(first, end - n_val), val=(end - n_val, end))
 
 
 @dataclass

@@ -8,7 +8,7 @@ compared with:
 - `--drive`: the other person's tracked opening on their own video: correlation at lag 0 and the best
   within +-5 frames (and that lag), and the share of silent frames with a closed mouth. Their video's own
   A/V offset is taken out first (`driver_in_sync`): lag 0 means in time with the sound, not with lips that
-  were off it;
+  were off it; frames that taking it out left silent (`heard_frames`) are not scored;
 - `--drive-audio`: the audio itself: the share of pauses (200 ms or more) with a closed mouth, of vowel
   frames with an open one, and the correlation of the opening with the loudness envelope.
 Both report the motion ratio: the rendered opening's spread over the avatar's OWN person's real spread
@@ -38,7 +38,7 @@ from avatar.eval.frames import frame_conditions, quantize
 from avatar.eval.landmarks import LANDMARK_SCALE, FaceLandmarker
 from avatar.metrics.lip_sync import lagged_pearson, motion_ratio, pearson
 from avatar.model.driving import audio_windows, blink_schedule
-from avatar.preprocess.av_offset import estimate_offset, remaining_offset_ms
+from avatar.preprocess.av_offset import estimate_offset, heard_frames, remaining_offset_ms
 from avatar.render.video import driven_batches
 from avatar.tables import format_table
 
@@ -106,6 +106,11 @@ class Rendered:
     openings: np.ndarray  # [N] detected opening per frame (nan where no face was found)
     detected: float  # share of frames with a face found
     crops: list[np.ndarray] = field(default_factory=list)  # [S, S, 3] mouth crops of the first frames
+
+    def since(self, first: int) -> Rendered:
+        """The frames from `first` on (the crops as they were)."""
+        kept = self.openings[first:]
+        return Rendered(kept, float(np.mean(np.isfinite(kept))) if len(kept) else 0.0, self.crops)
 
 
 def mouth_crop(image: np.ndarray, points: np.ndarray, size: int = 64) -> np.ndarray:
@@ -261,21 +266,24 @@ def cross_driven(
         audio, fps = other.layout.audio, other.fps
         wave = load_audio(audio)
         truth, offset_ms = driver_in_sync(other, wave)
+        first, end = heard_frames(other.manifest.av_offset, len(truth), fps)
+        truth = truth[:end]
         source = {"drive": str(other.root), "driver_video": other.manifest.source["path"]}
         source["driver_offset_ms"] = round(offset_ms, 1)
     else:
-        audio, fps = Path(drive_audio), head.fps
+        audio, fps, first = Path(drive_audio), head.fps, 0
         source = {"drive_audio": str(audio)}
         wave = load_audio(audio)
     count = num_frames_for(len(wave), SAMPLE_RATE, fps)
     count = min(count, max_frames or count, len(truth) if truth is not None else count)
-    if count < 3:
+    if count - first < 3:
         raise UserError(
             f"{audio}: {len(wave) / SAMPLE_RATE:.2f} s of audio drives {count} frames; at least 3 are "
             "needed to score the mouth's motion. Give longer audio."
         )
     if truth is not None:
         truth = truth[:count]
+    heard_truth = None if truth is None else truth[first:]
     methods = {}
     with FaceLandmarker() as landmarker:
         for name, deform in (("avatar", True), ("static_head", False))[: 2 if baselines else 1]:
@@ -283,14 +291,14 @@ def cross_driven(
             if deform and strip is not None and rendered.crops:
                 write_strip(rendered.crops, strip)
             n = len(rendered.openings)
-            loud = frame_loudness(wave, fps, n)
+            loud = frame_loudness(wave, fps, n)[first:]
             vowels = vowel_frames(wave, fps, n) if truth is None else None
-            methods[name] = score(rendered, own_open, truth, loud, vowels, fps)
-            methods[name]["frames"] = n
+            methods[name] = score(rendered.since(first), own_open, heard_truth, loud, vowels, fps)
+            methods[name]["frames"] = n - first
         if truth is not None:
-            methods["driver_real"] = score(
-                Rendered(truth, 1.0), own_open, truth, frame_loudness(wave, fps, len(truth)), None, fps
-            )
+            real = Rendered(truth, 1.0).since(first)
+            loud = frame_loudness(wave, fps, len(truth))[first:]
+            methods["driver_real"] = score(real, own_open, real.openings, loud, None, fps)
         if own_voice_row and own is not None:
             if own.manifest.features.extractor == head.driving.features.extractor:
                 methods["own_voice"] = own_voice(head, own, landmarker, batch)
