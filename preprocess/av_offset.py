@@ -111,19 +111,6 @@ def _detrended(signal: np.ndarray, fps: float) -> np.ndarray:
     return signal - uniform_filter1d(signal, max(1, int(round(TREND_S * fps))), mode="nearest")
 
 
-def heard_frames(record: dict | None, num_frames: int, fps: float) -> tuple[int, int]:
-    """[first, end): the frames whose sound the dataset holds. Removing an offset (`shift_audio`) leaves the
-    clip's last `ms` (a negative offset: its first) in digital silence; a frame is heard when its centre is
-    not there. The others are neither trained nor scored on: a mouth matched to silence it did not make
-    teaches and measures nothing (its lips still move for sound that was cut away)."""
-    if record is None or not record["applied"] or record["ms"] == 0:
-        return 0, num_frames
-    silent = abs(float(record["ms"])) / 1000.0 * fps  # frames of silence the shift added
-    if record["ms"] > 0:
-        return 0, int(np.clip(np.ceil(num_frames - silent - 0.5), 0, num_frames))
-    return int(np.clip(np.ceil(silent - 0.5), 0, num_frames)), num_frames
-
-
 def shift_audio(wave: np.ndarray, offset_ms: float, sample_rate: int) -> np.ndarray:
     """`wave` moved so that it is in sync: a positive offset (late sound) drops its first `offset_ms` and
     pads the end with silence; a negative one delays it by silence at the start. The length is kept."""

@@ -35,6 +35,7 @@ from avatar.contracts.dataset import (
     FeatureInfo,
     Manifest,
     Split,
+    heard_frames,
     read_mask_bits,
     read_rgb,
 )
@@ -43,7 +44,7 @@ from avatar.contracts.video import frames_at_times, probe_video, resampled_frame
 from avatar.errors import UserError
 from avatar.metrics.lip_sync import lagged_pearson
 from avatar.preprocess.audio import clip_audio, require_audio, time_origin
-from avatar.preprocess.av_offset import estimate_offset, heard_frames, shift_audio
+from avatar.preprocess.av_offset import estimate_offset, shift_audio
 from avatar.preprocess.background import BackgroundAccumulator
 from avatar.preprocess.body_motion import BodyMotionConfig, track_body
 from avatar.preprocess.config import PreprocessConfig

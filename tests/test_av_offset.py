@@ -3,17 +3,18 @@ within one frame of that shift (on top of the clip's own offset), from the lips 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from avatar.audio.io import SAMPLE_RATE, load_audio
 from avatar.audio.phonetic import VISEME_NAMES, PhoneticFeatures
-from avatar.contracts.dataset import Split
+from avatar.contracts.dataset import Split, heard_frames
 from avatar.contracts.face_mesh import mouth_opening
 from avatar.preprocess.av_offset import (
     AvOffset,
     estimate_offset,
-    heard_frames,
     remaining_offset_ms,
     rows_to_frames,
     shift_audio,
@@ -144,6 +145,12 @@ def test_preprocess_removes_a_late_sound_and_keeps_it_when_told(shared_data, cli
     assert offset["applied"] and abs(offset["ms"] - late_ms - 44) <= 1000 / FPS, offset  # the clip's own: +44 ms
     split, n = Dataset(out).manifest.split, Dataset(out).num_frames
     assert split.train[0] == 0 and abs(n - split.val[1] - offset["ms"] / 1000 * FPS) <= 0.5  # the silent end left out
+    assert Dataset(out).indices("val")[-1] == split.val[1] - 1 and Dataset(out).heard() == (0, split.val[1])
+    # a dataset built before (its ranges cover every frame): its silent frames are still left out
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["split"] = {"train": [0, n - 8], "val": [n - 8, n]}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert Dataset(out).indices("val").tolist() == list(range(n - 8, split.val[1]))
     source = load_audio(out / ".steps" / "source_audio.wav")
     moved = int(round(offset["ms"] / 1000 * SAMPLE_RATE))
     synced = load_audio(out / "audio.wav")  # as long as the source (the shift pads), cut to the frames' span

@@ -94,10 +94,24 @@ class Crop:
         return np.asarray(uv) * (self.size / self.resolution) + [self.x0, self.y0]
 
 
+def heard_frames(record: dict | None, num_frames: int, fps: float) -> tuple[int, int]:
+    """[first, end): the frames whose sound the dataset holds, from its manifest's `av_offset` record. Removing
+    an offset (preprocess/av_offset.py `shift_audio`) leaves the clip's last `ms` (a negative offset: its
+    first) in digital silence; a frame is heard when its centre is not there. The others are neither trained
+    nor scored on: a mouth matched to silence it did not make teaches and measures nothing (its lips still
+    move for sound that was cut away)."""
+    if record is None or not record["applied"] or record["ms"] == 0:
+        return 0, num_frames
+    silent = abs(float(record["ms"])) / 1000.0 * fps  # frames of silence the shift added
+    if record["ms"] > 0:
+        return 0, int(np.clip(np.ceil(num_frames - silent - 0.5), 0, num_frames))
+    return int(np.clip(np.ceil(silent - 0.5), 0, num_frames)), num_frames
+
+
 @dataclass
 class Split:
     """Frame index ranges [start, end): training first, validation the last `val_fraction` of the frames
-    with sound (frames a removed A/V offset left silent are in neither: preprocess/av_offset.heard_frames)."""
+    with sound (frames a removed A/V offset left silent are in neither: `heard_frames`)."""
 
     train: tuple[int, int]
     val: tuple[int, int]
@@ -494,9 +508,16 @@ class Dataset:
     def intrinsics(self) -> Intrinsics:
         return self.manifest.intrinsics
 
+    def heard(self) -> tuple[int, int]:
+        """[first, end): the frames with sound (`heard_frames`)."""
+        return heard_frames(self.manifest.av_offset, self.num_frames, self.fps)
+
     def indices(self, split: str) -> np.ndarray:
+        """The split's frames that have sound: a dataset built before the split left out the frames a removed
+        offset silenced still lists them in its ranges."""
         start, end = getattr(self.manifest.split, split)
-        return np.arange(start, end)
+        first, last = self.heard()
+        return np.arange(max(start, first), min(end, last))
 
     # ----- per-frame images
     def frame(self, i: int) -> np.ndarray:

@@ -38,7 +38,7 @@ from avatar.eval.frames import frame_conditions, quantize
 from avatar.eval.landmarks import LANDMARK_SCALE, FaceLandmarker
 from avatar.metrics.lip_sync import lagged_pearson, motion_ratio, pearson
 from avatar.model.driving import audio_windows, blink_schedule
-from avatar.preprocess.av_offset import estimate_offset, heard_frames, remaining_offset_ms
+from avatar.preprocess.av_offset import estimate_offset, remaining_offset_ms
 from avatar.render.video import driven_batches
 from avatar.tables import format_table
 
@@ -266,7 +266,7 @@ def cross_driven(
         audio, fps = other.layout.audio, other.fps
         wave = load_audio(audio)
         truth, offset_ms = driver_in_sync(other, wave)
-        first, end = heard_frames(other.manifest.av_offset, len(truth), fps)
+        first, end = other.heard()
         truth = truth[:end]
         source = {"drive": str(other.root), "driver_video": other.manifest.source["path"]}
         source["driver_offset_ms"] = round(offset_ms, 1)
