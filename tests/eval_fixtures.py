@@ -64,6 +64,14 @@ def write_eval_dataset(root: Path, video: Path) -> Dataset:
     np.save(root / "tracking" / "blendshapes.npy", np.zeros((NUM_FRAMES, 2), np.float32))
     np.save(root / "tracking" / "landmarks_mp3d.npy", np.stack(landmarks).astype(np.float32))
     np.save(root / "tracking" / "landmarks.npy", np.stack(landmarks)[..., :2].astype(np.float32))
+    # an expression model of the detected 3D landmarks: their mean face and 4 principal motions
+    points = np.stack(landmarks).astype(np.float64)
+    canonical = points.mean(0)
+    _, _, vt = np.linalg.svd((points - canonical).reshape(NUM_FRAMES, -1), full_matrices=False)
+    basis = vt[:4].reshape(4, *canonical.shape)
+    np.save(root / "tracking" / "canonical_face.npy", canonical)
+    np.save(root / "tracking" / "expression_basis.npy", basis)
+    np.save(root / "tracking" / "expression_pca.npy", ((points - canonical).reshape(NUM_FRAMES, -1) @ vt[:4].T))
     still_body(NUM_FRAMES).save(root / "body_motion.npz")
     n_val = NUM_FRAMES // 10
     manifest = Manifest(

@@ -1,9 +1,13 @@
-"""The two baselines the avatar must beat, as frame sources scored by the same code as the avatar.
+"""The two baselines the avatar must beat, and the row it is measured towards, as frame sources scored by
+the same code as the avatar.
 
 - Static head: the trained avatar without its audio-driven deformation (the canonical head in the tracked
   pose). What the lips would do if the audio were ignored.
 - Nearest audio: for each evaluated frame, the training frame whose audio-feature window is closest,
   shown as it is. A lookup "lip-sync" that needs no model: the avatar has to generalise better than it.
+- Tracked expression (not a baseline): the avatar showing the frame's TRACKED expression instead of the one
+  its audio encoder predicts. What its picture model draws when the lips are right, so the avatar's gap to
+  it is the audio prediction's, and the static head's gap to it the picture's.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import torch
 
 from avatar.contracts.dataset import Dataset
 from avatar.eval.frames import render_frames, resize_rgb
+from avatar.train.expression import ExpressionSpace
 
 
 def nearest_windows(train: np.ndarray, query: np.ndarray, chunk: int = 256) -> np.ndarray:
@@ -52,3 +57,16 @@ def static_head_frames(head, cond, size: int) -> np.ndarray:
     """The avatar's canonical head, posed and blinking like the frame but with no audio-driven deformation:
     [B, size, size, 3] uint8."""
     return render_frames(head, cond, size, deform=False)
+
+
+class TrackedExpression:
+    """Frame source: the avatar rendered with evaluated frame i's tracked expression (targets of the expression
+    space its audio encoder was fitted to, refitted from the dataset's training frames as training does)."""
+
+    def __init__(self, head, dataset: Dataset, size: int):
+        self.head, self.size = head, size
+        self.targets = torch.from_numpy(ExpressionSpace.fit(dataset).targets)
+
+    def __call__(self, indices: np.ndarray, cond) -> np.ndarray:
+        expression = self.targets[np.asarray(indices)].to(cond.audio.device)
+        return render_frames(self.head, cond, self.size, expression=expression)

@@ -1,8 +1,9 @@
 """`avatar eval RUN`: the avatar and two baselines on the validation frames, scored by the same code.
 
-The validation frames (the last 10 % of the clip) are driven by their own audio, tracked head pose and
-tracked blinks, and compared with the ground-truth frames. Writes RUN/eval/metrics.json and
-RUN/eval/side_by_side.mp4 (ground truth | avatar, with the clip's audio).
+The validation frames (the last 10 % of the clip's frames with sound) are driven by their own audio, tracked
+head pose and tracked blinks, and compared with the ground-truth frames; beside the baselines, the avatar with
+the tracked expression (`eval.baselines`) shows how much of its gap is the audio prediction's. Writes
+RUN/eval/metrics.json and RUN/eval/side_by_side.mp4 (ground truth | avatar, with the clip's audio).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from avatar.contracts.dataset import Dataset, DatasetLayout, bit_mask
 from avatar.contracts.face_mesh import lip_contour_ids
 from avatar.device import resolve_device
 from avatar.errors import UserError
-from avatar.eval.baselines import NearestAudioBaseline, static_head_frames
+from avatar.eval.baselines import NearestAudioBaseline, TrackedExpression, static_head_frames
 from avatar.eval.config import EvalConfig
 from avatar.eval.cross_drive import cross_driven, format_drive_table
 from avatar.eval.frames import frame_conditions, render_frames, resize_mask, resize_rgb, to_chw
@@ -48,6 +49,9 @@ LIP_SYNC_METRICS = ("lmd", "mouth_corr")  # the avatar must beat both baselines 
 # the ground truth itself at the evaluation resolution, scored like a method: the best score reachable at this
 # resolution (its LMD is the landmark detector's noise floor once images are this small). Not a baseline.
 REFERENCE = "ground_truth"
+# the avatar with the tracked expression (eval.baselines.TrackedExpression): what it is measured towards, not a
+# baseline to beat
+TRACKED = "tracked_expression"
 
 # (frame indices [B], conditions, ground truth [B, S, S, 3] uint8) -> [B, S, S, 3] uint8
 FrameSource = Callable[[np.ndarray, object, np.ndarray], np.ndarray]
@@ -74,7 +78,7 @@ def _margins(methods: dict[str, dict]) -> dict[str, dict[str, float | None]]:
     avatar = methods["avatar"]
     out = {}
     for name, base in methods.items():
-        if name in ("avatar", REFERENCE):
+        if name in ("avatar", REFERENCE, TRACKED):
             continue
         out[name] = {}
         for key, higher in HIGHER_IS_BETTER.items():
@@ -110,6 +114,8 @@ def evaluate(
         nearest = NearestAudioBaseline(dataset, indices, size)
         sources["static_head"] = lambda idx, cond, truth: static_head_frames(head, cond, size)
         sources["nearest_audio"] = lambda idx, cond, truth: nearest(idx)
+        tracked = TrackedExpression(head, dataset, size)
+        sources[TRACKED] = lambda idx, cond, truth: tracked(idx, cond)
     sources[REFERENCE] = lambda idx, cond, truth: truth
 
     lips = dataset.tracking("landmarks")[indices][:, lip_contour_ids()] * (size / dataset.manifest.resolution)

@@ -220,14 +220,17 @@ class TalkingHead(nn.Module):
         deform: bool = True,
         camera: Camera | None = None,
         show_torso: bool = True,
+        expression: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Audio-driven frames: "rgb" [B, H, W, 3] 0..1, "alpha" [B, H, W, 1]. background None: the plate.
         deform False renders the static canonical head (the baseline). A `camera` other than the training
         one sees the head from there (its world frame is the canonical head frame); the torso layer and the
-        plate stay those of the training camera."""
+        plate stay those of the training camera. `expression` [B, E]: shown instead of the one the audio
+        encoder predicts (the evaluation's tracked-expression row)."""
         if self.training:  # (eval() walks every submodule: not for every frame when live)
             self.eval()
-        embedding, expression = self.audio_encoder(cond.audio, clip=cond.clip)
+        embedding, predicted = self.audio_encoder(cond.audio, clip=cond.clip)
+        expression = predicted if expression is None else expression
         out = self.forward(
             embedding,
             expression,
