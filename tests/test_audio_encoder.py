@@ -276,6 +276,32 @@ def test_the_mouth_closes_as_a_pause_begins_and_opens_before_the_speech_after_it
     assert enc.pause(short).shape == (2,)
 
 
+def test_after_a_long_pause_the_mouth_opens_before_the_speech_and_a_short_gap_is_left_alone():
+    """Speech, a 3-frame gap, speech, a 12-frame pause, speech (feature rows at 100 Hz, 25 fps, 4 context
+    frames): with `pause_lead` 4 the pause's last 4 frames open step by step towards the speech, the frames
+    before them stay closed, and the short gap (and the speech) are gated exactly as without a lead."""
+    silence, energy, fps = 5, 0, 25.0
+    frames = np.r_[np.zeros(10), np.ones(3), np.zeros(10), np.ones(12), np.zeros(10)].astype(bool)
+    rows = np.repeat(frames, 4)  # 4 feature rows a frame
+    features = np.zeros((len(rows), 6), np.float32)
+    features[:, silence] = rows
+    features[:, energy] = np.where(rows, -3.0, 1.0)
+    stacks = torch.from_numpy(context_windows(frame_windows(features, 100.0, fps, len(frames), 16), 4))
+
+    def gate(lead: int) -> np.ndarray:
+        cfg = AudioEncoderConfig(context=4, channels=8, embed_dim=8, heads=2, members=1, pause_lead=lead)
+        enc = AudioEncoder(cfg, feature_dim=6, window=16, expression_dim=3).eval()
+        enc.silence_column, enc.energy_column = torch.tensor(silence), torch.tensor(energy)
+        return enc.pause(stacks).numpy()
+
+    led, plain = gate(4), gate(0)
+    np.testing.assert_allclose(led[:23], plain[:23])  # speech, the short gap, speech: as before
+    assert plain[23:34].min() > 0.99 and led[23:30].min() > 0.99  # the long pause closes ...
+    np.testing.assert_allclose(led[29:35], [1.0, 0.8, 0.6, 0.4, 0.2, 0.0], atol=1e-6)  # ... and opens over 4 frames
+    np.testing.assert_allclose(led[34:], plain[34:])
+    assert gate(9).shape == led.shape  # a lead longer than the context is cut to it
+
+
 def test_voice_dropout_hides_the_voice_columns_of_some_samples_and_keeps_the_phones():
     cfg = AudioEncoderConfig(feature_noise=0.0, freq_mask=0, voice_dropout=0.5)
     audio = torch.randn(400, 3, 16, 10, generator=torch.Generator().manual_seed(1)) + 5.0  # no column is zero

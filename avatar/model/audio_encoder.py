@@ -68,6 +68,10 @@ class AudioEncoderConfig:
     # motion is amplified by up to this factor to the spread the person's own voice gives (1: off).
     max_clip_gain: float = 1.3
     pause_closes: bool = True  # where the phone decoder hears a pause in quiet audio, the mouth closes
+    # After a pause of at least this many frames the mouth opens over the same many frames before the speech
+    # that ends it, as speakers' mouths do (at most `context`: the frames the windows hold). Off by default:
+    # it costs pause closure on real speech (docs/audio.md)
+    pause_lead: int = 0
     voices: VoiceAugmentConfig = field(default_factory=VoiceAugmentConfig)  # re-voiced copies of the training audio
 
 
@@ -360,11 +364,12 @@ class AudioEncoder(nn.Module):
         measures = [self.frame_measures(chunk, next(frames, None)) for chunk in chunks]
         return self.levels_of(np.concatenate(measures) if measures else np.zeros((0, 3)))
 
-    def _pause_parts(self, audio: Tensor) -> tuple[Tensor, Tensor]:
+    def _pause_parts(self, audio: Tensor, step: int = 0) -> tuple[Tensor, Tensor]:
         """[B] each: how surely the phone decoder hears a pause (its silence probability over 50 ms, from 0.5
         to 0.9, at the frame's centre or later in its window), and the clip-normalised energy over the frame's
-        centre (+-20 ms) and the rest of its window ahead (see `pause`)."""
-        c, w = audio.shape[1] // 2, audio.shape[2] // 2
+        centre (+-20 ms) and the rest of its window ahead (see `pause`); of the frame `step` frames after
+        each stack's own (a neighbour its context holds)."""
+        c, w = audio.shape[1] // 2 + step, audio.shape[2] // 2
         ahead = audio[:, c, w - 2 :]  # [B, rows, F]: from 20 ms before the centre to the window's end
         span = min(5, ahead.shape[1])  # 50 ms (a 4-row window has fewer rows ahead)
         silence = ahead[..., int(self.silence_column)].unfold(1, span, 1).mean(-1)  # [B, rows - span + 1]
@@ -382,9 +387,23 @@ class AudioEncoder(nn.Module):
         Why ahead and not around: the decoder counts a word's decaying end to the word, so its pause starts
         a frame or two after the sound has faded, and the mouth would close late; looking ahead closes it as
         the sound fades. At a pause's end a speaker's mouth opens before the sound starts (their own
-        recordings show it), so the speech that follows must not hold it closed: nothing looks back."""
-        sure, energy = self._pause_parts(audio)
-        return sure * quietness(energy, noise_floor)
+        recordings show it), so the speech that follows must not hold it closed: nothing looks back to close it.
+        After a pause of `cfg.pause_lead` frames or more the certainty falls over the last `pause_lead` frames
+        before the speech (times the mean certainty of the frame and its next `pause_lead`): the three shared
+        videos' mouths open 100-300 ms before the sound that ends a pause. Shorter gaps between words are
+        left as they are."""
+
+        def certainty(step: int) -> Tensor:
+            sure, energy = self._pause_parts(audio, step)
+            return sure * quietness(energy, noise_floor)
+
+        own = certainty(0)
+        lead = min(self.cfg.pause_lead, audio.shape[1] // 2)
+        if lead == 0:
+            return own
+        lasted = torch.stack([certainty(-j) for j in range(1, lead + 1)]).amin(0)  # a pause this long already
+        ahead = torch.stack([own] + [certainty(j) for j in range(1, lead + 1)]).mean(0)  # falls as speech nears
+        return own * (1 - lasted * (1 - ahead))
 
 
 def quietness(energy, noise_floor: float):

@@ -103,6 +103,7 @@ class TrainConfig:
         "audio.max_gain": (1, None),
         "audio.gain_min_corr": (-1, 1),
         "audio.gain_full_corr": (-1, 1),
+        "audio.pause_lead": (0, None),
         "audio.voices.copies": (0, None),
         "audio.voices.clean_share": (0, 1),
         "audio.voices.pitch_semitones": (0, 12),
