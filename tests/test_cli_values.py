@@ -64,6 +64,8 @@ def test_options_that_must_agree_are_refused_together(capsys, tmp_path, monkeypa
     assert "--triplane.max-resolution 32: must be at least --triplane.base-resolution (64)" in capsys.readouterr().err
     assert main(["train", "DATASET", "--audio.gain-min-corr", "0.6", "--audio.gain-full-corr", "0.5"]) == 2
     assert "--audio.gain-full-corr 0.5: must be above --audio.gain-min-corr (0.6)" in capsys.readouterr().err
+    assert main(["train", "DATASET", "--audio.context", "2", "--audio.pause-lead", "3"]) == 2
+    assert "--audio.pause-lead 3: at most --audio.context (2)" in capsys.readouterr().err
 
 
 def test_every_range_names_an_option_and_every_preset_is_in_range():

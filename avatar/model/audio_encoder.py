@@ -398,7 +398,7 @@ class AudioEncoder(nn.Module):
             return sure * quietness(energy, noise_floor)
 
         own = certainty(0)
-        lead = min(self.cfg.pause_lead, audio.shape[1] // 2)
+        lead = min(self.cfg.pause_lead, audio.shape[1] // 2)  # the stacks hold this many frames ahead
         if lead == 0:
             return own
         lasted = torch.stack([certainty(-j) for j in range(1, lead + 1)]).amin(0)  # a pause this long already

@@ -203,6 +203,11 @@ class TrainConfig:
                 f"--audio.gain-full-corr {self.audio.gain_full_corr}: must be above --audio.gain-min-corr "
                 f"({self.audio.gain_min_corr}): between the two the motion gains grow from none to all."
             )
+        if self.audio.pause_lead > self.audio.context:
+            raise UserError(
+                f"--audio.pause-lead {self.audio.pause_lead}: at most --audio.context ({self.audio.context}), the "
+                "neighbouring frames the encoder's windows hold (the gate reads the coming frames there)."
+            )
         if self.triplane.max_resolution < self.triplane.base_resolution:
             raise UserError(
                 f"--triplane.max-resolution {self.triplane.max_resolution}: must be at least "
