@@ -147,7 +147,7 @@ class EnergyMouthHead(torch.nn.Module):
         self.fail_at_call = fail_at_call
 
     @torch.no_grad()
-    def render(self, cond, background=None, deform=True, camera=None, show_torso=True) -> dict:
+    def render(self, cond, background=None, deform=True, camera=None, show_torso=True, expression=None) -> dict:
         self.calls += 1
         if self.fail_at_call is not None and self.calls >= self.fail_at_call:
             raise RuntimeError("the test double fails here on purpose")

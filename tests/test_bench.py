@@ -53,7 +53,7 @@ class BlankHead:
         self.intrinsics = Intrinsics.from_fov(20, 32, 32)
         self.sizes = []
 
-    def render(self, cond, background=None, deform=True, camera=None, show_torso=True):
+    def render(self, cond, background=None, deform=True, camera=None, show_torso=True, expression=None):
         size = camera.width if camera is not None else self.resolution
         assert camera is None or (camera.K[0, 2].item() == size / 2 and background.shape == (size, size, 3))
         self.sizes.append(size)

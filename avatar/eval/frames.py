@@ -41,11 +41,9 @@ def to_chw(images: np.ndarray, device: str | torch.device = "cpu") -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float() / 255
 
 
-def render_frames(head, cond, size: int, deform: bool = True, expression=None) -> np.ndarray:
+def render_frames(head, cond, size: int, deform: bool = True, expression: Tensor | None = None) -> np.ndarray:
     """TalkingHead.render of a batch of conditions -> [B, size, size, 3] uint8 (its own background plate)."""
-    images = quantize(
-        head.render(cond, deform=deform, **({} if expression is None else {"expression": expression}))["rgb"]
-    )
+    images = quantize(head.render(cond, deform=deform, expression=expression)["rgb"])
     return np.stack([resize_rgb(img, size) for img in images])
 
 
