@@ -284,20 +284,18 @@ def cross_driven(
     if truth is not None:
         truth = truth[:count]
     heard_truth = None if truth is None else truth[first:]
+    loud = frame_loudness(wave, fps, count)[first:]
+    vowels = vowel_frames(wave, fps, count) if truth is None else None
     methods = {}
     with FaceLandmarker() as landmarker:
         for name, deform in (("avatar", True), ("static_head", False))[: 2 if baselines else 1]:
             rendered = drive(head, audio, count, fps, batch, landmarker, deform, STRIP_FRAMES if deform else 0, pose)
             if deform and strip is not None and rendered.crops:
                 write_strip(rendered.crops, strip)
-            n = len(rendered.openings)
-            loud = frame_loudness(wave, fps, n)[first:]
-            vowels = vowel_frames(wave, fps, n) if truth is None else None
             methods[name] = score(rendered.since(first), own_open, heard_truth, loud, vowels, fps)
-            methods[name]["frames"] = n - first
+            methods[name]["frames"] = count - first
         if truth is not None:
             real = Rendered(truth, 1.0).since(first)
-            loud = frame_loudness(wave, fps, len(truth))[first:]
             methods["driver_real"] = score(real, own_open, real.openings, loud, None, fps)
         if own_voice_row and own is not None:
             if own.manifest.features.extractor == head.driving.features.extractor:
