@@ -48,8 +48,8 @@ class LiveConfig:
     min_resolution: int = 64
     """when the machine cannot keep up, the avatar is rendered at lower sizes down to this one (and upscaled)"""
     lookahead_ms: int = 160
-    """audio after a frame's end that is heard before the frame is made (the encoder uses up to 242 ms at 25 fps;
-    less is answered sooner, and the rows not yet heard repeat the newest)"""
+    """audio after a frame's end that is heard before the frame is made (the encoder's default context uses up to
+    162 ms at 25 fps; less is answered sooner, and the rows not yet heard repeat the newest)"""
     history_s: float = 20.0
     """seconds of recent audio that the feature normalisation and voicing threshold follow"""
     pose: Literal["track", "still", "smooth"] = "track"

@@ -13,11 +13,11 @@ arrives, on a rolling window:
   closed mouth (the rule of `AudioClip.windows`); the pause gate reads the windows, so it needs nothing more.
 
 Frame k shows the audio of [k, k + 1) / fps; its stack needs rows up to the end of frame k + K's window (K:
-the encoder's context frames), 242 ms after the frame's end at 25 fps with K = 4. The look-ahead says how
-long after the frame's end its stack is made: rows not yet heard then repeat the newest one, as a file's last
-row is repeated. With a look-ahead, a history and a pause allowance that cover the whole stream and no prior,
-the stacks equal `AudioClip.windows` of the same audio (tested); the phone classes then equal the stream
-decoder's final path.
+the encoder's context frames), 162 ms after the frame's end at 25 fps with K = 2 (242 ms with K = 4). The
+look-ahead says how long after the frame's end its stack is made: rows not yet heard then repeat the newest
+one, as a file's last row is repeated. With a look-ahead, a history and a pause allowance that cover the
+whole stream and no prior, the stacks equal `AudioClip.windows` of the same audio (tested); the phone classes
+then equal the stream decoder's final path.
 """
 
 from __future__ import annotations

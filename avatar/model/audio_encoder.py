@@ -29,7 +29,7 @@ from avatar.audio.revoice import VoiceAugmentConfig
 class AudioEncoderConfig:
     """Sizes and training settings of the audio -> expression encoder."""
 
-    context: int = 4  # K: neighbouring frames on each side that the temporal attention sees
+    context: int = 2  # K: neighbouring frames on each side that the temporal attention sees (docs/audio.md)
     channels: int = 32  # width of the per-frame convolution over the feature window
     embed_dim: int = 64  # size of the per-frame audio embedding (the condition token of the deformation)
     heads: int = 4  # attention heads of the temporal self-attention
