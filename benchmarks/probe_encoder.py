@@ -9,7 +9,7 @@ Printed per seed and as means: the held-out correlation (where the motion gain i
 correlation (the own-voice frames never trained on), the gain, and each driver's correlation.
 
     .venv/bin/python -m avatar.benchmarks.probe_encoder DATASET --drivers OTHER [OTHER ...] [--seeds 0 1]
-        [--set time_shift=4 ...]
+        [--set time_shift=4 ...] [--steps 1500]
 """
 
 from __future__ import annotations
@@ -71,8 +71,10 @@ class Driver:
         return float(np.corrcoef(predicted[:n], self.truth[:n])[0, 1])
 
 
-def probe(dataset: Dataset, space: ExpressionSpace, drivers: list[Driver], cfg: AudioEncoderConfig, seed: int) -> dict:
-    encoder, metrics = fit_audio_encoder(dataset, space, cfg, TINY.audio_steps, seed)
+def probe(
+    dataset: Dataset, space: ExpressionSpace, drivers: list[Driver], cfg: AudioEncoderConfig, steps: int, seed: int
+) -> dict:
+    encoder, metrics = fit_audio_encoder(dataset, space, cfg, steps, seed)
     row = {
         "seed": seed,
         "held-out": metrics["memory_held_out_corr"],
@@ -88,14 +90,16 @@ def main() -> None:
     parser.add_argument("--drivers", nargs="+", required=True, help="other datasets whose voices drive it")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE", help="encoder options to change")
+    parser.add_argument("--steps", type=int, default=TINY.audio_steps, help="most steps per member (`audio_steps`)")
     args = parser.parse_args()
     cfg = configured(args.set)
     dataset = Dataset(args.dataset)
     driving, space = DrivingData.from_dataset(dataset), ExpressionSpace.fit(dataset)
     drivers = [Driver.of(Dataset(d), driving, cfg.context) for d in args.drivers]
-    rows = [probe(dataset, space, drivers, cfg, seed) for seed in args.seeds]
+    rows = [probe(dataset, space, drivers, cfg, args.steps, seed) for seed in args.seeds]
     mean = {key: "mean" if key == "seed" else float(np.mean([r[key] for r in rows])) for key in rows[0]}
-    print(format_table(rows + [mean], title=f"{dataset.root.name}: audio encoder {' '.join(args.set) or 'defaults'}"))
+    title = f"{dataset.root.name}: audio encoder {' '.join(args.set) or 'defaults'}, {args.steps} steps"
+    print(format_table(rows + [mean], title=title))
 
 
 if __name__ == "__main__":
