@@ -35,9 +35,10 @@ from avatar.live.features import LiveFeatures
 from avatar.live.outputs import read_log
 from avatar.live.phones import PhoneStream
 from avatar.live.server import LiveServer, PageSink
-from avatar.live.session import LiveAvatar, Session, SizeControl, size_ladder
+from avatar.live.session import LEVELS_BLOCK, LiveAvatar, RollingLevels, Session, SizeControl, size_ladder
 from avatar.live.timeline import AudioTimeline
 from avatar.metrics.lip_sync import lagged_pearson
+from avatar.model.audio_encoder import NO_LEVELS, ClipLevels
 from avatar.model.driving import feature_extractor
 from tests.export_fixtures import EnergyMouthHead, make_dataset, probe
 from tests.train_fixtures import tiny_dataset, tiny_run  # noqa: F401 - the fixtures
@@ -180,6 +181,33 @@ def test_silence_keeps_the_head_moving_and_blinking(double):
     blinks = np.stack([c.blink[0].numpy() for c in conds])
     assert np.abs(rotations - rotations[0]).max() > 1e-3  # the head moves
     assert blinks.max() > blinks.min() + 0.5  # and the eyes close now and then
+
+
+class FloorEncoder:
+    """Stands in for the audio encoder in `RollingLevels`: each frame's measure is its noise floor, and a clip's
+    floor is the mean of its frames'."""
+
+    def frame_measures(self, stacks):
+        return stacks[:, :1]
+
+    def levels_of(self, measures):
+        return ClipLevels(1.0 + len(measures), float(measures.mean()))
+
+
+def test_a_streams_noise_floor_is_the_lowest_it_has_measured():
+    """The last seconds of a stream may be all speech (the start always is): a floor measured on them alone
+    would close the mouth on soft words, so the stream keeps the lowest it measured; the gain follows the
+    history as it is."""
+    levels = RollingLevels(FloorEncoder(), frames=2 * LEVELS_BLOCK)
+    assert levels.value is NO_LEVELS
+    seen = []
+    for block_floor in (-1.0, -3.0, 1.0, 1.0, -5.0):
+        for _ in range(LEVELS_BLOCK):
+            levels.add(np.full(1, block_floor))
+        seen.append((levels.value.gain, levels.value.noise_floor))
+    # rolling means over the last two blocks: -1, -2, -1, 1, -2; the lowest so far: -1, -2, -2, -2, -2
+    assert [floor for _, floor in seen] == [-1.0, -2.0, -2.0, -2.0, -2.0]
+    assert [gain for gain, _ in seen] == [1 + LEVELS_BLOCK] + [1 + 2 * LEVELS_BLOCK] * 4
 
 
 # ---------------------------------------------------------------- the session's clock

@@ -47,9 +47,10 @@ class LiveConfig:
     """side of the square video in pixels; default: the run's training resolution"""
     min_resolution: int = 64
     """when the machine cannot keep up, the avatar is rendered at lower sizes down to this one (and upscaled)"""
-    lookahead_ms: int = 160
-    """audio after a frame's end that is heard before the frame is made (the encoder's default context uses up to
-    162 ms at 25 fps; less is answered sooner, and the rows not yet heard repeat the newest)"""
+    lookahead_ms: int = 80
+    """audio after a frame's end that is heard before the frame is made: less is answered sooner, and the rows not
+    yet heard repeat the newest (the encoder's default context reads up to 162 ms at 25 fps; on the shared voices
+    80 ms follows the mouth as well as 160, docs/live.md)"""
     history_s: float = 20.0
     """seconds of recent audio that the feature normalisation and voicing threshold follow"""
     pose: Literal["track", "still", "smooth"] = "track"

@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import cv2
@@ -180,7 +180,11 @@ class LiveAvatar:
 
 class RollingLevels:
     """The stream's `ClipLevels` (motion gain, noise floor: `AudioEncoder.levels`) over its last `frames`
-    frames, measured again every LEVELS_BLOCK frames."""
+    frames, measured again every LEVELS_BLOCK frames; the noise floor is the lowest measured so far.
+
+    Why the lowest: a file's floor comes from all of it, pauses included; the last seconds of a stream are
+    often all speech (its start always is), and a floor measured on them sits where soft speech is, so the
+    pause gate closes the mouth on words (measured in docs/live.md)."""
 
     def __init__(self, encoder, frames: int):
         self.encoder = encoder
@@ -193,7 +197,10 @@ class RollingLevels:
         if len(self.pending) == LEVELS_BLOCK:
             self.measures.append(self.encoder.frame_measures(np.stack(self.pending)))
             self.pending = []
-            self.value = self.encoder.levels_of(np.concatenate(self.measures))
+            levels = self.encoder.levels_of(np.concatenate(self.measures))
+            if self.value is not NO_LEVELS:
+                levels = replace(levels, noise_floor=min(levels.noise_floor, self.value.noise_floor))
+            self.value = levels
 
 
 @dataclass
