@@ -180,12 +180,12 @@ def quality_rows(run: Path, drive: Path, tmp: Path, lookahead_ms: int | None = N
     recording's detected mouth opening scored against the driver's tracked opening."""
     from avatar.audio.features import frame_log_energy  # noqa: PLC0415
     from avatar.contracts.dataset import Dataset  # noqa: PLC0415 - the quality rows only
-    from avatar.eval.cross_drive import person_openings, rendered_openings, score  # noqa: PLC0415
+    from avatar.eval.cross_drive import driver_in_sync, person_openings, rendered_openings, score  # noqa: PLC0415
     from avatar.eval.landmarks import FaceLandmarker  # noqa: PLC0415
     from avatar.model.talking_head import TalkingHead  # noqa: PLC0415
 
     dataset = Dataset(drive)
-    audio, truth = dataset.layout.audio, dataset.mouth_openings()
+    audio = dataset.layout.audio
     live_mp4, render_mp4 = tmp / "live.mp4", tmp / "render.mp4"
     options = ["--audio-in", str(audio), "--record", str(live_mp4), "--latency-log", str(tmp / "quality.jsonl")]
     if lookahead_ms is not None:
@@ -202,6 +202,7 @@ def quality_rows(run: Path, drive: Path, tmp: Path, lookahead_ms: int | None = N
     head = TalkingHead.load(run)
     own = person_openings(head, run, None)
     wave = load_audio(audio)
+    truth, _ = driver_in_sync(dataset, wave)  # the driver's lips in time with its sound, as `avatar eval --drive`
     rows = []
     with FaceLandmarker() as landmarker:
         videos = (("avatar render", render_mp4), ("live features, every frame", replayed), ("avatar live", live_mp4))

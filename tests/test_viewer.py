@@ -183,6 +183,38 @@ def test_viewer_in_headless_chromium(viewer, chromium, tmp_path):
 
 
 @needs_chromium
+def test_a_browser_opens_at_the_training_camera(head, tiny_run, chromium, monkeypatch):
+    """Left alone by the viewer (no reset on connecting), a browser's camera goes to the training camera by
+    itself (viser's initial camera), so viser's own "Reset View" returns there too; without it the browser kept
+    viser's default view."""
+    cameras = []
+
+    def record(self, client):
+        def seen(camera):
+            cameras.append((np.array(camera.position), np.array(camera.wxyz), float(camera.fov)))
+
+        seen(client.camera)
+        client.camera.on_update(seen)
+
+    monkeypatch.setattr(ViewerApp, "_on_connect", record)
+    app = ViewerApp(ViewerConfig(run=tiny_run, resolution=128), head, tiny_run / "audio.wav")
+    app.start()
+
+    def at_training_camera(camera) -> bool:
+        position, wxyz, fov = camera
+        return np.abs(position).max() < 1e-4 and abs(abs(wxyz[0]) - 1.0) < 1e-4 and abs(fov - fov_y) < 1e-4
+
+    fov_y = training_fov_y(head)
+    try:
+        chromium.get(app.url)
+        _poll(lambda: (bool(cameras) and at_training_camera(cameras[-1]), None), timeout_s=90)
+    finally:
+        app.stop()
+    assert cameras, "no browser connected"
+    assert at_training_camera(cameras[-1]), f"the browser's camera is at {cameras[-1]}, not the training camera"
+
+
+@needs_chromium
 def test_play_starts_the_page_audio_at_the_timeline_position(viewer, chromium):
     """Type 2 s into the timeline, click Play: the page's <audio> element plays from 2 s, not from the start."""
     from selenium.webdriver.common.keys import Keys

@@ -148,6 +148,7 @@ class ViewerApp:
                 "or leave it out for a free one."
             )
         self.url = url(cfg.host, self.server.get_port())
+        self._set_initial_camera()
         self._build_gui()
         self.server.on_client_connect(self._on_connect)
         self._thread = threading.Thread(target=self._render_loop, daemon=True)
@@ -283,10 +284,22 @@ class ViewerApp:
                 c.camera.position = (0.0, 0.0, 0.0)
             self._dirty.set()
 
+    def _set_initial_camera(self) -> None:
+        """A browser opens at the training camera (and its own "Reset View" returns there): without this it
+        showed viser's default view until the connection's reset arrived."""
+        camera = self.server.initial_camera
+        camera.up = (0.0, -1.0, 0.0)
+        camera.position = (0.0, 0.0, 0.0)
+        camera.look_at = (0.0, 0.0, self._head_distance())
+        camera.fov = training_fov_y(self.head)
+
+    def _head_distance(self) -> float:
+        """The head's median distance from the training camera: where the browser's camera orbits."""
+        return float(np.median(self.head.driving.translations[:, 2]))
+
     def _on_connect(self, client) -> None:
         client.camera.up_direction = (0.0, -1.0, 0.0)
-        distance = float(np.median(self.head.driving.translations[:, 2]))
-        client.camera.look_at = (0.0, 0.0, distance)
+        client.camera.look_at = (0.0, 0.0, self._head_distance())
         self.reset_camera(client)
         client.camera.on_update(lambda camera: self._dirty.set())
 
