@@ -285,8 +285,8 @@ class ViewerApp:
             self._dirty.set()
 
     def _set_initial_camera(self) -> None:
-        """A browser opens at the training camera (and its own "Reset View" returns there): without this it
-        showed viser's default view until the connection's reset arrived."""
+        """A browser's own camera starts at the training camera and its "Reset View" returns there (viser's
+        default view otherwise, until the reset on connecting moved it)."""
         camera = self.server.initial_camera
         camera.up = (0.0, -1.0, 0.0)
         camera.position = (0.0, 0.0, 0.0)
