@@ -199,12 +199,12 @@ def test_a_browser_opens_at_the_training_camera(head, tiny_run, chromium, monkey
     monkeypatch.setattr(ViewerApp, "_on_connect", record)
     app = ViewerApp(ViewerConfig(run=tiny_run, resolution=128), head, tiny_run / "audio.wav")
     app.start()
+    fov_y = training_fov_y(head)
 
     def at_training_camera(camera) -> bool:
         position, wxyz, fov = camera
         return np.abs(position).max() < 1e-4 and abs(abs(wxyz[0]) - 1.0) < 1e-4 and abs(fov - fov_y) < 1e-4
 
-    fov_y = training_fov_y(head)
     try:
         chromium.get(app.url)
         _poll(lambda: (bool(cameras) and at_training_camera(cameras[-1]), None), timeout_s=90)
