@@ -28,6 +28,7 @@ from avatar.audio.streaming import IncrementalRows
 from avatar.benchmarks.bench_live import live_command, start_live, write_in_real_time, writer_latency
 from avatar.cli import main
 from avatar.contracts.dataset import FeatureInfo
+from avatar.eval.cross_drive import lagged_correlation
 from avatar.hosts import is_local, url
 from avatar.live.app import Live
 from avatar.live.config import LiveConfig
@@ -37,7 +38,6 @@ from avatar.live.phones import PhoneStream
 from avatar.live.server import LiveServer, PageSink
 from avatar.live.session import LEVELS_BLOCK, LiveAvatar, RollingLevels, Session, SizeControl, size_ladder
 from avatar.live.timeline import AudioTimeline
-from avatar.metrics.lip_sync import lagged_pearson
 from avatar.model.audio_encoder import NO_LEVELS, ClipLevels
 from avatar.model.driving import feature_extractor
 from tests.export_fixtures import EnergyMouthHead, make_dataset, probe
@@ -613,19 +613,19 @@ function onFrame(now) {
 video.requestVideoFrameCallback(onFrame);
 """
 SYNC_STEP_MS = 10  # the grid the browser's irregular frame callbacks are put on
+SYNC_SEARCH_MS = 300  # the offsets searched either way
 # ITU-R BT.1359's acceptability limits for broadcast: the sound at most 90 ms before or 185 ms after the picture
 SOUND_EARLY_MS, SOUND_LATE_MS = 90, 185
 
 
 def browser_sync(seen: dict) -> tuple[float, int]:
     """The page's mouth against the loudness it played, on a regular time grid: the best correlation within
-    +-300 ms, and at which offset (ms; > 0: the sound came after the picture)."""
+    +-SYNC_SEARCH_MS, and at which offset (ms; > 0: the sound came after the picture)."""
     time = np.asarray(seen["time"])
     grid = np.arange(time[0], time[-1], SYNC_STEP_MS)
     mouth = np.interp(grid, time, seen["mouth"])
     loudness = np.interp(grid, time, np.log(np.asarray(seen["level"]) + 1e-4))
-    lags = range(-300 // SYNC_STEP_MS, 300 // SYNC_STEP_MS + 1)
-    corr, lag = max((lagged_pearson(mouth, loudness, lag), lag) for lag in lags)
+    _, corr, lag = lagged_correlation(loudness, mouth, SYNC_SEARCH_MS // SYNC_STEP_MS)
     return corr, lag * SYNC_STEP_MS
 
 
