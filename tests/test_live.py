@@ -142,9 +142,9 @@ def test_a_new_stream_ignores_the_answers_about_the_one_before(speech, phones):
 
 
 def test_silence_after_speech_rests_within_the_lookahead_plus_200_ms(tiny_run, speech, phones):
-    """Speech, then silence, through the live features at the default look-ahead: every frame that shows
-    audio from 200 ms after the speech's end on is the closed mouth exactly (the pause gate), and stays so
-    through 2 s of silence (long pauses do not become the norm)."""
+    """Speech, then silence, through the live features at the default look-ahead and the stream's levels as a
+    session keeps them: every frame that shows audio from 200 ms after the speech's end on is the closed mouth
+    exactly (the pause gate), and stays so through 2 s of silence (long pauses do not become the norm)."""
     from avatar.model.talking_head import TalkingHead
 
     head = TalkingHead.load(tiny_run)
@@ -163,9 +163,12 @@ def test_silence_after_speech_rests_within_the_lookahead_plus_200_ms(tiny_run, s
         phones.sync(live.samples, 30)
         while len(stacks) < live.num_frames:
             stacks.append(live.window_stack(len(stacks)))
-    with torch.no_grad():
-        _, expression = head.audio_encoder(torch.from_numpy(np.stack(stacks)))
-    away = (expression - head.audio_encoder.closed).abs().amax(1).numpy()
+    levels, expressions = RollingLevels(head.audio_encoder, int(cfg.history_s * 25)), []
+    for stack in stacks:  # each frame driven with the levels measured before it, as `Session` does
+        with torch.no_grad():
+            expressions.append(head.audio_encoder(torch.from_numpy(stack[None]), clip=levels.value)[1][0])
+        levels.add(stack)
+    away = (torch.stack(expressions) - head.audio_encoder.closed).abs().amax(1).numpy()
     ends = (np.arange(len(stacks)) + 1) / 25
     assert away[(ends > 1.0) & (ends < speech_end - 0.2)].max() > 0.1  # the mouth moved while speaking
     assert away[ends >= speech_end + 0.2].max() < 1e-5

@@ -79,10 +79,15 @@ MIN_SPEAKING_FRAMES = 25  # a second of speech at 25 fps before a clip's motion 
 # A clip's noise floor is the energy its quietest frames reach (this percentile, in clip standard deviations
 # from its mean). A frame within FLOOR_QUIET of it is quiet for the pause gate, one beyond FLOOR_QUIET +
 # FLOOR_RAMP is not: room noise, a music bed or hiss sits about 1.5 standard deviations below a recording's
-# mean, where the fixed 1-2 below (`AudioEncoder.pause`) counted it as voice. Kept this close to the floor
-# because a speaker's soft, unparsed speech can lie a few tenths above it with the mouth open.
+# mean, where the fixed rule (below) counted it as voice. Kept this close to the floor because a speaker's soft,
+# unparsed speech can lie a few tenths above it with the mouth open.
 FLOOR_PERCENTILE = 5.0
 FLOOR_QUIET, FLOOR_RAMP = 0.1, 0.3
+# The fixed rule: a frame FIXED_QUIET clip standard deviations below the clip's mean starts to be quiet, one
+# FIXED_RAMP further below it is: for pauses the noise floor does not reach (a clip with few of them, a stream
+# whose floor was set by a transient). Not nearer the mean, where a speaker's audible breath before speaking
+# lies with the mouth already open (docs/audio.md); quiet from 2 below, as digital silence in a stream is.
+FIXED_QUIET, FIXED_RAMP = 1.5, 0.5
 
 
 @dataclass(frozen=True)
@@ -407,10 +412,11 @@ class AudioEncoder(nn.Module):
 
 
 def quietness(energy, noise_floor: float):
-    """0..1 per frame (a tensor or array of clip-normalised energies): from 1 to 2 clip standard deviations
-    below the clip's mean, or from FLOOR_QUIET + FLOOR_RAMP to FLOOR_QUIET above its noise floor, whichever
-    says quieter (a clean recording's pauses reach the first, a noisy one's only the second)."""
-    fixed = -1.0 - energy
+    """0..1 per frame (a tensor or array of clip-normalised energies): from FIXED_QUIET to FIXED_QUIET +
+    FIXED_RAMP clip standard deviations below the clip's mean, or from FLOOR_QUIET + FLOOR_RAMP to FLOOR_QUIET
+    above its noise floor, whichever says quieter (a clean recording's pauses reach both, a noisy one's only the
+    second)."""
+    fixed = (-FIXED_QUIET - energy) / FIXED_RAMP
     floor = (noise_floor + FLOOR_QUIET + FLOOR_RAMP - energy) / FLOOR_RAMP
     both = np.maximum(fixed, floor) if isinstance(energy, np.ndarray) else torch.maximum(fixed, floor)
     return both.clip(0, 1)
