@@ -407,8 +407,8 @@ def test_an_unreliable_encoder_amplifies_no_clip(dataset):
 
 def test_a_noisy_recordings_pauses_close_at_its_noise_floor():
     """Room noise holds a recording's pauses about 1.5 clip standard deviations below its mean, where the fixed
-    rule (from FIXED_QUIET below) counts them as voice; the clip's own noise floor closes them and leaves its
-    speech, even speech the decoder cannot parse, alone."""
+    rule (from FIXED_QUIET below) counts them half as voice; the clip's own noise floor closes them and leaves
+    its speech, even speech the decoder cannot parse, alone."""
     cfg = AudioEncoderConfig(context=1, channels=8, embed_dim=8, heads=2, members=1, dropout=0.0)
     silence, energy = 5, 0
     enc = AudioEncoder(cfg, feature_dim=6, window=16, expression_dim=3).eval()
@@ -423,7 +423,7 @@ def test_a_noisy_recordings_pauses_close_at_its_noise_floor():
     levels = enc.levels([clip])
     assert levels.noise_floor == pytest.approx(-1.5, abs=0.1)
     fixed, floored = enc.pause(clip), enc.pause(clip, levels.noise_floor)
-    assert float(fixed[paused].max()) < 0.2  # the fixed rule alone leaves them open
+    assert float(fixed[paused].max()) < 0.6  # the fixed rule: half open at best
     assert float(floored[paused].min()) > 0.95
     assert float(floored[~paused].max()) == 0.0  # speech, heard as a phone or not, is left alone
     clean = clip.clone()

@@ -84,10 +84,10 @@ MIN_SPEAKING_FRAMES = 25  # a second of speech at 25 fps before a clip's motion 
 FLOOR_PERCENTILE = 5.0
 FLOOR_QUIET, FLOOR_RAMP = 0.1, 0.3
 # The fixed rule: a frame FIXED_QUIET clip standard deviations below the clip's mean starts to be quiet, one
-# FIXED_RAMP further below it is: for pauses the noise floor does not reach (a clip with few of them, a stream
-# whose floor was set by a transient). Not nearer the mean, where a speaker's audible breath before speaking
-# lies with the mouth already open (docs/audio.md); quiet from 2 below, as digital silence in a stream is.
-FIXED_QUIET, FIXED_RAMP = 1.5, 0.5
+# FIXED_RAMP further below it is: where a clean recording's pauses and a stream's digital silence fall. Starting
+# lower lets a speaker's audible breath before speaking through but leaves more of real speech's pauses partly
+# open (docs/results.md).
+FIXED_QUIET, FIXED_RAMP = 1.0, 1.0
 
 
 @dataclass(frozen=True)
